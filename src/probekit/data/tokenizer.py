@@ -1,0 +1,91 @@
+"""Word-level tokenizer for synthetic biographies, built with Hugging Face ``tokenizers``.
+
+Why word-level: bioS is a closed vocabulary (a few thousand pool words plus template words), so every name
+part, city and company word is a single token; a value's first token is a real word, character spans map to
+token spans exactly, and a small model spends no capacity assembling sub-words. The pre-tokenizer splits on
+whitespace and punctuation, so ``"Princeton, NJ."`` becomes ``Princeton , NJ .``. Words never seen when the
+tokenizer was built map to ``<unk>``.
+
+Special tokens (fixed ids, the same for every probekit tokenizer):
+``<pad>`` 0, ``<|endoftext|>`` 1 (separates entries; also the start marker of every sequence),
+``<unk>`` 2 (also BICO's placeholder: an existing token, no new embedding), ``[MASK]`` 3, ``[START]`` 4 and
+``[END]`` 5 (GLM blank infilling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+PAD = "<pad>"
+EOS = "<|endoftext|>"
+UNK = "<unk>"
+MASK = "[MASK]"
+START = "[START]"
+END = "[END]"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, EOS, UNK, MASK, START, END)
+PAD_ID, EOS_ID, UNK_ID, MASK_ID, START_ID, END_ID = range(6)
+BICO_PLACEHOLDER = UNK
+
+
+def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """Train a word-level tokenizer on ``texts`` (every word seen becomes a token)."""
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap(tok)
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        bos_token=EOS,
+        unk_token=UNK,
+        mask_token=MASK,
+        additional_special_tokens=[START, END],
+    )
+    for name, idx in zip(SPECIAL_TOKENS, range(6)):
+        if fast.convert_tokens_to_ids(name) != idx:
+            raise ValueError(f"tokenizer has {name!r} at id {fast.convert_tokens_to_ids(name)}, expected {idx}")
+    return fast
+
+
+def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | Path) -> None:
+    """Save as ``tokenizer.json`` (+ HF config files) so ``PreTrainedTokenizerFast.from_pretrained`` loads it."""
+    tok.save_pretrained(str(directory))
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load from a directory holding ``tokenizer.json`` (or the file itself)."""
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"no tokenizer.json at {path}; build one with `probekit data bios`")
+    return wrap(Tokenizer.from_file(str(file)))
+
+
+def char_span_to_token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """Map a character span ``[start, end)`` to the token span ``[i, j)`` that covers exactly those characters.
+
+    ``offsets`` are the tokenizer's per-token character offsets (``return_offsets_mapping=True``). Raises
+    ``ValueError`` if the span does not fall on token boundaries (it always does for bioS values, which are
+    whole words and punctuation).
+    """
+    i = next((k for k, (s, e) in enumerate(offsets) if s == start and e > s), None)
+    j = next((k for k, (s, e) in enumerate(offsets) if e == end and e > s), None)
+    if i is None or j is None or j < i:
+        raise ValueError(f"character span [{start}, {end}) does not align with token boundaries")
+    return i, j + 1
+
+
+def encode_with_offsets(tok: PreTrainedTokenizerFast, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text`` (no special tokens added)."""
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
