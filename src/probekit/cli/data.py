@@ -1,0 +1,108 @@
+"""``probekit data``: generate datasets (bioS biographies with QA, split and tokenizer) and inspect them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from probekit.data.pools import LIMITABLE, POOL_FILES
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{what} {item!r} must look like NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def _pool_files(args: argparse.Namespace) -> dict[str, str]:
+    files: dict[str, str] = {}
+    if args.pools_dir:
+        root = Path(args.pools_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--pools-dir {root} is not a directory")
+        files.update({name: str(root / rel) for name, rel in POOL_FILES.items() if (root / rel).exists()})
+        if not files:
+            raise ValueError(f"--pools-dir {root} holds none of the pool files ({', '.join(POOL_FILES.values())})")
+    files.update(_pairs(args.pool, "--pool"))
+    return files
+
+
+def cmd_bios(args: argparse.Namespace) -> int:
+    from probekit.data.store import build_dataset
+
+    limits = {k: int(v) if v.isdigit() else -1 for k, v in _pairs(args.pool_limit, "--pool-limit").items()}
+    t0 = time.perf_counter()
+    ds = build_dataset(
+        args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=_pool_files(args),
+        pool_limits=limits, overwrite=args.overwrite,
+    )  # fmt: skip
+    c = ds.manifest["counts"]
+    print(f"wrote {ds.root}  ({time.perf_counter() - t0:.1f}s)")
+    print(f"  augmentation {ds.manifest['augmentation']}, seed {args.seed}")
+    print(f"  {c['people']} people ({c['train_people']} P_train / {c['test_people']} P_test), {c['entries']} entries, "
+          f"{c['qa']} QA pairs, vocabulary {c['vocab_size']} tokens")  # fmt: skip
+    print(f"  example: {ds.entries[0].text[:160]}...")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from probekit.data.store import load_dataset
+
+    ds = load_dataset(args.dir)
+    print(json.dumps({k: ds.manifest[k] for k in ("augmentation", "seed", "n_people", "counts", "pool_sizes")},
+                     indent=2))  # fmt: skip
+    for e in ds.entries[: args.n]:
+        print(f"\n[person {e.pid}, entry {e.idx}] {e.text}")
+        for s in e.spans:
+            print(f"   {s.kind:>13} [{s.start:>4},{s.end:>4}) {e.text[s.start:s.end]!r}")
+    q = ds.qa[0]
+    print(f"\nQA: {q.prompt} {q.answer}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generate and inspect datasets", description=__doc__)
+    dsub = p.add_subparsers(dest="data_command", metavar="<kind>", required=True)
+
+    b = dsub.add_parser(
+        "bios",
+        help="bioS biographies + QA + P_train/P_test split + tokenizer",
+        description=(
+            "Generate N synthetic people and their biographies (Allen-Zhu & Li's bioS) into a dataset directory: "
+            "people, biography entries with character spans, six QA pairs per person, inverse-search prompts, a "
+            "seeded 50/50 P_train/P_test split and a word-level tokenizer. The same arguments give "
+            "byte-identical files."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    b.add_argument("--out", required=True, help="output dataset directory (must be absent or empty)")
+    b.add_argument("--n", type=int, default=1000, help="number of people")
+    b.add_argument("--augmentation", default="single",
+                   help="single, multiM (M entries per person, templates re-drawn), permute (shuffled sentence "
+                        "order), fullname (no pronouns), combined with '+', e.g. multi5+permute")  # fmt: skip
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--pool", action="append", default=[], metavar="NAME=FILE",
+                   help=f"replace a built-in pool with a text file; names: {', '.join(POOL_FILES)}")  # fmt: skip
+    b.add_argument("--pools-dir", help="a directory laid out like the built-in pools; files found replace them")
+    b.add_argument("--pool-limit", action="append", default=[], metavar="ATTR=K",
+                   help=f"use a seeded subset of K values for an attribute ({', '.join(LIMITABLE)}) so small "
+                        "runs have enough people per value for probes")  # fmt: skip
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    b.set_defaults(func=cmd_bios)
+
+    s = dsub.add_parser("show", help="print a dataset's manifest and a few entries with their spans")
+    s.add_argument("dir")
+    s.add_argument("--n", type=int, default=2, help="entries to print")
+    s.set_defaults(func=cmd_show)
+
+    try:  # reversal-curse data lives with the evaluation stage
+        from probekit.data.reversal import register_cli as register_reversal
+    except ImportError:
+        return
+    register_reversal(dsub)

@@ -1,0 +1,189 @@
+"""Attribute pools and sentence templates: the raw material of bioS biographies.
+
+Every pool is a plain UTF-8 text file, one entry per line; lines starting with ``#`` and blank lines are ignored.
+Built-in pools ship as package data in ``probekit/data/pools/``; any of them can be replaced by a user file.
+
+| pool name | file | line format |
+|---|---|---|
+| first_names | first_names.txt | ``Name<TAB>female`` or ``Name<TAB>male`` (a bare ``Name`` gets a random gender per person) |
+| middle_names | middle_names.txt | ``Name`` |
+| last_names | last_names.txt | ``Name`` |
+| birth_cities | birth_cities.txt | ``City, ST`` |
+| universities | universities.txt | ``University name`` |
+| majors | majors.txt | ``Field of study`` |
+| companies | companies.txt | ``Company name<TAB>Headquarters City, ST`` (the company city attribute) |
+| templates_<attribute> | templates/<attribute>.txt | one sentence with ``{value}`` once and one subject slot |
+
+Template subject slots: ``{Subj}`` (sentence-initial subject), ``{subj}``, ``{Poss}`` (sentence-initial
+possessive), ``{poss}``, ``{obj}``. The first sentence of an entry renders them with the full name
+(``Anya Briar Forger``, ``Anya Briar Forger's``); later sentences with pronouns unless ``fullname`` is on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+ATTRIBUTES: tuple[str, ...] = ("birth_date", "birth_city", "university", "major", "company", "company_city")
+MONTHS: tuple[str, ...] = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+YEARS: tuple[int, int] = (1900, 2099)
+DAYS: int = 28
+SLOTS: tuple[str, ...] = ("Subj", "subj", "Poss", "poss", "obj")
+POOL_FILES: dict[str, str] = {
+    "first_names": "first_names.txt",
+    "middle_names": "middle_names.txt",
+    "last_names": "last_names.txt",
+    "birth_cities": "birth_cities.txt",
+    "universities": "universities.txt",
+    "majors": "majors.txt",
+    "companies": "companies.txt",
+    **{f"templates_{a}": f"templates/{a}.txt" for a in ATTRIBUTES},
+}
+# Attributes whose values can be subsampled (``pool_limits``) to give a probe enough people per value.
+LIMITABLE: tuple[str, ...] = ("birth_city", "university", "major", "company")
+_SLOT_RE = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed sentence template: ``parts`` interleaves literal text with slot names."""
+
+    text: str
+    subject_slot: str
+    parts: tuple[str, ...]  # literal, slot, literal, slot, literal
+
+
+def parse_template(text: str, where: str) -> Template:
+    slots = _SLOT_RE.findall(text)
+    if slots.count("value") != 1:
+        raise ValueError(f"{where}: template {text!r} must contain the value slot {{value}} exactly once")
+    subject = [s for s in slots if s != "value"]
+    if len(subject) != 1 or subject[0] not in SLOTS:
+        raise ValueError(
+            f"{where}: template {text!r} must contain exactly one subject slot out of "
+            f"{', '.join('{' + s + '}' for s in SLOTS)}"
+        )
+    if text.count("{") != 2 or text.count("}") != 2:
+        raise ValueError(f"{where}: template {text!r} has stray braces")
+    return Template(text=text, subject_slot=subject[0], parts=tuple(_SLOT_RE.split(text)))
+
+
+def _read_lines(text: str) -> list[str]:
+    return [ln.rstrip("\r") for ln in text.split("\n") if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+@dataclass
+class Pools:
+    """All pools and templates used to generate a dataset, plus their checksums."""
+
+    first_names: list[str]
+    first_genders: list[str | None]
+    middle_names: list[str]
+    last_names: list[str]
+    birth_cities: list[str]
+    universities: list[str]
+    majors: list[str]
+    companies: list[str]
+    company_city: dict[str, str]
+    templates: dict[str, list[Template]]
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def values(self, attr: str) -> list[str]:
+        """The class list of an attribute (whole-value probe targets index into it)."""
+        if attr == "birth_date":
+            return birth_dates()
+        if attr == "company_city":
+            return sorted(set(self.company_city[c] for c in self.companies))
+        lists = {"birth_city": self.birth_cities, "university": self.universities, "major": self.majors,
+                 "company": self.companies}  # fmt: skip
+        if attr not in lists:
+            raise ValueError(f"unknown attribute {attr!r}; valid: {', '.join(ATTRIBUTES)}")
+        return list(lists[attr])
+
+    @property
+    def name_space(self) -> int:
+        return len(self.first_names) * len(self.middle_names) * len(self.last_names)
+
+    def limited(self, limits: Mapping[str, int], seed: int) -> "Pools":
+        """A copy whose attribute pools are seeded random subsets of the given sizes (``{"major": 20}``)."""
+        rng = random.Random(f"pool-limits-{seed}")
+        out = Pools(**{k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.__dict__.items()})
+        attr_to_field = {"birth_city": "birth_cities", "university": "universities", "major": "majors",
+                         "company": "companies"}  # fmt: skip
+        for attr, k in sorted(limits.items()):
+            if attr not in attr_to_field:
+                raise ValueError(f"pool limit for {attr!r}: only {', '.join(LIMITABLE)} can be limited")
+            full = getattr(self, attr_to_field[attr])
+            if not 2 <= k <= len(full):
+                raise ValueError(f"pool limit {attr}={k}: must be between 2 and the pool size {len(full)}")
+            setattr(out, attr_to_field[attr], rng.sample(full, k))
+        return out
+
+
+def birth_dates() -> list[str]:
+    """Every possible birth date, ``"October 2, 1996"``: 200 years x 12 months x 28 days."""
+    return [f"{m} {d}, {y}" for y in range(YEARS[0], YEARS[1] + 1) for m in MONTHS for d in range(1, DAYS + 1)]
+
+
+def _builtin_text(rel: str) -> str:
+    return resources.files("probekit.data").joinpath("pools", rel).read_text(encoding="utf-8")
+
+
+def load_pools(overrides: Mapping[str, str | Path] | None = None) -> Pools:
+    """Load the built-in pools, replacing any named in ``overrides`` (pool name -> file path)."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(POOL_FILES))
+    if unknown:
+        raise ValueError(f"unknown pool name(s) {unknown}; valid names: {', '.join(POOL_FILES)}")
+    raw: dict[str, list[str]] = {}
+    checksums: dict[str, str] = {}
+    for name, rel in POOL_FILES.items():
+        if name in overrides:
+            path = Path(overrides[name])
+            if not path.is_file():
+                raise FileNotFoundError(f"pool file for {name!r} not found: {path}")
+            text = path.read_text(encoding="utf-8")
+            where = str(path)
+        else:
+            text, where = _builtin_text(rel), f"built-in {rel}"
+        lines = _read_lines(text)
+        if not lines:
+            raise ValueError(f"pool {name!r} ({where}) is empty; give at least one entry per line")
+        if len(set(lines)) != len(lines):
+            dup = next(x for x in lines if lines.count(x) > 1)
+            raise ValueError(f"pool {name!r} ({where}) repeats the entry {dup!r}; entries must be unique")
+        raw[name] = lines
+        checksums[name] = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    first, genders = [], []
+    for ln in raw["first_names"]:
+        name, _, gender = ln.partition("\t")
+        if gender and gender.strip() not in ("female", "male"):
+            raise ValueError(f"first_names: gender of {name!r} must be 'female' or 'male', got {gender!r}")
+        first.append(name.strip())
+        genders.append(gender.strip() or None)
+    companies, company_city = [], {}
+    for ln in raw["companies"]:
+        name, _, city = ln.partition("\t")
+        if not city.strip():
+            raise ValueError(
+                f"companies: company {name.strip()!r} has no headquarters city; write 'Company<TAB>City, ST'"
+            )
+        companies.append(name.strip())
+        company_city[name.strip()] = city.strip()
+    templates = {
+        a: [parse_template(t, f"templates_{a}") for t in raw[f"templates_{a}"]] for a in ATTRIBUTES
+    }
+    return Pools(
+        first_names=first, first_genders=genders, middle_names=raw["middle_names"], last_names=raw["last_names"],
+        birth_cities=raw["birth_cities"], universities=raw["universities"], majors=raw["majors"],
+        companies=companies, company_city=company_city, templates=templates, checksums=checksums,
+    )  # fmt: skip

@@ -1,0 +1,31 @@
+"""The command line: help, data generation, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from probekit.cli import build_parser, main
+
+
+def test_help_lists_subcommands() -> None:
+    text = build_parser().format_help()
+    for cmd in ("data",):
+        assert cmd in text
+
+
+def test_data_bios_cli_writes_dataset(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ds"
+    assert main(["data", "bios", "--n", "20", "--augmentation", "multi2", "--out", str(out)]) == 0
+    assert (out / "manifest.json").exists() and "20 people" in capsys.readouterr().out
+    assert main(["data", "bios", "--n", "20", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_bad_augmentation_is_one_line_error(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "probekit.cli", "data", "bios", "--n", "5", "--augmentation", "multi0",
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "multi0" in r.stderr
+    assert not (tmp_path / "x").exists()
