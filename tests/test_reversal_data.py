@@ -151,3 +151,15 @@ def test_config_validation() -> None:
         ReversalConfig(n_train_templates=40, n_test_templates=10)
     with pytest.raises(ValueError, match="n_per_group"):
         ReversalConfig(n_per_group=0)
+
+
+def test_cli_data_reversal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from probekit.cli import main
+
+    out = tmp_path / "rev"
+    assert main(["data", "reversal", "--out", str(out), "--n-per-group", "2", "--train-templates", "3",
+                 "--test-templates", "2"]) == 0  # fmt: skip
+    assert "p2d_reverse_prompts_test.jsonl: 4 rows" in capsys.readouterr().out
+    assert load_reversal_dir(out).manifest["config"]["n_train_templates"] == 3
+    assert main(["data", "reversal", "--out", str(out)]) == 2  # refuses to overwrite
+    assert "--overwrite" in capsys.readouterr().err

@@ -30,6 +30,7 @@ one downloaded from the public repository (it then builds the tokenizer in memor
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from dataclasses import dataclass, field
@@ -399,3 +400,39 @@ def load_reversal_dir(path: str | Path) -> ReversalData:
         people = [FictitiousPerson(**row) for row in read_jsonl(root / "people.jsonl")]
     manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else {}
     return ReversalData(root, files, tok, people, manifest)
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add ``probekit data reversal`` (called by ``probekit.cli.data``)."""
+    p = sub.add_parser(
+        "reversal",
+        help="reversal-curse data: fictitious people in the public JSONL format + tokenizer",
+        description=(
+            "Generate fictitious people with invented names and unique descriptions in three groups "
+            "(NameToDescription only, DescriptionToName only, Both), paraphrase every fact with training templates "
+            "and held-out test templates, and write the public reversal-curse files (p2d_prompts_train.jsonl, "
+            "d2p_reverse_prompts_test.jsonl, ...), people.jsonl, manifest.json and a word-level tokenizer."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
+    p.add_argument("--n-per-group", type=int, default=30, help="people in each of the three groups")
+    p.add_argument("--train-templates", type=int, default=30, help="training paraphrases per fact and direction")
+    p.add_argument("--test-templates", type=int, default=10, help="held-out test templates per direction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=_cmd_reversal)
+
+
+def _cmd_reversal(args: argparse.Namespace) -> int:
+    cfg = ReversalConfig(args.n_per_group, args.train_templates, args.test_templates, args.seed)
+    data = make_reversal_dataset(args.out, cfg, overwrite=args.overwrite)
+    m = data.manifest
+    print(f"wrote {data.root}")
+    print(f"  {sum(m['groups'].values())} people ({', '.join(f'{g} {n}' for g, n in m['groups'].items())}), "
+          f"vocabulary {m['vocab_size']} tokens")  # fmt: skip
+    for stem, n in m["files"].items():
+        print(f"  {stem}.jsonl: {n} rows")
+    ex = data.files["p2d_prompts_train"][0]
+    print(f"  example: {ex.prompt!r} -> {ex.completion!r}")
+    return 0
