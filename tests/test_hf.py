@@ -1,0 +1,143 @@
+"""Hugging Face interop: Llama export matches our logits, TransformerBridge sees the same residual stream,
+import round-trips, and bad inputs fail clearly."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from probekit.data.tokenizer import build_tokenizer
+from probekit.hf import EXTRA_JSON, EXTRA_TENSORS, export_llama, import_llama, load_bridge
+from probekit.model import HookedLM, ModelConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():  # type: ignore[no-untyped-def]
+    words = " ".join(f"w{i}" for i in range(40))
+    return build_tokenizer([f"Anya Briar Forger was born in Princeton , NJ . {words}"])
+
+
+def trained_like(vocab: int, **kw: object) -> HookedLM:
+    """A tiny model with perturbed weights (RMSNorm weights away from 1, so the mapping of every tensor matters)."""
+    cfg = dict(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_mlp=64, n_ctx=64, seed=3)
+    cfg.update(kw)
+    model = HookedLM(ModelConfig(**cfg)).eval()  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def ids_for(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, 20), generator=torch.Generator().manual_seed(12))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_export_logits_match_llama(tmp_path: Path, tokenizer, tie: bool) -> None:  # type: ignore[no-untyped-def]
+    from transformers import LlamaForCausalLM
+
+    model = trained_like(len(tokenizer), tie_embeddings=tie)
+    out = export_llama(model, tokenizer, tmp_path / "llama")
+    assert {"config.json", "model.safetensors", "tokenizer.json", EXTRA_JSON} <= {p.name for p in out.iterdir()}
+    hf = LlamaForCausalLM.from_pretrained(str(out)).eval()
+    ids = ids_for(len(tokenizer))
+    with torch.no_grad():
+        diff = (hf(ids).logits - model(ids)).abs().max().item()
+    assert diff < 1e-4
+    assert hf.config.tie_word_embeddings == tie
+    # A plain Hugging Face save (no probekit side files) imports too
+    hf.save_pretrained(str(tmp_path / "plain"))
+    tokenizer.save_pretrained(str(tmp_path / "plain"))
+    back, _ = import_llama(tmp_path / "plain")
+    assert back.cfg.tie_embeddings == tie and back.cfg.d_model == 32
+    with torch.no_grad():
+        assert (back(ids) - model(ids)).abs().max().item() < 1e-5
+
+
+def test_bridge_resid_post_matches_run_with_cache(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = trained_like(len(tokenizer))
+    out = export_llama(model, tokenizer, tmp_path / "llama")
+    bridge = load_bridge(out)
+    ids = ids_for(len(tokenizer))
+    with torch.no_grad():
+        logits_b, cache_b = bridge.run_with_cache(ids)
+        logits, cache = model.run_with_cache(ids)
+    assert (logits_b - logits).abs().max().item() < 1e-4
+    for layer in range(model.cfg.n_layers):
+        for name in ("hook_resid_pre", "hook_resid_post"):
+            key = f"blocks.{layer}.{name}"
+            assert (cache_b[key] - cache[key]).abs().max().item() < 1e-4, key
+
+
+def test_import_round_trip(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = trained_like(len(tokenizer), rope_theta=500.0, norm_eps=1e-6)
+    out = export_llama(model, tokenizer, tmp_path / "llama")
+    back, tok = import_llama(out)
+    assert back.cfg == model.cfg
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+    assert tok.get_vocab() == tokenizer.get_vocab()
+    ids = ids_for(len(tokenizer))
+    assert torch.equal(back(ids, attn_mode="bico"), model(ids, attn_mode="bico"))
+
+
+def test_abi_span_table_goes_to_side_file_and_comes_back(tmp_path: Path, tokenizer, caplog) -> None:  # type: ignore[no-untyped-def]
+    from transformers import LlamaForCausalLM
+
+    model = trained_like(len(tokenizer), span_positions=True, tie_embeddings=True)
+    with caplog.at_level(logging.WARNING, logger="probekit.hf"):
+        out = export_llama(model, tokenizer, tmp_path / "abi")
+    assert any("span" in r.getMessage() for r in caplog.records)
+    assert (out / EXTRA_TENSORS).exists()
+    extra = json.loads((out / EXTRA_JSON).read_text())
+    assert extra["span_embed"]["row0_folded_into_embed_tokens"] is True
+    ids = ids_for(len(tokenizer))
+    hf = LlamaForCausalLM.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)).abs().max().item() < 1e-4  # causal input = all Part A
+    back, _ = import_llama(out)
+    assert back.span_embed is not None and model.span_embed is not None
+    assert torch.equal(back.span_embed.weight, model.span_embed.weight)
+    assert torch.allclose(back.embed.weight, model.embed.weight, atol=1e-6)
+    kw = dict(attn_mode="abi", prefix_len=torch.tensor([12, 15]), span_positions=torch.arange(20).expand(2, 20) % 4)
+    assert torch.allclose(back(ids, **kw), model(ids, **kw), atol=1e-5)
+
+
+def test_bad_inputs_fail_clearly(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    small = trained_like(len(tokenizer) - 3)
+    with pytest.raises(ValueError, match="tokenizer has .* tokens but the checkpoint's vocabulary has"):
+        export_llama(small, tokenizer, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+    out = export_llama(trained_like(len(tokenizer)), tokenizer, tmp_path / "ok")
+    with pytest.raises(FileExistsError):
+        export_llama(trained_like(len(tokenizer)), tokenizer, out)
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        import_llama(tmp_path / "missing")
+
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "num_key_value_heads": 2}))
+    with pytest.raises(ValueError, match="grouped-query attention"):
+        import_llama(out)
+    (out / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="expected 'llama'"):
+        import_llama(out)
+    (out / "config.json").write_text(json.dumps({**cfg, "vocab_size": len(tokenizer) - 2}))
+    (out / EXTRA_JSON).unlink()  # a plain Llama directory whose weights do not match its config
+    with pytest.raises(ValueError, match="shape"):
+        import_llama(out)
