@@ -1,0 +1,247 @@
+"""Checkpoints: one self-contained directory per saved model.
+
+A checkpoint directory holds::
+
+    model.safetensors    the HookedLM weights (float32; tied embeddings stored once)
+    config.json          the ModelConfig
+    tokenizer.json       the word-level tokenizer (+ tokenizer_config.json, special_tokens_map.json)
+    train_config.json    the TrainConfig that produced it (absent for models saved outside the trainer)
+    meta.json            objective, dataset name, step, tokens, final losses: what readers usually need
+    trainer_state.pt     optimiser, scheduler, RNG states, data position, step (only for resumable checkpoints)
+
+It is written under a temporary name and renamed into place, so a crash never leaves a half-written
+checkpoint that looks complete. A training run directory keeps its checkpoints under ``checkpoints/step_*``;
+``load_checkpoint`` accepts either a checkpoint directory or a run directory (then the latest checkpoint).
+
+Typical use by later stages::
+
+    model, tokenizer, meta = load_checkpoint("runs/ntp_small")     # latest checkpoint of the run
+    meta["objective"], meta["dataset"], meta["step"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import PreTrainedTokenizerFast
+
+from probekit.config import from_dict, to_dict
+from probekit.data.tokenizer import load_tokenizer, save_tokenizer
+from probekit.io import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "config.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+META_FILE = "meta.json"
+TRAINER_STATE_FILE = "trainer_state.pt"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINTS_SUBDIR = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _short(e: BaseException) -> str:
+    """``Type: first line of the message`` (library errors can run to many lines)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+def _fix_hint(path: Path) -> str:
+    return f"remove {path} and re-train (or resume from an earlier checkpoint)"
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    train_config: Any = None,
+    trainer_state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (an existing one at ``directory`` is replaced).
+
+    ``model`` is a HookedLM (its ``cfg`` is saved as ``config.json``); ``train_config`` a TrainConfig (or a dict)
+    or None; ``trainer_state`` what the trainer needs to resume (omit for a weights-only checkpoint); ``meta``
+    extra JSON-able facts merged into ``meta.json`` (objective and dataset name are derived from ``train_config``).
+    Returns the directory path.
+    """
+    directory = Path(directory)
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise ValueError("save_checkpoint expects a probekit HookedLM (a module with a `cfg` ModelConfig)")
+    if cfg.vocab_size != len(tokenizer):
+        raise ValueError(
+            f"model vocab_size {cfg.vocab_size} does not match the tokenizer ({len(tokenizer)} tokens); "
+            "a checkpoint must pair a model with the tokenizer it was trained with"
+        )
+    tc = None if train_config is None else (train_config if isinstance(train_config, dict) else to_dict(train_config))
+    info: dict[str, Any] = {
+        "objective": (tc or {}).get("objective"),
+        "dataset": (tc or {}).get("dataset_name") or _dataset_name((tc or {}).get("data")),
+        "data": (tc or {}).get("data"),
+    }
+    info.update(meta or {})
+    with atomic_dir(directory, overwrite=True) as tmp:
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        atomic_write_json(tmp / MODEL_CONFIG_FILE, to_dict(cfg))
+        save_tokenizer(tokenizer, tmp)
+        if tc is not None:
+            atomic_write_json(tmp / TRAIN_CONFIG_FILE, tc)
+        atomic_write_json(tmp / META_FILE, info)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+    return directory
+
+
+def _dataset_name(data: str | None) -> str | None:
+    if not data:
+        return None
+    manifest = Path(data) / "manifest.json"
+    if manifest.exists():
+        try:
+            name = json.loads(manifest.read_text(encoding="utf-8")).get("name")
+            if name:
+                return str(name)
+        except (OSError, json.JSONDecodeError):
+            pass
+    return Path(data).name
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The ``checkpoints/step_*`` directories of a run, oldest first (by step)."""
+    root = Path(run_dir) / CHECKPOINTS_SUBDIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a training run directory, or None if it has none."""
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `probekit train`")
+    if (path / WEIGHTS_FILE).exists() or (path / MODEL_CONFIG_FILE).exists():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(
+            f"{path} is neither a checkpoint (no {WEIGHTS_FILE}) nor a run directory with {CHECKPOINTS_SUBDIR}/step_*"
+        )
+    return latest
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {file} ({_short(e)}); the checkpoint is corrupt: {_fix_hint(file.parent)}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} does not hold a JSON object; the checkpoint is corrupt: {_fix_hint(file.parent)}")
+    return data
+
+
+def load_model_config(path: str | Path) -> Any:
+    """The ModelConfig of a checkpoint (or of a run's latest checkpoint), without loading weights."""
+    from probekit.model import ModelConfig
+
+    ckpt = resolve_checkpoint(path)
+    file = ckpt / MODEL_CONFIG_FILE
+    if not file.exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} has no {MODEL_CONFIG_FILE}; it is incomplete: {_fix_hint(ckpt)}")
+    return from_dict(ModelConfig, _read_json(file))
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Any, PreTrainedTokenizerFast, dict[str, Any]]:
+    """Load ``(model, tokenizer, meta)`` from a checkpoint directory or a run directory (latest checkpoint).
+
+    ``model`` is a HookedLM in eval mode on ``device``. ``meta`` holds: ``objective`` (e.g. "ntp"),
+    ``dataset`` (dataset name), ``data`` (dataset directory the run trained on), ``step``, ``tokens``,
+    ``train_loss``/``eval_loss`` (when trained by probekit), ``train_config`` (dict, or None), ``model_config``
+    (the ModelConfig) and ``path`` (the checkpoint directory). Raises ``FileNotFoundError``/``ValueError``
+    naming the file for a missing, truncated or mismatched checkpoint.
+    """
+    from probekit.model import HookedLM
+
+    ckpt = resolve_checkpoint(path)
+    for name in (WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE):
+        if not (ckpt / name).exists():
+            raise FileNotFoundError(f"checkpoint {ckpt} has no {name}; it is incomplete: {_fix_hint(ckpt)}")
+    cfg = load_model_config(ckpt)
+    try:
+        tokenizer = load_tokenizer(ckpt)
+    except Exception as e:  # tokenizers raises its own exception types for malformed JSON
+        raise ValueError(f"cannot read {ckpt / TOKENIZER_FILE} ({_short(e)}); {_fix_hint(ckpt)}") from e
+    if cfg.vocab_size != len(tokenizer):
+        raise ValueError(
+            f"checkpoint {ckpt}: model vocab_size {cfg.vocab_size} does not match its tokenizer "
+            f"({len(tokenizer)} tokens); the files come from different runs: {_fix_hint(ckpt)}"
+        )
+    model = HookedLM(cfg)
+    load_weights(model, ckpt)
+    model.to(device).eval()
+    meta: dict[str, Any] = {}
+    if (ckpt / META_FILE).exists():
+        meta.update(_read_json(ckpt / META_FILE))
+    tc = _read_json(ckpt / TRAIN_CONFIG_FILE) if (ckpt / TRAIN_CONFIG_FILE).exists() else None
+    meta.setdefault("objective", (tc or {}).get("objective"))
+    meta.setdefault("dataset", _dataset_name((tc or {}).get("data")))
+    meta.setdefault("step", None)
+    meta["train_config"] = tc
+    meta["model_config"] = cfg
+    meta["path"] = ckpt
+    return model, tokenizer, meta
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``model`` in place (strict: every tensor must fit)."""
+    ckpt = Path(path)
+    weights = ckpt / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} has no {WEIGHTS_FILE}; it is incomplete: {_fix_hint(ckpt)}")
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except Exception as e:  # SafetensorError, OSError, RuntimeError (shape mismatch) ...
+        raise ValueError(
+            f"cannot load weights {weights} ({_short(e)}); the file is corrupt or truncated: "
+            f"{_fix_hint(ckpt)}"
+        ) from e
+    if missing or unexpected:
+        raise ValueError(
+            f"weights {weights} do not fit the model in {ckpt / MODEL_CONFIG_FILE} (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}): {_fix_hint(ckpt)}"
+        )
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.pt`` of a checkpoint (tensors, numbers and lists only: loaded with weights_only)."""
+    file = Path(path) / TRAINER_STATE_FILE
+    if not file.exists():
+        raise FileNotFoundError(
+            f"checkpoint {path} has no {TRAINER_STATE_FILE}, so training cannot resume from it; "
+            "start a new run (or use it as init_from)"
+        )
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"cannot read {file} ({_short(e)}); the file is corrupt or truncated: {_fix_hint(Path(path))}"
+        ) from e
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{file} is not a probekit trainer state: {_fix_hint(Path(path))}")
+    return state

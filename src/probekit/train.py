@@ -1,0 +1,570 @@
+"""The trainer: one loop for NTP, ABI and BICO pretraining and for QA finetuning, resumable bit for bit.
+
+``train(TrainConfig(...))`` builds everything from the config (dataset, objective, model), validates it before
+the first step, and runs AdamW with linear warmup then cosine decay to ``min_lr`` and gradient clipping. Weight
+decay applies to the linear layers' weights only: embeddings (``embed``, ``span_embed``, and ``unembed`` when tied)
+and RMSNorm weights are not decayed. Metrics go to ``<out>/metrics.jsonl``; checkpoints (see
+``probekit.checkpoint``) to ``<out>/checkpoints/step_XXXXXXXX`` every ``save_every`` steps and at the end.
+
+Data (``probekit.train_data``): by default the dataset's biographies are shuffled across the corpus every epoch
+and packed into windows of ``seq_len`` tokens (NTP, BICO: one window = one causal/BICO sequence; ABI: one window =
+one sequence through blank infilling, whose input is two tokens longer per span, so the model's ``n_ctx``
+defaults to ``objective.max_input_len(seq_len)``, e.g. 332 for ``seq_len`` 256 at 15% masking). Callers can pass
+any ``SequenceSource`` instead, e.g. ``ItemSource`` of QA items whose loss covers only the answer.
+
+Exact resume: the data order of an epoch is a function of ``(seed, epoch)``, every batch's random choices (BICO
+masks, ABI spans) come from a generator seeded by ``(seed, step, rank)``, and the checkpoint stores the weights,
+the optimiser state, the step, the data position and the torch/python/numpy RNG states. A run stopped at any
+checkpoint and resumed therefore reaches the same weights as an uninterrupted run (tested on CPU).
+
+Multi-GPU: the loop runs through Hugging Face ``accelerate`` (``accelerator.prepare`` / ``backward`` /
+``clip_grad_norm_``), so ``accelerate launch -m probekit.cli train ...`` trains data-parallel unchanged:
+``batch_size`` is the global batch, and each process takes every ``world_size``-th item of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from probekit.batch import ModelBatch
+from probekit.checkpoint import (
+    CHECKPOINTS_SUBDIR, latest_checkpoint, list_checkpoints, load_checkpoint, load_trainer_state, load_weights,
+    save_checkpoint,
+)  # fmt: skip
+from probekit.config import from_dict, load_config, to_dict
+from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
+from probekit.model import HookedLM, ModelConfig
+from probekit.objectives import compute_loss, get_objective
+from probekit.train_data import (
+    DataStream, SequenceSource, TrainItem, abi_answer_batch, apply_loss_mask, bios_source,
+)  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+TRAIN_CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+# fields that may change when resuming (they do not affect the weights)
+RESUMABLE_CHANGES = frozenset({"out", "log_every", "eval_every", "save_every", "keep_checkpoints"})
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (YAML/JSON via ``probekit.config``).
+
+    Budget: set exactly one of ``max_steps``, ``epochs`` (passes over the packed windows / items) or ``tokens``.
+    ``model`` holds ModelConfig fields (``vocab_size`` comes from the tokenizer; ``n_ctx`` defaults to the longest
+    input the objective makes from ``seq_len`` tokens, or from the source's longest item if that is longer; ``seed`` to this config's seed); with ``init_from`` the model comes
+    from that checkpoint and ``model`` may only repeat its values.
+    """
+
+    data: str = ""  # dataset directory (probekit data bios); may be empty when the caller passes a source
+    out: str = ""  # run directory: train_config.json, metrics.jsonl, summary.json, checkpoints/
+    objective: str = "ntp"  # ntp | abi | bico
+    objective_settings: dict[str, Any] = field(default_factory=dict)  # e.g. {mask_ratio: 0.15}
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {d_model: 128, n_layers: 4}
+    init_from: str | None = None  # checkpoint (or run) directory to start from, for finetuning
+    seq_len: int = 256  # packed window length (tokens)
+    batch_size: int = 32  # global batch (windows or items per optimiser step)
+    max_steps: int | None = None
+    epochs: float | None = None
+    tokens: int | None = None
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float = 1.0  # 0 = no clipping
+    qa_mix: float = 0.0  # mixed training: share of each epoch's tokens that are P_train QA sequences
+    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    eval_windows: int = 16  # size of the fixed evaluation set (windows or items); 0 = no evaluation
+    eval_holdout: bool = False  # withhold the eval windows' entries from training (default: memorisation loss)
+    save_every: int = 0  # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
+    log_every: int = 10  # steps between metrics rows
+    seed: int = 0
+    precision: str = "no"  # accelerate mixed precision: no | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        # YAML reads "1e-3" (no dot) as a string: accept numbers written that way
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, str) and f.type in ("float", "float | None", "int | None", "int"):
+                try:
+                    num = float(v)
+                except ValueError:
+                    raise ValueError(f"TrainConfig.{f.name} must be a number, got {v!r}") from None
+                setattr(self, f.name, int(num) if "int" in f.type and num.is_integer() else num)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming every problem with the settings (cheap checks, no files read)."""
+        errs: list[str] = []
+        budgets = [n for n in ("max_steps", "epochs", "tokens") if getattr(self, n) is not None]
+        if len(budgets) != 1:
+            errs.append(f"set exactly one budget of max_steps, epochs, tokens (got {budgets or 'none'})")
+        for name in budgets:
+            if not getattr(self, name) > 0:
+                errs.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.out:
+            errs.append("out (the run directory) is empty")
+        for name in ("seq_len", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                errs.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.seq_len < 2:
+            errs.append(f"seq_len must be >= 2, got {self.seq_len}")
+        if not 0 < self.lr:
+            errs.append(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            errs.append(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        for name in ("warmup_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                errs.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            errs.append(f"log_every must be >= 1, got {self.log_every}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            errs.append("weight_decay and grad_clip must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            errs.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.qa_mix < 1:
+            errs.append(f"qa_mix must be in [0, 1), got {self.qa_mix}")
+        if self.precision not in PRECISIONS:
+            errs.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        bad = sorted(set(self.model) - {f.name for f in fields(ModelConfig)})
+        if bad:
+            errs.append(f"model: unknown ModelConfig field(s) {bad}; valid: {sorted(f.name for f in fields(ModelConfig))}")
+        if errs:
+            raise ValueError("invalid training config: " + "; ".join(errs))
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path  # the final checkpoint directory (load with probekit.checkpoint.load_checkpoint)
+    steps: int
+    tokens: int
+    epochs: float  # passes over the source's epoch
+    train_loss: float | None  # mean training loss over the last log interval
+    eval_loss: float | None
+    elapsed_s: float
+    model: HookedLM
+    tokenizer: PreTrainedTokenizerFast
+    metrics_path: Path
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Fields whose values differ (ignoring ``RESUMABLE_CHANGES``), as ``name: old -> new``."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(k), new.get(k)
+        if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):  # tuples vs lists compare equal
+            out.append(f"{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay Linear weights; not embeddings (incl. a tied unembed) or norm weights. Frozen params are left out."""
+    no_decay: set[int] = set()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Embedding) or not isinstance(mod, torch.nn.Linear):
+            no_decay.update(id(p) for p in mod.parameters(recurse=False))
+    decay, rest, seen = [], [], set()
+    for p in model.parameters():
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        (rest if id(p) in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _step_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p % (2**32) for p in parts]).generate_state(1)[0])
+
+
+class Trainer:
+    """Build with everything validated up front; ``run()`` trains and returns a ``TrainResult``.
+
+    ``source``: a ``SequenceSource`` (default: the biographies of ``cfg.data``, packed). ``model``: an existing
+    HookedLM to train in place (only parameters with ``requires_grad`` are optimised); ``tokenizer`` is then
+    required unless ``cfg.data``/``cfg.init_from`` supplies it. ``on_step(trainer, row)`` is called after every
+    step (after any checkpoint of that step).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        source: SequenceSource | None = None,
+        *,
+        model: HookedLM | None = None,
+        tokenizer: PreTrainedTokenizerFast | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+        on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
+    ) -> None:
+        cfg.validate()
+        self.cfg, self.progress, self.on_step = cfg, progress, on_step
+        self.out = Path(cfg.out)
+        resume_from = self._check_out_dir(resume, overwrite)
+
+        dataset = None
+        if source is None:
+            if not cfg.data:
+                raise ValueError("TrainConfig.data is empty: set the dataset directory (or pass a source)")
+            from probekit.data.store import load_dataset
+
+            dataset = load_dataset(cfg.data)
+            tokenizer = self._same_vocab(tokenizer, dataset.tokenizer, f"dataset {cfg.data}")
+        init_model = None
+        if cfg.init_from:
+            init_model, init_tok, _ = load_checkpoint(cfg.init_from)
+            tokenizer = self._same_vocab(tokenizer, init_tok, f"checkpoint {cfg.init_from}")
+        if tokenizer is None:
+            raise ValueError("no tokenizer: set TrainConfig.data or init_from, or pass tokenizer=")
+        self.tokenizer = tokenizer
+        self.objective = get_objective(cfg.objective, tokenizer, **cfg.objective_settings)
+        if source is None:
+            source = bios_source(dataset, cfg.seq_len, cfg.seed, cfg.qa_mix, cfg.eval_windows, cfg.eval_holdout)
+        elif cfg.qa_mix:
+            raise ValueError("qa_mix applies to the dataset's packed biographies; mix QA into your own source instead")
+        self.source = source
+        self.dataset_name = dataset.name if dataset is not None else getattr(source, "name", None)
+
+        need = self._input_len(source.max_len())
+        mcfg = self._model_config(init_model, model, need)
+        if need > mcfg.n_ctx:
+            fit = max((s for s in range(2, mcfg.n_ctx + 1) if self._input_len(s) <= mcfg.n_ctx), default=0)
+            raise ValueError(
+                f"sequences too long for the context: objective {cfg.objective!r} makes inputs of up to {need} "
+                f"tokens from sequences of {source.max_len()} tokens, but the model's n_ctx is {mcfg.n_ctx}; "
+                f"set model.n_ctx >= {need} or use sequences of at most {fit} tokens (seq_len)"
+            )
+        if model is None:
+            model = init_model if init_model is not None else HookedLM(mcfg)
+        if model.cfg.vocab_size != len(tokenizer):
+            raise ValueError(f"model vocab_size {model.cfg.vocab_size} != tokenizer size {len(tokenizer)}")
+
+        self.accelerator = Accelerator(mixed_precision=cfg.precision)
+        world = self.accelerator.num_processes
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+        self.stream = DataStream(source)
+        ep_items = source.epoch_items(0)
+        self.epoch_tokens = sum(len(it.ids) for it in ep_items)
+        self.max_steps = self._budget_steps(len(ep_items))
+        self.eval_items = source.eval_items(cfg.eval_windows) if cfg.eval_windows else []
+
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self._loss_sum, self._loss_n = torch.zeros(()), 0  # training loss summed over the open log interval
+        self.last_train_loss: float | None = None
+        self.last_eval_loss: float | None = None
+        state = None
+        if resume_from is not None:
+            load_weights(model, resume_from)
+            state = load_trainer_state(resume_from)
+        else:
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed % 2**32)
+            torch.manual_seed(cfg.seed)
+        optimizer = torch.optim.AdamW(
+            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if state is not None:
+            self._load_state(state)
+        self._write_run_files(resume_from is not None)
+
+    # ------------------------------------------------------------------------------------------------ set-up
+
+    def _check_out_dir(self, resume: bool, overwrite: bool) -> Path | None:
+        if not resume:
+            if prepare_output_dir(self.out, overwrite).exists() and overwrite:
+                for name in (TRAIN_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE):
+                    (self.out / name).unlink(missing_ok=True)
+                shutil.rmtree(self.out / CHECKPOINTS_SUBDIR, ignore_errors=True)
+            return None
+        saved = self.out / TRAIN_CONFIG_FILE
+        if not saved.exists():
+            raise FileNotFoundError(f"cannot resume: {saved} does not exist (no run started in {self.out})")
+        old = to_dict(load_config(TrainConfig, saved))
+        diffs = config_differences(old, to_dict(self.cfg))
+        if diffs:
+            raise ValueError(
+                f"cannot resume {self.out}: the config differs from the run's in " + "; ".join(diffs)
+                + " (use the original settings, or start a new run with another --out or --overwrite)"
+            )
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            log.info("no checkpoint in %s yet: starting from step 0", self.out)
+        return ckpt
+
+    @staticmethod
+    def _same_vocab(
+        have: PreTrainedTokenizerFast | None, new: PreTrainedTokenizerFast, what: str
+    ) -> PreTrainedTokenizerFast:
+        if have is not None and have.get_vocab() != new.get_vocab():
+            raise ValueError(
+                f"the vocabulary of {what} ({len(new)} tokens) does not match the tokenizer in use ({len(have)} "
+                "tokens): a checkpoint can only be trained further on data built with its own tokenizer"
+            )
+        return have if have is not None else new
+
+    def _input_len(self, seq_len: int) -> int:
+        """Longest model input made from sequences of ``seq_len`` tokens (ABI QA items: +2, [MASK] and [START])."""
+        extra = seq_len + 2 if self.cfg.objective == "abi" else 0
+        return max(self.objective.max_input_len(seq_len), extra)
+
+    def _model_config(self, init_model: HookedLM | None, model: HookedLM | None, need: int) -> ModelConfig:
+        given = model if model is not None else init_model
+        if given is not None:
+            have = to_dict(given.cfg)
+            diffs = [f"{k}: {v!r} (config) vs {have[k]!r} (model)" for k, v in self.cfg.model.items() if have[k] != v]
+            if diffs:
+                raise ValueError("model settings differ from the model being trained: " + "; ".join(diffs)
+                                 + "; remove them from `model:` (they come from the checkpoint)")  # fmt: skip
+            return given.cfg
+        d = {"n_ctx": max(need, self._input_len(self.cfg.seq_len)), "seed": self.cfg.seed, **self.cfg.model}
+        vocab = len(self.tokenizer)
+        if d.get("vocab_size", vocab) != vocab:
+            raise ValueError(f"model.vocab_size {d['vocab_size']} does not match the tokenizer ({vocab} tokens); "
+                             "leave it out (it is taken from the tokenizer)")  # fmt: skip
+        d["vocab_size"] = vocab
+        return from_dict(ModelConfig, d)  # ModelConfig.__post_init__ checks heads / head size
+
+    def _budget_steps(self, epoch_items: int) -> int:
+        cfg, B = self.cfg, self.cfg.batch_size
+        if cfg.max_steps is not None:
+            return int(cfg.max_steps)
+        if cfg.epochs is not None:
+            return max(1, math.ceil(cfg.epochs * epoch_items / B))
+        tokens_per_step = B * self.epoch_tokens / epoch_items
+        return max(1, math.ceil(float(cfg.tokens) / tokens_per_step))  # type: ignore[arg-type]
+
+    def _write_run_files(self, resumed: bool) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / TRAIN_CONFIG_FILE, to_dict(self.cfg))
+        metrics = self.out / METRICS_FILE
+        if resumed or metrics.exists():  # drop rows logged after the checkpoint we resume from
+            rows = read_jsonl(metrics) if metrics.exists() else []
+            atomic_write_jsonl(metrics, [r for r in rows if r.get("step", 0) <= self.step])
+
+    # ------------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        state: dict[str, Any] = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed_s": self.elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0),
+            "data": self.stream.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, "lr": self.lr_at(max(self.step - 1, 0))},
+            "train_loss": self.last_train_loss,
+            "eval_loss": self.last_eval_loss,
+            "loss_acc": [float(self._loss_sum), self._loss_n],  # the open log interval, so rows match on resume
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+        return state
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.last_train_loss, self.last_eval_loss = state.get("train_loss"), state.get("eval_loss")
+        acc_sum, self._loss_n = state.get("loss_acc", [0.0, 0])
+        self._loss_sum = torch.tensor(float(acc_sum), device=self.accelerator.device)
+        self.stream = DataStream(self.source, state["data"]["epoch"], state["data"]["offset"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_tuplify(rng["python"]))
+        np_s = rng["numpy"]
+        np.random.set_state((np_s[0], np_s[1].numpy().astype(np.uint32), *np_s[2:]))
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of (0-based) ``step``: linear warmup to ``lr``, then cosine to ``min_lr`` at the end."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, self.max_steps - cfg.warmup_steps))
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+
+    def build_batch(self, items: Sequence[TrainItem], generator: torch.Generator) -> ModelBatch:
+        """The objective's batch for ``items``; items with loss masks restrict the loss to their target tokens."""
+        masked = any(it.loss_mask is not None for it in items)
+        if masked and self.cfg.objective == "abi":
+            return abi_answer_batch(items)
+        batch = self.objective.build([it.ids for it in items], generator)
+        return apply_loss_mask(batch, items) if masked else batch
+
+    def train_step(self, batch: ModelBatch) -> torch.Tensor:
+        """One optimiser step on ``batch`` (forward, backward, clip, AdamW); returns the detached loss."""
+        acc = self.accelerator
+        batch = batch.to(acc.device)
+        with acc.autocast():
+            loss = compute_loss(self.model, batch)
+        acc.backward(loss)
+        if self.cfg.grad_clip > 0:
+            acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean loss per target token on the fixed eval set (random choices from a fixed generator)."""
+        if not self.eval_items:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 2**31 - 1))
+        total, count = 0.0, 0
+        for i in range(0, len(self.eval_items), self.cfg.batch_size):
+            batch = self.build_batch(self.eval_items[i : i + self.cfg.batch_size], gen).to(self.accelerator.device)
+            n = batch.n_loss_tokens
+            if n:
+                with self.accelerator.autocast():
+                    total += float(compute_loss(model, batch)) * n
+                count += n
+        model.train()
+        return total / count if count else None
+
+    def save(self) -> Path:
+        """Checkpoint the current step (main process writes; older checkpoints beyond keep_checkpoints pruned)."""
+        acc = self.accelerator
+        path = self.out / CHECKPOINTS_SUBDIR / f"step_{self.step:08d}"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            meta = {"dataset": self.dataset_name, "step": self.step, "tokens": self.tokens,
+                    "train_loss": self.last_train_loss, "eval_loss": self.last_eval_loss}  # fmt: skip
+            save_checkpoint(path, acc.unwrap_model(self.model), self.tokenizer, self.cfg, self.state_dict(), meta)
+            if self.cfg.keep_checkpoints:
+                for old in list_checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return path
+
+    # ------------------------------------------------------------------------------------------------ loop
+
+    def run(self) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        rank, world, B = acc.process_index, acc.num_processes, cfg.batch_size
+        self.model.train()
+        self._t0 = time.perf_counter()
+        bar = tqdm(total=self.max_steps, initial=self.step, desc=f"train {cfg.objective}", unit="step",
+                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)  # fmt: skip
+        self._loss_sum = self._loss_sum.to(acc.device)
+        t_log, tok_log = time.perf_counter(), self.tokens
+        last_saved = self.step if latest_checkpoint(self.out) is not None else -1
+        metrics = open(self.out / METRICS_FILE, "a", encoding="utf-8") if acc.is_main_process else None
+        try:
+            while self.step < self.max_steps:
+                items = self.stream.take(B)
+                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, self.step, rank))
+                batch = self.build_batch(items[rank::world], gen)
+                lr = self.lr_at(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self._loss_sum = self._loss_sum + self.train_step(batch)
+                self._loss_n += 1
+                self.step += 1
+                self.tokens += sum(len(it.ids) for it in items)
+                bar.update(1)
+                row: dict[str, Any] = {}
+                last = self.step == self.max_steps
+                do_eval = last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)
+                if last or self.step % cfg.log_every == 0 or do_eval:
+                    now = time.perf_counter()
+                    self.last_train_loss = float(acc.reduce(self._loss_sum, "mean")) / self._loss_n
+                    row = {"step": self.step, "loss": self.last_train_loss, "lr": lr, "tokens": self.tokens,
+                           "tokens_per_s": (self.tokens - tok_log) / max(now - t_log, 1e-9),
+                           "epoch": self.step * B / self.stream.epoch_size, "eval_loss": None}  # fmt: skip
+                    if do_eval:
+                        self.last_eval_loss = row["eval_loss"] = self.evaluate()
+                    self._loss_sum, self._loss_n = torch.zeros((), device=acc.device), 0
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                    if metrics is not None:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
+                    t_log, tok_log = time.perf_counter(), self.tokens
+                if last or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
+                    if metrics is not None:
+                        metrics.flush()
+                    self.save()
+                    last_saved = self.step
+                if self.on_step is not None:
+                    self.on_step(self, row)
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        if last_saved != self.step:  # resumed a finished run: make sure a final checkpoint exists
+            self.save()
+        return self._result()
+
+    def _result(self) -> TrainResult:
+        elapsed = self.elapsed_before + time.perf_counter() - self._t0
+        ckpt = latest_checkpoint(self.out)
+        assert ckpt is not None
+        result = TrainResult(
+            out_dir=self.out, checkpoint=ckpt, steps=self.step, tokens=self.tokens,
+            epochs=self.step * self.cfg.batch_size / self.stream.epoch_size, train_loss=self.last_train_loss,
+            eval_loss=self.last_eval_loss, elapsed_s=elapsed, model=self.accelerator.unwrap_model(self.model),
+            tokenizer=self.tokenizer, metrics_path=self.out / METRICS_FILE,
+        )  # fmt: skip
+        if self.accelerator.is_main_process:
+            atomic_write_json(self.out / SUMMARY_FILE, {
+                "steps": result.steps, "tokens": result.tokens, "epochs": result.epochs,
+                "train_loss": result.train_loss, "eval_loss": result.eval_loss, "elapsed_s": elapsed,
+                "checkpoint": str(ckpt), "objective": self.cfg.objective, "dataset": self.dataset_name,
+            })  # fmt: skip
+        return result
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def train(
+    cfg: TrainConfig,
+    source: SequenceSource | None = None,
+    *,
+    model: HookedLM | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Validate, train, checkpoint; see ``Trainer`` for the arguments. Returns a ``TrainResult``."""
+    trainer = Trainer(cfg, source, model=model, tokenizer=tokenizer, resume=resume, overwrite=overwrite,
+                      progress=progress, on_step=on_step)  # fmt: skip
+    return trainer.run()

@@ -1,0 +1,308 @@
+"""What the trainer trains on: sequence sources, window packing, QA items, and the data stream position.
+
+A ``SequenceSource`` hands the trainer, for each epoch, a list of ``TrainItem`` (token ids that start with
+``EOS_ID``, plus an optional per-token loss mask). The list is a pure function of the source's seed and the epoch
+number, so a resumed run rebuilds exactly the epoch it stopped in and skips to the same item: the data position
+in a checkpoint is just ``(epoch, offset)``. Two sources ship:
+
+- ``PackedSource`` (pretraining on biographies, optionally mixed with QA): every epoch the entry sequences
+  ``[EOS_ID] + ids(text)`` are shuffled across the whole corpus (seeded by ``(seed, epoch)``; METHODS 1: a
+  person's entries must not stay adjacent), concatenated into one stream and cut into windows of exactly
+  ``seq_len`` tokens (consecutive entries are thus separated by ``EOS_ID``; an entry may continue into the next
+  window, as in GPT-style packing). The last, partial window is completed by wrapping around to the start of the
+  epoch's stream, so every entry is trained on every epoch. Mixed training adds P_train QA sequences
+  ``[EOS_ID] + ids(prompt) + ids(answer)`` to the shuffle until they make up ``qa_mix`` of the epoch's tokens.
+- ``ItemSource`` (explicit sequences, e.g. QA finetuning): the items themselves, shuffled each epoch; each is one
+  (right-padded) sequence in the batch. ``answer_item`` builds a QA item whose loss covers only the answer.
+
+The trainer consumes a global stream ``epoch 0 items, epoch 1 items, ...`` in batches of ``batch_size`` (a batch
+may straddle two epochs); ``DataStream`` tracks the position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from probekit.batch import IGNORE_INDEX, ModelBatch
+from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, PAD_ID, START_ID
+
+EVAL_EPOCH = 1_000_003  # the eval set is drawn as if it were this (never trained) epoch: disjoint random stream
+
+
+@dataclass
+class TrainItem:
+    """One training sequence. ``loss_mask[i]`` True = token i is a prediction target (None: every token)."""
+
+    ids: list[int]
+    loss_mask: list[bool] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.ids) == 0:
+            raise ValueError(f"empty training sequence; every sequence starts with EOS_ID={EOS_ID}")
+        if self.loss_mask is not None and len(self.loss_mask) != len(self.ids):
+            raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.ids)} tokens")
+
+
+@runtime_checkable
+class SequenceSource(Protocol):
+    """What the trainer needs from a data source (see module docstring)."""
+
+    name: str
+
+    def epoch_items(self, epoch: int) -> list[TrainItem]:
+        """The items of ``epoch`` in training order; deterministic, and the same count every epoch."""
+        ...
+
+    def eval_items(self, n: int) -> list[TrainItem]:
+        """A fixed evaluation set of (at most) ``n`` items."""
+        ...
+
+    def max_len(self) -> int:
+        """The longest item (tokens) this source can produce."""
+        ...
+
+
+def _rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+def pack_windows(seqs: Sequence[Sequence[int]], seq_len: int) -> list[list[int]]:
+    """Concatenate ``seqs`` and cut into windows of exactly ``seq_len`` (the last one wraps to the start)."""
+    stream = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
+    if len(stream) == 0:
+        raise ValueError("nothing to pack: the corpus has no tokens")
+    n = math.ceil(len(stream) / seq_len)
+    idx = np.arange(n * seq_len) % len(stream)
+    return stream[idx].reshape(n, seq_len).tolist()
+
+
+class PackedSource:
+    """Windows of ``seq_len`` tokens packed from shuffled sequences (see module docstring).
+
+    ``sequences`` are the biography entries (each ``[EOS_ID] + ids(text)``); ``extra`` optional QA sequences mixed
+    in so that they make up ``extra_fraction`` of each epoch's tokens (drawn by cycling through shuffled copies).
+    ``holdout`` withholds the eval windows' sequences from training (default: the eval set is a fixed re-packing
+    of training sequences, i.e. it measures memorisation, which is what bioS training is for).
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[Sequence[int]],
+        seq_len: int,
+        seed: int,
+        extra: Sequence[Sequence[int]] = (),
+        extra_fraction: float = 0.0,
+        eval_windows: int = 0,
+        holdout: bool = False,
+        name: str = "packed",
+    ) -> None:
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+        if not sequences:
+            raise ValueError("PackedSource needs at least one sequence")
+        if not 0.0 <= extra_fraction < 1.0:
+            raise ValueError(f"qa_mix must be in [0, 1), got {extra_fraction}")
+        if extra_fraction > 0 and not extra:
+            raise ValueError("qa_mix > 0 but there are no QA sequences to mix in (P_train has no QA items)")
+        self.name, self.seq_len, self.seed = name, seq_len, seed
+        self.sequences = [list(s) for s in sequences]
+        self.extra = [list(s) for s in extra]
+        self._eval: list[list[int]] = []
+        if eval_windows > 0:
+            order = _rng(seed, EVAL_EPOCH).permutation(len(self.sequences))
+            need, used = eval_windows * seq_len, 0
+            chosen: list[int] = []
+            for i in order:
+                if used >= need:
+                    break
+                chosen.append(int(i))
+                used += len(self.sequences[i])
+            if holdout:
+                if len(chosen) >= len(self.sequences):
+                    raise ValueError(
+                        f"eval_holdout: {eval_windows} eval windows of {seq_len} tokens need the whole corpus; "
+                        "lower eval_windows or set eval_holdout: false"
+                    )
+                keep = sorted(set(range(len(self.sequences))) - set(chosen))
+                held = [self.sequences[i] for i in chosen]
+                self.sequences = [self.sequences[i] for i in keep]
+            else:
+                held = [self.sequences[i] for i in order]
+            self._eval = pack_windows(held, seq_len)[:eval_windows]
+        bio_tokens = sum(len(s) for s in self.sequences)
+        if extra_fraction > 0:
+            mean_extra = sum(len(s) for s in self.extra) / len(self.extra)
+            self.n_extra = max(1, round(extra_fraction / (1 - extra_fraction) * bio_tokens / mean_extra))
+        else:
+            self.n_extra = 0
+
+    def epoch_items(self, epoch: int) -> list[TrainItem]:
+        rng = _rng(self.seed, epoch)
+        seqs = list(self.sequences)
+        if self.n_extra:
+            reps = math.ceil(self.n_extra / len(self.extra))
+            picks = np.concatenate([rng.permutation(len(self.extra)) for _ in range(reps)])[: self.n_extra]
+            seqs += [self.extra[i] for i in picks]
+        order = rng.permutation(len(seqs))
+        return [TrainItem(w) for w in pack_windows([seqs[i] for i in order], self.seq_len)]
+
+    def eval_items(self, n: int) -> list[TrainItem]:
+        return [TrainItem(w) for w in self._eval[:n]]
+
+    def max_len(self) -> int:
+        return self.seq_len
+
+
+class ItemSource:
+    """Explicit training items (e.g. QA finetuning), reshuffled every epoch; one item = one padded sequence.
+
+    ``eval`` items (optional) form the held-out set; otherwise ``eval_items(n)`` is a fixed sample of the items.
+    """
+
+    def __init__(
+        self, items: Sequence[TrainItem], seed: int, eval: Sequence[TrainItem] | None = None, name: str = "items"
+    ) -> None:
+        if not items:
+            raise ValueError("ItemSource needs at least one item")
+        self.items, self.seed, self.name = list(items), seed, name
+        self._eval = list(eval) if eval is not None else None
+
+    def epoch_items(self, epoch: int) -> list[TrainItem]:
+        return [self.items[i] for i in _rng(self.seed, epoch).permutation(len(self.items))]
+
+    def eval_items(self, n: int) -> list[TrainItem]:
+        if self._eval is not None:
+            return self._eval[:n]
+        return [self.items[i] for i in _rng(self.seed, EVAL_EPOCH).permutation(len(self.items))[:n]]
+
+    def max_len(self) -> int:
+        return max(len(it.ids) for it in self.items)
+
+
+def answer_item(prompt_ids: Sequence[int], answer_ids: Sequence[int], loss_on_eos: bool = True) -> TrainItem:
+    """A QA item ``[EOS_ID] + prompt + answer + [EOS_ID]`` whose loss covers only the answer (and, with
+    ``loss_on_eos``, the closing EOS_ID, so greedy decoding learns to stop after the answer). ``prompt_ids`` must
+    not include the leading EOS_ID. For ABI models use ``loss_on_eos=False``: the answer becomes the blank span,
+    ended by [END]."""
+    ids = [EOS_ID, *prompt_ids, *answer_ids, EOS_ID]
+    n_p, n_a = 1 + len(prompt_ids), len(answer_ids)
+    mask = [False] * n_p + [True] * n_a + [loss_on_eos]
+    return TrainItem(ids, mask)
+
+
+def tokenize_texts(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> list[list[int]]:
+    """``[EOS_ID] + ids(text)`` for every text."""
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [[EOS_ID, *ids] for ids in enc]
+
+
+def bios_source(dataset: Any, seq_len: int, seed: int, qa_mix: float = 0.0, eval_windows: int = 0,
+                eval_holdout: bool = False) -> PackedSource:  # fmt: skip
+    """The pretraining source of a ``BioDataset``: all biographies, plus P_train QA when ``qa_mix`` > 0."""
+    tok = dataset.tokenizer
+    bios = tokenize_texts(tok, [e.text for e in dataset.entries])
+    extra: list[list[int]] = []
+    if qa_mix > 0:
+        train_pids = set(dataset.split["train"])
+        qa = [q for q in dataset.qa if q.pid in train_pids]
+        prompts = tokenize_texts(tok, [q.prompt for q in qa])
+        answers = tok([q.answer for q in qa], add_special_tokens=False)["input_ids"] if qa else []
+        extra = [p + list(a) for p, a in zip(prompts, answers)]
+    return PackedSource(bios, seq_len, seed, extra, qa_mix, eval_windows, eval_holdout, name=dataset.name)
+
+
+class DataStream:
+    """Position ``(epoch, offset)`` in the endless stream of a source's epochs; ``take(n)`` returns the next n."""
+
+    def __init__(self, source: SequenceSource, epoch: int = 0, offset: int = 0) -> None:
+        self.source, self.epoch, self.offset = source, epoch, offset
+        self._items: list[TrainItem] | None = None
+        self.epoch_size = len(self._epoch())
+        if self.epoch_size == 0:
+            raise ValueError(f"data source {source.name!r} yields no items")
+
+    def _epoch(self) -> list[TrainItem]:
+        if self._items is None:
+            self._items = self.source.epoch_items(self.epoch)
+        return self._items
+
+    def take(self, n: int) -> list[TrainItem]:
+        out: list[TrainItem] = []
+        while len(out) < n:
+            items = self._epoch()
+            k = min(n - len(out), len(items) - self.offset)
+            out += items[self.offset : self.offset + k]
+            self.offset += k
+            if self.offset >= len(items):
+                self.epoch, self.offset, self._items = self.epoch + 1, 0, None
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+
+def apply_loss_mask(batch: ModelBatch, items: Sequence[TrainItem]) -> ModelBatch:
+    """Restrict the loss of a causal/BICO batch to the tokens each item marks as targets.
+
+    In those batches ``labels[b, t]`` is (a copy of) token ``t + 1`` of the sequence, so the label is kept only
+    where ``loss_mask[t + 1]`` is True. (ABI batches are built from masks directly: ``abi_answer_batch``.)
+    """
+    if all(it.loss_mask is None for it in items):
+        return batch
+    if batch.attn_mode == "abi":
+        raise ValueError("apply_loss_mask: ABI batches are built with abi_answer_batch")
+    B, T = batch.labels.shape
+    keep = torch.zeros(B, T, dtype=torch.bool)
+    for b, it in enumerate(items):
+        m = it.loss_mask if it.loss_mask is not None else [True] * len(it.ids)
+        n = min(len(m) - 1, T)
+        keep[b, :n] = torch.tensor(m[1 : n + 1], dtype=torch.bool)
+    batch.labels = torch.where(keep, batch.labels, IGNORE_INDEX)
+    return batch
+
+
+def abi_answer_batch(items: Sequence[TrainItem]) -> ModelBatch:
+    """ABI batch in which each item's loss-masked tokens (one contiguous run) form the single blank.
+
+    Part A = the tokens before the run + [MASK] + the tokens after it; Part B = [START] + run, trained to predict
+    run + [END] (exactly what ``abi_generate`` decodes at inference). Used for QA finetuning of ABI models.
+    """
+    from probekit.objectives.ntp import pad_right
+
+    rows: list[tuple[list[int], list[int], list[int], list[int], int]] = []
+    for i, it in enumerate(items):
+        m = it.loss_mask
+        where = [t for t, v in enumerate(m or []) if v]
+        if m is None or not where or where != list(range(where[0], where[-1] + 1)) or where[0] == 0:
+            raise ValueError(
+                f"item {i}: ABI training needs a loss mask marking one contiguous run of tokens (the answer) "
+                "after the first token; build QA items with answer_item(..., loss_on_eos=False)"
+            )
+        s, e = where[0], where[-1] + 1
+        part_a = it.ids[:s] + [MASK_ID] + it.ids[e:]
+        span = it.ids[s:e]
+        ids = part_a + [START_ID] + span
+        labels = [IGNORE_INDEX] * len(part_a) + span + [END_ID]
+        pos = list(range(len(part_a))) + [s] * (len(span) + 1)
+        span_pos = [0] * len(part_a) + list(range(1, len(span) + 2))
+        rows.append((ids, labels, pos, span_pos, len(part_a)))
+    ids_t = pad_right([r[0] for r in rows], PAD_ID)  # [B, T]
+    lens = torch.tensor([len(r[0]) for r in rows])
+    return ModelBatch(
+        input_ids=ids_t,
+        labels=pad_right([r[1] for r in rows], IGNORE_INDEX),
+        attn_mode="abi",
+        positions=pad_right([r[2] for r in rows], 0),
+        span_positions=pad_right([r[3] for r in rows], 0),
+        key_mask=torch.arange(ids_t.shape[1])[None] < lens[:, None],
+        prefix_len=torch.tensor([r[4] for r in rows], dtype=torch.long),
+    )
