@@ -127,6 +127,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+def rotate_both(x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """(x rotated by +positions, x rotated by -positions, i.e. with every sin term negated), sharing products."""
+    xc, xs = x * cos, rotate_half(x) * sin
+    return xc + xs, xc - xs
+
+
 def build_attention_mask(
     attn_mode: str, T: int, key_mask: Tensor | None, prefix_len: Tensor | None, device: torch.device
 ) -> Tensor:
@@ -180,30 +186,31 @@ class Attention(nn.Module):
         k = self.hook_k(self.k_proj(x).view(B, T, self.n_heads, self.d_head)).transpose(1, 2)  # [B, H, T, dh]
         v = self.hook_v(self.v_proj(x).view(B, T, self.n_heads, self.d_head)).transpose(1, 2)  # [B, H, T, dh]
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q_rot, k_rot = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         scale = 1.0 / math.sqrt(self.d_head)
         materialise = self.hook_pattern.has_hooks() or self.hook_attn_scores.has_hooks()
 
         if attn_mode == "bico":
-            q_flip, k_flip = apply_rotary(q, cos, -sin), apply_rotary(k, cos, -sin)
             assert mask is not None
+            (q_rot, q_flip), (k_rot, k_flip) = rotate_both(q, cos, sin), rotate_both(k, cos, sin)
             if materialise or self.bico_impl == "direct":
-                scores = bico_scores(q_rot, k_rot, q_flip, k_flip) * scale  # [B, H, T, T]
+                scores = bico_scores(q_rot, k_rot, q_flip, k_flip, scale)  # [B, H, T, T]
                 z = self._softmax_attend(scores, mask, v, materialise)
             else:
                 z = bico_sdpa(q_rot, k_rot, q_flip, k_flip, v, mask, scale)
-        elif materialise:
-            scores = q_rot @ k_rot.transpose(-1, -2) * scale  # [B, H, T, T]
-            z = self._softmax_attend(scores, mask if mask is not None else _causal(T, x.device), v, True)
-        elif mask is None:  # plain causal attention without padding
-            z = F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True, scale=scale)
         else:
-            z = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=mask, scale=scale)
+            q_rot, k_rot = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, H, T, dh]
+            if materialise:
+                scores = q_rot @ k_rot.transpose(-1, -2) * scale  # [B, H, T, T]
+                z = self._softmax_attend(scores, mask if mask is not None else _causal(T, x.device), v, True)
+            elif mask is None:  # plain causal attention without padding
+                z = F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True, scale=scale)
+            else:
+                z = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=mask, scale=scale)
         z = z.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)  # [B, T, d]
         return self.o_proj(z)
 
     def _softmax_attend(self, scores: Tensor, mask: Tensor, v: Tensor, hooked: bool) -> Tensor:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf")) if hooked else scores.masked_fill_(~mask, float("-inf"))
         if hooked:
             scores = self.hook_attn_scores(scores)
         pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # [B, H, T, T]
@@ -216,12 +223,12 @@ def _causal(T: int, device: torch.device) -> Tensor:
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
 
 
-def bico_scores(q_rot: Tensor, k_rot: Tensor, q_flip: Tensor, k_flip: Tensor) -> Tensor:
-    """Unscaled BICO scores [B, H, T, T]: normal rotary on and below the diagonal, sin-flipped above it."""
+def bico_scores(q_rot: Tensor, k_rot: Tensor, q_flip: Tensor, k_flip: Tensor, scale: float = 1.0) -> Tensor:
+    """BICO scores [B, H, T, T]: normal rotary on and below the diagonal, sin-flipped above it (times ``scale``)."""
     T = q_rot.shape[-2]
     lower = torch.ones(T, T, dtype=torch.bool, device=q_rot.device).tril()
-    s_normal = q_rot @ k_rot.transpose(-1, -2)
-    s_flip = q_flip @ k_flip.transpose(-1, -2)
+    s_normal = (q_rot * scale) @ k_rot.transpose(-1, -2)
+    s_flip = (q_flip * scale) @ k_flip.transpose(-1, -2)
     return torch.where(lower, s_normal, s_flip)
 
 

@@ -90,6 +90,9 @@ def compute_loss(model: torch.nn.Module, batch: ModelBatch) -> Tensor:
     logits = model(**batch.model_kwargs())  # [B, T, V]
     labels = batch.labels.to(logits.device)
     keep = labels != IGNORE_INDEX  # [B, T]
-    if not bool(keep.any()):
+    n_keep = int(keep.sum())
+    if n_keep == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep].float(), labels[keep])
+    if 2 * n_keep > keep.numel():  # dense labels (NTP): skip the gather
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits[keep].float(), labels[keep])  # sparse labels (ABI, BICO): only labelled rows
