@@ -243,3 +243,20 @@ def test_run_with_hooks_can_ablate() -> None:
     manual = model.unembed(model.ln_final(resid))
     assert torch.allclose(ablated, manual, atol=1e-5)
     assert torch.allclose(model(ids), base, atol=1e-6)  # hooks are gone
+
+
+def test_peft_lora_wraps_llama_module_names() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model()
+    ids = torch.randint(6, V, (2, 7))
+    base = model(ids)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    n_lora = sum("lora_A" in n for n, _ in peft_model.named_parameters())
+    assert n_lora == len(targets) * model.cfg.n_layers
+    out = peft_model(input_ids=ids, attn_mode="bico")
+    assert out.shape == (2, 7, V)
+    logits, cache = peft_model.base_model.model.run_with_cache(ids)  # hooks still work under peft
+    assert not torch.allclose(logits, base, atol=1e-4)  # the (non-zero) LoRA weights are live
+    assert "blocks.1.hook_resid_post" in cache
