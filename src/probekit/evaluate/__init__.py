@@ -1,0 +1,1 @@
+"""Evaluation: QA extraction, inverse search and reversal-curse tasks, with shared scoring rules."""

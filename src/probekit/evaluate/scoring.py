@@ -1,0 +1,237 @@
+"""Scoring rules shared by every evaluation: exact match, first-token accuracy, completion log-probabilities and a
+paired significance test.
+
+Exact match comes in two forms:
+
+- on token ids (QA, inverse search; CONTRACTS): the generated ids up to the first stop token (``<|endoftext|>``,
+  or ``[END]`` for an ABI span) must equal the answer's ids exactly;
+- on text (reversal tasks; Berglund et al.): the greedy completion must *start with* the target, compared
+  case-insensitively after collapsing whitespace, so "  Greta   blackwood is..." matches " Greta Blackwood".
+
+``completion_logprobs`` is the summed log-probability of a completion given a prompt under a model's own
+inference mode: an NTP or BICO model is scored causally on ``[EOS] + prompt + completion``; an ABI model scores the
+completion as a Part B span after ``[EOS] + prompt + [MASK]`` (the way it generates: ``probekit.generate.abi_generate``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from probekit.data.tokenizer import END_ID, EOS_ID, PAD_ID
+from probekit.objectives import abi_generation_inputs
+
+STOP_IDS: frozenset[int] = frozenset({EOS_ID, END_ID})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact match
+
+
+def truncate_at_stop(ids: Sequence[int], stop_ids: frozenset[int] = STOP_IDS) -> list[int]:
+    """``ids`` up to (not including) the first stop token."""
+    out: list[int] = []
+    for t in ids:
+        if int(t) in stop_ids:
+            break
+        out.append(int(t))
+    return out
+
+
+def ids_exact_match(generated: Sequence[int], target: Sequence[int], stop_ids: frozenset[int] = STOP_IDS) -> bool:
+    """Whole-answer exact match on token ids: generated ids up to the first stop token == ``target``."""
+    if len(target) == 0:
+        raise ValueError("empty target: an answer must have at least one token")
+    return truncate_at_stop(generated, stop_ids) == [int(t) for t in target]
+
+
+def first_token_match(generated: Sequence[int], target: Sequence[int]) -> bool:
+    """The first generated token equals the answer's first token."""
+    if len(target) == 0:
+        raise ValueError("empty target: an answer must have at least one token")
+    return len(generated) > 0 and int(generated[0]) == int(target[0])
+
+
+def normalize_text(s: str) -> str:
+    """Lower-case and collapse every run of whitespace to one space (stripped at both ends)."""
+    return " ".join(s.split()).lower()
+
+
+def text_exact_match(generated: str, target: str) -> bool:
+    """Reversal-curse rule: the completion starts with the target (case-insensitive, whitespace-normalised)."""
+    t = normalize_text(target)
+    if not t:
+        raise ValueError("empty target: a completion to match must contain non-whitespace text")
+    return normalize_text(generated).startswith(t)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Log-probabilities
+
+
+def _pad(rows: list[list[int]], value: int) -> Tensor:
+    T = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (T - len(r)) for r in rows], dtype=torch.long)  # [B, T]
+
+
+def causal_inputs(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
+) -> tuple[dict, Tensor, Tensor]:
+    """Forward kwargs, target ids [B, T] and target mask [B, T] for causal scoring.
+
+    Row b is ``[EOS] + prompt + completion`` right-padded; target[b, t] is the token the output at t predicts, and
+    the mask is True exactly on the outputs that predict completion tokens.
+    """
+    rows, targets, masks = [], [], []
+    for p, c in zip(prompts, completions):
+        seq = [EOS_ID, *map(int, p), *map(int, c)]
+        rows.append(seq)
+        targets.append(seq[1:] + [PAD_ID])
+        start = len(p)  # output index predicting the first completion token
+        masks.append([start <= t < start + len(c) for t in range(len(seq))])
+    T = max(len(r) for r in rows)
+    mask = torch.tensor([m + [False] * (T - len(m)) for m in masks])  # [B, T] bool
+    return {"input_ids": _pad(rows, PAD_ID), "attn_mode": "causal"}, _pad(targets, PAD_ID), mask
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    objective: str = "ntp",
+    batch_size: int = 64,
+    abi_suffix: Sequence[int] = (),
+) -> list[float]:
+    """Summed log-probability of each completion (token ids) given its prompt (token ids, no specials).
+
+    ``objective``: the model's training objective; ``"abi"`` scores a Part B span after Part A = ``[EOS] + prompt
+    + [MASK] + abi_suffix`` (the layout of ``abi_generate``), anything else causally. Raises ``ValueError`` for an
+    empty completion or a sequence longer than the model's context.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    for k, (p, c) in enumerate(zip(prompts, completions)):
+        if len(c) == 0:
+            raise ValueError(f"item {k}: empty completion; every item needs at least one target token")
+        need = len(p) + len(c) + (3 + len(abi_suffix) if objective == "abi" else 1)
+        if n_ctx is not None and need > n_ctx:
+            raise ValueError(f"item {k}: prompt + completion is {need} tokens, over the model's context n_ctx={n_ctx}")
+    device = next(model.parameters()).device
+    out = [0.0] * len(prompts)
+    if objective == "abi":  # rows of one ABI batch need equal completion lengths: group by length
+        groups: dict[int, list[int]] = {}
+        for k, c in enumerate(completions):
+            groups.setdefault(len(c), []).append(k)
+        batches = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    else:
+        batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in batches:
+            ps, cs = [prompts[k] for k in idx], [completions[k] for k in idx]
+            if objective == "abi":
+                n, span = len(cs[0]), [list(map(int, c)) for c in cs]
+                batch = abi_generation_inputs([[EOS_ID, *map(int, p)] for p in ps], span, abi_suffix).to(device)
+                logits = model(**batch.model_kwargs())[:, -n - 1 : -1].float()  # [B, n, V]: [START] + span[:-1]
+                targets = torch.tensor(span, device=device)  # [B, n]
+                mask = torch.ones_like(targets, dtype=torch.bool)
+            else:
+                kwargs, targets, mask = causal_inputs(ps, cs)
+                logits = model(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}).float()
+                targets, mask = targets.to(device), mask.to(device)
+            lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]  # [B, T]
+            for k, v in zip(idx, (lp * mask).sum(1).tolist()):
+                out[k] = v
+    finally:
+        model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paired significance test
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    method: str  # "wilcoxon" | "ttest" | "permutation"
+    statistic: float
+    p_value: float
+    n: int
+    mean_diff: float  # mean of a - b
+
+
+def _permutation_p(d: np.ndarray, alternative: str, n_permutations: int, seed: int) -> tuple[float, float]:
+    """Sign-flip permutation test on paired differences ``d``; statistic = mean. Exact for n <= 16."""
+    obs = float(d.mean())
+    n = len(d)
+    if n <= 16:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))  # [2^n, n]
+        count_extra = 0
+    else:
+        rng = np.random.default_rng(seed)
+        signs = rng.choice((1.0, -1.0), size=(n_permutations, n))
+        count_extra = 1  # include the observed labelling (valid Monte Carlo p-value)
+    null = (signs * d).mean(1)
+    eps = 1e-12 * max(1.0, abs(obs))
+    if alternative == "greater":
+        hits = int((null >= obs - eps).sum())
+    elif alternative == "less":
+        hits = int((null <= obs + eps).sum())
+    else:
+        hits = int((np.abs(null) >= abs(obs) - eps).sum())
+    return obs, (hits + count_extra) / (len(null) + count_extra)
+
+
+def paired_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    method: str = "wilcoxon",
+    alternative: str = "two-sided",
+    n_permutations: int = 10000,
+    seed: int = 0,
+) -> PairedTest:
+    """Is ``a`` (e.g. log p(correct)) different from the paired ``b`` (log p(random other))?
+
+    ``method``: ``"wilcoxon"`` (signed-rank) or ``"ttest"`` (paired t) via scipy, falling back to a seeded
+    sign-flip ``"permutation"`` test (implemented here) when scipy is unavailable; ``"permutation"`` forces it.
+    ``alternative``: ``"two-sided"``, ``"greater"`` (a > b) or ``"less"``. All-zero differences give p = 1;
+    fewer than two pairs give p = nan.
+    """
+    if method not in ("wilcoxon", "ttest", "permutation"):
+        raise ValueError(f"unknown test {method!r}; choose wilcoxon, ttest or permutation")
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"unknown alternative {alternative!r}; choose two-sided, greater or less")
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {len(x)} vs {len(y)}")
+    d = x - y
+    n = len(d)
+    if n < 2:
+        return PairedTest(method, math.nan, math.nan, n, float(d.mean()) if n else math.nan)
+    if np.all(d == 0):
+        return PairedTest(method, 0.0, 1.0, n, 0.0)
+    if method != "permutation":
+        try:
+            from scipy import stats
+        except ImportError:
+            method = "permutation"
+    if method == "wilcoxon":
+        res = stats.wilcoxon(x, y, alternative=alternative)
+        return PairedTest(method, float(res.statistic), float(res.pvalue), n, float(d.mean()))
+    if method == "ttest":
+        if np.all(d == d[0]):  # zero variance, non-zero mean: the difference is certain
+            p = 0.0 if alternative == "two-sided" or (alternative == "greater") == (d[0] > 0) else 1.0
+            return PairedTest(method, math.copysign(math.inf, d[0]), p, n, float(d.mean()))
+        res = stats.ttest_rel(x, y, alternative=alternative)
+        return PairedTest(method, float(res.statistic), float(res.pvalue), n, float(d.mean()))
+    stat, p = _permutation_p(d, alternative, n_permutations, seed)
+    return PairedTest("permutation", stat, p, n, stat)
