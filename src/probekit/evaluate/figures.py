@@ -1,0 +1,120 @@
+"""Evaluation results as tables (Parquet + CSV) and plotly figures (HTML + PNG, with the plotted data as CSV).
+
+Every evaluation produces rows of the long results table::
+
+    model | objective | task | metric | value | n
+
+``task`` is an attribute (QA), ``overall``, an attribute subset (inverse search) or a reversal task (N2D, ...);
+``metric`` e.g. ``exact_match``, ``first_token``, ``logprob_correct``, ``p_value``; ``n`` the number of items behind
+the value. Every file is written atomically (``probekit.io.atomic_path``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from probekit.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS: tuple[str, ...] = ("model", "objective", "task", "metric", "value", "n")
+SERIES_EXTRAS: tuple[str, ...] = ("split", "finetune", "kind")  # extra columns that split a figure's bars
+
+
+def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The long results table from row dicts (extra keys are kept as extra columns after the standard ones)."""
+    df = pd.DataFrame(list(rows))
+    missing = [c for c in RESULT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"results rows lack column(s) {missing}; every row needs {list(RESULT_COLUMNS)}")
+    extra = [c for c in df.columns if c not in RESULT_COLUMNS]
+    df = df[list(RESULT_COLUMNS) + extra]
+    return df.astype({"value": float, "n": int})
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str) -> list[Path]:
+    """Write ``stem.parquet`` and ``stem.csv`` into ``out_dir`` atomically; returns the paths."""
+    out = Path(out_dir)
+    paths = [out / f"{stem}.parquet", out / f"{stem}.csv"]
+    with atomic_path(paths[0]) as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(paths[1]) as tmp:
+        df.to_csv(tmp, index=False)
+    return paths
+
+
+def accuracy_figure(
+    df: pd.DataFrame, metric: str = "exact_match", title: str | None = None
+) -> tuple[Any, pd.DataFrame]:
+    """Grouped bars: ``metric`` by task (x) for each model/objective (colour); returns (figure, plotted data).
+
+    Extra columns in ``SERIES_EXTRAS`` with more than one value (e.g. split) split the bars further. Bars carry
+    ``n`` in their hover text. Tasks keep their order of first appearance in ``df``.
+    """
+    import plotly.graph_objects as go
+
+    data = df[df["metric"] == metric].copy()
+    if data.empty:
+        raise ValueError(f"no rows with metric {metric!r} to plot; metrics present: {sorted(df['metric'].unique())}")
+    data["series"] = data["model"].astype(str) + " (" + data["objective"].astype(str) + ")"
+    for col in SERIES_EXTRAS:  # e.g. P_test and P_train bars side by side
+        if col in data.columns and data[col].nunique() > 1:
+            data["series"] += ", " + data[col].astype(str)
+    if data.duplicated(["series", "task"]).any():
+        raise ValueError(f"several {metric} rows for the same model, objective and task; tell them apart by a column")
+    tasks = list(dict.fromkeys(data["task"]))
+    fig = go.Figure()
+    for series, g in data.groupby("series", sort=False):
+        g = g.set_index("task").reindex(tasks)
+        fig.add_trace(
+            go.Bar(
+                name=str(series), x=tasks, y=g["value"], customdata=g["n"],
+                hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra>" + str(series) + "</extra>",
+            )
+        )  # fmt: skip
+    is_rate = metric in ("exact_match", "first_token") or metric.endswith("_acc")
+    fig.update_layout(
+        barmode="group", title=title or f"{metric} by task", xaxis_title="task", yaxis_title=metric,
+        template="plotly_white", legend_title="model (objective)",
+    )  # fmt: skip
+    if is_rate:
+        fig.update_yaxes(range=[0, 1])
+    return fig, data.drop(columns="series")
+
+
+def write_figure(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str, png: bool = True) -> list[Path]:
+    """Write ``stem.html``, ``stem.png`` (kaleido; skipped with a warning if it fails) and ``stem.csv`` (the plotted
+    data) into ``out_dir`` atomically; returns the paths written."""
+    out = Path(out_dir)
+    written = []
+    with atomic_path(out / f"{stem}.html") as tmp:
+        fig.write_html(str(tmp), include_plotlyjs="cdn")
+    written.append(out / f"{stem}.html")
+    with atomic_path(out / f"{stem}.csv") as tmp:
+        data.to_csv(tmp, index=False)
+    written.append(out / f"{stem}.csv")
+    if png:
+        try:
+            with atomic_path(out / f"{stem}.png") as tmp:
+                fig.write_image(str(tmp), width=900, height=500, scale=2)
+            written.append(out / f"{stem}.png")
+        except Exception as e:  # kaleido needs a Chromium; HTML and CSV are still there
+            log.warning("PNG export of %s failed (%s); kaleido needs Chromium (apt-get install chromium)", stem, e)
+    return written
+
+
+def write_results(
+    df: pd.DataFrame, out_dir: str | Path, stem: str, metrics: Iterable[str] = ("exact_match",), png: bool = True
+) -> list[Path]:
+    """Table (Parquet + CSV) plus one accuracy figure per metric present (``{stem}_{metric}.html/png/csv``)."""
+    paths = write_table(df, out_dir, stem)
+    for metric in metrics:
+        if (df["metric"] == metric).any():
+            fig, data = accuracy_figure(df, metric, title=f"{stem}: {metric}")
+            paths += write_figure(fig, data, out_dir, f"{stem}_{metric}", png=png)
+    return paths
