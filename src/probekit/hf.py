@@ -189,12 +189,13 @@ def _load_safetensors(directory: Path) -> dict[str, Tensor]:
     return out
 
 
-def _load_tokenizer(directory: Path) -> Any:
+def load_dir_tokenizer(directory: str | Path) -> Any:
     """probekit's word-level tokenizer when the directory holds one, else whatever ``AutoTokenizer`` loads."""
     from transformers import AutoTokenizer
 
     from probekit.data.tokenizer import load_tokenizer
 
+    directory = Path(directory)
     if (directory / "tokenizer.json").exists():
         try:
             return load_tokenizer(directory)
@@ -204,6 +205,9 @@ def _load_tokenizer(directory: Path) -> Any:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"{directory}: no loadable tokenizer ({e}); save the tokenizer into the directory") from e
+
+
+_load_tokenizer = load_dir_tokenizer  # older private name, still imported by probekit.probes.runner
 
 
 def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
@@ -262,7 +266,7 @@ def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
         if tuple(state[n].shape) != tuple(p.shape):
             raise ValueError(f"{directory}: tensor {hf_name(n)} has shape {tuple(state[n].shape)}, expected {tuple(p.shape)}")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    tokenizer = _load_tokenizer(directory)
+    tokenizer = load_dir_tokenizer(directory)
     check_vocab(cfg.vocab_size, tokenizer, f"import_llama({directory})")
     return model, tokenizer
 
