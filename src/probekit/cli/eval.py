@@ -1,0 +1,241 @@
+"""``probekit eval``: knowledge extraction (QA), inverse search and reversal-curse tasks on trained models."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+from typing import Any
+
+EXAMPLES_QA = """examples:
+  probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_ntp_full
+  probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_lora --finetune lora \\
+      --lora-rank 16 --embed-rank 128 --save-adapter
+  probekit eval qa --checkpoint runs/mixed --data data/single --out evals/qa_none --finetune none
+  probekit eval qa --mixed --train-config cfg.yaml --data data/single --bio-qa-ratio 2:8 --out evals/mixed
+"""
+EXAMPLES_INVERSE = """examples:
+  probekit eval inverse --checkpoint runs/ntp_multi --data data/multi5 --out evals/inv --attrs birth_city,company
+  probekit eval inverse --checkpoint runs/bico_multi --data data/multi5 --out evals/inv_none --finetune none
+"""
+EXAMPLES_REVERSAL = """examples:
+  probekit data reversal --out data/reversal
+  probekit eval reversal --data data/reversal --train-config cfg.yaml --objective bico --out evals/rev_bico
+  probekit eval reversal --data data/reversal --checkpoint runs/rev_ntp --out evals/rev_ntp --test ttest
+"""
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=100)
+
+
+def _attrs(text: str | None) -> tuple[str, ...]:
+    from probekit.data.pools import ATTRIBUTES
+
+    if not text or text == "all":
+        return ATTRIBUTES
+    attrs = tuple(a.strip() for a in text.split(",") if a.strip())
+    bad = [a for a in attrs if a not in ATTRIBUTES]
+    if bad:
+        raise ValueError(f"--attrs: unknown attribute(s) {bad}; choose from {', '.join(ATTRIBUTES)} (or 'all')")
+    return attrs
+
+
+def _finetune_cfg(args: argparse.Namespace) -> Any:
+    from probekit.evaluate.qa import FinetuneConfig
+
+    return FinetuneConfig(
+        method=args.finetune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, embed_rank=args.embed_rank,
+        objective=args.ft_objective, epochs=None if args.steps else args.epochs, max_steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, merge=not args.no_merge,
+        save_adapter=args.save_adapter, seed=args.seed,
+    )  # fmt: skip
+
+
+def _train_config(path: str, out: Path, objective: str | None, data: str | None = None) -> Any:
+    from probekit.config import load_config
+    from probekit.train import TrainConfig
+
+    cfg = load_config(TrainConfig, path)
+    if objective:
+        cfg.objective = objective
+    if data:
+        cfg.data = data
+    cfg.out = str(out / "train")
+    cfg.validate()
+    return cfg
+
+
+def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> None:
+    t = table[table["metric"].isin(metrics)]
+    index = ["task"] + [c for c in ("split",) if c in t.columns and t[c].nunique() > 1]
+    wide = t.pivot_table(index=index, columns="metric", values="value", sort=False)
+    n = t.groupby(index, sort=False)["n"].max()
+    wide["n"] = n
+    print(wide.to_string(float_format=lambda v: f"{v:.3f}"))
+    print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".parquet", ".csv", ".png"))[:2000])
+
+
+def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
+    from probekit.evaluate.inverse import run_inverse
+    from probekit.evaluate.qa import mixed_train, run_qa
+    from probekit.io import prepare_output_dir
+
+    out = prepare_output_dir(args.out, args.overwrite)
+    attrs = _attrs(args.attrs)
+    ft = _finetune_cfg(args)
+    common = dict(model_name=args.name, objective=args.objective, eval_train=args.eval_train,
+                  batch_size=args.eval_batch_size, device=args.device, png=not args.no_png)  # fmt: skip
+    checkpoint = args.checkpoint
+    if getattr(args, "mixed", False):
+        if checkpoint or not args.train_config:
+            raise ValueError("--mixed trains a new model: give --train-config (a TrainConfig YAML) and no --checkpoint")
+        cfg = _train_config(args.train_config, out, args.objective, args.data)
+        result = mixed_train(cfg, args.bio_qa_ratio, overwrite=args.overwrite)
+        print(f"mixed training: {result.steps} steps, loss {result.train_loss:.3f}, checkpoint {result.checkpoint}")
+        checkpoint, ft.method = result.checkpoint, "none"
+    elif not checkpoint:
+        raise ValueError("--checkpoint is required (a checkpoint or run directory from `probekit train`)")
+    overwrite = args.overwrite or getattr(args, "mixed", False)  # the output directory was checked above
+    if kind == "qa":
+        res = run_qa(checkpoint, args.data, out, ft, attrs, items_file=args.items, overwrite=overwrite, **common)
+    else:
+        res = run_inverse(checkpoint, args.data, out, ft, attrs, overwrite=overwrite, **common)
+    if res.finetune is not None:
+        f = res.finetune
+        where = f"checkpoint {f.checkpoint}" + (f", adapter {f.adapter}" if f.adapter else "")
+        print(f"finetune ({ft.method}): {f.steps} steps, {f.trainable_params} trainable parameters, "
+              f"final loss {f.train_loss:.3f}; {where}")  # fmt: skip
+    _print_summary(res.table, res.paths, ("exact_match", "first_token"))
+    return 0
+
+
+def cmd_inverse(args: argparse.Namespace) -> int:
+    return cmd_qa(args, kind="inverse")
+
+
+def cmd_reversal(args: argparse.Namespace) -> int:
+    from probekit.evaluate.reversal import run_reversal, train_reversal
+    from probekit.io import prepare_output_dir
+
+    out = prepare_output_dir(args.out, args.overwrite)
+    if bool(args.checkpoint) == bool(args.train_config):
+        raise ValueError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")
+    checkpoint = args.checkpoint
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    if args.train_config:
+        from probekit.data.reversal import load_reversal_dir
+
+        data = load_reversal_dir(args.data)  # fail on bad data before training
+        unknown = [t for t in tasks or () if t not in data.tasks]
+        if unknown:
+            raise ValueError(f"--tasks: {unknown} not available in {args.data}; available: {data.tasks}")
+        cfg = _train_config(args.train_config, out, args.objective)
+        result = train_reversal(args.data, cfg, overwrite=args.overwrite)
+        print(f"trained {cfg.objective}: {result.steps} steps, loss {result.train_loss:.3f}, "
+              f"checkpoint {result.checkpoint}")  # fmt: skip
+        checkpoint = result.checkpoint
+    res = run_reversal(
+        checkpoint, args.data, out, tasks, model_name=args.name,
+        objective=None if args.train_config else args.objective, seed=args.seed, test=args.test,
+        batch_size=args.eval_batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config), png=not args.no_png,
+    )  # fmt: skip
+    _print_summary(res.table, res.paths, ("exact_match", "logprob_correct", "logprob_random", "p_value"))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
+    p.add_argument("--name", help="model name in the results table (default: the run directory's name)")
+    p.add_argument("--objective", choices=("ntp", "abi", "bico"),
+                   help="the checkpoint's objective, if its meta.json does not record one (with a training config: "
+                        "the objective to train with)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-batch-size", type=int, default=64, help="prompts per generation batch")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--no-png", action="store_true", help="skip PNG figures (HTML and CSV are still written)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+
+def _extraction_args(p: argparse.ArgumentParser, default_attrs: str) -> None:
+    p.add_argument("--checkpoint", help="checkpoint or run directory (latest checkpoint) of a pretrained model")
+    p.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
+    p.add_argument("--attrs", default=default_attrs, help="comma-separated attributes, or 'all'")
+    g = p.add_argument_group("finetuning on P_train")
+    g.add_argument("--finetune", choices=("full", "lora", "none"), default="full",
+                   help="full: every weight; lora: peft adapters on --lora-targets; none: evaluate as is")  # fmt: skip
+    g.add_argument("--lora-rank", type=int, default=8)
+    g.add_argument("--lora-alpha", type=float, default=16.0)
+    g.add_argument("--embed-rank", type=int, default=0,
+                   help="LoRA rank of an input-embedding update (paper: 128); 0 = embedding frozen")  # fmt: skip
+    g.add_argument("--ft-objective", choices=("ntp", "abi", "bico"), help="finetuning objective (default: the model's)")
+    g.add_argument("--epochs", type=float, default=20.0, help="passes over the P_train items")
+    g.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, help="learning rate (default: 3e-4 full, 1e-3 LoRA)")
+    g.add_argument("--warmup-steps", type=int, default=10)
+    g.add_argument("--save-adapter", action="store_true", help="LoRA: also write the adapter (peft format)")
+    g.add_argument("--no-merge", action="store_true", help="LoRA: keep the adapter separate instead of merging it")
+    p.add_argument("--eval-train", action="store_true", help="also evaluate on P_train (memorisation check)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate models: QA extraction, inverse search, reversal curse",
+                       description=__doc__)  # fmt: skip
+    esub = p.add_subparsers(dest="eval_command", metavar="<task>", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    q = esub.add_parser(
+        "qa", help="QA extraction: finetune on P_train questions, exact match on P_test", formatter_class=fmt,
+        description=_wrap(
+            "Knowledge extraction (Allen-Zhu & Li): finetune a pretrained model on the P_train people's questions "
+            "(full or LoRA) and answer the P_test people's questions by greedy generation; scored by whole-answer "
+            "exact match and first-token accuracy per attribute. ABI models answer as a blank span. --mixed "
+            "instead trains one model on all biographies plus P_train QA and evaluates it without finetuning. "
+            "Writes predictions.jsonl, results.parquet/.csv (model, objective, task, metric, value, n, split) and "
+            "figures."
+        ),
+        epilog=EXAMPLES_QA,
+    )  # fmt: skip
+    _extraction_args(q, "all")
+    q.add_argument("--items", help="QA items from a JSONL file (pid, attr, prompt, answer) instead of the dataset's")
+    q.add_argument("--mixed", action="store_true", help="mixed training from --train-config, then evaluate")
+    q.add_argument("--train-config", help="TrainConfig YAML/JSON for --mixed (its data/out are filled in)")
+    q.add_argument("--bio-qa-ratio", default="2:8", help="--mixed: bio:QA token ratio (paper: 2:8)")
+    _common(q)
+    q.set_defaults(func=cmd_qa)
+
+    i = esub.add_parser(
+        "inverse", help="inverse search: attributes -> name, finetuned on P_train, tested on P_test",
+        formatter_class=fmt,
+        description=_wrap(
+            "Inverse search on biographies: prompts list a person's attributes (--attrs) and ask for the name; "
+            "exact match on the full name's token ids. Finetunes on the P_train people's inverse prompts (full "
+            "or LoRA, or --finetune none) and tests on P_test."
+        ),
+        epilog=EXAMPLES_INVERSE,
+    )  # fmt: skip
+    _extraction_args(i, "all")
+    _common(i)
+    i.set_defaults(func=cmd_inverse)
+
+    r = esub.add_parser(
+        "reversal", help="reversal curse: N2D, D2N and their reverses (exact match + log-prob test)",
+        formatter_class=fmt,
+        description=_wrap(
+            "Reversal-curse tasks on a directory in the public format (probekit data reversal, or the public "
+            "repository's files): N2D, D2N, N2D-reverse, D2N-reverse. Scores exact match (the greedy completion "
+            "starts with the target, case- and whitespace-insensitive) and the log-probability of the correct "
+            "completion versus a random other one, with a paired significance test. Either evaluates --checkpoint "
+            "or first trains a model on the training facts with --train-config."
+        ),
+        epilog=EXAMPLES_REVERSAL,
+    )  # fmt: skip
+    r.add_argument("--data", required=True, help="reversal data directory (*_prompts_train/test.jsonl)")
+    r.add_argument("--checkpoint", help="a model trained on this directory's training facts")
+    r.add_argument("--train-config", help="TrainConfig YAML/JSON: train on the training facts first (into OUT/train)")
+    r.add_argument("--tasks", help="comma-separated subset of N2D,D2N,N2D-reverse,D2N-reverse,both")
+    r.add_argument("--test", choices=("wilcoxon", "ttest", "permutation"), default="wilcoxon",
+                   help="paired significance test of log p(correct) vs log p(random other)")  # fmt: skip
+    _common(r)
+    r.set_defaults(func=cmd_reversal)
