@@ -68,7 +68,8 @@ def _train_config(path: str, out: Path, objective: str | None, data: str | None 
 
 def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> None:
     t = table[table["metric"].isin(metrics)]
-    index = ["task"] + [c for c in ("split",) if c in t.columns and t[c].nunique() > 1]
+    keys = ("model", "objective", "split", "finetune", "kind")
+    index = [c for c in keys if c in t.columns and t[c].nunique() > 1] + ["task"]
     wide = t.pivot_table(index=index, columns="metric", values="value", sort=False)
     n = t.groupby(index, sort=False)["n"].max()
     wide["n"] = n
@@ -141,6 +142,17 @@ def cmd_reversal(args: argparse.Namespace) -> int:
         batch_size=args.eval_batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config), png=not args.no_png,
     )  # fmt: skip
     _print_summary(res.table, res.paths, ("exact_match", "logprob_correct", "logprob_random", "p_value"))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from probekit.evaluate.figures import write_comparison
+    from probekit.io import prepare_output_dir
+
+    out = prepare_output_dir(args.out, args.overwrite)
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    df, paths = write_comparison(args.results, out, metrics=metrics, split=args.split or None, png=not args.no_png)
+    _print_summary(df, paths, metrics)
     return 0
 
 
@@ -239,3 +251,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="paired significance test of log p(correct) vs log p(random other)")  # fmt: skip
     _common(r)
     r.set_defaults(func=cmd_reversal)
+
+    c = esub.add_parser(
+        "compare", help="one table and figure from several evaluations (e.g. NTP vs ABI vs BICO)",
+        description=_wrap(
+            "Concatenate the results of several `probekit eval` runs and draw the metric by task with one bar per "
+            "model (objective): accuracy by attribute for QA, by task for the reversal curse."
+        ),
+    )  # fmt: skip
+    c.add_argument("results", nargs="+", help="evaluation output directories (or results.parquet files)")
+    c.add_argument("--out", required=True, help="output directory (must be absent or empty)")
+    c.add_argument("--metrics", default="exact_match", help="comma-separated metrics to plot")
+    c.add_argument("--split", default="test", help="keep rows of this split (QA, inverse); '' keeps all")
+    c.add_argument("--no-png", action="store_true", help="skip PNG figures (HTML and CSV are still written)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    c.set_defaults(func=cmd_compare)

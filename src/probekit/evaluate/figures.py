@@ -99,6 +99,8 @@ def write_figure(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str, p
         data.to_csv(tmp, index=False)
     written.append(out / f"{stem}.csv")
     if png:
+        for name in ("kaleido", "choreographer"):  # chatty at INFO, also after the export (browser clean-up)
+            logging.getLogger(name).setLevel(logging.WARNING)
         try:
             with atomic_path(out / f"{stem}.png") as tmp:
                 fig.write_image(str(tmp), width=900, height=500, scale=2)
@@ -111,10 +113,42 @@ def write_figure(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str, p
 def write_results(
     df: pd.DataFrame, out_dir: str | Path, stem: str, metrics: Iterable[str] = ("exact_match",), png: bool = True
 ) -> list[Path]:
-    """Table (Parquet + CSV) plus one accuracy figure per metric present (``{stem}_{metric}.html/png/csv``)."""
+    """Table (Parquet + CSV) plus one accuracy figure per metric present (``{stem}_{metric}.html/png/csv``).
+
+    Figures are built before anything is written, so a table that cannot be drawn writes nothing."""
+    figures = [(m, *accuracy_figure(df, m, title=f"{stem}: {m}")) for m in metrics if (df["metric"] == m).any()]
     paths = write_table(df, out_dir, stem)
-    for metric in metrics:
-        if (df["metric"] == metric).any():
-            fig, data = accuracy_figure(df, metric, title=f"{stem}: {metric}")
-            paths += write_figure(fig, data, out_dir, f"{stem}_{metric}", png=png)
+    for metric, fig, data in figures:
+        paths += write_figure(fig, data, out_dir, f"{stem}_{metric}", png=png)
     return paths
+
+
+def read_eval_results(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Concatenate evaluation result tables: each path a ``results.parquet``/``.csv`` or a directory holding one."""
+    frames = []
+    for p in map(Path, paths):
+        file = p / "results.parquet" if p.is_dir() else p
+        if not file.exists():
+            raise FileNotFoundError(f"no evaluation results at {p} (expected results.parquet from `probekit eval`)")
+        frames.append(pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file))
+    if not frames:
+        raise ValueError("no result tables given")
+    return results_frame(pd.concat(frames, ignore_index=True).to_dict("records"))
+
+
+def write_comparison(
+    paths: Iterable[str | Path],
+    out_dir: str | Path,
+    stem: str = "comparison",
+    metrics: Iterable[str] = ("exact_match",),
+    split: str | None = "test",
+    png: bool = True,
+) -> tuple[pd.DataFrame, list[Path]]:
+    """One table and figure comparing several evaluations (e.g. NTP vs ABI vs BICO): accuracy by task and model.
+
+    ``split`` keeps only that split's rows where a ``split`` column exists (None keeps all).
+    """
+    df = read_eval_results(paths)
+    if split is not None and "split" in df.columns:
+        df = df[df["split"].isna() | (df["split"] == split)]
+    return df, write_results(df, out_dir, stem, metrics=metrics, png=png)

@@ -264,7 +264,9 @@ def finetune(
     base = base_meta or {}
     meta = {
         "finetune": to_dict(cfg), "base_objective": objective, "objective": ft_objective, "step": result.steps,
-        "dataset": base.get("dataset"), "data": base.get("data"), "base_checkpoint": str(base.get("path")),
+        "dataset": base.get("dataset"), "data": base.get("data"),
+        "base_checkpoint": str(base["path"]) if base.get("path") else None,
+        "tokens": result.tokens, "train_loss": result.train_loss,
     }  # fmt: skip
     adapter = None
     if peft_model is None:
@@ -397,6 +399,12 @@ def model_objective(meta: dict[str, Any], override: str | None = None) -> str:
     return str(objective)
 
 
+def default_model_name(meta: dict[str, Any]) -> str:
+    """A checkpoint's name in results tables: its run directory's name (or the checkpoint directory's)."""
+    ckpt = Path(str(meta["path"]))
+    return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
+
+
 def run_extraction(
     checkpoint: str | Path,
     data: str | Path,
@@ -438,8 +446,7 @@ def run_extraction(
     modes = {objective, finetune_cfg.objective or objective}
     for items in (train_items, test_items):
         check_fits(items, tokenizer, model.cfg.n_ctx, "abi" if "abi" in modes else objective)
-    ckpt = Path(str(meta["path"]))
-    name = model_name or (ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name)
+    name = model_name or default_model_name(meta)
 
     ft = None
     if finetune_cfg.method != "none":
@@ -503,7 +510,9 @@ def parse_ratio(ratio: str | float) -> float:
     return share
 
 
-def mixed_train(train_cfg: Any, bio_qa_ratio: str | float = "2:8", progress: bool = True, overwrite: bool = False):
+def mixed_train(
+    train_cfg: Any, bio_qa_ratio: str | float = "2:8", progress: bool = True, overwrite: bool = False
+) -> Any:
     """Mixed training: biographies of everyone plus P_train QA sequences in one run (``TrainConfig.qa_mix`` set
     from ``bio_qa_ratio``). Returns the trainer's ``TrainResult``; evaluate its checkpoint with ``method="none"``."""
     from probekit.train import train

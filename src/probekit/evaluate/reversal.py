@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from probekit.data.reversal import TASK_FILES, ReversalData, load_reversal_dir
 from probekit.data.tokenizer import EOS_ID
 from probekit.evaluate.figures import results_frame, write_results
-from probekit.evaluate.qa import generate_answers, model_objective
+from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import completion_logprobs, normalize_text, paired_test, text_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
 
@@ -192,14 +192,13 @@ def run_reversal(
             f"checkpoint {meta['path']} has a different vocabulary than {data_dir}; evaluate a model trained on "
             "this data (train one with probekit.evaluate.reversal.train_reversal or `probekit eval reversal --train`)"
         )
-    ckpt = Path(str(meta["path"]))
-    name = model_name or (ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name)
+    name = model_name or default_model_name(meta)
     records, rows = evaluate_reversal(model, tokenizer, objective, data, tasks, name, seed, test, batch_size, progress)
     table = results_frame(rows)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "predictions.jsonl", records)
     atomic_write_json(out / "eval_config.json", {
-        "kind": "reversal", "checkpoint": str(ckpt), "data": str(data_dir), "model": name, "objective": objective,
+        "kind": "reversal", "checkpoint": str(meta["path"]), "data": str(data_dir), "model": name, "objective": objective,
         "tasks": sorted({r["task"] for r in records}), "seed": seed, "test": test,
     })  # fmt: skip
     paths = write_results(table, out, "results", metrics=("exact_match", "correct_preferred"), png=png)
