@@ -1,0 +1,302 @@
+"""The stage runner behind ``probekit run`` and ``probekit demo``.
+
+An experiment is a YAML file (``experiments/<name>/config.yaml``) naming datasets, models to train on them,
+a probe spec, and optional QA extraction. ``run_experiment`` walks the stages in order::
+
+    data  ->  train  ->  probe (+ random-init control)  ->  qa (optional)  ->  tables + figures + summary
+
+Every stage writes into ``<out>/<stage>/<name>`` atomically and is skipped when its output is already
+complete, and training resumes from its last checkpoint, so an interrupted experiment is re-run with the same
+command and continues where it stopped. The same config and seeds give the same data, weights and numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from probekit.config import from_dict, to_dict
+from probekit.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    n_people: int = 500
+    augmentation: str = "single"
+    seed: int = 0
+    pool_limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    data: str  # a DatasetSpec name
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (data and out are filled in)
+
+
+@dataclass
+class QASpec:
+    models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
+    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    datasets: list[DatasetSpec]
+    models: list[ModelSpec]
+    probe: dict[str, Any] = field(default_factory=dict)  # ProbeSpec fields
+    control_random: bool = True  # also probe a randomly initialised model of each shape
+    qa: QASpec | None = None
+    figures_layer: int | None = None  # layer of the position x attribute grids (None = last)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        self.datasets = [d if isinstance(d, DatasetSpec) else from_dict(DatasetSpec, d) for d in self.datasets]
+        self.models = [m if isinstance(m, ModelSpec) else from_dict(ModelSpec, m) for m in self.models]
+        if isinstance(self.qa, dict):
+            self.qa = from_dict(QASpec, self.qa)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-references and every stage's settings, checked before any work starts."""
+        from probekit.data.bios import parse_augmentation
+        from probekit.evaluate.qa import FinetuneConfig
+        from probekit.probes.spec import ProbeSpec
+        from probekit.train import TrainConfig
+
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names) or len({m.name for m in self.models}) != len(self.models):
+            raise ValueError(f"experiment {self.name}: dataset and model names must be unique")
+        for d in self.datasets:
+            parse_augmentation(d.augmentation)
+        for m in self.models:
+            if m.data not in names:
+                raise ValueError(f"model {m.name!r} trains on unknown dataset {m.data!r}; datasets: {names}")
+            from_dict(TrainConfig, {**m.train, "data": "x", "out": "x"}).validate()
+        from_dict(ProbeSpec, {"name": self.name, **self.probe})
+        if self.qa is not None:
+            unknown = sorted(set(self.qa.models) - {m.name for m in self.models})
+            if unknown:
+                raise ValueError(f"qa.models names unknown model(s) {unknown}")
+            from_dict(FinetuneConfig, self.qa.finetune)
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    import yaml
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"experiment config {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data.setdefault("name", path.parent.name if path.name == "config.yaml" else path.stem)
+    return from_dict(ExperimentConfig, data)
+
+
+# The main job: the README's first command runs this, within 15 minutes on 2 CPU cores.
+DEMO = {
+    "name": "demo",
+    "notes": "bioS single vs multi5+permute, NTP, 4x128 Llama-shaped model, P- and Q-probes at every layer.",
+    "datasets": [
+        {"name": "single", "n_people": 400, "augmentation": "single", "seed": 0,
+         "pool_limits": {"birth_city": 20, "university": 20, "major": 20, "company": 20}},
+        {"name": "multi5_permute", "n_people": 400, "augmentation": "multi5+permute", "seed": 0,
+         "pool_limits": {"birth_city": 20, "university": 20, "major": 20, "company": 20}},
+    ],
+    "models": [
+        {"name": "ntp_single", "data": "single", "train": {
+            "objective": "ntp", "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_mlp": 512},
+            "seq_len": 128, "batch_size": 16, "max_steps": 700, "warmup_steps": 50, "lr": 0.002, "min_lr": 0.0002,
+            "eval_every": 0, "save_every": 200, "log_every": 20, "seed": 0}},
+        {"name": "ntp_multi5_permute", "data": "multi5_permute", "train": {
+            "objective": "ntp", "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_mlp": 512},
+            "seq_len": 128, "batch_size": 16, "max_steps": 700, "warmup_steps": 50, "lr": 0.002, "min_lr": 0.0002,
+            "eval_every": 0, "save_every": 200, "log_every": 20, "seed": 0}},
+    ],
+    "probe": {"kinds": ["p", "q"], "targets": ["first_token", "value"], "l2_grid": [0.001, 0.01, 0.1],
+              "max_iter": 60},
+    "control_random": True,
+}  # fmt: skip
+
+
+def demo_config(**overrides: Any) -> ExperimentConfig:
+    data = copy.deepcopy(DEMO)
+    data.update(overrides)
+    return from_dict(ExperimentConfig, data)
+
+
+@dataclass
+class ExperimentResult:
+    out: Path
+    probe_table: pd.DataFrame
+    qa_table: pd.DataFrame | None
+    figures: list[Path]
+    summary: str
+    seconds: float
+
+
+def _done(path: Path) -> bool:
+    return (path / ".complete").exists()
+
+
+def _mark_done(path: Path, info: dict[str, Any] | None = None) -> None:
+    atomic_write_json(path / ".complete", info or {})
+
+
+def _stage_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
+    from probekit.data.store import build_dataset
+
+    paths = {}
+    for d in cfg.datasets:
+        p = out / "data" / d.name
+        if not (p / "manifest.json").exists():
+            log.info(f"[data] {d.name}: {d.n_people} people, {d.augmentation}")
+            build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=d.seed,
+                          pool_limits=d.pool_limits or None, overwrite=True, name=d.name)  # fmt: skip
+        paths[d.name] = p
+    return paths
+
+
+def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progress: bool) -> dict[str, Path]:
+    from probekit.train import TrainConfig, train
+
+    runs = {}
+    for m in cfg.models:
+        run = out / "models" / m.name
+        if not _done(run):
+            tc = from_dict(TrainConfig, {**m.train, "data": str(data[m.data]), "out": str(run)})
+            resume = (run / "checkpoints").exists()
+            log.info(f"[train] {m.name} ({tc.objective} on {m.data}){' resuming' if resume else ''}")
+            train(tc, resume=resume, overwrite=not resume, progress=progress)
+            _mark_done(run)
+        runs[m.name] = run
+    return runs
+
+
+def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path],
+                 progress: bool) -> pd.DataFrame:  # fmt: skip
+    from probekit.data.store import load_dataset
+    from probekit.probes.runner import check_compatible, load_probe_model, random_init_like, run_spec
+    from probekit.probes.spec import ProbeSpec
+    from probekit.results import read_results, write_results
+
+    spec = from_dict(ProbeSpec, {"name": cfg.name, **cfg.probe})
+    tables = []
+    for m in cfg.models:
+        dest = out / "probes" / m.name
+        if not _done(dest):
+            ds = load_dataset(data[m.data])
+            target = load_probe_model(runs[m.name], name=m.name)
+            check_compatible(target, ds)
+            models = [target] + ([random_init_like(target)] if cfg.control_random else [])
+            log.info(f"[probe] {m.name}: {', '.join(k.upper() for k in spec.kinds)}-probes on {m.data}")
+            df = run_spec(spec, ds, models, progress=progress)
+            write_results(df, dest)
+            _mark_done(dest)
+        tables.append(read_results(dest / "results.parquet"))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _stage_qa(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path],
+              progress: bool) -> pd.DataFrame | None:  # fmt: skip
+    if cfg.qa is None:
+        return None
+    from probekit.evaluate.qa import FinetuneConfig, run_qa
+
+    fcfg = from_dict(FinetuneConfig, cfg.qa.finetune)
+    tables = []
+    for m in cfg.models:
+        if cfg.qa.models and m.name not in cfg.qa.models:
+            continue
+        dest = out / "qa" / m.name
+        if not _done(dest):
+            log.info(f"[qa] {m.name}: finetune ({fcfg.method}) on P_train QAs, answer P_test")
+            run_qa(runs[m.name], data[m.data], dest, fcfg, model_name=m.name, eval_train=True, progress=progress,
+                   overwrite=True)  # fmt: skip
+            _mark_done(dest)
+        tables.append(pd.read_csv(dest / "results.csv"))
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
+    """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the first
+    position (the token before the birth date, next to the name in ``single`` order), Q-probe accuracy at the
+    name, each at its best layer on test people, beside the majority baseline and the random-init control."""
+    ok = probe[(probe["status"] == "ok") & (probe["hook"] == "resid")]
+    lines = []
+    for target in ("first_token", "value"):
+        sub = ok[ok["target_kind"] == target]
+        if sub.empty:
+            continue
+        rows = []
+        for (model, attr), g in sub.groupby(["model", "attribute"], sort=False):
+            p = g[g["probe_kind"] == "p"]
+            q = g[g["probe_kind"] == "q"]
+            own = p[p["position"] == attr]["accuracy"].max()
+            first = p[p["position"] == "birth_date"]["accuracy"].max()
+            rows.append({"model": model, "attribute": attr, "P own pos": own, "P first pos": first,
+                         "Q name": q["accuracy"].max(), "baseline": g["baseline"].max(),
+                         "n_train": int(g["n_train"].max()), "classes": int(g["n_classes"].max())})  # fmt: skip
+        t = pd.DataFrame(rows)
+        for c in ("P own pos", "P first pos", "Q name", "baseline"):
+            t[c] = (100 * t[c]).round(1)
+        lines.append(f"Probe accuracy % on P_test people, best layer, target = {target}:")
+        lines.append(t.to_string(index=False))
+        lines.append("")
+    if qa is not None and not qa.empty:
+        view = qa[(qa["split"] == "test") & (qa["metric"] == "exact_match")]
+        pivot = view.pivot_table(index="model", columns="task", values="value", aggfunc="first")
+        lines.append("QA extraction on P_test (exact match %, after finetuning on P_train):")
+        lines.append((100 * pivot).round(1).to_string())
+    return "\n".join(lines)
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True,
+                   figures_out: str | Path | None = None, png: bool = True) -> ExperimentResult:  # fmt: skip
+    """Run (or continue) every stage of ``cfg`` into ``out``; returns the tables, figures and summary."""
+    from probekit.plots import render_figures
+    from probekit.results import write_results
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    cfg_file = out / "experiment.json"
+    if cfg_file.exists() and json.loads(cfg_file.read_text()) != to_dict(cfg):
+        raise ValueError(f"{out} holds a different experiment config; choose another --out or delete {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg_file, to_dict(cfg))
+    data = _stage_data(cfg, out)
+    runs = _stage_train(cfg, out, data, progress)
+    probe = _stage_probe(cfg, out, data, runs, progress)
+    qa = _stage_qa(cfg, out, data, runs, progress)
+    write_results(probe, out)
+    report = render_figures(probe, out / "figures", layer=cfg.figures_layer, png=png)
+    if report.png_error:
+        log.warning(report.png_error)
+    summary = summarize(probe, qa)
+    seconds = time.perf_counter() - t0
+    atomic_write_text(out / "summary.txt", summary + "\n")
+    files = list(report.files)
+    if figures_out is not None:
+        dest = Path(figures_out)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in report.files:
+            if f.suffix in (".png", ".csv"):
+                shutil.copyfile(f, dest / f.name)
+    return ExperimentResult(out, probe, qa, files, summary, seconds)
+
+
+__all__ = ["DatasetSpec", "ModelSpec", "QASpec", "ExperimentConfig", "load_experiment", "demo_config",
+           "run_experiment", "summarize"]  # fmt: skip

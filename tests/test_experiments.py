@@ -1,0 +1,60 @@
+"""The stage runner: a tiny experiment end to end, resume by skipping finished stages, config validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from probekit.experiments import demo_config, load_experiment, run_experiment
+
+TINY_TRAIN = {"objective": "ntp", "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 128},
+              "seq_len": 64, "batch_size": 8, "max_steps": 12, "warmup_steps": 2, "save_every": 6, "seed": 0}  # fmt: skip
+
+
+def tiny_config(**kw):
+    base = dict(
+        datasets=[{"name": "s", "n_people": 40, "augmentation": "single", "pool_limits": {"major": 5}}],
+        models=[{"name": "m", "data": "s", "train": TINY_TRAIN}],
+        probe={"kinds": ["p", "q"], "targets": ["first_token"], "l2_grid": [0.01], "max_iter": 20},
+    )
+    base.update(kw)
+    return demo_config(**base)
+
+
+def test_tiny_experiment_runs_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    res = run_experiment(tiny_config(), out, progress=False, png=False)
+    assert (out / "results.parquet").exists() and (out / "summary.txt").exists()
+    models = set(res.probe_table["model"])
+    assert models == {"m", "m (random init)"}
+    # 2-layer model: 3 resid points; P: 6 positions x 6 attributes, Q: 6 attributes, per point and model
+    assert len(res.probe_table) == 2 * 3 * (36 + 6)
+    assert "P own pos" in res.summary and any(f.suffix == ".html" for f in res.figures)
+    weights = out / "models" / "m" / "checkpoints"
+    mtime = max(p.stat().st_mtime for p in weights.rglob("model.safetensors"))
+    again = run_experiment(tiny_config(), out, progress=False, png=False)  # every stage is skipped
+    assert max(p.stat().st_mtime for p in weights.rglob("model.safetensors")) == mtime
+    assert again.probe_table.equals(res.probe_table)
+    with pytest.raises(ValueError, match="different experiment config"):
+        run_experiment(tiny_config(probe={"kinds": ["q"]}), out, progress=False, png=False)
+
+
+def test_config_errors_before_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        tiny_config(models=[{"name": "m", "data": "nope", "train": TINY_TRAIN}])
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        tiny_config(datasets=[{"name": "s", "n_people": 10, "augmentation": "multi2+shuffle"}])
+    with pytest.raises(ValueError, match="budget"):
+        tiny_config(models=[{"name": "m", "data": "s", "train": {**TINY_TRAIN, "max_steps": None}}])
+    with pytest.raises(ValueError, match="unknown probe kinds|probe kinds"):
+        tiny_config(probe={"kinds": ["z"]})
+    with pytest.raises(FileNotFoundError):
+        load_experiment(tmp_path / "missing.yaml")
+
+
+def test_shipped_experiment_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    configs = sorted(root.glob("*/config.yaml"))
+    for c in configs:
+        load_experiment(c)
