@@ -78,9 +78,9 @@ def test_memorised_sequences_are_regenerated(tok, tmp_path: Path) -> None:
 
 
 def test_abi_generate_matches_manual_forward_and_batches(tiny_single, tmp_path: Path) -> None:
+    model_cfg = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "span_positions": True}
     cfg = TrainConfig(data=str(tiny_single.root), out=str(tmp_path / "abi"), objective="abi", seq_len=48,
-                      batch_size=4, max_steps=3, warmup_steps=1, eval_windows=0,
-                      model={"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "span_positions": True})  # fmt: skip
+                      batch_size=4, max_steps=3, warmup_steps=1, eval_windows=0, model=model_cfg)  # fmt: skip
     model = train(cfg, progress=False).model
     prompts = _prompts(len(tiny_single.tokenizer), n=5, seed=1)
     batched = abi_generate(model, prompts, max_new_tokens=4, stop_id=None, batch_size=2)

@@ -18,7 +18,7 @@ from probekit.io import read_jsonl
 from probekit.model import HookedLM, ModelConfig
 from probekit.train import TrainConfig, Trainer, train
 from probekit.train_data import (
-    DataStream, ItemSource, PackedSource, TrainItem, answer_item, bios_source, pack_windows,
+    DataStream, ItemSource, PackedSource, TrainItem, answer_item, bios_source, pack_windows, qa_answer_items,
 )  # fmt: skip
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,8 @@ def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_packing_shuffles_entries_across_the_corpus(tiny_single) -> None:
     src = bios_source(tiny_single, seq_len=48, seed=0)
     tok = tiny_single.tokenizer
-    entries = [[EOS_ID, *ids] for ids in tok([e.text for e in tiny_single.entries], add_special_tokens=False)["input_ids"]]
+    enc = tok([e.text for e in tiny_single.entries], add_special_tokens=False)["input_ids"]
+    entries = [[EOS_ID, *ids] for ids in enc]
     n_tokens = sum(map(len, entries))
     e0, e1 = src.epoch_items(0), src.epoch_items(1)
     assert all(len(it.ids) == 48 for it in e0) and len(e0) == -(-n_tokens // 48) == len(e1)
@@ -104,8 +105,9 @@ def test_data_stream_crosses_epochs_and_resumes() -> None:
 
 def test_loss_mask_keeps_only_answer_tokens(tiny_single, tmp_path: Path) -> None:
     item = answer_item([20, 21, 22], [30, 31])  # EOS p p p a a EOS
-    tr = Trainer(_cfg(tiny_single, tmp_path / "r"), ItemSource([item, TrainItem([1, 40, 41])], seed=0),
-                 tokenizer=tiny_single.tokenizer, progress=False)  # fmt: skip
+    pairs = [(item.ids, item.loss_mask), [1, 40, 41]]  # plain (ids, loss_mask) pairs / token lists work too
+    tr = Trainer(_cfg(tiny_single, tmp_path / "r"), pairs, tokenizer=tiny_single.tokenizer, progress=False)
+    assert isinstance(tr.source, ItemSource) and tr.source.items[0] == item
     batch = tr.build_batch([item, TrainItem([1, 40, 41])], torch.Generator())
     assert batch.labels[0].tolist() == [IGNORE_INDEX] * 3 + [30, 31, EOS_ID, IGNORE_INDEX]
     assert batch.labels[1].tolist()[:2] == [40, 41] and batch.labels[1, 2:].eq(IGNORE_INDEX).all()
@@ -114,6 +116,17 @@ def test_loss_mask_keeps_only_answer_tokens(tiny_single, tmp_path: Path) -> None
     b = abi.build_batch([answer_item([20, 21, 22], [30, 31], loss_on_eos=False)], torch.Generator())
     assert b.input_ids[0].tolist() == [1, 20, 21, 22, 3, 1, 4, 30, 31]  # Part A with [MASK], [START] + answer
     assert b.labels[0].tolist()[-3:] == [30, 31, 5] and b.positions[0, -3:].tolist() == [4, 4, 4]
+
+
+def test_qa_answer_items(tiny_single) -> None:
+    items = qa_answer_items(tiny_single)
+    tok = tiny_single.tokenizer
+    train_qa = [q for q in tiny_single.qa if q.pid in set(tiny_single.split["train"])]
+    assert len(items) == len(train_qa) == 6 * len(tiny_single.split["train"])
+    for it, q in zip(items[:12], train_qa[:12]):
+        answer = [t for t, m in zip(it.ids, it.loss_mask) if m]
+        assert answer == tok(q.answer, add_special_tokens=False)["input_ids"] + [EOS_ID]
+        assert it.ids[: it.loss_mask.index(True)] == [EOS_ID, *tok(q.prompt, add_special_tokens=False)["input_ids"]]
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -192,6 +205,9 @@ def test_resume_with_changed_config_names_fields(tiny_single, tmp_path: Path) ->
         Trainer(_cfg(tiny_single, tmp_path / "nothing"), resume=True, progress=False)
     with pytest.raises(FileExistsError, match="--overwrite"):
         Trainer(_cfg(tiny_single, tmp_path / "r"), progress=False)
+    with pytest.raises(ValueError, match="not divisible"):  # a refused --overwrite keeps the old run
+        Trainer(_cfg(tiny_single, tmp_path / "r", model={**TINY, "n_heads": 3}), overwrite=True, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step_00000002"]
     res = train(_cfg(tiny_single, tmp_path / "r", max_steps=1), overwrite=True, progress=False)
     assert res.steps == 1 and [r["step"] for r in read_jsonl(res.metrics_path)] == [1]
 

@@ -148,7 +148,8 @@ def _read_json(file: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {file} ({_short(e)}); the checkpoint is corrupt: {_fix_hint(file.parent)}") from e
+        hint = _fix_hint(file.parent)
+        raise ValueError(f"cannot read {file} ({_short(e)}); the checkpoint is corrupt: {hint}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{file} does not hold a JSON object; the checkpoint is corrupt: {_fix_hint(file.parent)}")
     return data

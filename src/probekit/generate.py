@@ -74,7 +74,8 @@ def greedy_generate(
     device = _device(model)
     try:
         for chunk in _chunks(prompts, batch_size):
-            for i, out in zip(chunk, _greedy_chunk(model, [prompts[i] for i in chunk], max_new_tokens, stop_id, device)):
+            outs = _greedy_chunk(model, [prompts[i] for i in chunk], max_new_tokens, stop_id, device)
+            for i, out in zip(chunk, outs):
                 results[i] = out
     finally:
         model.train(was_training)

@@ -1,10 +1,11 @@
 """The trainer: one loop for NTP, ABI and BICO pretraining and for QA finetuning, resumable bit for bit.
 
 ``train(TrainConfig(...))`` builds everything from the config (dataset, objective, model), validates it before
-the first step, and runs AdamW with linear warmup then cosine decay to ``min_lr`` and gradient clipping. Weight
-decay applies to the linear layers' weights only: embeddings (``embed``, ``span_embed``, and ``unembed`` when tied)
-and RMSNorm weights are not decayed. Metrics go to ``<out>/metrics.jsonl``; checkpoints (see
-``probekit.checkpoint``) to ``<out>/checkpoints/step_XXXXXXXX`` every ``save_every`` steps and at the end.
+the first step, and runs AdamW (the fused kernel) with linear warmup then cosine decay to ``min_lr`` and gradient
+clipping. Weight decay applies to the linear layers' weights only (attention, MLP, an untied ``unembed``):
+embeddings (``embed``, ``span_embed``, a tied ``unembed``) and RMSNorm weights are not decayed. Metrics go to
+``<out>/metrics.jsonl``; checkpoints (see ``probekit.checkpoint``) to ``<out>/checkpoints/step_XXXXXXXX`` every
+``save_every`` steps and at the end.
 
 Data (``probekit.train_data``): by default the dataset's biographies are shuffled across the corpus every epoch
 and packed into windows of ``seq_len`` tokens (NTP, BICO: one window = one causal/BICO sequence; ABI: one window =
@@ -18,8 +19,9 @@ the optimiser state, the step, the data position and the torch/python/numpy RNG 
 checkpoint and resumed therefore reaches the same weights as an uninterrupted run (tested on CPU).
 
 Multi-GPU: the loop runs through Hugging Face ``accelerate`` (``accelerator.prepare`` / ``backward`` /
-``clip_grad_norm_``), so ``accelerate launch -m probekit.cli train ...`` trains data-parallel unchanged:
-``batch_size`` is the global batch, and each process takes every ``world_size``-th item of it.
+``clip_grad_norm_``), so ``accelerate launch -m probekit.cli train ...`` (or ``torchrun``, also on CPU with gloo)
+trains data-parallel unchanged: ``batch_size`` is the global batch, and each process takes every
+``world_size``-th item of it (2 CPU processes reproduce a single process's weights to 3e-7).
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ from probekit.checkpoint import (
     save_checkpoint,
 )  # fmt: skip
 from probekit.config import from_dict, load_config, to_dict
+from probekit.data.tokenizer import load_tokenizer
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 from probekit.model import HookedLM, ModelConfig
 from probekit.objectives import compute_loss, get_objective
 from probekit.train_data import (
-    DataStream, SequenceSource, TrainItem, abi_answer_batch, apply_loss_mask, bios_source,
+    DataStream, ItemLike, ItemSource, SequenceSource, TrainItem, abi_answer_batch, apply_loss_mask, bios_source,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,9 @@ class TrainConfig:
 
     Budget: set exactly one of ``max_steps``, ``epochs`` (passes over the packed windows / items) or ``tokens``.
     ``model`` holds ModelConfig fields (``vocab_size`` comes from the tokenizer; ``n_ctx`` defaults to the longest
-    input the objective makes from ``seq_len`` tokens, or from the source's longest item if that is longer; ``seed`` to this config's seed); with ``init_from`` the model comes
-    from that checkpoint and ``model`` may only repeat its values.
+    input the objective makes from ``seq_len`` tokens, or from the source's longest item if that is longer;
+    ``seed`` to this config's seed); with ``init_from`` the model comes from that checkpoint and ``model`` may only
+    repeat its values.
     """
 
     data: str = ""  # dataset directory (probekit data bios); may be empty when the caller passes a source
@@ -148,7 +152,8 @@ class TrainConfig:
             errs.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         bad = sorted(set(self.model) - {f.name for f in fields(ModelConfig)})
         if bad:
-            errs.append(f"model: unknown ModelConfig field(s) {bad}; valid: {sorted(f.name for f in fields(ModelConfig))}")
+            valid = sorted(f.name for f in fields(ModelConfig))
+            errs.append(f"model: unknown ModelConfig field(s) {bad}; valid: {valid}")
         if errs:
             raise ValueError("invalid training config: " + "; ".join(errs))
 
@@ -202,16 +207,18 @@ def _step_seed(*parts: int) -> int:
 class Trainer:
     """Build with everything validated up front; ``run()`` trains and returns a ``TrainResult``.
 
-    ``source``: a ``SequenceSource`` (default: the biographies of ``cfg.data``, packed). ``model``: an existing
-    HookedLM to train in place (only parameters with ``requires_grad`` are optimised); ``tokenizer`` is then
-    required unless ``cfg.data``/``cfg.init_from`` supplies it. ``on_step(trainer, row)`` is called after every
-    step (after any checkpoint of that step).
+    ``source``: a ``SequenceSource`` (default: the biographies of ``cfg.data``, packed), or a list of items
+    (``TrainItem``, token lists or ``(ids, loss_mask)`` pairs: one padded sequence each, see ``ItemSource``).
+    ``model``: an existing HookedLM to train in place (only parameters with ``requires_grad`` are optimised);
+    ``tokenizer`` is then required unless ``cfg.data``/``cfg.init_from`` supplies it. ``on_step(trainer, row)`` is
+    called after every step (after any checkpoint of that step). ``overwrite`` replaces an existing run in
+    ``cfg.out`` (its files are removed only after every check passed); ``resume`` continues it.
     """
 
     def __init__(
         self,
         cfg: TrainConfig,
-        source: SequenceSource | None = None,
+        source: SequenceSource | Sequence[ItemLike] | None = None,
         *,
         model: HookedLM | None = None,
         tokenizer: PreTrainedTokenizerFast | None = None,
@@ -221,6 +228,8 @@ class Trainer:
         on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
     ) -> None:
         cfg.validate()
+        if source is not None and not isinstance(source, SequenceSource):
+            source = ItemSource(list(source), seed=cfg.seed)  # a plain list of items / (ids, loss_mask) pairs
         self.cfg, self.progress, self.on_step = cfg, progress, on_step
         self.out = Path(cfg.out)
         resume_from = self._check_out_dir(resume, overwrite)
@@ -262,7 +271,8 @@ class Trainer:
         if model.cfg.vocab_size != len(tokenizer):
             raise ValueError(f"model vocab_size {model.cfg.vocab_size} != tokenizer size {len(tokenizer)}")
 
-        self.accelerator = Accelerator(mixed_precision=cfg.precision)
+        # cpu=True without CUDA so that torchrun / accelerate launch on CPU-only machines run data-parallel (gloo)
+        self.accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
         world = self.accelerator.num_processes
         if cfg.batch_size % world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
@@ -278,14 +288,17 @@ class Trainer:
         self.last_eval_loss: float | None = None
         state = None
         if resume_from is not None:
+            self._same_vocab(tokenizer, load_tokenizer(resume_from), f"checkpoint {resume_from}")
             load_weights(model, resume_from)
             state = load_trainer_state(resume_from)
         else:
             random.seed(cfg.seed)
             np.random.seed(cfg.seed % 2**32)
             torch.manual_seed(cfg.seed)
+        model.to(self.accelerator.device)
+        fused = self.accelerator.device.type in ("cpu", "cuda")  # one kernel for all params: ~5x faster on CPU
         optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if state is not None:
@@ -296,10 +309,7 @@ class Trainer:
 
     def _check_out_dir(self, resume: bool, overwrite: bool) -> Path | None:
         if not resume:
-            if prepare_output_dir(self.out, overwrite).exists() and overwrite:
-                for name in (TRAIN_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE):
-                    (self.out / name).unlink(missing_ok=True)
-                shutil.rmtree(self.out / CHECKPOINTS_SUBDIR, ignore_errors=True)
+            prepare_output_dir(self.out, overwrite)  # the old run is removed only once everything is validated
             return None
         saved = self.out / TRAIN_CONFIG_FILE
         if not saved.exists():
@@ -360,13 +370,19 @@ class Trainer:
 
     def _write_run_files(self, resumed: bool) -> None:
         if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
             return
+        if not resumed and self.out.exists():  # --overwrite: remove the old run's files (only ours)
+            for name in (TRAIN_CONFIG_FILE, METRICS_FILE, SUMMARY_FILE):
+                (self.out / name).unlink(missing_ok=True)
+            shutil.rmtree(self.out / CHECKPOINTS_SUBDIR, ignore_errors=True)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / TRAIN_CONFIG_FILE, to_dict(self.cfg))
         metrics = self.out / METRICS_FILE
         if resumed or metrics.exists():  # drop rows logged after the checkpoint we resume from
             rows = read_jsonl(metrics) if metrics.exists() else []
             atomic_write_jsonl(metrics, [r for r in rows if r.get("step", 0) <= self.step])
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -555,7 +571,7 @@ def _tuplify(x: Any) -> Any:
 
 def train(
     cfg: TrainConfig,
-    source: SequenceSource | None = None,
+    source: SequenceSource | Sequence[ItemLike] | None = None,
     *,
     model: HookedLM | None = None,
     tokenizer: PreTrainedTokenizerFast | None = None,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -48,6 +48,19 @@ class TrainItem:
             raise ValueError(f"empty training sequence; every sequence starts with EOS_ID={EOS_ID}")
         if self.loss_mask is not None and len(self.loss_mask) != len(self.ids):
             raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.ids)} tokens")
+
+
+ItemLike = Union[TrainItem, Sequence[int], tuple[Sequence[int], Optional[Sequence[bool]]]]
+
+
+def as_item(x: ItemLike) -> TrainItem:
+    """A ``TrainItem`` from a TrainItem, a token list, or an ``(ids, loss_mask)`` pair."""
+    if isinstance(x, TrainItem):
+        return x
+    if isinstance(x, tuple) and len(x) == 2 and not isinstance(x[0], int):
+        ids, mask = x
+        return TrainItem([int(t) for t in ids], None if mask is None else [bool(m) for m in mask])
+    return TrainItem([int(t) for t in x])  # type: ignore[union-attr]
 
 
 @runtime_checkable
@@ -167,12 +180,12 @@ class ItemSource:
     """
 
     def __init__(
-        self, items: Sequence[TrainItem], seed: int, eval: Sequence[TrainItem] | None = None, name: str = "items"
+        self, items: Sequence[ItemLike], seed: int, eval: Sequence[ItemLike] | None = None, name: str = "items"
     ) -> None:
         if not items:
             raise ValueError("ItemSource needs at least one item")
-        self.items, self.seed, self.name = list(items), seed, name
-        self._eval = list(eval) if eval is not None else None
+        self.items, self.seed, self.name = [as_item(it) for it in items], seed, name
+        self._eval = [as_item(it) for it in eval] if eval is not None else None
 
     def epoch_items(self, epoch: int) -> list[TrainItem]:
         return [self.items[i] for i in _rng(self.seed, epoch).permutation(len(self.items))]
@@ -195,6 +208,18 @@ def answer_item(prompt_ids: Sequence[int], answer_ids: Sequence[int], loss_on_eo
     n_p, n_a = 1 + len(prompt_ids), len(answer_ids)
     mask = [False] * n_p + [True] * n_a + [loss_on_eos]
     return TrainItem(ids, mask)
+
+
+def qa_answer_items(dataset: Any, pids: Sequence[int] | None = None, loss_on_eos: bool = True) -> list[TrainItem]:
+    """QA finetuning items of a ``BioDataset`` for ``pids`` (default: P_train), loss on the answers only."""
+    keep = set(dataset.split["train"] if pids is None else pids)
+    qa = [q for q in dataset.qa if q.pid in keep]
+    if not qa:
+        raise ValueError("no QA items for the requested people")
+    tok = dataset.tokenizer
+    prompts = tok([q.prompt for q in qa], add_special_tokens=False)["input_ids"]
+    answers = tok([q.answer for q in qa], add_special_tokens=False)["input_ids"]
+    return [answer_item(p, a, loss_on_eos) for p, a in zip(prompts, answers)]
 
 
 def tokenize_texts(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> list[list[int]]:

@@ -15,7 +15,8 @@ EXAMPLES = """examples:
   probekit train --config experiments/configs/ntp_small.yaml --objective bico --steps 2000 --out runs/bico
   probekit train --out runs/ntp_single --resume            # continue from the last checkpoint
   probekit train --config cfg.yaml --set model.n_layers=2 --set lr=3e-4 --out runs/x --overwrite
-  accelerate launch -m probekit.cli train --config cfg.yaml --out runs/x   # several GPUs, data-parallel
+  accelerate launch --num_processes 4 -m probekit.cli train --config cfg.yaml --out runs/x   # 4 GPUs, data-parallel
+  torchrun --nproc_per_node 2 -m probekit.cli train --config cfg.yaml --out runs/x          # 2 CPU processes (gloo)
 """
 
 
@@ -73,14 +74,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     start = trainer.step
-    if start:
+    main_process = trainer.accelerator.is_main_process
+    if start and main_process:
         print(f"resuming {cfg.out} at step {start} of {trainer.max_steps}")
     m = trainer.accelerator.unwrap_model(trainer.model)
-    print(f"training {cfg.objective} on {trainer.dataset_name}: {m.num_params() / 1e6:.2f}M parameters "
-          f"({m.cfg.n_layers}x{m.cfg.d_model}), {trainer.max_steps} steps of {cfg.batch_size} x "
-          f"{cfg.seq_len} tokens, device {trainer.accelerator.device}")  # fmt: skip
+    if main_process:
+        print(f"training {cfg.objective} on {trainer.dataset_name}: {m.num_params() / 1e6:.2f}M parameters "
+              f"({m.cfg.n_layers}x{m.cfg.d_model}), {trainer.max_steps} steps of {cfg.batch_size} x "
+              f"{cfg.seq_len} tokens, {trainer.accelerator.num_processes} process(es) on "
+              f"{trainer.accelerator.device.type}")  # fmt: skip
     res = trainer.run()
-    if not trainer.accelerator.is_main_process:
+    if not main_process:
         return 0
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"done in {time.perf_counter() - t0:.1f}s ({res.elapsed_s:.1f}s training in total)")
