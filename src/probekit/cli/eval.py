@@ -116,6 +116,7 @@ def cmd_inverse(args: argparse.Namespace) -> int:
 
 
 def cmd_reversal(args: argparse.Namespace) -> int:
+    from probekit.data.reversal import load_reversal_dir
     from probekit.evaluate.reversal import run_reversal, train_reversal
     from probekit.io import prepare_output_dir
 
@@ -124,22 +125,21 @@ def cmd_reversal(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")
     checkpoint = args.checkpoint
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    data = load_reversal_dir(args.data)  # bad data fails here, before any training
+    unknown = [t for t in tasks or () if t not in data.tasks]
+    if unknown:
+        raise ValueError(f"--tasks: {unknown} not available in {args.data}; available: {data.tasks}")
     if args.train_config:
-        from probekit.data.reversal import load_reversal_dir
-
-        data = load_reversal_dir(args.data)  # fail on bad data before training
-        unknown = [t for t in tasks or () if t not in data.tasks]
-        if unknown:
-            raise ValueError(f"--tasks: {unknown} not available in {args.data}; available: {data.tasks}")
         cfg = _train_config(args.train_config, out, args.objective)
-        result = train_reversal(args.data, cfg, overwrite=args.overwrite)
+        result = train_reversal(data, cfg, overwrite=args.overwrite)
         print(f"trained {cfg.objective}: {result.steps} steps, loss {result.train_loss:.3f}, "
               f"checkpoint {result.checkpoint}")  # fmt: skip
         checkpoint = result.checkpoint
     res = run_reversal(
-        checkpoint, args.data, out, tasks, model_name=args.name,
+        checkpoint, data, out, tasks, model_name=args.name,
         objective=None if args.train_config else args.objective, seed=args.seed, test=args.test,
-        batch_size=args.eval_batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config), png=not args.no_png,
+        batch_size=args.eval_batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config),
+        png=not args.no_png,
     )  # fmt: skip
     _print_summary(res.table, res.paths, ("exact_match", "logprob_correct", "logprob_random", "p_value"))
     return 0

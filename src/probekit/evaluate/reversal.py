@@ -48,8 +48,10 @@ def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def random_others(completions: Sequence[str], seed: int) -> list[int | None]:
-    """For each row, the index of a random row with a different (normalised) completion; None if there is none."""
+def random_others(completions: Sequence[str], seed: int | str) -> list[int | None]:
+    """For each row, the index of a random row with a different (normalised) completion; None if there is none.
+
+    ``seed``: an int or a string (``random.Random`` hashes strings deterministically)."""
     rng = random.Random(seed)
     keys = [normalize_text(c) for c in completions]
     out: list[int | None] = []
@@ -93,20 +95,19 @@ def evaluate_reversal(
     check_tasks_fit(data, tasks, tokenizer, model.cfg.n_ctx, objective)
     records: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    for t_idx, task in enumerate(tqdm(tasks, desc="reversal tasks", disable=not progress)):
+    for task in tqdm(tasks, desc="reversal tasks", disable=not progress):
         items = data.task(task)
         prompts = _encode(tokenizer, [r.prompt for r in items])
         targets = _encode(tokenizer, [r.completion for r in items])
         gen = generate_answers(model, objective, prompts, max(len(c) for c in targets), batch_size, abi_suffix=())
         exact = [text_exact_match(tokenizer.decode(g), tokenizer.decode(c)) for g, c in zip(gen, targets)]
-        others = random_others([r.completion for r in items], seed * 1009 + t_idx)
+        others = random_others([r.completion for r in items], f"{seed}-{task}")  # same draw whatever the task list
         have = [k for k, j in enumerate(others) if j is not None]
         lp_correct = completion_logprobs(model, prompts, targets, objective, batch_size)
         lp_random = [float("nan")] * len(items)
         if have:
-            scored = completion_logprobs(
-                model, [prompts[k] for k in have], [targets[others[k]] for k in have], objective, batch_size  # type: ignore[index]
-            )  # fmt: skip
+            other_targets = [targets[j] for j in others if j is not None]
+            scored = completion_logprobs(model, [prompts[k] for k in have], other_targets, objective, batch_size)
             for k, v in zip(have, scored):
                 lp_random[k] = v
         for k, r in enumerate(items):
@@ -142,25 +143,32 @@ def reversal_source(data: ReversalData, seed: int = 0) -> Any:
     return ItemSource([TrainItem([EOS_ID, *s]) for s in ids], seed=seed, name=name)
 
 
-def train_reversal(data_dir: str | Path, train_cfg: Any, progress: bool = True, overwrite: bool = False) -> Any:
+def _load(data: str | Path | ReversalData) -> ReversalData:
+    return data if isinstance(data, ReversalData) else load_reversal_dir(data)
+
+
+def train_reversal(
+    data_dir: str | Path | ReversalData, train_cfg: Any, progress: bool = True, overwrite: bool = False
+) -> Any:
     """Train a model from scratch (or from ``train_cfg.init_from``) on the directory's training facts.
 
-    ``train_cfg`` is a ``TrainConfig`` (its ``data`` is set to ``data_dir``; ``objective`` picks NTP, ABI or BICO).
-    Returns the trainer's ``TrainResult``; its checkpoint carries the data's tokenizer.
+    ``data_dir``: the directory (or its loaded ``ReversalData``). ``train_cfg`` is a ``TrainConfig`` (its ``data``
+    is set to the directory; ``objective`` picks NTP, ABI or BICO). Returns the trainer's ``TrainResult``; its
+    checkpoint carries the data's tokenizer.
     """
     import copy
 
     from probekit.train import train
 
-    data = load_reversal_dir(data_dir)
+    data = _load(data_dir)
     cfg = copy.deepcopy(train_cfg)
-    cfg.data = str(data_dir)
+    cfg.data = str(data.root)
     return train(cfg, reversal_source(data, cfg.seed), tokenizer=data.tokenizer, progress=progress, overwrite=overwrite)
 
 
 def run_reversal(
     checkpoint: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | ReversalData,
     out: str | Path,
     tasks: Sequence[str] | None = None,
     model_name: str | None = None,
@@ -180,16 +188,16 @@ def run_reversal(
     from probekit.checkpoint import load_checkpoint
 
     out = prepare_output_dir(out, overwrite)
-    data = load_reversal_dir(data_dir)
+    data = _load(data_dir)
     unknown = [t for t in tasks or () if t not in data.tasks]
     if unknown:
-        raise ValueError(f"task(s) {unknown} not available in {data_dir}; available: {data.tasks}")
+        raise ValueError(f"task(s) {unknown} not available in {data.root}; available: {data.tasks}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
     objective = model_objective(meta, objective)
     if tokenizer.get_vocab() != data.tokenizer.get_vocab():
         raise ValueError(
-            f"checkpoint {meta['path']} has a different vocabulary than {data_dir}; evaluate a model trained on "
+            f"checkpoint {meta['path']} has a different vocabulary than {data.root}; evaluate a model trained on "
             "this data (train one with probekit.evaluate.reversal.train_reversal or `probekit eval reversal --train`)"
         )
     name = model_name or default_model_name(meta)
@@ -198,7 +206,8 @@ def run_reversal(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "predictions.jsonl", records)
     atomic_write_json(out / "eval_config.json", {
-        "kind": "reversal", "checkpoint": str(meta["path"]), "data": str(data_dir), "model": name, "objective": objective,
+        "kind": "reversal", "checkpoint": str(meta["path"]), "data": str(data.root), "model": name,
+        "objective": objective,
         "tasks": sorted({r["task"] for r in records}), "seed": seed, "test": test,
     })  # fmt: skip
     paths = write_results(table, out, "results", metrics=("exact_match", "correct_preferred"), png=png)

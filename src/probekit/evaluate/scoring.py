@@ -10,7 +10,7 @@ Exact match comes in two forms:
 
 ``completion_logprobs`` is the summed log-probability of a completion given a prompt under a model's own
 inference mode: an NTP or BICO model is scored causally on ``[EOS] + prompt + completion``; an ABI model scores the
-completion as a Part B span after ``[EOS] + prompt + [MASK]`` (the way it generates: ``probekit.generate.abi_generate``).
+completion as a Part B span after ``[EOS] + prompt + [MASK]``, the way ``probekit.generate.abi_generate`` asks.
 """
 
 from __future__ import annotations
