@@ -1,0 +1,329 @@
+"""Residual-stream activations at chosen token positions, in memory or streamed to disk.
+
+``collect_activations(model, sequences, positions, points)`` runs the model over token sequences in batches and
+keeps, for every hook point, only the hidden states at the requested positions: ``[N, P, d]`` per point
+(N sequences, P positions each). Nothing else is cached: each hook gathers its P rows per sequence and the
+forward pass of a probekit ``HookedLM`` stops as soon as the last requested hook has fired (the final norm and
+unembedding are never computed).
+
+Models: a probekit ``HookedLM`` or a TransformerLens ``TransformerBridge`` over any Hugging Face causal LM
+(``probekit.hf.load_bridge``); both expose TransformerLens hook names. ``hook_points(n_layers)`` gives the
+L+1 layer boundaries: ``blocks.{l}.hook_resid_pre`` for l < L (layer 0 = the embeddings) and
+``blocks.{L-1}.hook_resid_post`` as layer L.
+
+Padding: sequences are sorted by length, batched and padded on the right with ``<pad>``. In a causal model a
+token never attends to later tokens, so right padding cannot change the states at real positions; our model
+additionally gets ``key_mask`` (pads are never keys). Bidirectionally trained models (ABI, BICO) are probed in
+their causal reading: ``attn_mode="causal"``, so the state at a position depends only on the prefix, the same
+input a causal model sees. This is the rule for every probe in probekit.
+
+Storage: ``storage="memory"`` returns float32 tensors; ``storage="disk"`` streams each point into its own
+float16 ``.npy`` memmap under ``out_dir`` (bounded memory: one batch at a time), written atomically;
+``load_activations(out_dir)`` reopens it. 100,000 people x 13 points x 1 position x 768 dims is 2 GB on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from probekit.data.tokenizer import PAD_ID
+from probekit.io import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+HOOK_FAMILIES: dict[str, str] = {
+    "resid": "hook_resid_pre",  # + the last block's hook_resid_post as layer L
+    "resid_mid": "hook_resid_mid",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+}
+_ORDER_IN_BLOCK = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
+META_FILE = "activations.json"
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One place to read: a hook family (``resid``...), its layer index, and the TransformerLens hook name."""
+
+    hook: str
+    layer: int
+    name: str
+
+
+def hook_points(n_layers: int, hooks: Sequence[str] = ("resid",), layers: Sequence[int] | None = None) -> list[HookPoint]:
+    """Hook points for a model with ``n_layers`` blocks. ``resid`` has layers 0..L (L+1 boundaries); the other
+    families 0..L-1. ``layers`` restricts the layers (None = all; out-of-range layers are an error)."""
+    points: list[HookPoint] = []
+    for hook in hooks:
+        if hook not in HOOK_FAMILIES:
+            raise ValueError(f"unknown hook {hook!r}; valid hooks are {list(HOOK_FAMILIES)}")
+        n = n_layers + 1 if hook == "resid" else n_layers
+        chosen = list(range(n)) if layers is None else list(layers)
+        bad = [v for v in chosen if not 0 <= v < n]
+        if bad:
+            raise ValueError(f"layers {bad} do not exist for hook {hook!r} on a {n_layers}-layer model (0..{n - 1})")
+        for layer in chosen:
+            if hook == "resid" and layer == n_layers:
+                name = f"blocks.{n_layers - 1}.hook_resid_post"
+            else:
+                name = f"blocks.{layer}.{HOOK_FAMILIES[hook]}"
+            points.append(HookPoint(hook, layer, name))
+    return points
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    n_layers: int
+    d_model: int
+    n_ctx: int
+    vocab_size: int
+
+
+def model_dims(model: Any) -> ModelDims:
+    """Shape facts of a ``HookedLM`` or a ``TransformerBridge``."""
+    cfg = model.cfg
+    vocab = getattr(cfg, "vocab_size", None) or getattr(cfg, "d_vocab", None)
+    return ModelDims(int(cfg.n_layers), int(cfg.d_model), int(cfg.n_ctx), int(vocab))
+
+
+def _is_hooked_lm(model: Any) -> bool:
+    from probekit.model import HookedLM
+
+    return isinstance(model, HookedLM)
+
+
+class _Stop(Exception):
+    """Raised by the last hook to end a forward pass early (nothing after it is needed)."""
+
+
+@dataclass
+class Activations:
+    """Activations of N sequences at P positions for several hook points.
+
+    ``data[i]`` is point i's array ``[N, P, d]``: a float32 tensor in memory, or a read-only float16 numpy memmap
+    on disk. Groups for the probe engine are (point, position) pairs, ``g = i * P + p``.
+    """
+
+    points: list[HookPoint]
+    position_names: list[str]
+    data: list[Any]
+    root: Path | None = None
+
+    @property
+    def n_points(self) -> int:
+        return len(self.points)
+
+    @property
+    def n(self) -> int:
+        return int(self.data[0].shape[0]) if self.data else 0
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.position_names)
+
+    @property
+    def d(self) -> int:
+        return int(self.data[0].shape[2]) if self.data else 0
+
+    def get(self, point: int, position: int) -> Tensor:
+        """[N, d] float32 activations of one point at one position."""
+        a = self.data[point][:, position, :]
+        return a.float() if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float32))
+
+    def group(self, g: int) -> tuple[HookPoint, str]:
+        """The (hook point, position name) of engine group ``g``."""
+        return self.points[g // self.n_positions], self.position_names[g % self.n_positions]
+
+    def features(self) -> "ActivationFeatures":
+        return ActivationFeatures(self)
+
+    def to_tensor(self) -> Tensor:
+        """Everything as one float32 tensor [n_points, N, P, d] (small runs)."""
+        return torch.stack(
+            [a.float() if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in self.data]
+        )
+
+
+class ActivationFeatures:
+    """A probe-engine ``FeatureSource`` over ``Activations``: group g = (point g // P, position g % P)."""
+
+    def __init__(self, acts: Activations) -> None:
+        self.acts = acts
+        self.n_groups = acts.n_points * acts.n_positions
+        self.n_rows = acts.n
+        self.d = acts.d
+
+    def load(self, groups: Sequence[int]) -> Tensor:
+        P = self.acts.n_positions
+        return torch.stack([self.acts.get(g // P, g % P) for g in groups])  # [G, N, d]
+
+
+def _validate(
+    sequences: Sequence[Sequence[int]], positions: np.ndarray, dims: ModelDims
+) -> None:
+    if len(sequences) != positions.shape[0]:
+        raise ValueError(f"{len(sequences)} sequences but {positions.shape[0]} rows of positions")
+    lengths = np.array([len(s) for s in sequences])
+    if len(lengths) and lengths.min() < 1:
+        raise ValueError("empty sequence given; every sequence needs at least one token")
+    if len(lengths) and lengths.max() > dims.n_ctx:
+        i = int(lengths.argmax())
+        raise ValueError(
+            f"sequence {i} has {lengths[i]} tokens but the model's context is {dims.n_ctx}; "
+            "positions beyond the context cannot be read (use a model with a larger n_ctx or shorter inputs)"
+        )
+    if positions.size and (positions.min() < 0 or (positions >= lengths[:, None]).any()):
+        bad = int(np.argwhere((positions < 0) | (positions >= lengths[:, None]))[0][0])
+        raise ValueError(f"sequence {bad}: a requested position {positions[bad].tolist()} is outside its "
+                         f"{lengths[bad]} tokens")  # fmt: skip
+    if len(sequences):
+        top = max(max(s) for s in sequences)
+        if top >= dims.vocab_size:
+            raise ValueError(f"token id {top} is outside the model's vocabulary of {dims.vocab_size}; "
+                             "the data was tokenized with a different tokenizer")  # fmt: skip
+
+
+@torch.no_grad()
+def collect_activations(
+    model: Any,
+    sequences: Sequence[Sequence[int]],
+    positions: np.ndarray | Sequence[Sequence[int]],
+    points: Sequence[HookPoint],
+    *,
+    position_names: Sequence[str] | None = None,
+    batch_size: int = 64,
+    storage: str = "memory",
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Activations:
+    """Hidden states of ``model`` at ``positions`` ([N, P] token indices) of ``sequences`` for every point.
+
+    ``storage="memory"``: float32 tensors. ``storage="disk"``: float16 memmaps under ``out_dir`` (created
+    atomically; existing non-empty dirs need ``overwrite``). ``progress(n)`` is called with the number of
+    sequences done after each batch. The model is put in eval mode; causal attention is always used.
+    """
+    pos = np.asarray(positions, dtype=np.int64)
+    if pos.ndim != 2:
+        raise ValueError(f"positions must be [N, P], got shape {pos.shape}")
+    N, P = pos.shape
+    names = list(position_names) if position_names is not None else [str(p) for p in range(P)]
+    if len(names) != P:
+        raise ValueError(f"{len(names)} position names for {P} positions")
+    dims = model_dims(model)
+    _validate(sequences, pos, dims)
+    hook_dict = model.hook_dict
+    missing = [p.name for p in points if p.name not in hook_dict]
+    if missing:
+        raise ValueError(f"the model has no hook(s) {missing}; is it a TransformerLens-hooked model?")
+    if storage not in ("memory", "disk"):
+        raise ValueError(f"unknown storage {storage!r}; use 'memory' or 'disk'")
+    if storage == "disk" and out_dir is None:
+        raise ValueError("storage='disk' needs out_dir")
+    model.eval()
+    ours = _is_hooked_lm(model)
+    device = next(model.parameters()).device
+    d = dims.d_model
+    order = np.argsort([-len(s) for s in sequences], kind="stable")  # longest first: least padding
+    names_needed = list(dict.fromkeys(p.name for p in points))
+    last = max(names_needed, key=lambda n: (int(n.split(".")[1]), _ORDER_IN_BLOCK.get(n.split(".")[-1], 9)))
+
+    def run(write: Callable[[int, np.ndarray, dict[str, Tensor]], None]) -> None:
+        for s in range(0, N, batch_size):
+            rows = order[s : s + batch_size]
+            B = len(rows)
+            T = max(len(sequences[r]) for r in rows)
+            ids = torch.full((B, T), PAD_ID, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(sequences[r])] = torch.as_tensor(list(sequences[r]), dtype=torch.long)
+            lengths = torch.tensor([len(sequences[r]) for r in rows])
+            key_mask = torch.arange(T)[None] < lengths[:, None]  # [B, T]
+            p_idx = torch.as_tensor(pos[rows], device=device)  # [B, P]
+            b_idx = torch.arange(B, device=device)[:, None]  # [B, 1]
+            got: dict[str, Tensor] = {}
+
+            def gather(act: Tensor, hook: Any) -> None:
+                got[hook.name] = act[b_idx, p_idx].detach().float().cpu()  # [B, P, d]
+                if ours and hook.name == last:
+                    raise _Stop
+
+            # a bridge registers resid_pre/post under aliases (hook_in/hook_out): key by the requested name
+            fwd = [(n, (lambda a, hook, n=n: gather(a, _Named(n)))) for n in names_needed]
+            ids, key_mask = ids.to(device), key_mask.to(device)
+            try:
+                if ours:
+                    model.run_with_hooks(ids, fwd_hooks=fwd, attn_mode="causal", key_mask=key_mask)
+                else:
+                    model.run_with_hooks(ids, fwd_hooks=fwd)
+            except _Stop:
+                pass
+            lost = [n for n in names_needed if n not in got]
+            if lost:
+                raise RuntimeError(f"hooks {lost} did not fire during the forward pass")
+            write(s, rows, got)
+            if progress:
+                progress(B)
+
+    if storage == "memory":
+        data = [torch.empty(N, P, d, dtype=torch.float32) for _ in points]
+
+        def write_mem(s: int, rows: np.ndarray, got: dict[str, Tensor]) -> None:
+            r = torch.as_tensor(rows)
+            for i, p in enumerate(points):
+                data[i][r] = got[p.name]
+
+        run(write_mem)
+        return Activations(list(points), names, data)
+
+    root = Path(out_dir)  # type: ignore[arg-type]
+    with atomic_dir(root, overwrite=overwrite) as tmp:
+        mms = [
+            np.lib.format.open_memmap(tmp / f"point_{i:03d}.npy", mode="w+", dtype=np.float16, shape=(N, P, d))
+            for i in range(len(points))
+        ]
+
+        def write_disk(s: int, rows: np.ndarray, got: dict[str, Tensor]) -> None:
+            for i, p in enumerate(points):
+                mms[i][rows] = got[p.name].numpy().astype(np.float16)
+
+        run(write_disk)
+        for mm in mms:
+            mm.flush()
+        del mms
+        atomic_write_json(tmp / META_FILE, {
+            "points": [asdict(p) for p in points], "position_names": names, "n": N, "n_positions": P, "d": d,
+            "dtype": "float16", "files": [f"point_{i:03d}.npy" for i in range(len(points))],
+        })  # fmt: skip
+    return load_activations(root)
+
+
+class _Named:
+    """Stands in for a HookPoint in ``gather`` so results are keyed by the requested hook name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def load_activations(root: str | Path) -> Activations:
+    """Reopen activations written with ``storage="disk"`` (read-only memmaps)."""
+    root = Path(root)
+    meta_file = root / META_FILE
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{root} holds no activations ({META_FILE} missing); collect them with storage='disk'")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    data = [np.load(root / f, mmap_mode="r") for f in meta["files"]]
+    return Activations([HookPoint(**p) for p in meta["points"]], list(meta["position_names"]), data, root)
+
+
+def estimate_bytes(n: int, n_positions: int, n_points: int, d: int, dtype_bytes: int = 4) -> int:
+    """Memory needed to hold activations of this shape."""
+    return n * n_positions * n_points * d * dtype_bytes

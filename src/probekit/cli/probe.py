@@ -1,0 +1,81 @@
+"""``probekit probe``: P- and Q-probe a trained model (and optionally a random-init control) with a probe spec."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from probekit.probes.engine import BACKENDS
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from probekit.data.store import load_dataset
+    from probekit.io import atomic_dir, atomic_write_json, prepare_output_dir
+    from probekit.plots import render_figures
+    from probekit.probes.runner import check_compatible, load_probe_model, random_init_like, run_spec
+    from probekit.probes.spec import load_spec
+    from probekit.results import summary_table, write_results
+
+    t0 = time.perf_counter()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec)
+    engine = args.engine or spec.engine
+    out = prepare_output_dir(args.out, args.overwrite)
+    ds = load_dataset(args.data)
+    target = load_probe_model(args.model, device=args.device, name=args.name)
+    check_compatible(target, ds)
+    models = [target] + ([random_init_like(target, seed=spec.seed + 12345)] if args.control_random else [])
+    print(f"probing {target.name} ({target.kind}, objective {target.objective}) on dataset {ds.name} "
+          f"with spec {spec.name!r}: kinds {list(spec.kinds)}, engine {engine}"
+          + (", plus a random-init control" if args.control_random else ""))  # fmt: skip
+    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        df = run_spec(spec, ds, models, engine=engine, work_dir=tmp / ".activations", progress=True)
+        write_results(df, tmp)
+        report = render_figures(df, tmp / "figures", layer=args.layer, png=not args.no_png)
+        atomic_write_json(tmp / "run.json", {
+            "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(spec).items()},
+            "engine": engine, "model": str(args.model), "data": str(args.data), "models": [m.name for m in models],
+            "seconds": round(time.perf_counter() - t0, 1), "png_error": report.png_error,
+        })  # fmt: skip
+    print()
+    print(summary_table(df))
+    n_fig = len({p.stem for p in report.files})
+    print(f"\nwrote {out / 'results.parquet'}, {out / 'results.csv'} ({len(df)} probes) and {n_fig} figures in "
+          f"{out / 'figures'} ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+    if report.png_error:
+        print(f"warning: {report.png_error}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "probe",
+        help="P-/Q-probe a model's residual stream for biography attributes",
+        description=(
+            "Collect residual-stream activations of a model on a dataset's biographies (P-probes: the token "
+            "before each attribute value) and bare names (Q-probes: the last name token), train linear probes "
+            "per layer, position, attribute and target, and write results.parquet/.csv plus figures. "
+            "Train on P_train people, test on P_test people."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--spec", required=True, help="probe spec YAML (see probes/default.yaml)")
+    p.add_argument("--model", required=True,
+                   help="probekit checkpoint or run directory, or a Hugging Face causal-LM directory")  # fmt: skip
+    p.add_argument("--data", required=True, help="dataset directory (from `probekit data bios`)")
+    p.add_argument("--out", required=True, help="output directory (must be new or empty unless --overwrite)")
+    p.add_argument("--control-random", action="store_true",
+                   help="also probe a randomly initialised model of the same shape (rows '<name> (random init)')")  # fmt: skip
+    p.add_argument("--engine", choices=BACKENDS, default=None, help="override the spec's probe engine")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--name", default=None, help="model name in the results (default: the directory name)")
+    p.add_argument("--layer", type=int, default=None, help="layer of the position x attribute figures (omit: each model's last layer)")
+    p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
+    p.add_argument("--device", default="cpu", help="torch device for the model")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default; 1 is much faster on a busy, shared machine)")  # fmt: skip
+    p.set_defaults(func=cmd_probe)

@@ -1,0 +1,210 @@
+"""Run a probe spec on a model and a dataset: tasks -> activations -> batched probes -> a tidy results table.
+
+Typical use (what ``probekit probe`` does)::
+
+    spec = load_spec("probes/default.yaml")
+    ds = load_dataset("data/bios_single")
+    target = load_probe_model("runs/ntp_single")            # probekit checkpoint or Hugging Face directory
+    check_compatible(target, ds)
+    df = run_spec(spec, ds, [target, random_init_like(target)])
+    write_results(df, out_dir); render_figures(df, out_dir / "figures")
+
+Every check (spec against the model's layers, tokenizers, spans, context length) runs before any activation is
+collected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from probekit.activations import collect_activations, estimate_bytes, hook_points, model_dims
+from probekit.probes.engine import run_probes
+from probekit.probes.spec import ProbeSpec
+from probekit.probes.tasks import ProbeTaskSet, build_p_tasks, build_q_tasks, people_split
+from probekit.results import make_table
+
+log = logging.getLogger(__name__)
+
+RANDOM_INIT_SUFFIX = " (random init)"
+
+
+@dataclass
+class ProbeModel:
+    """A model to probe, with the names that go into the results table."""
+
+    model: Any  # probekit HookedLM or TransformerBridge
+    name: str
+    objective: str = "unknown"
+    dataset: str = "unknown"
+    tokenizer: Any = None  # the tokenizer saved with the model (None if unknown)
+    source: Path | None = None  # checkpoint / HF directory
+    kind: str = "probekit"  # "probekit" or "hf"
+
+
+def _is_hf_dir(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        return False
+    try:
+        return "architectures" in json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = None) -> ProbeModel:
+    """A probekit checkpoint (or training run) directory, or a Hugging Face causal-LM directory (config.json with
+    ``architectures``; loaded through TransformerBridge)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model directory {path} does not exist")
+    if _is_hf_dir(path):
+        from probekit.hf import _load_tokenizer, load_bridge
+
+        bridge = load_bridge(path, device=device)
+        bridge.eval()
+        return ProbeModel(bridge, name or path.name, "unknown", "unknown", _load_tokenizer(path), path, "hf")
+    from probekit.checkpoint import load_checkpoint
+
+    model, tok, meta = load_checkpoint(path, device=device)
+    if name is None:  # a run directory's name, or <run>/step_N for one of its checkpoints
+        name = f"{path.parent.parent.name}/{path.name}" if path.name.startswith("step_") else path.name
+    return ProbeModel(
+        model, name, str(meta.get("objective") or "unknown"), str(meta.get("dataset") or "unknown"), tok,
+        Path(meta.get("path", path)), "probekit",
+    )
+
+
+def random_init_like(target: ProbeModel, seed: int = 12345) -> ProbeModel:
+    """The control: a randomly initialised model of the same shape (and the same names + " (random init)")."""
+    if target.kind == "probekit":
+        from probekit.model import HookedLM
+
+        cfg = dataclasses.replace(target.model.cfg, seed=seed)
+        model = HookedLM(cfg).to(next(target.model.parameters()).device).eval()
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformer_lens.model_bridge import TransformerBridge
+
+        if target.source is None:
+            raise ValueError("a random-init control of a Hugging Face model needs its directory")
+        torch.manual_seed(seed)
+        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(target.source))).eval()
+        device = next(target.model.parameters()).device
+        model = TransformerBridge.boot_transformers(str(target.source), device=device, hf_model=hf)
+        model.eval()
+    return dataclasses.replace(target, model=model, name=target.name + RANDOM_INIT_SUFFIX)
+
+
+def check_compatible(target: ProbeModel, ds: Any) -> None:
+    """The model must use the dataset's tokenizer (same vocabulary) and fit its ids."""
+    dims = model_dims(target.model)
+    ds_vocab = ds.tokenizer.get_vocab()
+    if target.tokenizer is not None and target.tokenizer.get_vocab() != ds_vocab:
+        a, b = set(target.tokenizer.get_vocab().items()), set(ds_vocab.items())
+        raise ValueError(
+            f"model {target.name} and dataset {ds.root} use different tokenizers ({len(a - b)} model tokens and "
+            f"{len(b - a)} dataset tokens differ); probe a model with the dataset it was trained on"
+        )
+    if len(ds.tokenizer) > dims.vocab_size:
+        raise ValueError(f"dataset tokenizer has {len(ds.tokenizer)} tokens but model {target.name} only "
+                         f"{dims.vocab_size}; probe a model with the dataset it was trained on")  # fmt: skip
+
+
+def build_tasks(spec: ProbeSpec, ds: Any) -> list[ProbeTaskSet]:
+    """The P and/or Q task sets a spec asks for (people split seeded by ``spec.seed``)."""
+    people = people_split(ds, spec.val_fraction, spec.seed, spec.max_people)
+    out = []
+    for kind in spec.kinds:
+        if kind == "p":
+            out.append(build_p_tasks(ds, people, spec.positions, spec.attributes, spec.targets, spec.entries_per_person))
+        else:
+            out.append(build_q_tasks(ds, people, spec.attributes, spec.targets))
+    return out
+
+
+def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeModel]) -> None:
+    """Every check that needs the model, before any work: layers exist, inputs fit the context."""
+    for m in models:
+        dims = model_dims(m.model)
+        for hook in spec.hooks:
+            hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))
+        for t in tasks:
+            longest = max(len(s) for s in t.sequences)
+            if longest > dims.n_ctx:
+                raise ValueError(
+                    f"{t.kind.upper()}-probe inputs reach {longest} tokens but model {m.name} has a context of "
+                    f"{dims.n_ctx}: positions beyond the context cannot be read; use a model with a larger n_ctx"
+                )
+
+
+def run_spec(
+    spec: ProbeSpec,
+    ds: Any,
+    models: list[ProbeModel],
+    engine: str | None = None,
+    work_dir: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Probe every model with ``spec`` on ``ds``; returns the tidy results table (``probekit.results``).
+
+    ``engine`` overrides ``spec.engine``. Activations go to memory or, when ``spec.storage`` says so (or auto
+    and larger than ``spec.memory_limit_mb``), to float16 memmaps in ``work_dir`` (a temp dir if None), deleted
+    after each task set.
+    """
+    ecfg = spec.engine_config(engine)
+    tasks = build_tasks(spec, ds)
+    validate_run(spec, tasks, models)
+    rows: list[dict[str, Any]] = []
+    dataset_name = str(getattr(ds, "name", None) or Path(ds.root).name)
+    tmp_root = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="probekit_acts_"))
+    try:
+        for m in models:
+            dims = model_dims(m.model)
+            points = [p for hook in spec.hooks for p in hook_points(dims.n_layers, [hook],
+                                                                      spec.resolve_layers(hook, dims.n_layers))]  # fmt: skip
+            for t in tasks:
+                size = estimate_bytes(t.n, len(t.position_names), len(points), dims.d_model)
+                storage = spec.storage
+                if storage == "auto":
+                    storage = "disk" if size > spec.memory_limit_mb * 2**20 else "memory"
+                act_dir = tmp_root / f"acts_{t.kind}"
+                desc = f"{m.name}: {t.kind.upper()}-probe activations"
+                with tqdm(total=t.n, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
+                    acts = collect_activations(
+                        m.model, t.sequences, t.positions, points, position_names=t.position_names,
+                        batch_size=spec.batch_size, storage=storage, out_dir=act_dir, overwrite=True,
+                        progress=bar.update,
+                    )  # fmt: skip
+                n_fits = acts.n_points * acts.n_positions * len(t.label_keys)
+                desc = f"{m.name}: {t.kind.upper()}-probes ({ecfg.backend})"
+                with tqdm(total=n_fits, desc=desc, unit="probe", disable=not progress, leave=False) as bar:
+                    fits = run_probes(acts.features(), t.labels, t.split, ecfg, progress=bar.update)
+                for f in fits:
+                    point, position = acts.group(f.group)
+                    attr, target = t.label_keys[f.label]
+                    rows.append({
+                        "model": m.name, "objective": m.objective, "dataset": dataset_name, "probe_kind": t.kind,
+                        "hook": point.hook, "layer": point.layer, "position": position, "attribute": attr,
+                        "target_kind": target, "accuracy": f.accuracy, "baseline": f.baseline,
+                        "n_train": f.n_train, "n_test": f.n_test, "n_classes": f.n_classes, "status": f.status,
+                        "n_test_unseen": f.n_test_unseen, "examples_per_class": f.examples_per_class,
+                        "train_accuracy": f.train_accuracy, "val_accuracy": f.val_accuracy, "l2": f.l2,
+                        "engine": ecfg.backend,
+                    })  # fmt: skip
+                del acts
+                shutil.rmtree(act_dir, ignore_errors=True)
+    finally:
+        if work_dir is None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+    return make_table(rows)

@@ -1,0 +1,142 @@
+"""Probe specifications: what a probing run reads and predicts, loaded from ``probes/*.yaml``.
+
+A spec is validated completely when it is built (unknown probe kinds, targets, hooks, attributes, positions or
+engines raise ``ValueError`` naming the valid ones), so a typo fails before any activation is collected. Layers
+are checked against the model with ``resolve_layers`` once the model is loaded (still before any work).
+
+Vocabulary:
+- kinds: ``p`` (position-based: read a biography entry at the token right before each attribute's value) and
+  ``q`` (query-based: read the last token of the bare full name).
+- positions (P only): named by the attribute whose value follows, e.g. ``company`` = the token right before
+  the company's first token.
+- attributes: the attributes to predict. targets: ``first_token`` (the value's first token id) and ``value``
+  (the whole value as a class over the dataset's pool).
+- hooks: ``resid`` = the residual stream at every layer boundary (L+1 points: layer l < L is the input of block
+  l, ``blocks.{l}.hook_resid_pre``; layer L is the output of the last block); ``resid_mid``, ``attn_out`` and
+  ``mlp_out`` are per block (layers 0..L-1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from probekit.config import from_dict
+from probekit.data.pools import ATTRIBUTES
+from probekit.probes.engine import BACKENDS, EngineConfig
+
+PROBE_KINDS: tuple[str, ...] = ("p", "q")
+TARGET_KINDS: tuple[str, ...] = ("first_token", "value")
+HOOKS: tuple[str, ...] = ("resid", "resid_mid", "attn_out", "mlp_out")
+STORAGE: tuple[str, ...] = ("auto", "memory", "disk")
+
+
+def _names(value: Any, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """``"all"`` or a list of names -> a validated tuple (order kept, duplicates removed)."""
+    if value == "all" or value is None:
+        return valid
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{what} must be 'all' or a non-empty list of {list(valid)}, got {value!r}")
+    bad = [v for v in value if v not in valid]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; valid {what} are {list(valid)} (or 'all')")
+    return tuple(dict.fromkeys(value))
+
+
+@dataclass
+class ProbeSpec:
+    """One probing run. See the module docstring for the vocabulary."""
+
+    name: str = "default"
+    kinds: tuple[str, ...] = PROBE_KINDS
+    positions: Any = "all"  # P positions: 'all' or attribute names
+    attributes: Any = "all"  # attributes to predict: 'all' or names
+    targets: tuple[str, ...] = TARGET_KINDS
+    layers: Any = "all"  # 'all' or a list of layer indices (resid: 0..L, other hooks: 0..L-1)
+    hooks: tuple[str, ...] = ("resid",)
+    engine: str = "torch"
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    val_fraction: float = 0.2  # share of P_train people held out to choose the L2 strength
+    max_iter: int = 100
+    seed: int = 0
+    batch_size: int = 64  # sequences per forward pass while collecting activations
+    entries_per_person: int | None = None  # P: use each person's first k entries (None = all)
+    max_people: int | None = None  # subsample people (train and test alike) for quick runs
+    storage: str = "auto"  # activations: memory, disk (float16 memmaps) or auto (disk above memory_limit_mb)
+    memory_limit_mb: float = 2048.0
+    engine_memory_mb: float = 1024.0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run metadata
+
+    def __post_init__(self) -> None:
+        self.kinds = _names(self.kinds, PROBE_KINDS, "probe kinds")
+        self.positions = _names(self.positions, ATTRIBUTES, "positions")
+        self.attributes = _names(self.attributes, ATTRIBUTES, "attributes")
+        self.targets = _names(self.targets, TARGET_KINDS, "targets")
+        self.hooks = _names(self.hooks, HOOKS, "hooks")
+        if self.engine not in BACKENDS:
+            raise ValueError(f"unknown engine {self.engine!r}; valid engines are {list(BACKENDS)}")
+        if self.storage not in STORAGE:
+            raise ValueError(f"unknown storage {self.storage!r}; valid storage modes are {list(STORAGE)}")
+        if self.layers != "all":
+            layers = [self.layers] if isinstance(self.layers, int) else self.layers
+            if (
+                not isinstance(layers, (list, tuple))
+                or not layers
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)
+            ):
+                raise ValueError(f"layers must be 'all' or a non-empty list of non-negative integers, got {self.layers!r}")
+            self.layers = tuple(sorted(set(layers)))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("batch_size", "max_iter"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("entries_per_person", "max_people"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or null, got {v!r}")
+        self.engine_config()  # validates the L2 grid
+
+    def engine_config(self, backend: str | None = None) -> EngineConfig:
+        return EngineConfig(
+            backend=backend or self.engine,  # type: ignore[arg-type]
+            l2_grid=tuple(self.l2_grid),
+            max_iter=self.max_iter,
+            memory_budget_mb=self.engine_memory_mb,
+        )
+
+    def resolve_layers(self, hook: str, n_layers: int) -> list[int]:
+        """The layer indices for ``hook`` on a model with ``n_layers`` blocks (error if out of range)."""
+        n_points = n_layers + 1 if hook == "resid" else n_layers
+        if self.layers == "all":
+            return list(range(n_points))
+        bad = [v for v in self.layers if v >= n_points]
+        if bad:
+            raise ValueError(
+                f"spec {self.name!r}: layers {bad} do not exist for hook {hook!r} on a {n_layers}-layer model "
+                f"(valid: 0..{n_points - 1})"
+            )
+        return list(self.layers)
+
+
+def load_spec(path: str | Path) -> ProbeSpec:
+    """Read and validate a probe spec YAML file (the file name gives the default ``name``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"probe spec {path} does not exist; see probes/default.yaml for an example")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"probe spec {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"probe spec {path} must be a mapping of settings, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    try:
+        return from_dict(ProbeSpec, data)
+    except ValueError as e:
+        raise ValueError(f"probe spec {path}: {e}") from e

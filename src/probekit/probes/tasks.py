@@ -1,0 +1,199 @@
+"""P-probe and Q-probe task builders: token sequences, read positions, labels and the people-level split.
+
+P-probing (position-based): every biography entry is read as ``[EOS_ID] + ids(entry.text)``. For each
+attribute a, the read position is the token immediately BEFORE the first token of a's first value occurrence
+(found from the entry's character spans with ``char_span_to_token_span``; the EOS prefix shifts token index i of
+the text to i + 1 of the sequence, so a value starting at text token i is read at sequence index i). Positions
+are named by the attribute whose value follows. The token after each read position is, by construction, the
+value's first token (``ProbeTaskSet.next_tokens`` lets tests check it).
+
+Q-probing (query-based): ``[EOS_ID] + ids(full_name)``, read at the last name token (position ``name``).
+
+Targets per attribute: ``first_token`` (the id of the value's first token) and ``value`` (the index of the
+whole value in ``ds.pools.values(attr)``). Rows are split by people: entries and names of P_train people train
+the probes (a seeded ``val_fraction`` of those people choose the L2 strength), P_test people test them; no person
+is on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from probekit.data.tokenizer import EOS_ID, char_span_to_token_span, encode_with_offsets
+from probekit.probes.engine import Split
+
+NAME_POSITION = "name"
+
+
+@dataclass
+class PeopleSplit:
+    train: list[int]  # P_train pids that train probes (including the validation people)
+    val: list[int]  # P_train pids held out to choose the L2 strength
+    test: list[int]  # P_test pids
+
+
+@dataclass
+class ProbeTaskSet:
+    """Everything the activations and the engine need for one probe kind."""
+
+    kind: str  # "p" or "q"
+    sequences: list[list[int]]  # N token sequences, each starting with EOS_ID
+    positions: np.ndarray  # [N, P] token index read in each sequence
+    position_names: list[str]  # P names (attributes for P; ["name"] for Q)
+    pids: np.ndarray  # [N] person of each row
+    next_tokens: np.ndarray  # [N, P] token after each read position (-1 past the end)
+    label_keys: list[tuple[str, str]]  # K (attribute, target_kind)
+    labels: np.ndarray  # [K, N] int64 class ids (token ids or pool indices)
+    split: Split
+
+    @property
+    def n(self) -> int:
+        return len(self.sequences)
+
+
+def people_split(ds: object, val_fraction: float = 0.2, seed: int = 0, max_people: int | None = None) -> PeopleSplit:
+    """P_train / validation / P_test people of a dataset (``ds.split``), optionally subsampled to ``max_people``."""
+    rng = np.random.default_rng(seed)
+    train = sorted(int(p) for p in ds.split["train"])  # type: ignore[attr-defined]
+    test = sorted(int(p) for p in ds.split["test"])  # type: ignore[attr-defined]
+    if set(train) & set(test):
+        raise ValueError("the dataset's split puts some people in both P_train and P_test; regenerate it")
+    if not train or not test:
+        raise ValueError(f"the dataset's split needs people on both sides (train {len(train)}, test {len(test)})")
+    if max_people is not None and max_people < len(train) + len(test):
+        n_train = max(2, round(max_people * len(train) / (len(train) + len(test))))
+        n_test = max(1, max_people - n_train)
+        train = sorted(rng.choice(train, size=min(n_train, len(train)), replace=False).tolist())
+        test = sorted(rng.choice(test, size=min(n_test, len(test)), replace=False).tolist())
+    n_val = int(round(val_fraction * len(train)))
+    val = sorted(rng.choice(train, size=n_val, replace=False).tolist()) if n_val else []
+    return PeopleSplit(train, val, test)
+
+
+def split_rows(pids: np.ndarray, people: PeopleSplit) -> Split:
+    """Row indices of each side for rows belonging to ``pids`` [N]."""
+    pids = np.asarray(pids)
+    return Split(
+        train=np.flatnonzero(np.isin(pids, people.train)),
+        val=np.flatnonzero(np.isin(pids, people.val)),
+        test=np.flatnonzero(np.isin(pids, people.test)),
+    )
+
+
+def _value_classes(ds: object, attributes: Sequence[str]) -> dict[str, dict[str, int]]:
+    return {a: {v: i for i, v in enumerate(ds.pools.values(a))} for a in attributes}  # type: ignore[attr-defined]
+
+
+def _value_class(classes: dict[str, dict[str, int]], attr: str, value: str) -> int:
+    try:
+        return classes[attr][value]
+    except KeyError:
+        raise ValueError(
+            f"{attr} value {value!r} is not in the dataset's pool (pools.json); the dataset is inconsistent, "
+            "regenerate it"
+        ) from None
+
+
+def entry_read_positions(tokenizer: object, text: str, spans: dict[str, tuple[int, int]]) -> tuple[list[int], dict[str, int]]:
+    """``([EOS] + ids(text), {attr: read position})`` where the read position is the sequence index of the
+    token right before the value's first token (character span ``spans[attr]``)."""
+    ids, offsets = encode_with_offsets(tokenizer, text)  # type: ignore[arg-type]
+    seq = [EOS_ID] + ids
+    out: dict[str, int] = {}
+    for attr, (start, end) in spans.items():
+        i, _ = char_span_to_token_span(offsets, start, end)  # text token i = sequence index i + 1
+        out[attr] = i  # the token before it: sequence index (i + 1) - 1
+    return seq, out
+
+
+def _finish(kind: str, seqs: list[list[int]], pos: list[list[int]], names: list[str], pids: list[int],
+            keys: list[tuple[str, str]], labels: list[list[int]], people: PeopleSplit) -> ProbeTaskSet:  # fmt: skip
+    positions = np.asarray(pos, dtype=np.int64).reshape(len(seqs), len(names))
+    nxt = np.full(positions.shape, -1, dtype=np.int64)
+    for r, s in enumerate(seqs):
+        for j, p in enumerate(positions[r]):
+            if p + 1 < len(s):
+                nxt[r, j] = s[p + 1]
+    pid_arr = np.asarray(pids, dtype=np.int64)
+    return ProbeTaskSet(
+        kind=kind, sequences=seqs, positions=positions, position_names=names, pids=pid_arr, next_tokens=nxt,
+        label_keys=keys, labels=np.asarray(labels, dtype=np.int64).reshape(len(keys), len(seqs)),
+        split=split_rows(pid_arr, people),
+    )  # fmt: skip
+
+
+def build_p_tasks(
+    ds: object,
+    people: PeopleSplit,
+    positions: Sequence[str],
+    attributes: Sequence[str],
+    targets: Sequence[str],
+    entries_per_person: int | None = None,
+) -> ProbeTaskSet:
+    """P-probe rows: one per biography entry of the split's people (each person's first ``entries_per_person``
+    entries, all if None); read positions before each attribute in ``positions``; labels for every
+    (attribute, target) pair."""
+    if not positions or not attributes or not targets:
+        raise ValueError("P-probing needs at least one position, one attribute and one target")
+    wanted = set(people.train) | set(people.test)
+    tok = ds.tokenizer  # type: ignore[attr-defined]
+    classes = _value_classes(ds, attributes)
+    need = list(dict.fromkeys([*positions, *attributes]))
+    keys = [(a, t) for a in attributes for t in targets]
+    seqs: list[list[int]] = []
+    pos: list[list[int]] = []
+    pids: list[int] = []
+    labels: list[list[int]] = [[] for _ in keys]
+    for e in ds.entries:  # type: ignore[attr-defined]
+        if e.pid not in wanted or (entries_per_person is not None and e.idx >= entries_per_person):
+            continue
+        try:
+            spans = {a: (e.first_span(a).start, e.first_span(a).end) for a in need}
+        except KeyError as err:
+            raise ValueError(
+                f"biography entry {e.idx} of person {e.pid} has no character span for an attribute ({err}); "
+                "P-probing needs a dataset with attribute spans (regenerate it with `probekit data bios`)"
+            ) from None
+        seq, read = entry_read_positions(tok, e.text, spans)
+        person = ds.person(e.pid)  # type: ignore[attr-defined]
+        seqs.append(seq)
+        pos.append([read[a] for a in positions])
+        pids.append(e.pid)
+        for k, (a, t) in enumerate(keys):
+            labels[k].append(seq[read[a] + 1] if t == "first_token" else _value_class(classes, a, person.attrs[a]))
+    if not seqs:
+        raise ValueError("no biography entries for the chosen people; is the dataset empty?")
+    return _finish("p", seqs, pos, list(positions), pids, keys, labels, people)
+
+
+def build_q_tasks(ds: object, people: PeopleSplit, attributes: Sequence[str], targets: Sequence[str]) -> ProbeTaskSet:
+    """Q-probe rows: one per person of the split, ``[EOS] + ids(full_name)`` read at the last name token."""
+    if not attributes or not targets:
+        raise ValueError("Q-probing needs at least one attribute and one target")
+    tok = ds.tokenizer  # type: ignore[attr-defined]
+    classes = _value_classes(ds, attributes)
+    keys = [(a, t) for a in attributes for t in targets]
+    first_ids: dict[str, int] = {}
+    seqs: list[list[int]] = []
+    pos: list[list[int]] = []
+    pids = sorted(set(people.train) | set(people.test))
+    labels: list[list[int]] = [[] for _ in keys]
+    for pid in pids:
+        person = ds.person(pid)  # type: ignore[attr-defined]
+        ids, _ = encode_with_offsets(tok, person.full_name)
+        seq = [EOS_ID] + ids
+        seqs.append(seq)
+        pos.append([len(seq) - 1])
+        for k, (a, t) in enumerate(keys):
+            v = person.attrs[a]
+            if t == "first_token":
+                if v not in first_ids:
+                    vid, _ = encode_with_offsets(tok, v)
+                    first_ids[v] = vid[0]
+                labels[k].append(first_ids[v])
+            else:
+                labels[k].append(_value_class(classes, a, v))
+    return _finish("q", seqs, pos, [NAME_POSITION], pids, keys, labels, people)

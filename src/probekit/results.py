@@ -1,0 +1,150 @@
+"""The tidy probe-results table: one row per probe, written as Parquet and CSV.
+
+Columns (``COLUMNS``, in this order): ``model``, ``objective``, ``dataset``, ``probe_kind`` (``p``/``q``),
+``hook`` (``resid``...), ``layer`` (resid: 0 = embeddings ... L = output of the last block), ``position``
+(P: the attribute whose value follows the read token; Q: ``name``), ``attribute`` (what is predicted),
+``target_kind`` (``first_token``/``value``), ``accuracy`` (test people; classes unseen in training count as
+errors), ``baseline`` (training majority class scored on the test people), ``n_train``, ``n_test``,
+``n_classes`` (distinct training classes), ``status`` (``ok`` or ``skipped: <reason>``), then the extras
+``EXTRA_COLUMNS``: ``n_test_unseen``, ``examples_per_class``, ``train_accuracy``, ``val_accuracy``, ``l2``,
+``engine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from probekit.io import atomic_path
+
+COLUMNS: tuple[str, ...] = (
+    "model", "objective", "dataset", "probe_kind", "hook", "layer", "position", "attribute", "target_kind",
+    "accuracy", "baseline", "n_train", "n_test", "n_classes", "status",
+)  # fmt: skip
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "n_test_unseen", "examples_per_class", "train_accuracy", "val_accuracy", "l2", "engine",
+)  # fmt: skip
+RESULTS_PARQUET = "results.parquet"
+RESULTS_CSV = "results.csv"
+_INT_COLUMNS = ("layer", "n_train", "n_test", "n_classes", "n_test_unseen")
+
+
+def make_table(rows: Iterable[dict[str, object]]) -> pd.DataFrame:
+    """Rows (dicts with at least ``COLUMNS``) -> a DataFrame with the standard column order and dtypes."""
+    df = pd.DataFrame(list(rows))
+    return normalise(df)
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"results table lacks column(s) {missing}; expected at least {list(COLUMNS)}")
+    for c in EXTRA_COLUMNS:
+        if c not in df.columns:
+            df[c] = pd.NA
+    order = list(COLUMNS) + list(EXTRA_COLUMNS) + [c for c in df.columns if c not in COLUMNS + EXTRA_COLUMNS]
+    df = df[order].copy()
+    for c in _INT_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    for c in ("accuracy", "baseline", "examples_per_class", "train_accuracy", "val_accuracy", "l2"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in ("model", "objective", "dataset", "probe_kind", "hook", "position", "attribute", "target_kind",
+              "status", "engine"):  # fmt: skip
+        df[c] = df[c].astype("string")
+    return df.reset_index(drop=True)
+
+
+def write_results(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.parquet`` and ``results.csv`` into ``out_dir`` atomically; returns both paths."""
+    df = normalise(df)
+    out = Path(out_dir)
+    pq, csv = out / RESULTS_PARQUET, out / RESULTS_CSV
+    with atomic_path(pq) as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(csv) as tmp:
+        df.to_csv(tmp, index=False)
+    return pq, csv
+
+
+def read_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """Read one or more result tables (Parquet or CSV, or a directory holding ``results.parquet``) into one."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            p = p / RESULTS_PARQUET
+        if not p.exists():
+            raise FileNotFoundError(f"results table {p} does not exist; run `probekit probe` first")
+        if p.suffix == ".csv":
+            frames.append(pd.read_csv(p))
+        elif p.suffix == ".parquet":
+            frames.append(pd.read_parquet(p))
+        else:
+            raise ValueError(f"{p}: unknown results format {p.suffix!r}; use .parquet or .csv")
+    if not frames:
+        raise ValueError("no results tables given")
+    return normalise(pd.concat(frames, ignore_index=True))
+
+
+def _attr_order(values: Iterable[str]) -> list[str]:
+    from probekit.data.pools import ATTRIBUTES
+
+    present = list(dict.fromkeys(values))
+    return [a for a in ATTRIBUTES if a in present] + [a for a in present if a not in ATTRIBUTES]
+
+
+def summary_table(df: pd.DataFrame) -> str:
+    """A readable text summary of a results table.
+
+    Q-probes: per model and target, each attribute's best accuracy over layers, its majority baseline and the
+    layer (``acc (baseline) @layer``, in %). P-probes: at each model's last layer, each attribute's accuracy when
+    read right before its own value and the mean over the other positions (``own / others``, in %).
+    """
+    df = normalise(df)
+    ok = df[df["status"] == "ok"]
+    lines: list[str] = []
+    q = ok[ok["probe_kind"] == "q"]
+    if len(q):
+        attrs = _attr_order(q["attribute"].astype(str))
+        recs = []
+        for (model, target), g in q.groupby(["model", "target_kind"], sort=False):
+            rec: dict[str, object] = {"model": model, "target": target}
+            for a in attrs:
+                ga = g[g["attribute"] == a]
+                if len(ga):
+                    best = ga.loc[ga["accuracy"].idxmax()]
+                    rec[a] = f"{100 * best.accuracy:.0f} ({100 * best.baseline:.0f}) @{int(best.layer)}"
+            recs.append(rec)
+        lines.append("Q-probes at the name: best accuracy % over layers (majority baseline %) @layer")
+        lines.append(pd.DataFrame(recs).fillna("-").to_string(index=False))
+    p = ok[ok["probe_kind"] == "p"]
+    if len(p):
+        attrs = _attr_order(p["attribute"].astype(str))
+        recs = []
+        for (model, target), g in p.groupby(["model", "target_kind"], sort=False):
+            g = g[g["layer"] == g["layer"].max()]
+            rec = {"model": model, "target": f"{target} @{int(g['layer'].max())}"}
+            for a in attrs:
+                ga = g[g["attribute"] == a]
+                own = ga[ga["position"] == a]["accuracy"]
+                other = ga[ga["position"] != a]["accuracy"]
+                if len(ga):
+                    rec[a] = (f"{100 * own.mean():.0f}" if len(own) else "-") + " / " + (
+                        f"{100 * other.mean():.0f}" if len(other) else "-")  # fmt: skip
+            recs.append(rec)
+        if lines:
+            lines.append("")
+        lines.append("P-probes at the last layer: accuracy % read right before the attribute's own value / "
+                     "mean over the other positions")  # fmt: skip
+        lines.append(pd.DataFrame(recs).fillna("-").to_string(index=False))
+    skipped = df[df["status"] != "ok"]
+    if len(skipped):
+        counts = skipped.groupby("status").size()
+        lines.append("Skipped probes: " + ", ".join(f"{n} x {s}" for s, n in counts.items()))
+    if not lines:
+        lines.append("(empty results table)")
+    return "\n".join(lines)
