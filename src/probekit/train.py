@@ -277,9 +277,7 @@ class Trainer:
         if cfg.batch_size % world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
         self.stream = DataStream(source)
-        ep_items = source.epoch_items(0)
-        self.epoch_tokens = sum(len(it.ids) for it in ep_items)
-        self.max_steps = self._budget_steps(len(ep_items))
+        self.max_steps = self._budget_steps()
         self.eval_items = source.eval_items(cfg.eval_windows) if cfg.eval_windows else []
 
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
@@ -359,13 +357,14 @@ class Trainer:
         d["vocab_size"] = vocab
         return from_dict(ModelConfig, d)  # ModelConfig.__post_init__ checks heads / head size
 
-    def _budget_steps(self, epoch_items: int) -> int:
+    def _budget_steps(self) -> int:
         cfg, B = self.cfg, self.cfg.batch_size
+        epoch_items = self.stream.epoch_size
         if cfg.max_steps is not None:
             return int(cfg.max_steps)
         if cfg.epochs is not None:
             return max(1, math.ceil(cfg.epochs * epoch_items / B))
-        tokens_per_step = B * self.epoch_tokens / epoch_items
+        tokens_per_step = B * self.stream.epoch_tokens / epoch_items
         return max(1, math.ceil(float(cfg.tokens) / tokens_per_step))  # type: ignore[arg-type]
 
     def _write_run_files(self, resumed: bool) -> None:
@@ -413,7 +412,7 @@ class Trainer:
         self.last_train_loss, self.last_eval_loss = state.get("train_loss"), state.get("eval_loss")
         acc_sum, self._loss_n = state.get("loss_acc", [0.0, 0])
         self._loss_sum = torch.tensor(float(acc_sum), device=self.accelerator.device)
-        self.stream = DataStream(self.source, state["data"]["epoch"], state["data"]["offset"])
+        self.stream.seek(state["data"]["epoch"], state["data"]["offset"])
         self.optimizer.load_state_dict(state["optimizer"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])

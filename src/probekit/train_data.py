@@ -69,8 +69,9 @@ class SequenceSource(Protocol):
 
     name: str
 
-    def epoch_items(self, epoch: int) -> list[TrainItem]:
-        """The items of ``epoch`` in training order; deterministic, and the same count every epoch."""
+    def epoch_items(self, epoch: int) -> Sequence[TrainItem]:
+        """The items of ``epoch`` in training order (a list, or any sequence supporting ``len`` and slicing);
+        deterministic, and the same count every epoch."""
         ...
 
     def eval_items(self, n: int) -> list[TrainItem]:
@@ -86,14 +87,72 @@ def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-def pack_windows(seqs: Sequence[Sequence[int]], seq_len: int) -> list[list[int]]:
-    """Concatenate ``seqs`` and cut into windows of exactly ``seq_len`` (the last one wraps to the start)."""
-    stream = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
+class Corpus:
+    """Token sequences stored flat (one int32 array plus offsets): cheap for tens of millions of tokens."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]]) -> None:
+        lens = np.fromiter((len(q) for q in sequences), dtype=np.int64, count=len(sequences))  # [N]
+        self._set(np.fromiter((t for q in sequences for t in q), dtype=np.int32, count=int(lens.sum())), lens)
+
+    def _set(self, flat: np.ndarray, lens: np.ndarray) -> None:
+        self.flat, self.lens = flat, lens  # [n_tokens] int32, [N] int64
+        self.starts = np.cumsum(lens) - lens  # [N]
+
+    @classmethod
+    def join(cls, a: Corpus, b: Corpus) -> Corpus:
+        """``a``'s sequences then ``b``'s (ids ``len(a) + i``)."""
+        out = cls([])
+        out._set(np.concatenate((a.flat, b.flat)), np.concatenate((a.lens, b.lens)))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.lens)
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.flat[self.starts[i] : self.starts[i] + self.lens[i]].tolist()
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.lens.sum())
+
+    def subset(self, idx: np.ndarray) -> Corpus:
+        return Corpus([self[int(i)] for i in idx])
+
+    def stream(self, order: np.ndarray) -> np.ndarray:
+        """The sequences ``order`` concatenated: [sum of their lengths] int32."""
+        lens = self.lens[order]
+        out_starts = np.cumsum(lens) - lens
+        idx = np.repeat(self.starts[order] - out_starts, lens) + np.arange(int(lens.sum()))
+        return self.flat[idx]
+
+
+def pack_stream(stream: np.ndarray, seq_len: int) -> np.ndarray:
+    """Cut a token stream into windows [n, seq_len] of exactly ``seq_len`` (the last one wraps to the start)."""
     if len(stream) == 0:
         raise ValueError("nothing to pack: the corpus has no tokens")
     n = math.ceil(len(stream) / seq_len)
-    idx = np.arange(n * seq_len) % len(stream)
-    return stream[idx].reshape(n, seq_len).tolist()
+    return stream[np.arange(n * seq_len) % len(stream)].reshape(n, seq_len)
+
+
+def pack_windows(seqs: Sequence[Sequence[int]], seq_len: int) -> list[list[int]]:
+    """Concatenate ``seqs`` and cut into windows of exactly ``seq_len`` (the last one wraps to the start)."""
+    stream = np.fromiter((t for q in seqs for t in q), dtype=np.int64)
+    return pack_stream(stream, seq_len).tolist()
+
+
+class Windows(Sequence[TrainItem]):
+    """Packed windows [n, seq_len] as a sequence of ``TrainItem`` made on access (no per-token Python objects)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        if isinstance(i, slice):
+            return [TrainItem(row) for row in self.array[i].tolist()]
+        return TrainItem(self.array[i].tolist())
 
 
 class PackedSource:
@@ -125,49 +184,43 @@ class PackedSource:
         if extra_fraction > 0 and not extra:
             raise ValueError("qa_mix > 0 but there are no QA sequences to mix in (P_train has no QA items)")
         self.name, self.seq_len, self.seed = name, seq_len, seed
-        self.sequences = [list(s) for s in sequences]
-        self.extra = [list(s) for s in extra]
-        self._eval: list[list[int]] = []
+        self.sequences = Corpus(sequences)
+        self.extra = Corpus(extra)
+        self._eval = np.zeros((0, seq_len), dtype=np.int32)
         if eval_windows > 0:
             order = _rng(seed, EVAL_EPOCH).permutation(len(self.sequences))
-            need, used = eval_windows * seq_len, 0
-            chosen: list[int] = []
-            for i in order:
-                if used >= need:
-                    break
-                chosen.append(int(i))
-                used += len(self.sequences[i])
+            n_used = int(np.searchsorted(np.cumsum(self.sequences.lens[order]), eval_windows * seq_len)) + 1
             if holdout:
-                if len(chosen) >= len(self.sequences):
+                if n_used >= len(self.sequences):
                     raise ValueError(
                         f"eval_holdout: {eval_windows} eval windows of {seq_len} tokens need the whole corpus; "
                         "lower eval_windows or set eval_holdout: false"
                     )
-                keep = sorted(set(range(len(self.sequences))) - set(chosen))
-                held = [self.sequences[i] for i in chosen]
-                self.sequences = [self.sequences[i] for i in keep]
+                held = self.sequences.stream(order[:n_used])
+                self.sequences = self.sequences.subset(np.sort(order[n_used:]))
             else:
-                held = [self.sequences[i] for i in order]
-            self._eval = pack_windows(held, seq_len)[:eval_windows]
-        bio_tokens = sum(len(s) for s in self.sequences)
+                held = self.sequences.stream(order[: min(n_used, len(order))])
+            self._eval = pack_stream(held, seq_len)[:eval_windows]
         if extra_fraction > 0:
-            mean_extra = sum(len(s) for s in self.extra) / len(self.extra)
-            self.n_extra = max(1, round(extra_fraction / (1 - extra_fraction) * bio_tokens / mean_extra))
+            mean_extra = self.extra.n_tokens / len(self.extra)
+            ratio = extra_fraction / (1 - extra_fraction)
+            self.n_extra = max(1, round(ratio * self.sequences.n_tokens / mean_extra))
+            self._joint = Corpus.join(self.sequences, self.extra)
         else:
-            self.n_extra = 0
+            self.n_extra, self._joint = 0, self.sequences
 
-    def epoch_items(self, epoch: int) -> list[TrainItem]:
+    def epoch_items(self, epoch: int) -> Windows:
         rng = _rng(self.seed, epoch)
-        seqs = list(self.sequences)
-        if self.n_extra:
+        ids = np.arange(len(self.sequences))
+        if self.n_extra:  # QA sequences are ids >= len(sequences) in the joint corpus
             reps = math.ceil(self.n_extra / len(self.extra))
             picks = np.concatenate([rng.permutation(len(self.extra)) for _ in range(reps)])[: self.n_extra]
-            seqs += [self.extra[i] for i in picks]
-        order = rng.permutation(len(seqs))
-        return [TrainItem(w) for w in pack_windows([seqs[i] for i in order], self.seq_len)]
+            ids = np.concatenate((ids, len(self.sequences) + picks))
+        order = ids[rng.permutation(len(ids))]
+        return Windows(pack_stream(self._joint.stream(order), self.seq_len))
 
     def eval_items(self, n: int) -> list[TrainItem]:
-        return [TrainItem(w) for w in self._eval[:n]]
+        return [TrainItem(w) for w in self._eval[:n].tolist()]
 
     def max_len(self) -> int:
         return self.seq_len
@@ -250,12 +303,20 @@ class DataStream:
 
     def __init__(self, source: SequenceSource, epoch: int = 0, offset: int = 0) -> None:
         self.source, self.epoch, self.offset = source, epoch, offset
-        self._items: list[TrainItem] | None = None
-        self.epoch_size = len(self._epoch())
+        self._items: Sequence[TrainItem] | None = None
+        items = self._epoch()
+        self.epoch_size = len(items)  # the same every epoch
         if self.epoch_size == 0:
             raise ValueError(f"data source {source.name!r} yields no items")
+        self.epoch_tokens = items.array.size if isinstance(items, Windows) else sum(len(it.ids) for it in items)
 
-    def _epoch(self) -> list[TrainItem]:
+    def seek(self, epoch: int, offset: int) -> None:
+        """Move to ``(epoch, offset)`` (a resumed run's data position)."""
+        if epoch != self.epoch:
+            self._items = None
+        self.epoch, self.offset = epoch, offset
+
+    def _epoch(self) -> Sequence[TrainItem]:
         if self._items is None:
             self._items = self.source.epoch_items(self.epoch)
         return self._items

@@ -101,10 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model (NTP, ABI or BICO) on a dataset",
         description=(
-            "Train a HookedLM on a dataset directory with AdamW (warmup + cosine), writing metrics.jsonl and "
-            "checkpoints (model.safetensors, config.json, tokenizer, train_config.json, trainer_state.pt) under "
-            "--out. Settings come from a YAML config (see experiments/configs/ntp_small.yaml); the options below "
-            "override it. An interrupted run continues with --resume and reaches the same weights."
+            "Train a HookedLM on a dataset directory with AdamW (warmup + cosine), writing metrics.jsonl and\n"
+            "checkpoints (model.safetensors, config.json, tokenizer, train_config.json, trainer_state.pt) under\n"
+            "--out/checkpoints/step_*. Settings come from a YAML TrainConfig (see experiments/configs/ntp_small.yaml);\n"
+            "the options below override it. An interrupted run continues with --resume and reaches the same weights."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
