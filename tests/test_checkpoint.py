@@ -20,15 +20,6 @@ from probekit.train import TrainConfig
 def tok():
     return build_tokenizer(["Anya Briar Forger was born in Princeton , NJ .", "She works for Acme ."])
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def _model(tok, **kw) -> HookedLM:
     cfg = ModelConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_ctx=32, seed=3, **kw)

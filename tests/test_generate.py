@@ -16,14 +16,6 @@ from probekit.train_data import ItemSource, TrainItem, answer_item
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer([WORDS])
@@ -34,7 +26,8 @@ def _random_model(vocab: int, **kw) -> HookedLM:
     model = HookedLM(cfg)
     with torch.no_grad():  # larger weights than init so greedy paths differ between prompts
         for p in model.parameters():
-            p.mul_(8.0) if p.dim() > 1 else None
+            if p.dim() > 1:
+                p.mul_(8.0)
     return model
 
 

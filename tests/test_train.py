@@ -21,14 +21,6 @@ from probekit.train_data import (
     DataStream, ItemSource, PackedSource, TrainItem, answer_item, bios_source, pack_windows, qa_answer_items,
 )  # fmt: skip
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}
 
