@@ -74,12 +74,12 @@ def test_qa_mix_uses_p_train_only(tiny_single) -> None:
     stream = [t for it in src.epoch_items(0) for t in it.ids]
     n_qa = stream.count(answer_mark)
     bio_tokens = src.sequences.n_tokens
-    qa_len = src.extra.n_tokens / len(src.extra)
+    qa_len = sum(map(len, src.extra)) / len(src.extra)
     assert abs(n_qa * qa_len / (n_qa * qa_len + bio_tokens) - 0.5) < 0.05
     assert len(src.extra) == 6 * len(train_pids)
     seq = lambda q: (EOS_ID, *tok(q.prompt, add_special_tokens=False)["input_ids"],  # noqa: E731
                      *tok(q.answer, add_special_tokens=False)["input_ids"])  # fmt: skip
-    extra = {tuple(src.extra[i]) for i in range(len(src.extra))}
+    extra = {tuple(s) for s in src.extra}
     assert extra == {seq(q) for q in tiny_single.qa if q.pid in train_pids}
     assert not extra & {seq(q) for q in tiny_single.qa if q.pid in test_pids}
     with pytest.raises(ValueError, match="qa_mix"):

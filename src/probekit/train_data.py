@@ -184,8 +184,9 @@ class PackedSource:
         if extra_fraction > 0 and not extra:
             raise ValueError("qa_mix > 0 but there are no QA sequences to mix in (P_train has no QA items)")
         self.name, self.seq_len, self.seed = name, seq_len, seed
-        self.sequences = Corpus(sequences)
-        self.extra = Corpus(extra)
+        self.sequences = Corpus(sequences)  # the biographies, stored flat
+        self.extra = [list(q) for q in extra]  # the QA sequences that can be mixed in
+        self._extra = Corpus(self.extra)
         self._eval = np.zeros((0, seq_len), dtype=np.int32)
         if eval_windows > 0:
             order = _rng(seed, EVAL_EPOCH).permutation(len(self.sequences))
@@ -202,10 +203,10 @@ class PackedSource:
                 held = self.sequences.stream(order[: min(n_used, len(order))])
             self._eval = pack_stream(held, seq_len)[:eval_windows]
         if extra_fraction > 0:
-            mean_extra = self.extra.n_tokens / len(self.extra)
+            mean_extra = self._extra.n_tokens / len(self.extra)
             ratio = extra_fraction / (1 - extra_fraction)
             self.n_extra = max(1, round(ratio * self.sequences.n_tokens / mean_extra))
-            self._joint = Corpus.join(self.sequences, self.extra)
+            self._joint = Corpus.join(self.sequences, self._extra)
         else:
             self.n_extra, self._joint = 0, self.sequences
 
