@@ -13,8 +13,8 @@ Measured side by side in one process, on the same random token windows:
    (``bico_prob`` 1: every batch bidirectional with placeholders) and, derived from it, for the default objective
    whose batches are BICO with probability 0.5 (the rest are NTP). Target: <= 1.6.
 
-Rounds alternate the models so drift in machine load hits all of them alike; each figure is the median over
-rounds of the mean step time, after warm-up steps. On a GPU, ``--precision bf16`` autocasts both models.
+Rounds alternate the models so drift in machine load hits all of them alike; each figure is the median step
+time after warm-up steps, with the fastest step beside it (the least disturbed one on a shared machine). On a GPU, ``--precision bf16`` autocasts both models.
 """
 
 from __future__ import annotations
@@ -39,13 +39,16 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time(step: Callable[[int], None], n: int, start: int) -> float:
-    _sync()
-    t0 = time.perf_counter()
+def _time(step: Callable[[int], None], n: int, start: int) -> list[float]:
+    """Seconds of each of ``n`` steps."""
+    out = []
     for i in range(n):
+        _sync()
+        t0 = time.perf_counter()
         step(start + i)
-    _sync()
-    return (time.perf_counter() - t0) / n
+        _sync()
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def main() -> None:
@@ -123,18 +126,23 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
         for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
-            times[name].append(_time(runs[name], args.steps, args.warmup + r * args.steps))
+            times[name] += _time(runs[name], args.steps, args.warmup + r * args.steps)
+    # median: typical step; min: the least disturbed step (robust when other processes share the cores)
     med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
     tok_step = args.batch * args.seq_len
-    print(f"\n{'step':<34}{'ms/step':>10}{'tokens/s':>12}")
+    print(f"\n{'step':<34}{'ms/step':>10}{'tokens/s':>12}{'min ms':>10}")
     labels = {"llama": "LlamaForCausalLM (sdpa), NTP", "ntp": "probekit trainer, NTP",
               "bico": "probekit trainer, BICO batch"}  # fmt: skip
     for k in runs:
-        print(f"{labels[k]:<34}{med[k] * 1e3:>10.1f}{tok_step / med[k]:>12,.0f}")
-    print(f"\nNTP tokens/s, ours / Llama:        {med['llama'] / med['ntp']:.2f}  (target >= 1.0)")
-    bico = med["bico"] / med["ntp"]
-    print(f"BICO batch step / NTP step:        {bico:.2f}  (target <= 1.6)")
-    print(f"BICO objective (half the batches BICO, bico_prob 0.5) / NTP: {(1 + bico) / 2:.2f}")
+        print(f"{labels[k]:<34}{med[k] * 1e3:>10.1f}{tok_step / med[k]:>12,.0f}{best[k] * 1e3:>10.1f}")
+    print("\n(median steps; min steps in brackets)")
+    print(f"NTP tokens/s, ours / Llama:    {med['llama'] / med['ntp']:.2f} [{best['llama'] / best['ntp']:.2f}]"
+          "  (target >= 1.0)")
+    bico, bico_min = med["bico"] / med["ntp"], best["bico"] / best["ntp"]
+    print(f"BICO batch step / NTP step:    {bico:.2f} [{bico_min:.2f}]  (target <= 1.6)")
+    print(f"BICO objective (bico_prob 0.5, half the batches BICO) / NTP step: {(1 + bico) / 2:.2f} "
+          f"[{(1 + bico_min) / 2:.2f}]")
 
 
 if __name__ == "__main__":
