@@ -211,7 +211,8 @@ class Trainer:
     (``TrainItem``, token lists or ``(ids, loss_mask)`` pairs: one padded sequence each, see ``ItemSource``).
     ``model``: an existing HookedLM to train in place (only parameters with ``requires_grad`` are optimised);
     ``tokenizer`` is then required unless ``cfg.data``/``cfg.init_from`` supplies it. ``on_step(trainer, row)`` is
-    called after every step (after any checkpoint of that step). ``overwrite`` replaces an existing run in
+    called after every step (after any checkpoint of that step; ``row`` is the metrics row, ``{}`` on steps that
+    log nothing). ``overwrite`` replaces an existing run in
     ``cfg.out`` (its files are removed only after every check passed); ``resume`` continues it.
     """
 
