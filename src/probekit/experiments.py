@@ -170,19 +170,71 @@ def _stage_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
     return paths
 
 
-def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progress: bool) -> dict[str, Path]:
+def _train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: int | None) -> None:
+    """Train one model (a top-level function so a worker process can run it)."""
+    import torch
+
     from probekit.train import TrainConfig, train
 
-    runs = {}
+    if threads is not None:
+        torch.set_num_threads(threads)
+    train(from_dict(TrainConfig, tc_dict), resume=resume, overwrite=not resume, progress=progress)
+
+
+def _last_metrics(run: Path) -> dict[str, Any]:
+    try:
+        lines = (run / "metrics.jsonl").read_text().strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _watch(futures: dict[str, Any], runs: dict[str, Path], progress: bool) -> None:
+    """One progress line for trainings running in worker processes (read from their metrics.jsonl)."""
+    from concurrent.futures import wait
+
+    from tqdm.auto import tqdm
+
+    with tqdm(desc="train", unit="step", disable=not progress, bar_format="{desc} {postfix} [{elapsed}]") as bar:
+        while True:
+            done, pending = wait(list(futures.values()), timeout=2.0)
+            parts = []
+            for name in futures:
+                m = _last_metrics(runs[name])
+                if m:
+                    parts.append(f"{name} step {m.get('step')} loss {m.get('loss', float('nan')):.3f}")
+            bar.set_postfix_str(" | ".join(parts))
+            if not pending:
+                return
+
+
+def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progress: bool,
+                 jobs: int = 1) -> dict[str, Path]:  # fmt: skip
+    """Train every model not yet complete; ``jobs`` > 1 trains that many at once, one torch thread each."""
+    runs = {m.name: out / "models" / m.name for m in cfg.models}
+    todo = []
     for m in cfg.models:
-        run = out / "models" / m.name
-        if not _done(run):
-            tc = from_dict(TrainConfig, {**m.train, "data": str(data[m.data]), "out": str(run)})
-            resume = (run / "checkpoints").exists()
-            log.info(f"[train] {m.name} ({tc.objective} on {m.data}){' resuming' if resume else ''}")
-            train(tc, resume=resume, overwrite=not resume, progress=progress)
-            _mark_done(run)
-        runs[m.name] = run
+        run = runs[m.name]
+        if _done(run):
+            continue
+        tc = {**m.train, "data": str(data[m.data]), "out": str(run)}
+        resume = (run / "checkpoints").exists()
+        log.info(f"[train] {m.name} ({tc.get('objective', 'ntp')} on {m.data}){' resuming' if resume else ''}")
+        todo.append((m.name, tc, resume))
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {name: pool.submit(_train_one, tc, resume, False, 1) for name, tc, resume in todo}
+            _watch(futures, runs, progress)
+            for name, fut in futures.items():
+                fut.result()
+                _mark_done(runs[name])
+    else:
+        for name, tc, resume in todo:
+            _train_one(tc, resume, progress, None)
+            _mark_done(runs[name])
     return runs
 
 
@@ -265,8 +317,12 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True,
-                   figures_out: str | Path | None = None, png: bool = True) -> ExperimentResult:  # fmt: skip
-    """Run (or continue) every stage of ``cfg`` into ``out``; returns the tables, figures and summary."""
+                   figures_out: str | Path | None = None, png: bool = True, jobs: int = 1) -> ExperimentResult:  # fmt: skip
+    """Run (or continue) every stage of ``cfg`` into ``out``; returns the tables, figures and summary.
+
+    ``jobs`` > 1 trains up to that many models at once in worker processes (one torch thread each): on a
+    small-CPU machine two single-thread trainings finish sooner than two consecutive two-thread ones.
+    """
     from probekit.plots import render_figures
     from probekit.results import write_results
 
@@ -278,7 +334,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_file, to_dict(cfg))
     data = _stage_data(cfg, out)
-    runs = _stage_train(cfg, out, data, progress)
+    runs = _stage_train(cfg, out, data, progress, jobs)
     probe = _stage_probe(cfg, out, data, runs, progress)
     qa = _stage_qa(cfg, out, data, runs, progress)
     write_results(probe, out)

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `probekit <command> --help` for the options of each command.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--threads", type=int, default=None, dest="torch_threads",
+        help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a busy machine)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in SUBCOMMANDS:
         try:
@@ -45,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("kaleido", "choreographer", "httpx", "urllib3", "accelerate", "transformer_lens"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            print("probekit: error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

@@ -19,7 +19,7 @@ def _report(res: ExperimentResult) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = demo_config()
     print(f"probekit demo: {cfg.notes}\nwriting to {args.out} (re-run the same command to resume)")
-    _report(run_experiment(cfg, args.out, figures_out=args.figures_out, png=not args.no_png))
+    _report(run_experiment(cfg, args.out, figures_out=args.figures_out, png=not args.no_png, jobs=args.jobs))
     return 0
 
 
@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.config)
     out = args.out or f"runs/{cfg.name}"
     print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
-    _report(run_experiment(cfg, out, figures_out=args.figures_out, png=not args.no_png))
+    _report(run_experiment(cfg, out, figures_out=args.figures_out, png=not args.no_png, jobs=args.jobs))
     return 0
 
 
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/demo", help="output directory")
     d.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here (e.g. figures/demo)")
     d.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")
+    d.add_argument("--jobs", type=int, default=2, help="models trained at once (one torch thread each)")
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser(
@@ -57,4 +58,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="output directory (default runs/<name>)")
     r.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here")
     r.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")
+    r.add_argument("--jobs", type=int, default=1, help="models trained at once (one torch thread each)")
     r.set_defaults(func=cmd_run)
