@@ -284,9 +284,10 @@ def _stage_qa(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dic
 
 
 def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
-    """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the first
-    position (the token before the birth date, next to the name in ``single`` order), Q-probe accuracy at the
-    name, each at its best layer on test people, beside the majority baseline and the random-init control."""
+    """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the birth-date
+    position (the token before the birth date: right after the name in ``single`` order, anywhere under
+    ``permute``), Q-probe accuracy at the name, each at its best layer on test people, beside the majority
+    baseline; the random-init control appears as its own model."""
     ok = probe[(probe["status"] == "ok") & (probe["hook"] == "resid")]
     lines = []
     for target in ("first_token", "value"):
@@ -299,11 +300,11 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
             q = g[g["probe_kind"] == "q"]
             own = p[p["position"] == attr]["accuracy"].max()
             first = p[p["position"] == "birth_date"]["accuracy"].max()
-            rows.append({"model": model, "attribute": attr, "P own pos": own, "P first pos": first,
+            rows.append({"model": model, "attribute": attr, "P own pos": own, "P @birth_date": first,
                          "Q name": q["accuracy"].max(), "baseline": g["baseline"].max(),
                          "n_train": int(g["n_train"].max()), "classes": int(g["n_classes"].max())})  # fmt: skip
         t = pd.DataFrame(rows)
-        for c in ("P own pos", "P first pos", "Q name", "baseline"):
+        for c in ("P own pos", "P @birth_date", "Q name", "baseline"):
             t[c] = (100 * t[c]).round(1)
         lines.append(f"Probe accuracy % on P_test people, best layer, target = {target}:")
         lines.append(t.to_string(index=False))
