@@ -167,3 +167,14 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path: Path, kwargs: d
     with pytest.raises(ValueError if "not found" not in message else FileNotFoundError, match=message):
         build_dataset(out, **{"n_people": 5, **kwargs})
     assert not out.exists()
+
+
+def test_outputs_have_ordinary_permissions(tiny_single) -> None:
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in ("manifest.json", "bios.jsonl"):
+        assert stat.S_IMODE((tiny_single.root / f).stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(tiny_single.root.stat().st_mode) == 0o777 & ~mask
