@@ -7,11 +7,16 @@ pair is an independent multinomial logistic regression:
     minimise   mean_i CE(softmax(W^T x_i + b), y_i) + l2/2 * ||W||^2        (the bias is not penalised)
 
 which is exactly scikit-learn's ``LogisticRegression(C=1/(l2 * n_train))`` objective. The torch backend solves
-all regressions of a label set at once: features of G groups are stacked ``[G, n, d]``, the weights of every
-group and every L2 grid value are one tensor ``[G, d, R, C]``, and a batched L-BFGS keeps a separate history,
-step length and convergence test for each regression (per-task scalars are ``[G, R]`` tensors), so the result
-is each regression's own optimum, not a compromise of a joint problem. The loss and its gradient are written
-out by hand (no autograd graph) and accumulated over row chunks, so memory stays bounded.
+all regressions of a bucket of label sets at once: features of G groups are stacked ``[G, n, d]``, the
+parameters of every (group, label set) are one tensor ``[G, K, (d + 1) * C]`` (label sets of similar class
+counts share a bucket, padded classes masked out), and a batched L-BFGS keeps a separate history, step length
+and stopping test for each regression (per-task scalars are ``[G, K]`` tensors), so every result is that
+regression's own optimum, not a compromise of a joint problem. Two things make it converge in fewer steps than a
+plain L-BFGS, without changing the objective: the L2 grid is walked as a regularisation path (strongest first,
+each fit warm-started from the previous one), and the search direction is preconditioned with
+``(X^T X / n + l2 * C * I)^-1`` (the Hessian at the start, up to scale), which undoes the strong correlations
+of residual-stream features. Loss and gradient are written out by hand (no autograd graph) and accumulated
+over row chunks, so memory stays bounded.
 
 Protocol (both backends, identical): features are standardised per group with the training rows' mean and
 std; classes are the distinct training labels (a test label never seen in training is an error, counted in
@@ -47,7 +52,7 @@ class EngineConfig:
     l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
     max_iter: int = 100  # L-BFGS iterations (scikit-learn's default)
     tol: float = 1e-4  # stop when max |gradient| of the mean loss falls below this (scikit-learn's gtol)
-    history: int = 10  # L-BFGS memory
+    history: int = 5  # L-BFGS memory (5 pairs suffice with the preconditioner; scikit-learn keeps 10)
     memory_budget_mb: float = 1024.0  # torch: working memory for one chunk of groups
     device: str = "cpu"
 
@@ -156,54 +161,94 @@ class _Problem:
     """Mean cross-entropy + L2 of G x K regressions: every group g has features X[g] ([n, d], shared by its K
     regressions); regression k predicts Y[k] ([n], ids in 0..C-1) among the classes ``valid[k]`` ([C] bool)
     with L2 strength lam[g, k]. Parameters theta [G, K, d*C + C]: the weights W (d x C, row-major), then the
-    bias (C)."""
+    bias (C).
+
+    ``precondition`` applies M^-1 with M = Sigma_g + lam * C_k * I (Sigma_g = X_g^T X_g / n): the Hessian of the
+    weights at the uniform start is (Sigma_g + lam C_k I) / C_k, so L-BFGS started from this metric needs far
+    fewer iterations on the strongly correlated features of a residual stream. It changes the path, not the
+    objective or its optimum.
+    """
 
     def __init__(self, X: Tensor, Y: Tensor, valid: Tensor, lam: Tensor, row_chunk: int) -> None:
         self.X, self.Y, self.valid, self.lam, self.row_chunk = X, Y, valid, lam, row_chunk
         self.G, self.n, self.d = X.shape
         self.K, self.C = valid.shape
         self.dC = self.d * self.C
-        self.neg_inf = torch.tensor(-torch.inf, dtype=X.dtype, device=X.device)
+        self.mask_bias = torch.where(valid, 0.0, -torch.inf).to(X.dtype)  # [K, C]
+        self._eig: tuple[Tensor, Tensor] | None = None
 
     def unpack(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """theta [G, K, P] -> (W [G, d, K*C], b [G, K, C])."""
+        """theta [G, K, P] -> (W [G, d, K*C], masked bias [G, 1, K*C])."""
         G, K, d, C = self.G, self.K, self.d, self.C
         W = theta[..., : self.dC].reshape(G, K, d, C).permute(0, 2, 1, 3).reshape(G, d, K * C)
-        return W, theta[..., self.dC :]
+        return W, (theta[..., self.dC :] + self.mask_bias).reshape(G, 1, K * C)
 
-    def logits(self, Xc: Tensor, W: Tensor, b: Tensor) -> Tensor:
-        """[G, m, K, C] masked logits for rows Xc [G, m, d]."""
-        Z = torch.bmm(Xc, W).view(self.G, Xc.shape[1], self.K, self.C) + b[:, None]
-        return torch.where(self.valid, Z, self.neg_inf)
+    def logits(self, Xc: Tensor, W: Tensor, bm: Tensor) -> Tensor:
+        """[G, m, K, C] logits for rows Xc [G, m, d] (-inf for masked classes)."""
+        return torch.baddbmm(bm, Xc, W).view(self.G, Xc.shape[1], self.K, self.C)
 
     def loss_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """(f [G, K], grad [G, K, P]) at theta [G, K, P]."""
         G, n, d, K, C = self.G, self.n, self.d, self.K, self.C
-        W, b = self.unpack(theta)
+        W, bm = self.unpack(theta)
         f = torch.zeros(G, K, dtype=theta.dtype, device=theta.device)
         gW = torch.zeros(G, d, K * C, dtype=theta.dtype, device=theta.device)
         gb = torch.zeros(G, K, C, dtype=theta.dtype, device=theta.device)
         for s in range(0, n, self.row_chunk):
             Xc = self.X[:, s : s + self.row_chunk]  # [G, m, d]
             m = Xc.shape[1]
-            logp = torch.log_softmax(self.logits(Xc, W, b), dim=-1)  # [G, m, K, C]
+            logp = torch.log_softmax(self.logits(Xc, W, bm), dim=-1)  # [G, m, K, C]
             idx = self.Y[:, s : s + m].T.reshape(1, m, K, 1).expand(G, m, K, 1)
             f -= logp.gather(-1, idx).squeeze(-1).sum(1) / n  # [G, K]
             P = logp.exp_()  # softmax; masked classes are exactly 0
             P.scatter_add_(-1, idx, torch.full(idx.shape, -1.0, dtype=P.dtype, device=P.device))
-            P /= n
-            gW += torch.bmm(Xc.transpose(1, 2), P.view(G, m, K * C))  # [G, d, K*C]
-            gb += P.sum(1)
+            gW.baddbmm_(Xc.transpose(1, 2), P.view(G, m, K * C), alpha=1.0 / n)  # [G, d, K*C]
+            gb += P.sum(1) / n
         grad = torch.cat([gW.view(G, d, K, C).permute(0, 2, 1, 3).reshape(G, K, self.dC), gb], dim=-1)
         w = theta[..., : self.dC]
-        f += 0.5 * self.lam * (w * w).sum(-1)
+        f += 0.5 * self.lam * torch.linalg.vecdot(w, w)
         grad[..., : self.dC] += self.lam[..., None] * w
         return f, grad
 
+    def subset(self, groups: Tensor) -> "_Problem":
+        """The same problem restricted to some groups (for dropping converged ones)."""
+        sub = _Problem(self.X[groups], self.Y, self.valid, self.lam[groups], self.row_chunk)
+        if self._eig is not None:
+            sub._eig = self._eig[0][groups], self._eig[1][groups]
+        return sub
+
+    def _eigen(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(eigenvalues [G, d], eigenvectors [G, d, d] of X^T X / n, mu = lam * C_k [G, K])."""
+        if self._eig is None:
+            sigma = torch.bmm(self.X.transpose(1, 2), self.X) / max(self.n, 1)  # [G, d, d]
+            evals, U = torch.linalg.eigh(sigma.double())
+            self._eig = evals.clamp_min(0).to(self.X.dtype), U.to(self.X.dtype)
+        return self._eig[0], self._eig[1], self.lam * self.valid.sum(-1).to(self.X.dtype)
+
+    def precondition(self, q: Tensor) -> Tensor:
+        """M^-1 q per regression (see the class docstring); the bias part is scaled by 1 / (1 + lam C_k)."""
+        G, K, d, C = self.G, self.K, self.d, self.C
+        evals, U, mu = self._eigen()
+        w = q[..., : self.dC].view(G, K, d, C)
+        z = torch.einsum("gij,gkic->gkjc", U, w) / (evals[:, None, :, None] + mu[..., None, None])
+        out = torch.empty_like(q)
+        out[..., : self.dC] = torch.einsum("gij,gkjc->gkic", U, z).reshape(G, K, self.dC)
+        out[..., self.dC :] = q[..., self.dC :] / (1.0 + mu[..., None])
+        return out
+
+    def inv_norm(self, q: Tensor) -> Tensor:
+        """q . M^-1 q per regression [G, K] (half the work of ``precondition``)."""
+        G, K, d, C = self.G, self.K, self.d, self.C
+        evals, U, mu = self._eigen()
+        z = torch.einsum("gij,gkic->gkjc", U, q[..., : self.dC].view(G, K, d, C))
+        w = (z * z).sum(-1) / (evals[:, None, :] + mu[..., None])  # [G, K, d]
+        b = q[..., self.dC :]
+        return w.sum(-1) + (b * b).sum(-1) / (1.0 + mu)
+
     def predict(self, rows: Tensor, theta: Tensor) -> Tensor:
         """Predicted class ids [G, len(rows), K]."""
-        W, b = self.unpack(theta)
-        out = [self.logits(self.X[:, rows[s : s + self.row_chunk]], W, b).argmax(-1)
+        W, bm = self.unpack(theta)
+        out = [self.logits(self.X[:, rows[s : s + self.row_chunk]], W, bm).argmax(-1)
                for s in range(0, len(rows), self.row_chunk)]  # fmt: skip
         return torch.cat(out, dim=1) if out else torch.zeros(self.G, 0, self.K, dtype=torch.long, device=self.X.device)
 
@@ -215,27 +260,37 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 def _lbfgs(prob: _Problem, theta: Tensor, max_iter: int, tol: float, history: int) -> tuple[Tensor, Tensor]:
     """Minimise every regression of ``prob`` with its own L-BFGS state (history pairs, step length, stopping
-    test); returns (theta, iterations [G, K]). Backtracking Armijo line search per regression."""
+    test); returns (theta, iterations [G, K]). Backtracking Armijo line search per regression. Groups whose
+    regressions have all stopped are dropped from the batch, so they cost nothing while others go on."""
+    out_theta, out_iters = theta.clone(), torch.zeros(theta.shape[:2], dtype=torch.long, device=theta.device)
+    rows = torch.arange(theta.shape[0], device=theta.device)  # original group of each batch row
     f, g = prob.loss_grad(theta)
     hist: list[tuple[Tensor, Tensor, Tensor]] = []  # (s, y, rho); rho = 0 marks a skipped pair for that task
     gamma = torch.ones_like(f)
     active = torch.ones_like(f, dtype=torch.bool)
     iters = torch.zeros_like(f, dtype=torch.long)
     eps = 64 * torch.finfo(theta.dtype).eps
-    for it in range(max_iter):
-        gmax = g.abs().amax(-1)  # [G, K]
-        active &= gmax > tol
+    for _ in range(max_iter):
+        active &= g.abs().amax(-1) > tol
         if not bool(active.any()):
             break
+        done = ~active.any(-1)  # [G']: every regression of the group has stopped
+        if int(done.sum()) >= max(1, len(rows) // 4):
+            out_theta[rows[done]], out_iters[rows[done]] = theta[done], iters[done]
+            keep = (~done).nonzero().squeeze(1)
+            rows, theta, f, g, gamma, active, iters = (t[keep] for t in (rows, theta, f, g, gamma, active, iters))
+            hist = [(s_[keep], y_[keep], rho[keep]) for s_, y_, rho in hist]
+            prob = prob.subset(keep)
+        # two-loop recursion with the preconditioned initial Hessian, per-task scalars
         q = g.clone()
         alphas = []
         for s_, y_, rho in reversed(hist):
             a = rho * _dot(s_, q)
-            q -= a[..., None] * y_
+            q.addcmul_(a[..., None], y_, value=-1.0)
             alphas.append(a)
-        q *= gamma[..., None]
+        q = prob.precondition(q) * gamma[..., None]
         for (s_, y_, rho), a in zip(hist, reversed(alphas)):
-            q += (a - rho * _dot(y_, q))[..., None] * s_
+            q.addcmul_((a - rho * _dot(y_, q))[..., None], s_)
         d = -q
         gd = _dot(g, d)
         bad = gd >= 0  # not a descent direction: steepest descent for that task
@@ -243,7 +298,7 @@ def _lbfgs(prob: _Problem, theta: Tensor, max_iter: int, tol: float, history: in
             d = torch.where(bad[..., None], -g, d)
             gd = torch.where(bad, -_dot(g, g), gd)
         d *= active[..., None]
-        t = torch.clamp(1.0 / gmax.clamp_min(1e-12), max=1.0) if it == 0 else torch.ones_like(f)
+        t = torch.ones_like(f)  # the preconditioned direction is already Hessian-scaled at the start
         accepted = ~active
         for _ in range(30):
             fn, gn = prob.loss_grad(theta + t[..., None] * d)
@@ -258,17 +313,18 @@ def _lbfgs(prob: _Problem, theta: Tensor, max_iter: int, tol: float, history: in
             fn, gn = prob.loss_grad(theta + t[..., None] * d)
         s_ = t[..., None] * d
         y_ = gn - g
-        sy, yy = _dot(s_, y_), _dot(y_, y_)
-        good = active & (sy > 1e-10 * yy)
+        sy, yHy = _dot(s_, y_), prob.inv_norm(y_)
+        good = active & (sy > 1e-10 * yHy)
         hist.append((s_, y_, torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))))
-        gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
+        gamma = torch.where(good, sy / yHy.clamp_min(1e-30), gamma)
         if len(hist) > history:
             hist.pop(0)
         iters += active.long()
         flat = (f - fn).abs() <= eps * torch.maximum(f.abs(), fn.abs()).clamp_min(1.0)
         theta, f, g = theta + s_, fn, gn
         active &= ~flat
-    return theta, iters
+    out_theta[rows], out_iters[rows] = theta, iters
+    return out_theta, out_iters
 
 
 def _standardise(X: Tensor, train: Tensor) -> Tensor:
@@ -318,21 +374,26 @@ def _fit_bucket_torch(
     val_acc = np.full((G, L), math.nan)
     theta0 = torch.zeros(G, L, d * C + C, dtype=dt, device=dev)
     if R > 1 and split.val.size:
+        # the regularisation path: strongest L2 first, each fit warm-started from the previous solution
         fit = torch.as_tensor(split.fit, device=dev)
         val = torch.as_tensor(split.val, device=dev)
-        prob = _Problem(X[:, fit], Y[:, fit].repeat_interleave(R, dim=0), valid_for(fit, R),
-                        grid.repeat(L).expand(G, L * R).contiguous(), row_chunk)  # fmt: skip
-        theta, _ = _lbfgs(prob, torch.zeros(G, L * R, d * C + C, dtype=dt, device=dev), cfg.max_iter, cfg.tol,
-                          cfg.history)  # fmt: skip
-        pv = _Problem(X[:, val], Y[:, val].repeat_interleave(R, dim=0), prob.valid, prob.lam, row_chunk).predict(
-            torch.arange(len(val), device=dev), theta
-        )  # [G, n_val, L*R]
-        accs = (pv == Y[:, val].repeat_interleave(R, dim=0).T[None]).float().mean(1).view(G, L, R)
+        prob = _Problem(X[:, fit], Y[:, fit], valid_for(fit, 1), grid.new_empty(G, L), row_chunk)
+        order = torch.argsort(grid, descending=True).tolist()
+        theta = torch.zeros(G, L, d * C + C, dtype=dt, device=dev)
+        thetas = torch.empty(R, G, L, d * C + C, dtype=dt, device=dev)
+        accs = torch.empty(G, L, R, device=dev)
+        val_prob = _Problem(X[:, val], Y[:, val], prob.valid, prob.lam, row_chunk)
+        for r in order:
+            prob.lam = grid[r].expand(G, L).contiguous()
+            theta, _ = _lbfgs(prob, theta, cfg.max_iter, cfg.tol, cfg.history)
+            thetas[r] = theta
+            pv = val_prob.predict(torch.arange(len(val), device=dev), theta)  # [G, n_val, L]
+            accs[:, :, r] = (pv == Y[:, val].T[None]).float().mean(1)
         # the highest validation accuracy; ties go to the strongest regularisation
-        order = torch.argsort(grid, descending=True)
-        choice = order[accs[:, :, order].argmax(dim=-1)]  # [G, L]
+        choice = torch.tensor(order, device=dev)[accs[:, :, order].argmax(dim=-1)]  # [G, L]
         val_acc = accs.gather(2, choice[..., None]).squeeze(-1).cpu().numpy()
-        theta0 = theta.view(G, L, R, -1).gather(2, choice[..., None, None].expand(G, L, 1, theta.shape[-1])).squeeze(2)
+        theta0 = thetas.permute(1, 2, 0, 3).gather(2, choice[..., None, None].expand(G, L, 1, thetas.shape[-1]))
+        theta0 = theta0.squeeze(2)
     lam = grid[choice]  # [G, L]
     prob = _Problem(X[:, train], Y[:, train], valid_for(train, 1), lam, row_chunk)
     theta, _ = _lbfgs(prob, theta0.contiguous(), cfg.max_iter, cfg.tol, cfg.history)
@@ -362,7 +423,8 @@ def _fit_label_sklearn(
     def fit(rows: np.ndarray, l2: float) -> LogisticRegression:
         clf = LogisticRegression(C=1.0 / (l2 * len(rows)), max_iter=cfg.max_iter, tol=cfg.tol)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)  # both backends stop at max_iter alike
+            warnings.simplefilter("ignore", UserWarning)  # "more unique classes than 50% of samples": expected
             clf.fit(Xg[rows], lab.y[rows])
         return clf
 

@@ -1,0 +1,146 @@
+"""Benchmark the probing stage: batched torch engine vs a scikit-learn per-probe loop, and activation throughput.
+
+A full P+Q sweep (6 positions x 6 attributes x 2 targets per layer for P; 6 attributes x 2 targets per layer
+for Q) on a randomly initialised 4-layer model (weights do not change the cost) and a fresh bioS dataset:
+
+1. activation collection (``probekit.activations.collect_activations``) vs a plain forward pass over the same
+   batches (sequences/s; target >= 0.8x);
+2. ``run_probes`` with ``backend="torch"`` vs ``backend="sklearn"`` (one ``LogisticRegression`` per probe and
+   L2 value) on the same features, split and L2 grid: wall-clock ratio (target >= 20x) and the max / mean absolute
+   accuracy difference over probes (target <= 2 points).
+
+    python benchmarks/bench_probes.py                 # 2,000 people, 4 layers x 128 (several minutes)
+    python benchmarks/bench_probes.py --people 300    # quick check
+
+``--sklearn-groups N`` times scikit-learn on N evenly spaced feature groups per task set only and scales its time
+to all groups (the accuracy comparison then covers those groups); the default runs it on everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--people", type=int, default=2000)
+    ap.add_argument("--augmentation", default="single")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch and for scikit-learn's BLAS")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--sklearn-groups", type=int, default=0, help="0 = every group")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from probekit.activations import collect_activations, hook_points
+    from probekit.data.store import build_dataset
+    from probekit.model import HookedLM, ModelConfig
+    from probekit.probes.engine import EngineConfig, TensorFeatures, run_probes
+    from probekit.probes.runner import build_tasks
+    from probekit.probes.spec import ProbeSpec
+
+    spec = ProbeSpec()  # the default spec: P and Q, both targets, all layers, l2 grid of 4
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ds = build_dataset(Path(tmp) / "ds", n_people=args.people, augmentation=args.augmentation, seed=0)
+        print(f"dataset: {args.people} people ({args.augmentation}), {len(ds.entries)} entries, "
+              f"vocab {len(ds.tokenizer)} ({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+        tasks = build_tasks(spec, ds)
+    cfg = ModelConfig(vocab_size=len(ds.tokenizer), d_model=args.d_model, n_layers=args.layers,
+                      n_heads=max(2, args.d_model // 32), d_mlp=4 * args.d_model, n_ctx=512)  # fmt: skip
+    model = HookedLM(cfg).eval()
+    points = hook_points(cfg.n_layers)
+    report: dict[str, object] = {"people": args.people, "layers": args.layers, "d_model": args.d_model,
+                                 "threads": args.threads}  # fmt: skip
+
+    # 1. activation throughput vs a plain forward pass over identical batches
+    for t in tasks:
+        order = np.argsort([-len(s) for s in t.sequences], kind="stable")
+        batches = []
+        for s in range(0, t.n, args.batch_size):
+            rows = order[s : s + args.batch_size]
+            T = max(len(t.sequences[r]) for r in rows)
+            ids = torch.zeros(len(rows), T, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(t.sequences[r])] = torch.tensor(t.sequences[r])
+            batches.append((ids, ids != 0))
+
+        def plain() -> None:
+            with torch.no_grad():
+                for ids, km in batches:
+                    model(ids, key_mask=km)
+
+        def collect() -> None:
+            collect_activations(model, t.sequences, t.positions, points, batch_size=args.batch_size)
+
+        times = {}
+        for name, fn in (("forward", plain), ("collect", collect)):
+            fn()  # warm-up
+            best = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            times[name] = best
+        ratio = times["forward"] / times["collect"]
+        print(f"{t.kind.upper()} activations: {t.n} seqs x {len(points)} points x {len(t.position_names)} positions: "
+              f"plain forward {t.n / times['forward']:.0f} seq/s, collection {t.n / times['collect']:.0f} seq/s "
+              f"-> collection/forward throughput {ratio:.2f}x (target >= 0.8x)")  # fmt: skip
+        report[f"{t.kind}_activation_throughput_ratio"] = round(ratio, 3)
+
+    # 2. engines on the same features
+    total_torch = total_sk = 0.0
+    diffs: list[float] = []
+    n_probes = 0
+    for t in tasks:
+        acts = collect_activations(model, t.sequences, t.positions, points, batch_size=args.batch_size)
+        X = torch.stack([acts.get(i, p) for i in range(acts.n_points) for p in range(acts.n_positions)])  # [G, N, d]
+        G = X.shape[0]
+        groups = list(range(G))
+        if args.sklearn_groups and args.sklearn_groups < G:
+            groups = sorted(set(np.linspace(0, G - 1, args.sklearn_groups).round().astype(int).tolist()))
+        t0 = time.perf_counter()
+        fits_t = run_probes(X, t.labels, t.split, spec.engine_config("torch"))
+        tt = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with threadpool_limits(args.threads):  # the same number of threads as torch
+            fits_s = run_probes(TensorFeatures(X[groups]), t.labels, t.split, spec.engine_config("sklearn"))
+        ts = (time.perf_counter() - t0) * G / len(groups)
+        K = t.labels.shape[0]
+        by_t = {(f.group, f.label): f for f in fits_t}
+        d = [abs(by_t[(groups[f.group], f.label)].accuracy - f.accuracy) for f in fits_s if f.status == "ok"]
+        n_ok = sum(f.status == "ok" for f in fits_t)
+        print(f"{t.kind.upper()} probes: {G} groups x {K} label sets = {G * K} probes ({n_ok} fitted, "
+              f"{len(spec.l2_grid)} L2 values + refit each; n_train {len(t.split.train)}, n_test {len(t.split.test)}): "
+              f"torch {tt:.1f}s, sklearn {ts:.1f}s{' (scaled from %d groups)' % len(groups) if len(groups) < G else ''}"
+              f" -> {ts / tt:.1f}x; |acc diff| max {100 * max(d):.2f} / mean {100 * np.mean(d):.3f} points")  # fmt: skip
+        total_torch += tt
+        total_sk += ts
+        diffs += d
+        n_probes += G * K
+        report[f"{t.kind}_torch_s"] = round(tt, 2)
+        report[f"{t.kind}_sklearn_s"] = round(ts, 2)
+    ratio = total_sk / total_torch
+    print(f"\nfull P+Q sweep, {n_probes} probes: torch {total_torch:.1f}s vs sklearn {total_sk:.1f}s -> "
+          f"{ratio:.1f}x faster (target >= 20x); accuracy difference max {100 * max(diffs):.2f} / mean "
+          f"{100 * np.mean(diffs):.3f} points over {len(diffs)} probes (target <= 2)")  # fmt: skip
+    report.update({"probes": n_probes, "torch_s": round(total_torch, 2), "sklearn_s": round(total_sk, 2),
+                   "speed_ratio": round(ratio, 2), "acc_diff_max_points": round(100 * max(diffs), 3),
+                   "acc_diff_mean_points": round(100 * float(np.mean(diffs)), 4),
+                   "sklearn_groups_timed": args.sklearn_groups or "all"})  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
