@@ -208,3 +208,17 @@ def test_cli_rejects_mismatched_tokenizer_and_existing_output(ds, tmp_path, caps
                str(tmp_path / "o3")])  # fmt: skip
     assert rc == 2 and "beyond the context" in capsys.readouterr().err
     assert not (tmp_path / "o3").exists()
+
+
+def test_run_spec_streams_to_disk_with_the_same_results(ds, tmp_path):
+    from probekit.probes.runner import ProbeModel, run_spec
+    from probekit.probes.spec import ProbeSpec
+
+    pm = ProbeModel(tiny_lm(len(ds.tokenizer)), "tiny", "ntp", ds.name, ds.tokenizer)
+    common = dict(kinds=["p", "q"], positions=["major"], attributes=["major", "birth_date"], targets=["first_token"],
+                  l2_grid=[0.01], max_iter=30)  # fmt: skip
+    mem = run_spec(ProbeSpec(storage="memory", **common), ds, [pm], progress=False)
+    disk = run_spec(ProbeSpec(storage="disk", **common), ds, [pm], work_dir=tmp_path / "w", progress=False)
+    assert len(mem) == len(disk) == 2 * 3 * 2
+    assert np.allclose(mem["accuracy"], disk["accuracy"], atol=0.05)  # float16 storage on disk
+    assert not any((tmp_path / "w").glob("acts_*"))  # activations are removed once probed

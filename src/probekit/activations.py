@@ -46,7 +46,9 @@ HOOK_FAMILIES: dict[str, str] = {
     "attn_out": "hook_attn_out",
     "mlp_out": "hook_mlp_out",
 }
-_ORDER_IN_BLOCK = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
+_ORDER_IN_BLOCK = {
+    "hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "hook_mlp_out": 3, "hook_resid_post": 4,
+}  # fmt: skip
 META_FILE = "activations.json"
 
 
@@ -59,7 +61,9 @@ class HookPoint:
     name: str
 
 
-def hook_points(n_layers: int, hooks: Sequence[str] = ("resid",), layers: Sequence[int] | None = None) -> list[HookPoint]:
+def hook_points(
+    n_layers: int, hooks: Sequence[str] = ("resid",), layers: Sequence[int] | None = None
+) -> list[HookPoint]:
     """Hook points for a model with ``n_layers`` blocks. ``resid`` has layers 0..L (L+1 boundaries); the other
     families 0..L-1. ``layers`` restricts the layers (None = all; out-of-range layers are an error)."""
     points: list[HookPoint] = []
@@ -148,9 +152,9 @@ class Activations:
 
     def to_tensor(self) -> Tensor:
         """Everything as one float32 tensor [n_points, N, P, d] (small runs)."""
-        return torch.stack(
-            [a.float() if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in self.data]
-        )
+        return torch.stack([
+            a.float() if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in self.data
+        ])
 
 
 class ActivationFeatures:

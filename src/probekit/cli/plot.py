@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--results", nargs="+", required=True, help="results.parquet/.csv files or probe output dirs")
     p.add_argument("--out", required=True, help="directory for the figures")
-    p.add_argument("--layer", type=int, default=None, help="layer of the position x attribute figures (omit: each model's last layer)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV only")
     p.set_defaults(func=cmd_plot)
 

@@ -69,13 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--data", required=True, help="dataset directory (from `probekit data bios`)")
     p.add_argument("--out", required=True, help="output directory (must be new or empty unless --overwrite)")
     p.add_argument("--control-random", action="store_true",
-                   help="also probe a randomly initialised model of the same shape (rows '<name> (random init)')")  # fmt: skip
+                   help="also probe a random-init model of the same shape ('<name> (random init)')")  # fmt: skip
     p.add_argument("--engine", choices=BACKENDS, default=None, help="override the spec's probe engine")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--name", default=None, help="model name in the results (default: the directory name)")
-    p.add_argument("--layer", type=int, default=None, help="layer of the position x attribute figures (omit: each model's last layer)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
     p.add_argument("--device", default="cpu", help="torch device for the model")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default; 1 is much faster on a busy, shared machine)")  # fmt: skip
+                   help="torch CPU threads (0: torch's default; 1 is far faster on a busy shared machine)")  # fmt: skip
     p.set_defaults(func=cmd_probe)

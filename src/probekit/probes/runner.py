@@ -127,7 +127,9 @@ def build_tasks(spec: ProbeSpec, ds: Any) -> list[ProbeTaskSet]:
     out = []
     for kind in spec.kinds:
         if kind == "p":
-            out.append(build_p_tasks(ds, people, spec.positions, spec.attributes, spec.targets, spec.entries_per_person))
+            out.append(
+                build_p_tasks(ds, people, spec.positions, spec.attributes, spec.targets, spec.entries_per_person)
+            )
         else:
             out.append(build_q_tasks(ds, people, spec.attributes, spec.targets))
     return out
@@ -171,8 +173,8 @@ def run_spec(
     try:
         for m in models:
             dims = model_dims(m.model)
-            points = [p for hook in spec.hooks for p in hook_points(dims.n_layers, [hook],
-                                                                      spec.resolve_layers(hook, dims.n_layers))]  # fmt: skip
+            points = [p for hook in spec.hooks
+                      for p in hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))]
             for t in tasks:
                 size = estimate_bytes(t.n, len(t.position_names), len(points), dims.d_model)
                 storage = spec.storage

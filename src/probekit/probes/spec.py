@@ -89,7 +89,9 @@ class ProbeSpec:
                 or not layers
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)
             ):
-                raise ValueError(f"layers must be 'all' or a non-empty list of non-negative integers, got {self.layers!r}")
+                raise ValueError(
+                    f"layers must be 'all' or a non-empty list of non-negative integers, got {self.layers!r}"
+                )
             self.layers = tuple(sorted(set(layers)))
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")

@@ -97,7 +97,9 @@ def _value_class(classes: dict[str, dict[str, int]], attr: str, value: str) -> i
         ) from None
 
 
-def entry_read_positions(tokenizer: object, text: str, spans: dict[str, tuple[int, int]]) -> tuple[list[int], dict[str, int]]:
+def entry_read_positions(
+    tokenizer: object, text: str, spans: dict[str, tuple[int, int]]
+) -> tuple[list[int], dict[str, int]]:
     """``([EOS] + ids(text), {attr: read position})`` where the read position is the sequence index of the
     token right before the value's first token (character span ``spans[attr]``)."""
     ids, offsets = encode_with_offsets(tokenizer, text)  # type: ignore[arg-type]
