@@ -2,6 +2,7 @@
 # Reversal curse under NTP, ABI and BICO: the same model shape trained from scratch on the same facts,
 # evaluated on N2D, D2N and their reverses (exact match + log-prob of the right vs a random completion).
 # Usage: bash experiments/reversal_objectives/run.sh [OUT=runs/reversal_objectives]
+# Writes tables to experiments/reversal_objectives/results/ and figures to figures/reversal_objectives/.
 # The three trainings run at once, one torch thread each; re-running skips finished evaluations.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,4 +20,6 @@ probekit eval compare "$out/ntp" "$out/abi" "$out/bico" --out "$out/compare" --o
 mkdir -p "$here/results"
 cp "$out"/compare/*.csv "$here/results/"
 for obj in ntp abi bico; do cp "$out/$obj/results.csv" "$here/results/$obj.csv"; done
-if [ -n "${FIGURES_OUT:-}" ]; then mkdir -p "$FIGURES_OUT" && cp "$out"/compare/*.png "$FIGURES_OUT/" 2>/dev/null || true; fi
+figs="$here/../../figures/reversal_objectives"
+mkdir -p "$figs"
+cp "$out"/compare/*.png "$out"/compare/*.csv "$figs/" 2>/dev/null || echo "no PNG figures (is chromium installed?)"
