@@ -156,9 +156,11 @@ def q_by_layer(df: pd.DataFrame, model: str, target: str, hook: str = "resid") -
     return Figure(f"q_layers_{slug(model)}_{target}", fig, sub)
 
 
-def compare_p(df: pd.DataFrame, target: str, layer: int | None = None, hook: str = "resid") -> Figure | None:
-    """P-probe position x attribute grids of several models side by side (each at ``layer``, default its last)."""
-    sub = _ok(df[(df.probe_kind == "p") & (df.target_kind == target) & (df.hook == hook)])
+def _per_model_layer(
+    sub: pd.DataFrame, layer: int | None
+) -> tuple[list[str], list[pd.DataFrame], pd.DataFrame] | None:
+    """For a comparison figure: the models (at least two), each one's rows at ``layer`` (default its last), and
+    those rows together; None when there is nothing to compare."""
     models = list(dict.fromkeys(sub["model"].astype(str)))
     if len(models) < 2:
         return None
@@ -166,9 +168,17 @@ def compare_p(df: pd.DataFrame, target: str, layer: int | None = None, hook: str
     for m in models:
         s = sub[sub.model == m]
         parts.append(s[s.layer == (_final_layer(s) if layer is None else layer)])
-    sub = pd.concat(parts)
-    if sub.empty:
+    both = pd.concat(parts)
+    return None if both.empty else (models, parts, both)
+
+
+def compare_p(df: pd.DataFrame, target: str, layer: int | None = None, hook: str = "resid") -> Figure | None:
+    """P-probe position x attribute grids of several models side by side (each at ``layer``, default its last)."""
+    sub = _ok(df[(df.probe_kind == "p") & (df.target_kind == target) & (df.hook == hook)])
+    picked = _per_model_layer(sub, layer)
+    if picked is None:
         return None
+    models, parts, sub = picked
     positions, attrs = _order(sub["position"]), _order(sub["attribute"])
     titles = [f"{m} (layer {int(p['layer'].iloc[0])})" if len(p) else m for m, p in zip(models, parts)]
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.03)
@@ -186,16 +196,10 @@ def compare_q(df: pd.DataFrame, target: str, layer: int | None = None, hook: str
     """Q-probe accuracy per attribute for several models (grouped bars at ``layer``, default each model's last),
     with each model's majority baseline as a hatched bar inside its accuracy bar."""
     sub = _ok(df[(df.probe_kind == "q") & (df.target_kind == target) & (df.hook == hook)])
-    models = list(dict.fromkeys(sub["model"].astype(str)))
-    if len(models) < 2:
+    picked = _per_model_layer(sub, layer)
+    if picked is None:
         return None
-    parts = []
-    for m in models:
-        s = sub[sub.model == m]
-        parts.append(s[s.layer == (_final_layer(s) if layer is None else layer)])
-    sub = pd.concat(parts)
-    if sub.empty:
-        return None
+    models, parts, sub = picked
     attrs = _order(sub["attribute"])
     fig = go.Figure()
     for m, s in zip(models, parts):
