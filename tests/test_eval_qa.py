@@ -31,15 +31,6 @@ from probekit.train_data import bios_source
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine were 3x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_single, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A few pretraining steps per objective: enough to have a real trained checkpoint of each kind."""

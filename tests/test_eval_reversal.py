@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from probekit.checkpoint import load_checkpoint, save_checkpoint
 from probekit.data.reversal import ReversalConfig, load_reversal_dir, make_reversal_dataset
@@ -18,14 +17,6 @@ from probekit.model import HookedLM, ModelConfig
 from probekit.train import TrainConfig
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

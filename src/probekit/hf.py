@@ -207,9 +207,6 @@ def load_dir_tokenizer(directory: str | Path) -> Any:
         raise FileNotFoundError(f"{directory}: no loadable tokenizer ({e}); save the tokenizer into the directory") from e
 
 
-_load_tokenizer = load_dir_tokenizer  # older private name, still imported by probekit.probes.runner
-
-
 def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
     """Load a ``LlamaForCausalLM`` directory (config.json + safetensors + tokenizer) as ``(HookedLM, tokenizer)``."""
     directory = Path(directory)

@@ -69,11 +69,11 @@ def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = N
     if not path.exists():
         raise FileNotFoundError(f"model directory {path} does not exist")
     if _is_hf_dir(path):
-        from probekit.hf import _load_tokenizer, load_bridge
+        from probekit.hf import load_bridge, load_dir_tokenizer
 
         bridge = load_bridge(path, device=device)
         bridge.eval()
-        return ProbeModel(bridge, name or path.name, "unknown", "unknown", _load_tokenizer(path), path, "hf")
+        return ProbeModel(bridge, name or path.name, "unknown", "unknown", load_dir_tokenizer(path), path, "hf")
     from probekit.checkpoint import load_checkpoint
 
     model, tok, meta = load_checkpoint(path, device=device)
