@@ -10,15 +10,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from probekit.probes.engine import EngineConfig, Split, _lbfgs, _Problem, run_probes
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: one thread is faster and deterministic
-    yield
-    torch.set_num_threads(old)
+from probekit.probes.engine import EngineConfig, Split, _rotate, _standardise, choose_l2, run_probes
+from probekit.probes.solver import Problem, lbfgs, predict
 
 
 def planted(G: int = 3, N: int = 360, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, Split]:
@@ -47,26 +40,100 @@ def test_batched_engine_agrees_with_sklearn_on_same_features():
             assert (a.n_train, a.n_test, a.n_classes, a.baseline) == (b.n_train, b.n_test, b.n_classes, b.baseline)
 
 
-def test_lbfgs_reaches_the_sklearn_optimum():
+def _two_regressions() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(0, 6, (200,), generator=gen)
     X = torch.randn(2, 200, 8, generator=gen) + 0.7 * torch.randn(6, 8, generator=gen)[y]
-    lams = torch.tensor([[1e-3, 1e-1], [1e-3, 1e-1]])
-    prob = _Problem(X, y.repeat(2, 1), torch.ones(2, 6, dtype=torch.bool), lams, row_chunk=64)
-    theta, iters = _lbfgs(prob, torch.zeros(2, 2, 9 * 6), max_iter=200, tol=1e-5, history=10)
+    return X, y
+
+
+def test_lbfgs_reaches_the_sklearn_optimum():
+    X, y = _two_regressions()
+    lams = [1e-3, 1e-1]
+    # four tasks: (group 0, lam 1e-3), (group 0, lam 1e-1), (group 1, lam 1e-3), (group 1, lam 1e-1)
+    prob = Problem(X.repeat_interleave(2, 0), y.repeat(4, 1), torch.ones(4, 6, dtype=torch.bool),
+                   torch.tensor(lams * 2))  # fmt: skip
+    theta, iters = lbfgs(prob, torch.zeros(4, 6, 9), max_iter=200, tol=1e-5, history=10)
     f, _ = prob.loss_grad(theta)
-    for g in range(2):
-        for k, lam in enumerate([1e-3, 1e-1]):
-            clf = LogisticRegression(C=1 / (lam * 200), max_iter=500, tol=1e-8)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                clf.fit(X[g].double().numpy(), y.numpy())
-            th = theta.clone()
-            th[g, k] = torch.cat([torch.tensor(clf.coef_.T, dtype=torch.float32).reshape(-1),
-                                  torch.tensor(clf.intercept_, dtype=torch.float32)])  # fmt: skip
-            f_sk, _ = prob.loss_grad(th)
-            assert f[g, k] <= f_sk[g, k] + 1e-4, (g, k, float(f[g, k]), float(f_sk[g, k]))
+    for t in range(4):
+        g, lam = t // 2, lams[t % 2]
+        clf = LogisticRegression(C=1 / (lam * 200), max_iter=500, tol=1e-8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X[g].double().numpy(), y.numpy())
+        th = theta.clone()
+        th[t] = torch.cat([torch.tensor(clf.coef_, dtype=torch.float32),
+                           torch.tensor(clf.intercept_, dtype=torch.float32)[:, None]], dim=1)  # fmt: skip
+        f_sk, _ = prob.loss_grad(th)
+        assert f[t] <= f_sk[t] + 1e-4, (t, float(f[t]), float(f_sk[t]))
     assert int(iters.max()) < 200
+
+
+def test_loss_and_gradient_match_autograd_with_masked_classes():
+    X, y = _two_regressions()
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    valid[:, 6:] = False  # two padding classes
+    lam = torch.tensor([1e-2, 1e-1])
+    theta = 0.3 * torch.randn(2, 8, 9, generator=torch.Generator().manual_seed(2))
+    theta[:, 6:] = 0.0
+    prob = Problem(X, torch.stack([y, y]), valid, lam, budget=256)  # tiny blocks: rows are chunked
+    f, grad = prob.loss_grad(theta)
+    th = theta.double().requires_grad_(True)
+    logits = X.double() @ th[..., :8].transpose(1, 2) + th[:, None, :, 8]  # [2, n, 8]
+    logits = logits.masked_fill(~valid[:, None, :], -torch.inf)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), torch.stack([y, y]), reduction="none").mean(1)
+    ref = ce + 0.5 * lam.double() * (th[..., :8] ** 2).sum((1, 2))
+    ref.sum().backward()
+    assert torch.allclose(f.double(), ref.detach(), atol=1e-5)
+    assert torch.allclose(grad.double(), th.grad, atol=1e-5)
+    assert (grad[:, 6:] == 0).all()  # padding classes never move
+
+
+def test_batched_tasks_are_independent_of_each_other():
+    """Solving tasks together (with converged ones dropped along the way) gives each task its own solution."""
+    X, y = _two_regressions()
+    Xt = X.repeat_interleave(2, 0)
+    Y = torch.stack([y, torch.roll(y, 1), y, torch.roll(y, 3)])
+    valid = torch.ones(4, 6, dtype=torch.bool)
+    lam = torch.tensor([1e-1, 1e-3, 1e-2, 1e-4])
+    together, _ = lbfgs(Problem(Xt, Y, valid, lam), torch.zeros(4, 6, 9), 100, 1e-4, 5)
+    for t in range(4):
+        alone, _ = lbfgs(Problem(Xt[t : t + 1], Y[t : t + 1], valid[:1], lam[t : t + 1]), torch.zeros(1, 6, 9),
+                         100, 1e-4, 5)  # fmt: skip
+        assert torch.allclose(together[t], alone[0], atol=1e-5), t
+
+
+def test_rotation_changes_no_prediction():
+    X, labels, split = planted(G=2)
+    train = torch.as_tensor(split.train)
+    Xs = _standardise(X, train)
+    Xr = _rotate(Xs, train)
+    sigma = Xr[:, train].transpose(1, 2) @ Xr[:, train] / len(train)
+    off = sigma - torch.diag_embed(torch.diagonal(sigma, dim1=1, dim2=2))
+    assert off.abs().max() < 1e-4  # the training covariance is diagonal in the rotated basis
+    assert torch.allclose(Xr.norm(dim=2), Xs.norm(dim=2), atol=1e-4)  # orthogonal: lengths kept
+    y = torch.as_tensor(labels[1])
+    valid = torch.ones(1, 12, dtype=torch.bool)
+    preds = []
+    for Z in (Xs, Xr):
+        prob = Problem(Z[:1, train], y[train][None], valid, torch.tensor([1e-2]))
+        theta, _ = lbfgs(prob, torch.zeros(1, 12, 17), 300, 1e-6, 10)
+        preds.append(predict(Z[:1], theta, valid))
+    assert (preds[0] == preds[1]).float().mean() >= 0.99
+
+
+def test_choose_l2_rules():
+    grid = (1e-4, 1e-3, 1e-2, 1e-1)
+    n = 100
+    correct = np.array([[80, 82, 79, 60],  # best 0.82 (1e-3); SE 0.038: 0.79 (1e-2) is within it
+                        [50, 50, 50, 50],  # all tie: the strongest
+                        [90, 70, 60, 50]])  # only the weakest is good enough
+    assert grid[choose_l2(correct[0], n, grid, "best")] == 1e-3
+    assert [grid[i] for i in choose_l2(correct, n, grid, "one_se")] == [1e-2, 1e-1, 1e-4]
+    assert [grid[i] for i in choose_l2(correct, n, grid, "best")] == [1e-3, 1e-1, 1e-4]
+    # the grid's order does not matter
+    rev = tuple(reversed(grid))
+    assert rev[choose_l2(correct[0][::-1], n, rev, "one_se")] == 1e-2
 
 
 def test_planted_feature_is_recovered_and_shuffled_labels_are_not():
@@ -128,6 +195,8 @@ def test_split_rejects_overlap_and_bad_config():
         EngineConfig(backend="jax")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="l2_grid"):
         EngineConfig(l2_grid=())
+    with pytest.raises(ValueError, match="valid rules are"):
+        EngineConfig(l2_rule="median")
 
 
 def test_progress_counts_every_regression():

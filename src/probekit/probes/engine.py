@@ -7,22 +7,17 @@ pair is an independent multinomial logistic regression:
     minimise   mean_i CE(softmax(W^T x_i + b), y_i) + l2/2 * ||W||^2        (the bias is not penalised)
 
 which is exactly scikit-learn's ``LogisticRegression(C=1/(l2 * n_train))`` objective. The torch backend solves
-all regressions of a bucket of label sets at once: features of G groups are stacked ``[G, n, d]``, the
-parameters of every (group, label set) are one tensor ``[G, K, (d + 1) * C]`` (label sets of similar class
-counts share a bucket, padded classes masked out), and a batched L-BFGS keeps a separate history, step length
-and stopping test for each regression (per-task scalars are ``[G, K]`` tensors), so every result is that
-regression's own optimum, not a compromise of a joint problem. Two things make it converge in fewer steps than a
-plain L-BFGS, without changing the objective: the L2 grid is walked as a regularisation path (strongest first,
-each fit warm-started from the previous one), and the search direction is preconditioned with
-``(X^T X / n + l2 * C * I)^-1`` (the Hessian at the start, up to scale), which undoes the strong correlations
-of residual-stream features. Loss and gradient are written out by hand (no autograd graph) and accumulated
-over row chunks, so memory stays bounded.
+all regressions of a bucket of label sets at once (label sets of similar class counts share a bucket, padded
+classes masked out): one task per (group, label set, current L2 strength), each with its own L-BFGS state, so
+every result is that regression's own optimum, not a compromise of a joint problem (``probekit.probes.solver``
+explains the solver). The L2 grid is walked as a regularisation path, strongest first, each fit warm-started
+from the previous one, and the refit starts from the chosen strength's solution.
 
 Protocol (both backends, identical): features are standardised per group with the training rows' mean and
 std; classes are the distinct training labels (a test label never seen in training is an error, counted in
 ``n_test_unseen``); the L2 strength is chosen per regression from ``l2_grid`` by accuracy on a validation
-subset of the *training* rows (fit on the rest), then the regression is refit on all training rows with that
-strength. The test rows are used once, for the reported accuracy. A label set with a single training class
+subset of the *training* rows (fit on the rest; ``choose_l2``: by default the strongest L2 within one standard
+error of the best), then the regression is refit on all training rows with that strength. The test rows are used once, for the reported accuracy. A label set with a single training class
 is reported with status ``"skipped: single class"``.
 """
 
@@ -38,10 +33,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probekit.probes.solver import Problem, lbfgs, predict
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "sklearn"]
 BACKENDS: tuple[str, ...] = ("torch", "sklearn")
+L2_RULES: tuple[str, ...] = ("one_se", "best")
 
 
 @dataclass
@@ -50,9 +48,10 @@ class EngineConfig:
 
     backend: Backend = "torch"
     l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    l2_rule: str = "one_se"  # one_se: strongest L2 within one standard error of the best; best: the best
     max_iter: int = 100  # L-BFGS iterations (scikit-learn's default)
     tol: float = 1e-4  # stop when max |gradient| of the mean loss falls below this (scikit-learn's gtol)
-    history: int = 5  # L-BFGS memory (5 pairs suffice with the preconditioner; scikit-learn keeps 10)
+    history: int = 3  # L-BFGS memory: with the preconditioner 3 pairs do as well as 10 (fewer vector passes)
     memory_budget_mb: float = 1024.0  # torch: working memory for one chunk of groups
     device: str = "cpu"
 
@@ -64,6 +63,8 @@ class EngineConfig:
             raise ValueError(f"l2_grid must be a non-empty list of positive numbers, got {list(self.l2_grid)}")
         if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.l2_rule not in L2_RULES:
+            raise ValueError(f"unknown l2_rule {self.l2_rule!r}; valid rules are {list(L2_RULES)}")
 
 
 @dataclass
@@ -131,6 +132,24 @@ def _acc(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(pred == y)) if len(y) else math.nan
 
 
+def choose_l2(val_correct: np.ndarray, n_val: int, grid: Sequence[float], rule: str = "one_se") -> np.ndarray:
+    """Index into ``grid`` of the chosen L2 strength per regression, from the validation counts of correct
+    predictions ``val_correct`` [..., len(grid)] (counts, so both backends compare exact numbers).
+
+    ``best``: the highest validation accuracy, ties to the strongest L2. ``one_se`` (the default): the strongest
+    L2 whose accuracy is within one standard error, sqrt(a (1 - a) / n_val), of the best accuracy a: the
+    one-standard-error rule (Hastie, Tibshirani & Friedman, ESL 7.10). It prefers the simpler probe unless a
+    weaker penalty is clearly better, which keeps the probe's own capacity low and makes the choice robust to
+    the few-example noise of small validation sets (and to solver round-off, where two strengths nearly tie).
+    """
+    acc = np.asarray(val_correct, dtype=np.float64) / max(n_val, 1)  # [..., R]
+    best = acc.max(-1, keepdims=True)
+    slack = np.sqrt(best * (1.0 - best) / max(n_val, 1)) if rule == "one_se" else 0.0
+    ok = acc >= best - slack - 1e-12  # [..., R]
+    strength = np.asarray(grid, dtype=np.float64)
+    return np.where(ok, strength, -np.inf).argmax(-1)  # the strongest admissible
+
+
 def _base_fit(g: int, k: int, lab: _Labels, split: Split) -> ProbeFit:
     n_train, n_test, n_cls = len(split.train), len(split.test), len(lab.classes)
     y_test = lab.y[split.test]
@@ -154,177 +173,7 @@ def _base_fit(g: int, k: int, lab: _Labels, split: Split) -> ProbeFit:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# torch backend: loss/gradient and a batched L-BFGS with per-task state
-
-
-class _Problem:
-    """Mean cross-entropy + L2 of G x K regressions: every group g has features X[g] ([n, d], shared by its K
-    regressions); regression k predicts Y[k] ([n], ids in 0..C-1) among the classes ``valid[k]`` ([C] bool)
-    with L2 strength lam[g, k]. Parameters theta [G, K, d*C + C]: the weights W (d x C, row-major), then the
-    bias (C).
-
-    ``precondition`` applies M^-1 with M = Sigma_g + lam * C_k * I (Sigma_g = X_g^T X_g / n): the Hessian of the
-    weights at the uniform start is (Sigma_g + lam C_k I) / C_k, so L-BFGS started from this metric needs far
-    fewer iterations on the strongly correlated features of a residual stream. It changes the path, not the
-    objective or its optimum.
-    """
-
-    def __init__(self, X: Tensor, Y: Tensor, valid: Tensor, lam: Tensor, row_chunk: int) -> None:
-        self.X, self.Y, self.valid, self.lam, self.row_chunk = X, Y, valid, lam, row_chunk
-        self.G, self.n, self.d = X.shape
-        self.K, self.C = valid.shape
-        self.dC = self.d * self.C
-        self.mask_bias = torch.where(valid, 0.0, -torch.inf).to(X.dtype)  # [K, C]
-        self._eig: tuple[Tensor, Tensor] | None = None
-
-    def unpack(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """theta [G, K, P] -> (W [G, d, K*C], masked bias [G, 1, K*C])."""
-        G, K, d, C = self.G, self.K, self.d, self.C
-        W = theta[..., : self.dC].reshape(G, K, d, C).permute(0, 2, 1, 3).reshape(G, d, K * C)
-        return W, (theta[..., self.dC :] + self.mask_bias).reshape(G, 1, K * C)
-
-    def logits(self, Xc: Tensor, W: Tensor, bm: Tensor) -> Tensor:
-        """[G, m, K, C] logits for rows Xc [G, m, d] (-inf for masked classes)."""
-        return torch.baddbmm(bm, Xc, W).view(self.G, Xc.shape[1], self.K, self.C)
-
-    def loss_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """(f [G, K], grad [G, K, P]) at theta [G, K, P]."""
-        G, n, d, K, C = self.G, self.n, self.d, self.K, self.C
-        W, bm = self.unpack(theta)
-        f = torch.zeros(G, K, dtype=theta.dtype, device=theta.device)
-        gW = torch.zeros(G, d, K * C, dtype=theta.dtype, device=theta.device)
-        gb = torch.zeros(G, K, C, dtype=theta.dtype, device=theta.device)
-        for s in range(0, n, self.row_chunk):
-            Xc = self.X[:, s : s + self.row_chunk]  # [G, m, d]
-            m = Xc.shape[1]
-            logp = torch.log_softmax(self.logits(Xc, W, bm), dim=-1)  # [G, m, K, C]
-            idx = self.Y[:, s : s + m].T.reshape(1, m, K, 1).expand(G, m, K, 1)
-            f -= logp.gather(-1, idx).squeeze(-1).sum(1) / n  # [G, K]
-            P = logp.exp_()  # softmax; masked classes are exactly 0
-            P.scatter_add_(-1, idx, torch.full(idx.shape, -1.0, dtype=P.dtype, device=P.device))
-            gW.baddbmm_(Xc.transpose(1, 2), P.view(G, m, K * C), alpha=1.0 / n)  # [G, d, K*C]
-            gb += P.sum(1) / n
-        grad = torch.cat([gW.view(G, d, K, C).permute(0, 2, 1, 3).reshape(G, K, self.dC), gb], dim=-1)
-        w = theta[..., : self.dC]
-        f += 0.5 * self.lam * torch.linalg.vecdot(w, w)
-        grad[..., : self.dC] += self.lam[..., None] * w
-        return f, grad
-
-    def subset(self, groups: Tensor) -> "_Problem":
-        """The same problem restricted to some groups (for dropping converged ones)."""
-        sub = _Problem(self.X[groups], self.Y, self.valid, self.lam[groups], self.row_chunk)
-        if self._eig is not None:
-            sub._eig = self._eig[0][groups], self._eig[1][groups]
-        return sub
-
-    def _eigen(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(eigenvalues [G, d], eigenvectors [G, d, d] of X^T X / n, mu = lam * C_k [G, K])."""
-        if self._eig is None:
-            sigma = torch.bmm(self.X.transpose(1, 2), self.X) / max(self.n, 1)  # [G, d, d]
-            evals, U = torch.linalg.eigh(sigma.double())
-            self._eig = evals.clamp_min(0).to(self.X.dtype), U.to(self.X.dtype)
-        return self._eig[0], self._eig[1], self.lam * self.valid.sum(-1).to(self.X.dtype)
-
-    def precondition(self, q: Tensor) -> Tensor:
-        """M^-1 q per regression (see the class docstring); the bias part is scaled by 1 / (1 + lam C_k)."""
-        G, K, d, C = self.G, self.K, self.d, self.C
-        evals, U, mu = self._eigen()
-        w = q[..., : self.dC].view(G, K, d, C)
-        z = torch.einsum("gij,gkic->gkjc", U, w) / (evals[:, None, :, None] + mu[..., None, None])
-        out = torch.empty_like(q)
-        out[..., : self.dC] = torch.einsum("gij,gkjc->gkic", U, z).reshape(G, K, self.dC)
-        out[..., self.dC :] = q[..., self.dC :] / (1.0 + mu[..., None])
-        return out
-
-    def inv_norm(self, q: Tensor) -> Tensor:
-        """q . M^-1 q per regression [G, K] (half the work of ``precondition``)."""
-        G, K, d, C = self.G, self.K, self.d, self.C
-        evals, U, mu = self._eigen()
-        z = torch.einsum("gij,gkic->gkjc", U, q[..., : self.dC].view(G, K, d, C))
-        w = (z * z).sum(-1) / (evals[:, None, :] + mu[..., None])  # [G, K, d]
-        b = q[..., self.dC :]
-        return w.sum(-1) + (b * b).sum(-1) / (1.0 + mu)
-
-    def predict(self, rows: Tensor, theta: Tensor) -> Tensor:
-        """Predicted class ids [G, len(rows), K]."""
-        W, bm = self.unpack(theta)
-        out = [self.logits(self.X[:, rows[s : s + self.row_chunk]], W, bm).argmax(-1)
-               for s in range(0, len(rows), self.row_chunk)]  # fmt: skip
-        return torch.cat(out, dim=1) if out else torch.zeros(self.G, 0, self.K, dtype=torch.long, device=self.X.device)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-task inner product: [G, K, P] x [G, K, P] -> [G, K]."""
-    return torch.linalg.vecdot(a, b)
-
-
-def _lbfgs(prob: _Problem, theta: Tensor, max_iter: int, tol: float, history: int) -> tuple[Tensor, Tensor]:
-    """Minimise every regression of ``prob`` with its own L-BFGS state (history pairs, step length, stopping
-    test); returns (theta, iterations [G, K]). Backtracking Armijo line search per regression. Groups whose
-    regressions have all stopped are dropped from the batch, so they cost nothing while others go on."""
-    out_theta, out_iters = theta.clone(), torch.zeros(theta.shape[:2], dtype=torch.long, device=theta.device)
-    rows = torch.arange(theta.shape[0], device=theta.device)  # original group of each batch row
-    f, g = prob.loss_grad(theta)
-    hist: list[tuple[Tensor, Tensor, Tensor]] = []  # (s, y, rho); rho = 0 marks a skipped pair for that task
-    gamma = torch.ones_like(f)
-    active = torch.ones_like(f, dtype=torch.bool)
-    iters = torch.zeros_like(f, dtype=torch.long)
-    eps = 64 * torch.finfo(theta.dtype).eps
-    for _ in range(max_iter):
-        active &= g.abs().amax(-1) > tol
-        if not bool(active.any()):
-            break
-        done = ~active.any(-1)  # [G']: every regression of the group has stopped
-        if int(done.sum()) >= max(1, len(rows) // 4):
-            out_theta[rows[done]], out_iters[rows[done]] = theta[done], iters[done]
-            keep = (~done).nonzero().squeeze(1)
-            rows, theta, f, g, gamma, active, iters = (t[keep] for t in (rows, theta, f, g, gamma, active, iters))
-            hist = [(s_[keep], y_[keep], rho[keep]) for s_, y_, rho in hist]
-            prob = prob.subset(keep)
-        # two-loop recursion with the preconditioned initial Hessian, per-task scalars
-        q = g.clone()
-        alphas = []
-        for s_, y_, rho in reversed(hist):
-            a = rho * _dot(s_, q)
-            q.addcmul_(a[..., None], y_, value=-1.0)
-            alphas.append(a)
-        q = prob.precondition(q) * gamma[..., None]
-        for (s_, y_, rho), a in zip(hist, reversed(alphas)):
-            q.addcmul_((a - rho * _dot(y_, q))[..., None], s_)
-        d = -q
-        gd = _dot(g, d)
-        bad = gd >= 0  # not a descent direction: steepest descent for that task
-        if bool(bad.any()):
-            d = torch.where(bad[..., None], -g, d)
-            gd = torch.where(bad, -_dot(g, g), gd)
-        d *= active[..., None]
-        t = torch.ones_like(f)  # the preconditioned direction is already Hessian-scaled at the start
-        accepted = ~active
-        for _ in range(30):
-            fn, gn = prob.loss_grad(theta + t[..., None] * d)
-            accepted |= fn <= f + 1e-4 * t * gd
-            if bool(accepted.all()):
-                break
-            t = torch.where(accepted, t, t * 0.5)
-        stuck = ~accepted  # no decrease found: the task stops where it is
-        if bool(stuck.any()):
-            t = torch.where(stuck, torch.zeros_like(t), t)
-            active &= ~stuck
-            fn, gn = prob.loss_grad(theta + t[..., None] * d)
-        s_ = t[..., None] * d
-        y_ = gn - g
-        sy, yHy = _dot(s_, y_), prob.inv_norm(y_)
-        good = active & (sy > 1e-10 * yHy)
-        hist.append((s_, y_, torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))))
-        gamma = torch.where(good, sy / yHy.clamp_min(1e-30), gamma)
-        if len(hist) > history:
-            hist.pop(0)
-        iters += active.long()
-        flat = (f - fn).abs() <= eps * torch.maximum(f.abs(), fn.abs()).clamp_min(1.0)
-        theta, f, g = theta + s_, fn, gn
-        active &= ~flat
-    out_theta[rows], out_iters[rows] = theta, iters
-    return out_theta, out_iters
+# torch backend (the solver is in ``probekit.probes.solver``)
 
 
 def _standardise(X: Tensor, train: Tensor) -> Tensor:
@@ -336,14 +185,23 @@ def _standardise(X: Tensor, train: Tensor) -> Tensor:
     return (X - mu) / sd
 
 
-def _buckets(sizes: Sequence[int], n_grid: int, max_width: int = 4096, waste: float = 1.5) -> list[list[int]]:
+def _rotate(X: Tensor, train: Tensor) -> Tensor:
+    """X [G, N, d] in the eigenbasis of each group's training covariance: an orthogonal change of basis, so the
+    regularised objective, its optimal logits and every prediction are those of the unrotated features; only
+    the solver's diagonal preconditioner gains (it becomes exact at the start)."""
+    Xt = X[:, train]
+    sigma = torch.bmm(Xt.transpose(1, 2), Xt).double() / max(len(train), 1)  # [G, d, d]
+    _, U = torch.linalg.eigh(sigma)
+    return torch.bmm(X, U.to(X.dtype))
+
+
+def _buckets(sizes: Sequence[int], waste: float = 1.5) -> list[list[int]]:
     """Group label sets of similar class counts so padding to the largest wastes at most ``waste`` x."""
     out: list[list[int]] = []
     cur: list[int] = []
     for i in sorted(range(len(sizes)), key=lambda i: sizes[i]):
         cand = cur + [i]
-        width = sizes[i] * len(cand)
-        if cur and (width > waste * sum(sizes[j] for j in cand) or width * n_grid > max_width):
+        if cur and sizes[i] * len(cand) > waste * sum(sizes[j] for j in cand):
             out.append(cur)
             cur = [i]
         else:
@@ -352,59 +210,68 @@ def _buckets(sizes: Sequence[int], n_grid: int, max_width: int = 4096, waste: fl
 
 
 def _fit_bucket_torch(
-    X: Tensor, labs: Sequence[_Labels], split: Split, cfg: EngineConfig, row_chunk: int
+    X: Tensor, labs: Sequence[_Labels], split: Split, cfg: EngineConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fit label sets ``labs`` on the groups of X [G, N, d]. Returns (test acc, train acc, val acc, l2), each
-    [G, len(labs)]."""
+    """Fit label sets ``labs`` on every group of X [G, N, d] (one task per group x label set). Returns
+    (test acc, train acc, val acc, l2), each [G, len(labs)]."""
     G, _, d = X.shape
     L, R = len(labs), len(cfg.l2_grid)
     C = max(len(lab.classes) for lab in labs)
     dev, dt = X.device, X.dtype
-    Y = torch.as_tensor(np.stack([np.maximum(lab.y, 0) for lab in labs]), device=dev)  # [L, N]; -1 only in test
-    Y_true = torch.as_tensor(np.stack([lab.y for lab in labs]), device=dev)
+    grp = torch.arange(G, device=dev).repeat_interleave(L)  # [T] group of each task (group-major)
+    lab = torch.arange(L, device=dev).repeat(G)  # [T] label set of each task
+    Y_all = torch.as_tensor(np.stack([lb.y for lb in labs]), device=dev)[lab]  # [T, N]; -1 = unseen (test only)
     grid = torch.tensor(cfg.l2_grid, dtype=dt, device=dev)
 
-    def valid_for(rows: Tensor, reps: int) -> Tensor:
-        v = torch.zeros(L, C, dtype=torch.bool, device=dev)
-        v.scatter_(1, Y[:, rows], True)
-        return v.repeat_interleave(reps, dim=0)
+    def rows_of(rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        r = torch.as_tensor(rows, device=dev)
+        return X[:, r][grp], Y_all[:, r]  # [T, m, d], [T, m]
 
-    train = torch.as_tensor(split.train, device=dev)
-    choice = torch.full((G, L), int(torch.argmax(grid)), dtype=torch.long, device=dev)  # default: strongest
-    val_acc = np.full((G, L), math.nan)
-    theta0 = torch.zeros(G, L, d * C + C, dtype=dt, device=dev)
+    def problem(rows: np.ndarray, lam: Tensor) -> Problem:
+        Xr, Yr = rows_of(rows)
+        valid = torch.zeros(len(grp), C, dtype=torch.bool, device=dev)
+        valid.scatter_(1, Yr.clamp_min(0), True)
+        return Problem(Xr, Yr.clamp_min(0), valid, lam)
+
+    def accuracy(rows: np.ndarray, theta: Tensor, valid: Tensor) -> Tensor:
+        out = torch.zeros(len(grp), dtype=torch.float64, device=dev)
+        for s in range(0, len(rows), 2048):  # bounded memory on large test sets
+            Xr, Yr = rows_of(rows[s : s + 2048])
+            out += (predict(Xr, theta, valid) == Yr).float().sum(1)
+        return out / max(len(rows), 1)
+
+    T = len(grp)
+    choice = torch.full((T,), int(torch.argmax(grid)), dtype=torch.long, device=dev)  # default: strongest
+    val_acc = torch.full((T,), math.nan, dtype=torch.float64, device=dev)
+    theta0 = torch.zeros(T, C, d + 1, dtype=dt, device=dev)
     if R > 1 and split.val.size:
         # the regularisation path: strongest L2 first, each fit warm-started from the previous solution
-        fit = torch.as_tensor(split.fit, device=dev)
-        val = torch.as_tensor(split.val, device=dev)
-        prob = _Problem(X[:, fit], Y[:, fit], valid_for(fit, 1), grid.new_empty(G, L), row_chunk)
+        prob = problem(split.fit, grid.new_empty(T))
         order = torch.argsort(grid, descending=True).tolist()
-        theta = torch.zeros(G, L, d * C + C, dtype=dt, device=dev)
-        thetas = torch.empty(R, G, L, d * C + C, dtype=dt, device=dev)
-        accs = torch.empty(G, L, R, device=dev)
-        val_prob = _Problem(X[:, val], Y[:, val], prob.valid, prob.lam, row_chunk)
+        theta = theta0
+        thetas = torch.empty(R, T, C, d + 1, dtype=dt, device=dev)
+        accs = torch.empty(T, R, dtype=torch.float64, device=dev)
         for r in order:
-            prob.lam = grid[r].expand(G, L).contiguous()
-            theta, _ = _lbfgs(prob, theta, cfg.max_iter, cfg.tol, cfg.history)
+            prob.set_lam(grid[r].expand(T).contiguous())
+            theta, _ = lbfgs(prob, theta, cfg.max_iter, cfg.tol, cfg.history)
             thetas[r] = theta
-            pv = val_prob.predict(torch.arange(len(val), device=dev), theta)  # [G, n_val, L]
-            accs[:, :, r] = (pv == Y[:, val].T[None]).float().mean(1)
-        # the highest validation accuracy; ties go to the strongest regularisation
-        choice = torch.tensor(order, device=dev)[accs[:, :, order].argmax(dim=-1)]  # [G, L]
-        val_acc = accs.gather(2, choice[..., None]).squeeze(-1).cpu().numpy()
-        theta0 = thetas.permute(1, 2, 0, 3).gather(2, choice[..., None, None].expand(G, L, 1, thetas.shape[-1]))
-        theta0 = theta0.squeeze(2)
-    lam = grid[choice]  # [G, L]
-    prob = _Problem(X[:, train], Y[:, train], valid_for(train, 1), lam, row_chunk)
-    theta, _ = _lbfgs(prob, theta0.contiguous(), cfg.max_iter, cfg.tol, cfg.history)
-    full = _Problem(X, Y, prob.valid, lam, row_chunk)
+            accs[:, r] = accuracy(split.val, theta, prob.valid)
+        del prob
+        correct = (accs * len(split.val)).round().cpu().numpy()  # [T, R] counts
+        choice = torch.as_tensor(choose_l2(correct, len(split.val), cfg.l2_grid, cfg.l2_rule), device=dev)
+        val_acc = accs.gather(1, choice[:, None]).squeeze(1)
+        theta0 = thetas[choice, torch.arange(T, device=dev)]
+        del thetas
+    prob = problem(split.train, grid[choice])
+    theta, _ = lbfgs(prob, theta0.contiguous(), cfg.max_iter, cfg.tol, cfg.history)
+    valid = prob.valid
+    del prob
 
-    def acc(rows: np.ndarray) -> np.ndarray:
-        r = torch.as_tensor(rows, device=dev)
-        pred = full.predict(r, theta)  # [G, n, L]
-        return (pred == Y_true[:, r].T[None]).float().mean(1).cpu().numpy()
+    def gl(v: Tensor) -> np.ndarray:
+        return v.view(G, L).cpu().numpy()
 
-    return acc(split.test), acc(split.train), val_acc, lam.cpu().numpy()
+    return (gl(accuracy(split.test, theta, valid)), gl(accuracy(split.train, theta, valid)), gl(val_acc),
+            gl(grid[choice]))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,7 +303,8 @@ def _fit_label_sklearn(
             scores = {g: _acc(np.full(len(split.val), lab.y[fit_rows][0]), lab.y[split.val]) for g in grid}
         else:
             scores = {g: _acc(fit(fit_rows, g).predict(Xg[split.val]), lab.y[split.val]) for g in grid}
-        l2 = max(sorted(grid, reverse=True), key=lambda g: scores[g])
+        correct = np.array([round(scores[g] * len(split.val)) for g in grid])
+        l2 = grid[int(choose_l2(correct, len(split.val), grid, cfg.l2_rule))]
         val_acc = scores[l2]
     clf = fit(split.train, l2)
     return (
@@ -451,13 +319,13 @@ def _fit_label_sklearn(
 # entry point
 
 
-def _groups_per_chunk(n_rows: int, d: int, width: int, history: int, budget_mb: float) -> tuple[int, int]:
-    """(groups per chunk, rows per loss chunk) keeping features, logits and L-BFGS state within the budget;
-    ``width`` = regressions x classes of the widest bucket."""
-    budget = budget_mb * 2**20 / 4  # float32 elements
-    row_chunk = max(64, min(max(n_rows, 1), int(budget / 8 / max(1, 3 * width))))
-    per_group = 4 * n_rows * d + 3 * row_chunk * width + (2 * history + 8) * (d + 1) * width
-    return max(1, int(budget // max(per_group, 1))), row_chunk
+def _groups_per_chunk(n_rows: int, d: int, buckets: Sequence[tuple[int, int]], cfg: EngineConfig) -> int:
+    """Groups per chunk keeping one bucket's per-task features and solver state within
+    ``cfg.memory_budget_mb``; ``buckets`` = (label sets, classes) of each bucket."""
+    budget = cfg.memory_budget_mb * 2**20 / 4  # float32 elements
+    state = 2 * cfg.history + 6 + len(cfg.l2_grid)  # parameter-sized tensors: history pairs, iterates, path
+    per_group = max(L * (2 * n_rows * d + state * C * (d + 1)) for L, C in buckets) + n_rows * d
+    return max(1, int(budget // max(per_group, 1)))
 
 
 class FeatureSource(Protocol):
@@ -509,13 +377,12 @@ def run_probes(
     if progress and G:
         progress(G * (K - len(live)))
     if live:
-        R = len(cfg.l2_grid)
-        buckets = [[live[i] for i in b] for b in _buckets([len(labs[k].classes) for k in live], R)]
-        width = max(len(b) * R * max(len(labs[k].classes) for k in b) for b in buckets)
+        buckets = [[live[i] for i in b] for b in _buckets([len(labs[k].classes) for k in live])]
         if cfg.backend == "torch":
-            gchunk, row_chunk = _groups_per_chunk(len(split.train), src.d, width, cfg.history, cfg.memory_budget_mb)
+            shapes = [(len(b), max(len(labs[k].classes) for k in b)) for b in buckets]
+            gchunk = _groups_per_chunk(len(split.train), src.d, shapes, cfg)
         else:
-            gchunk, row_chunk = G, 0
+            gchunk = G
         gchunk = min(gchunk, G)
         train_t = torch.as_tensor(split.train, device=cfg.device)
         for g0 in range(0, G, gchunk):
@@ -523,8 +390,9 @@ def run_probes(
             X = src.load(groups).to(device=cfg.device, dtype=torch.float32)  # [G', N, d]
             X = _standardise(X, train_t)
             if cfg.backend == "torch":
+                X = _rotate(X, train_t)
                 for bucket in buckets:
-                    accs = _fit_bucket_torch(X, [labs[k] for k in bucket], split, cfg, row_chunk)
+                    accs = _fit_bucket_torch(X, [labs[k] for k in bucket], split, cfg)
                     for j, k in enumerate(bucket):
                         for i, g in enumerate(groups):
                             f = fits[(g, k)]
@@ -532,7 +400,7 @@ def run_probes(
                     if progress:
                         progress(len(groups) * len(bucket))
             else:
-                Xn = X.cpu().numpy()
+                Xn = X.cpu().double().numpy()  # the reference computes in float64
                 for k in live:
                     for i, g in enumerate(groups):
                         f = fits[(g, k)]

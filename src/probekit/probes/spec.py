@@ -61,6 +61,7 @@ class ProbeSpec:
     hooks: tuple[str, ...] = ("resid",)
     engine: str = "torch"
     l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    l2_rule: str = "one_se"  # one_se (strongest L2 within one standard error of the best) or best
     val_fraction: float = 0.2  # share of P_train people held out to choose the L2 strength
     max_iter: int = 100
     seed: int = 0
@@ -108,6 +109,7 @@ class ProbeSpec:
         return EngineConfig(
             backend=backend or self.engine,  # type: ignore[arg-type]
             l2_grid=tuple(self.l2_grid),
+            l2_rule=self.l2_rule,
             max_iter=self.max_iter,
             memory_budget_mb=self.engine_memory_mb,
         )
