@@ -29,3 +29,11 @@ def test_bad_augmentation_is_one_line_error(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "multi0" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_pool_limit_that_is_not_a_number_names_the_problem(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ds"
+    assert main(["data", "bios", "--n", "20", "--pool-limit", "major=abc", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "major=abc" in err and "whole number" in err
+    assert not out.exists()

@@ -36,7 +36,11 @@ def _pool_files(args: argparse.Namespace) -> dict[str, str]:
 def cmd_bios(args: argparse.Namespace) -> int:
     from probekit.data.store import build_dataset
 
-    limits = {k: int(v) if v.isdigit() else -1 for k, v in _pairs(args.pool_limit, "--pool-limit").items()}
+    limits = {}
+    for k, v in _pairs(args.pool_limit, "--pool-limit").items():
+        if not v.strip().isdigit():
+            raise ValueError(f"--pool-limit {k}={v}: the limit must be a whole number of values, e.g. {k}=20")
+        limits[k] = int(v)
     t0 = time.perf_counter()
     ds = build_dataset(
         args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=_pool_files(args),
