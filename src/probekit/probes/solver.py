@@ -78,11 +78,6 @@ class Problem:
         sub.padded = self.padded
         return sub
 
-    def logits(self, Xc: Tensor, theta: Tensor) -> Tensor:
-        """[T, m, C] logits of rows Xc [T, m, d] (-inf for masked classes)."""
-        bias = (theta[..., self.d] + self.mask)[:, None, :]  # [T, 1, C]
-        return torch.baddbmm(bias, Xc, theta[..., : self.d].transpose(1, 2))
-
     def loss_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """(f [T], grad [T, C, d + 1]) at theta [T, C, d + 1].
 
