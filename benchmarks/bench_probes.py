@@ -8,8 +8,8 @@ for Q) on a randomly initialised 4-layer model (weights do not change the cost) 
 2. ``run_probes`` with ``backend="torch"`` vs ``backend="sklearn"`` (one ``LogisticRegression`` per probe and
    L2 value) on the same features, split, L2 grid and stopping rule (tol 1e-4, 100 iterations): wall-clock ratio
    (target >= 20x) and the max / mean absolute accuracy difference over probes (target <= 2 points);
-3. both against a *converged* scikit-learn reference (float64, tol 1e-7, up to 2,000 iterations) on a few
-   feature groups: the difference each engine's default settings make to the accuracies. L-BFGS stopped at
+3. both against a *converged* scikit-learn reference (float64, tol 1e-7, up to 2,000 iterations) on the feature
+   groups where the two engines disagree most: the difference each engine's default settings make. L-BFGS stopped at
    tol 1e-4 / 100 iterations is not at the optimum on weakly regularised probes, and near-chance probes flip
    between classes on tiny changes, so (2) mixes the two engines' truncation errors; (3) tells whose they are.
 
@@ -18,7 +18,7 @@ for Q) on a randomly initialised 4-layer model (weights do not change the cost) 
 
 ``--sklearn-groups N`` times scikit-learn on N evenly spaced feature groups per task set only and scales its time
 to all groups (the accuracy comparison then covers those groups); the default runs it on everything.
-``--reference-groups N``: groups per task set for (3) (0 skips it).
+``--reference-groups N``: groups per task set for (3) (0 skips it). ``--csv``: every probe's accuracies and L2.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
+
+
+def spaced(G: int, n: int) -> list[int]:
+    """n evenly spaced indices of range(G) (all of them for n = 0 or n >= G)."""
+    return list(range(G)) if not n or n >= G else sorted(set(np.linspace(0, G - 1, n).round().astype(int).tolist()))
 
 
 def main() -> None:
@@ -46,6 +52,7 @@ def main() -> None:
     ap.add_argument("--sklearn-groups", type=int, default=0, help="0 = every group")
     ap.add_argument("--reference-groups", type=int, default=2, help="groups per task set for the converged reference")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--csv", type=Path, default=None, help="also write every probe's accuracies and L2 here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -109,19 +116,12 @@ def main() -> None:
     total_torch = total_sk = 0.0
     diffs: list[float] = []
     ref_diffs: dict[str, list[float]] = {"torch": [], "sklearn": []}
+    rows: list[dict[str, object]] = []  # one per probe: both engines' (and the reference's) accuracy and L2
     n_probes = 0
-
-    def spaced(G: int, n: int) -> list[int]:
-        return list(range(G)) if not n or n >= G else sorted(set(np.linspace(0, G - 1, n).round().astype(int).tolist()))
-
-    def acc_diffs(a: list, b: list, groups: list[int]) -> list[float]:
-        """|accuracy difference| of fits ``a`` (all groups) and ``b`` (fitted on ``groups`` only)."""
-        by_a = {(f.group, f.label): f for f in a}
-        return [abs(by_a[(groups[f.group], f.label)].accuracy - f.accuracy) for f in b if f.status == "ok"]
     for t in tasks:
         acts = collect_activations(model, t.sequences, t.positions, points, batch_size=args.batch_size)
         X = torch.stack([acts.get(i, p) for i in range(acts.n_points) for p in range(acts.n_positions)])  # [G, N, d]
-        G = X.shape[0]
+        G, K = X.shape[0], t.labels.shape[0]
         groups = spaced(G, args.sklearn_groups)
         t0 = time.perf_counter()
         fits_t = run_probes(X, t.labels, t.split, spec.engine_config("torch"))
@@ -130,37 +130,46 @@ def main() -> None:
         with threadpool_limits(args.threads):  # the same number of threads as torch
             fits_s = run_probes(TensorFeatures(X[groups]), t.labels, t.split, spec.engine_config("sklearn"))
         ts = (time.perf_counter() - t0) * G / len(groups)
-        K = t.labels.shape[0]
-        d = acc_diffs(fits_t, fits_s, groups)
+        by = {"torch": {(f.group, f.label): f for f in fits_t},
+              "sklearn": {(groups[f.group], f.label): f for f in fits_s}}  # fmt: skip
+        keys = [k for k, f in by["sklearn"].items() if f.status == "ok"]
+        d = [abs(by["torch"][k].accuracy - by["sklearn"][k].accuracy) for k in keys]
         n_ok = sum(f.status == "ok" for f in fits_t)
         print(f"{t.kind.upper()} probes: {G} groups x {K} label sets = {G * K} probes ({n_ok} fitted, "
               f"{len(spec.l2_grid)} L2 values + refit each; n_train {len(t.split.train)}, n_test {len(t.split.test)}): "
               f"torch {tt:.1f}s, sklearn {ts:.1f}s{' (scaled from %d groups)' % len(groups) if len(groups) < G else ''}"
               f" -> {ts / tt:.1f}x; |acc diff| max {100 * max(d):.2f} / mean {100 * np.mean(d):.3f} points")  # fmt: skip
         if args.reference_groups:
-            rg = spaced(G, args.reference_groups)
+            # the groups where the engines disagree most: whose truncation error is it?
+            worst = {g: max(dd for k, dd in zip(keys, d) if k[0] == g) for g in groups}
+            rg = sorted(sorted(worst, key=lambda g: -worst[g])[: args.reference_groups])
             ref_cfg = dataclasses.replace(spec.engine_config("sklearn"), tol=1e-7, max_iter=2000)
             with threadpool_limits(args.threads):
                 fits_r = run_probes(TensorFeatures(X[rg]), t.labels, t.split, ref_cfg)
-            both = [g for g in rg if g in groups]
-            for name, fits in (("torch", fits_t), ("sklearn", fits_s)):
-                if name == "sklearn":  # fits_s covers ``groups`` only: compare on the shared ones
-                    sub = [f for f in fits_r if rg[f.group] in both]
-                    remap = {groups.index(g): g for g in both}
-                    by = {(remap[f.group], f.label): f for f in fits_s if f.group in remap}
-                    dd = [abs(by[(rg[f.group], f.label)].accuracy - f.accuracy) for f in sub if f.status == "ok"]
-                else:
-                    dd = acc_diffs(fits, fits_r, rg)
+            by["reference"] = {(rg[f.group], f.label): f for f in fits_r}
+            for name in ("torch", "sklearn"):
+                dd = [abs(by[name][k].accuracy - f.accuracy) for k, f in by["reference"].items() if f.status == "ok"]
                 ref_diffs[name] += dd
                 print(f"  {name} (tol {spec.engine_config().tol:g}, {spec.max_iter} iterations) vs the converged "
-                      f"reference on groups {rg}: |acc diff| max {100 * max(dd):.2f} / mean {100 * np.mean(dd):.3f} "
-                      f"points over {len(dd)} probes")  # fmt: skip
+                      f"reference on the {len(rg)} groups of largest disagreement {rg}: |acc diff| max "
+                      f"{100 * max(dd):.2f} / mean {100 * np.mean(dd):.3f} points over {len(dd)} probes")  # fmt: skip
+        for k in sorted(by["torch"]):
+            row: dict[str, object] = {"kind": t.kind, "group": k[0], "label": "/".join(t.label_keys[k[1]])}
+            for name, fits in by.items():
+                f = fits.get(k)
+                row[f"{name}_acc"] = f.accuracy if f else math.nan
+                row[f"{name}_l2"] = f.l2 if f else math.nan
+            rows.append(row)
         total_torch += tt
         total_sk += ts
         diffs += d
         n_probes += G * K
         report[f"{t.kind}_torch_s"] = round(tt, 2)
         report[f"{t.kind}_sklearn_s"] = round(ts, 2)
+    if args.csv:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
     ratio = total_sk / total_torch
     print(f"\nfull P+Q sweep, {n_probes} probes: torch {total_torch:.1f}s vs sklearn {total_sk:.1f}s -> "
           f"{ratio:.1f}x faster (target >= 20x); accuracy difference max {100 * max(diffs):.2f} / mean "

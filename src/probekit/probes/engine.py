@@ -270,8 +270,8 @@ def _fit_bucket_torch(
     def gl(v: Tensor) -> np.ndarray:
         return v.view(G, L).cpu().numpy()
 
-    return (gl(accuracy(split.test, theta, valid)), gl(accuracy(split.train, theta, valid)), gl(val_acc),
-            gl(grid[choice]))  # fmt: skip
+    l2 = np.asarray(cfg.l2_grid)[choice.cpu().numpy()].reshape(G, L)  # the grid's own values, not float32 copies
+    return gl(accuracy(split.test, theta, valid)), gl(accuracy(split.train, theta, valid)), gl(val_acc), l2
 
 
 # ----------------------------------------------------------------------------------------------------------
