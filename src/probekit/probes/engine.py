@@ -233,11 +233,13 @@ def _fit_bucket_torch(
         valid.scatter_(1, Yr.clamp_min(0), True)
         return Problem(Xr, Yr.clamp_min(0), valid, lam)
 
+    def n_correct(Xr: Tensor, Yr: Tensor, theta: Tensor, valid: Tensor) -> Tensor:
+        return (predict(Xr, theta, valid) == Yr).sum(1, dtype=torch.float64)  # [T]
+
     def accuracy(rows: np.ndarray, theta: Tensor, valid: Tensor) -> Tensor:
         out = torch.zeros(len(grp), dtype=torch.float64, device=dev)
         for s in range(0, len(rows), 2048):  # bounded memory on large test sets
-            Xr, Yr = rows_of(rows[s : s + 2048])
-            out += (predict(Xr, theta, valid) == Yr).float().sum(1)
+            out += n_correct(*rows_of(rows[s : s + 2048]), theta, valid)
         return out / max(len(rows), 1)
 
     T = len(grp)
@@ -246,32 +248,34 @@ def _fit_bucket_torch(
     theta0 = torch.zeros(T, C, d + 1, dtype=dt, device=dev)
     if R > 1 and split.val.size:
         # the regularisation path: strongest L2 first, each fit warm-started from the previous solution
-        prob = problem(split.fit, grid.new_empty(T))
         order = torch.argsort(grid, descending=True).tolist()
+        prob = problem(split.fit, grid[order[0]].expand(T).contiguous())
+        X_val, Y_val = rows_of(split.val)  # gathered once for every strength of the path
         theta = theta0
         thetas = torch.empty(R, T, C, d + 1, dtype=dt, device=dev)
-        accs = torch.empty(T, R, dtype=torch.float64, device=dev)
+        counts = torch.empty(T, R, dtype=torch.float64, device=dev)  # correct validation predictions
         for r in order:
             prob.set_lam(grid[r].expand(T).contiguous())
             theta, _ = lbfgs(prob, theta, cfg.max_iter, cfg.tol, cfg.history)
             thetas[r] = theta
-            accs[:, r] = accuracy(split.val, theta, prob.valid)
-        del prob
-        correct = (accs * len(split.val)).round().cpu().numpy()  # [T, R] counts
-        choice = torch.as_tensor(choose_l2(correct, len(split.val), cfg.l2_grid, cfg.l2_rule), device=dev)
-        val_acc = accs.gather(1, choice[:, None]).squeeze(1)
+            counts[:, r] = n_correct(X_val, Y_val, theta, prob.valid)
+        del prob, X_val, Y_val
+        choice = choose_l2(counts.cpu().numpy(), len(split.val), cfg.l2_grid, cfg.l2_rule)
+        choice = torch.as_tensor(choice, device=dev)
+        val_acc = counts.gather(1, choice[:, None]).squeeze(1) / len(split.val)
         theta0 = thetas[choice, torch.arange(T, device=dev)]
         del thetas
     prob = problem(split.train, grid[choice])
     theta, _ = lbfgs(prob, theta0.contiguous(), cfg.max_iter, cfg.tol, cfg.history)
     valid = prob.valid
+    train_acc = n_correct(prob.X, prob.Y, theta, valid) / max(len(split.train), 1)  # training labels are all seen
     del prob
 
     def gl(v: Tensor) -> np.ndarray:
         return v.view(G, L).cpu().numpy()
 
     l2 = np.asarray(cfg.l2_grid)[choice.cpu().numpy()].reshape(G, L)  # the grid's own values, not float32 copies
-    return gl(accuracy(split.test, theta, valid)), gl(accuracy(split.train, theta, valid)), gl(val_acc), l2
+    return gl(accuracy(split.test, theta, valid)), gl(train_acc), gl(val_acc), l2
 
 
 # ----------------------------------------------------------------------------------------------------------

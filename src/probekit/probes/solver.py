@@ -132,15 +132,25 @@ def predict(X: Tensor, theta: Tensor, valid: Tensor, chunk: int = 4096) -> Tenso
     return torch.cat(out, dim=1) if out else torch.zeros(T, 0, dtype=torch.long, device=X.device)
 
 
+def _acceptable(fn: Tensor, gn: Tensor, f: Tensor, gd: Tensor, t: Tensor, d: Tensor) -> Tensor:
+    """Per task [T]: is the step ``t`` along ``d`` (loss ``f`` and slope ``gd`` = g . d at its start; loss ``fn``
+    and gradient ``gn`` at its end) acceptable? Armijo, or Hager & Zhang's approximate Wolfe conditions: near the
+    optimum, float32 cannot resolve the loss decrease Armijo asks for, but the new slope gn . d is accurate."""
+    slope = _dot(gn, d)
+    armijo = fn <= f + 1e-4 * t * gd
+    f_tol = 1e-6 * f.abs().clamp_min(1.0)  # round-off allowance of the approximate Wolfe test
+    approx_wolfe = (fn <= f + f_tol) & (slope >= 0.9 * gd) & (slope <= -0.8 * gd)
+    return armijo | approx_wolfe
+
+
 def lbfgs(prob: Problem, theta: Tensor, max_iter: int, tol: float, history: int) -> tuple[Tensor, Tensor]:
     """Minimise every task of ``prob`` from ``theta`` [T, C, d + 1]; returns (theta, iterations [T]).
 
     A task stops when max |gradient| <= ``tol`` (scikit-learn's test), after three steps in a row that change
     its loss only within round-off without a new smallest gradient, when no step along its direction is
     acceptable, or after ``max_iter`` iterations. Backtracking line search from the unit step (the
-    preconditioned direction is Hessian-scaled),
-    accepting Armijo decrease or Hager & Zhang's approximate Wolfe conditions (which let float32 converge to
-    tolerances below its loss resolution)."""
+    preconditioned direction is Hessian-scaled), accepting Armijo decrease or Hager & Zhang's approximate Wolfe
+    conditions (``_acceptable``), which let float32 converge to tolerances below its loss resolution."""
     T = theta.shape[0]
     theta = theta.clone()  # updated in place
     out_theta = theta.clone()
@@ -188,18 +198,8 @@ def lbfgs(prob: Problem, theta: Tensor, max_iter: int, tol: float, history: int)
         d *= active[:, None, None]
         # line search: the unit step for every task, then halve only the rejected ones
         t = torch.ones_like(f)
-        f_tol = 1e-6 * f.abs().clamp_min(1.0)  # round-off allowance of the approximate Wolfe test
-
-        def acceptable(fn: Tensor, gn: Tensor, f0: Tensor, g_d: Tensor, tt: Tensor, dd: Tensor, ft: Tensor) -> Tensor:
-            """Armijo, or Hager & Zhang's approximate Wolfe conditions: near the optimum, float32 cannot resolve
-            the loss decrease Armijo asks for, but the new slope along d, gn . d, is computed accurately."""
-            slope = _dot(gn, dd)
-            armijo = fn <= f0 + 1e-4 * tt * g_d
-            approx_wolfe = (fn <= f0 + ft) & (slope >= 0.9 * g_d) & (slope <= -0.8 * g_d)
-            return armijo | approx_wolfe
-
         fn, gn = prob.loss_grad(theta + d)
-        accepted = ~active | acceptable(fn, gn, f, gd, t, d, f_tol)
+        accepted = ~active | _acceptable(fn, gn, f, gd, t, d)
         for _ in range(30):
             if bool(accepted.all()):
                 break
@@ -207,7 +207,7 @@ def lbfgs(prob: Problem, theta: Tensor, max_iter: int, tol: float, history: int)
             t[idx] *= 0.5
             fs, gs = prob.take(idx).loss_grad(theta[idx] + t[idx, None, None] * d[idx])
             fn[idx], gn[idx] = fs, gs
-            accepted[idx] = acceptable(fs, gs, f[idx], gd[idx], t[idx], d[idx], f_tol[idx])
+            accepted[idx] = _acceptable(fs, gs, f[idx], gd[idx], t[idx], d[idx])
         stuck = ~accepted  # no decrease found: the task stops where it is
         if bool(stuck.any()):
             t = torch.where(stuck, torch.zeros_like(t), t)
