@@ -17,7 +17,8 @@ Protocol (both backends, identical): features are standardised per group with th
 std; classes are the distinct training labels (a test label never seen in training is an error, counted in
 ``n_test_unseen``); the L2 strength is chosen per regression from ``l2_grid`` by accuracy on a validation
 subset of the *training* rows (fit on the rest; ``choose_l2``: by default the strongest L2 within one standard
-error of the best), then the regression is refit on all training rows with that strength. The test rows are used once, for the reported accuracy. A label set with a single training class
+error of the best), then the regression is refit on all training rows with that strength. The test rows are
+used once, for the reported accuracy. A label set with a single training class
 is reported with status ``"skipped: single class"``.
 """
 
