@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
-    p.add_argument("--device", default="cpu", help="torch device for the model")
+    p.add_argument("--device", default="cpu", help="torch device for the model and the torch probe engine")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default; 1 is far faster on a busy shared machine)")  # fmt: skip
     p.set_defaults(func=cmd_probe)

@@ -173,6 +173,8 @@ def run_spec(
     try:
         for m in models:
             dims = model_dims(m.model)
+            # the torch engine works where the model is (a GPU model gets GPU probes)
+            mcfg = dataclasses.replace(ecfg, device=str(next(m.model.parameters()).device))
             points = [p for hook in spec.hooks
                       for p in hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))]
             for t in tasks:
@@ -189,9 +191,9 @@ def run_spec(
                         progress=bar.update,
                     )  # fmt: skip
                 n_fits = acts.n_points * acts.n_positions * len(t.label_keys)
-                desc = f"{m.name}: {t.kind.upper()}-probes ({ecfg.backend})"
+                desc = f"{m.name}: {t.kind.upper()}-probes ({mcfg.backend})"
                 with tqdm(total=n_fits, desc=desc, unit="probe", disable=not progress, leave=False) as bar:
-                    fits = run_probes(acts.features(), t.labels, t.split, ecfg, progress=bar.update)
+                    fits = run_probes(acts.features(), t.labels, t.split, mcfg, progress=bar.update)
                 for f in fits:
                     point, position = acts.group(f.group)
                     attr, target = t.label_keys[f.label]

@@ -59,7 +59,7 @@ class Problem:
         self.C = valid.shape[1]
         self.mask = torch.where(valid, 0.0, -torch.inf).to(X.dtype)  # [T, C]
         self.padded = not bool(valid.all())
-        self.var = (X * X).mean(1) if self.n else torch.ones(self.T, self.d, dtype=X.dtype)  # [T, d]
+        self.var = (X * X).mean(1) if self.n else torch.ones(self.T, self.d, dtype=X.dtype, device=X.device)  # [T, d]
         self.set_lam(lam)
 
     def set_lam(self, lam: Tensor) -> None:
