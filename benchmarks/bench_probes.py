@@ -19,6 +19,12 @@ for Q) on a randomly initialised 4-layer model (weights do not change the cost) 
 ``--sklearn-groups N`` times scikit-learn on N evenly spaced feature groups per task set only and scales its time
 to all groups (the accuracy comparison then covers those groups); the default runs it on everything.
 ``--reference-groups N``: groups per task set for (3) (0 skips it). ``--csv``: every probe's accuracies and L2.
+
+It also reports the torch engine's *matrix-multiply floor*: the floating-point work of the two batched matrix
+products in every loss/gradient evaluation it made (logits ``X W^T`` and gradient ``P^T X``, 4 n d C flops per task),
+divided by this core's measured ``torch.bmm`` rate on the same shapes. No implementation that takes as many
+iterations can be faster than that, so scikit-learn's time over the floor bounds the ratio any L-BFGS with this
+iteration count can reach here.
 """
 
 from __future__ import annotations
@@ -41,6 +47,54 @@ def spaced(G: int, n: int) -> list[int]:
     return list(range(G)) if not n or n >= G else sorted(set(np.linspace(0, G - 1, n).round().astype(int).tolist()))
 
 
+class FlopCounter:
+    """Counts the matrix-multiply work of ``Problem.loss_grad`` (patched in for the benchmark's duration)."""
+
+    def __init__(self) -> None:
+        from probekit.probes import solver
+
+        self.flops = 0.0
+        self.evals = 0  # task-evaluations: one task's loss and gradient on its n rows
+        self.shapes: dict[tuple[int, int, int, int], float] = {}  # (T, n, d, C) -> flops at that shape
+        self._orig = solver.Problem.loss_grad
+        counter = self
+
+        def counted(prob: "solver.Problem", theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            work = 4.0 * prob.T * prob.n * prob.d * prob.C
+            counter.flops += work
+            counter.evals += prob.T
+            key = (prob.T, prob.n, prob.d, prob.C)
+            counter.shapes[key] = counter.shapes.get(key, 0.0) + work
+            return counter._orig(prob, theta)
+
+        solver.Problem.loss_grad = counted  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        from probekit.probes import solver
+
+        solver.Problem.loss_grad = self._orig  # type: ignore[method-assign]
+
+    def floor_seconds(self, device: str = "cpu", top: int = 6) -> tuple[float, float]:
+        """(seconds, GFLOP/s): the counted work at ``device``'s ``bmm`` rate, measured on the ``top`` shapes that
+        carry the most work (forward ``[T, n, d] x [T, d, C]`` and gradient ``[T, C, n] x [T, n, d]``)."""
+        heavy = sorted(self.shapes, key=lambda k: -self.shapes[k])[:top]
+        work = secs = 0.0
+        for T, n, d, C in heavy:
+            X, W, P = (torch.randn(*shape, device=device) for shape in ((T, n, d), (T, C, d), (T, n, C)))
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                torch.bmm(X, W.transpose(1, 2))
+                torch.bmm(P.transpose(1, 2), X)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+            work += 4.0 * T * n * d * C
+            secs += best
+        rate = work / secs
+        return self.flops / rate, rate / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, default=2000)
@@ -48,6 +102,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch and for scikit-learn's BLAS")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device of the model and the torch engine (scikit-learn always runs on the CPU)")  # fmt: skip
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sklearn-groups", type=int, default=0, help="0 = every group")
     ap.add_argument("--reference-groups", type=int, default=2, help="groups per task set for the converged reference")
@@ -72,7 +128,7 @@ def main() -> None:
         tasks = build_tasks(spec, ds)
     cfg = ModelConfig(vocab_size=len(ds.tokenizer), d_model=args.d_model, n_layers=args.layers,
                       n_heads=max(2, args.d_model // 32), d_mlp=4 * args.d_model, n_ctx=512)  # fmt: skip
-    model = HookedLM(cfg).eval()
+    model = HookedLM(cfg).to(args.device).eval()
     points = hook_points(cfg.n_layers)
     report: dict[str, object] = {"people": args.people, "layers": args.layers, "d_model": args.d_model,
                                  "threads": args.threads}  # fmt: skip
@@ -87,15 +143,21 @@ def main() -> None:
             ids = torch.zeros(len(rows), T, dtype=torch.long)
             for i, r in enumerate(rows):
                 ids[i, : len(t.sequences[r])] = torch.tensor(t.sequences[r])
-            batches.append((ids, ids != 0))
+            batches.append((ids.to(args.device), (ids != 0).to(args.device)))
+
+        def sync() -> None:
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
 
         def plain() -> None:
             with torch.no_grad():
                 for ids, km in batches:
                     model(ids, key_mask=km)
+            sync()
 
         def collect() -> None:
             collect_activations(model, t.sequences, t.positions, points, batch_size=args.batch_size)
+            sync()
 
         times = {}
         for name, fn in (("forward", plain), ("collect", collect)):
@@ -113,7 +175,7 @@ def main() -> None:
         report[f"{t.kind}_activation_throughput_ratio"] = round(ratio, 3)
 
     # 2. engines on the same features
-    total_torch = total_sk = 0.0
+    total_torch = total_sk = floor_total = 0.0
     diffs: list[float] = []
     ref_diffs: dict[str, list[float]] = {"torch": [], "sklearn": []}
     rows: list[dict[str, object]] = []  # one per probe: both engines' (and the reference's) accuracy and L2
@@ -123,9 +185,12 @@ def main() -> None:
         X = torch.stack([acts.get(i, p) for i in range(acts.n_points) for p in range(acts.n_positions)])  # [G, N, d]
         G, K = X.shape[0], t.labels.shape[0]
         groups = spaced(G, args.sklearn_groups)
+        counter = FlopCounter()
         t0 = time.perf_counter()
-        fits_t = run_probes(X, t.labels, t.split, spec.engine_config("torch"))
+        fits_t = run_probes(X, t.labels, t.split, dataclasses.replace(spec.engine_config("torch"), device=args.device))
         tt = time.perf_counter() - t0
+        counter.close()
+        floor, gflops = counter.floor_seconds(args.device)
         t0 = time.perf_counter()
         with threadpool_limits(args.threads):  # the same number of threads as torch
             fits_s = run_probes(TensorFeatures(X[groups]), t.labels, t.split, spec.engine_config("sklearn"))
@@ -139,6 +204,11 @@ def main() -> None:
               f"{len(spec.l2_grid)} L2 values + refit each; n_train {len(t.split.train)}, n_test {len(t.split.test)}): "
               f"torch {tt:.1f}s, sklearn {ts:.1f}s{' (scaled from %d groups)' % len(groups) if len(groups) < G else ''}"
               f" -> {ts / tt:.1f}x; |acc diff| max {100 * max(d):.2f} / mean {100 * np.mean(d):.3f} points")  # fmt: skip
+        print(f"  torch matrix-multiply floor: {counter.flops / 1e12:.2f} TFLOP in {counter.evals} task-evaluations "
+              f"({counter.evals / (G * K * (len(spec.l2_grid) + 1)):.0f} per fit) at this core's bmm rate of "
+              f"{gflops:.0f} GFLOP/s = {floor:.1f}s ({100 * floor / tt:.0f}% of torch's time); scikit-learn / floor "
+              f"= {ts / floor:.1f}x")  # fmt: skip
+        floor_total += floor
         if args.reference_groups:
             # the groups where the engines disagree most: whose truncation error is it?
             worst = {g: max(dd for k, dd in zip(keys, d) if k[0] == g) for g in groups}
@@ -166,6 +236,7 @@ def main() -> None:
         n_probes += G * K
         report[f"{t.kind}_torch_s"] = round(tt, 2)
         report[f"{t.kind}_sklearn_s"] = round(ts, 2)
+        report[f"{t.kind}_torch_matmul_floor_s"] = round(floor, 2)
     if args.csv:
         import pandas as pd
 
@@ -174,7 +245,10 @@ def main() -> None:
     print(f"\nfull P+Q sweep, {n_probes} probes: torch {total_torch:.1f}s vs sklearn {total_sk:.1f}s -> "
           f"{ratio:.1f}x faster (target >= 20x); accuracy difference max {100 * max(diffs):.2f} / mean "
           f"{100 * np.mean(diffs):.3f} points over {len(diffs)} probes (target <= 2)")  # fmt: skip
+    print(f"torch matrix-multiply floor {floor_total:.1f}s: at the torch engine's iteration counts no implementation "
+          f"on this core beats {total_sk / floor_total:.1f}x")  # fmt: skip
     report.update({"probes": n_probes, "torch_s": round(total_torch, 2), "sklearn_s": round(total_sk, 2),
+                   "torch_matmul_floor_s": round(floor_total, 2),
                    "speed_ratio": round(ratio, 2), "acc_diff_max_points": round(100 * max(diffs), 3),
                    "acc_diff_mean_points": round(100 * float(np.mean(diffs)), 4),
                    "sklearn_groups_timed": args.sklearn_groups or "all"})  # fmt: skip
