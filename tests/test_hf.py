@@ -83,6 +83,20 @@ def test_bridge_resid_post_matches_run_with_cache(tmp_path: Path, tokenizer) -> 
             assert (cache_b[key] - cache[key]).abs().max().item() < 1e-4, key
 
 
+def test_embed_update_probe_trains_the_same_through_the_bridge(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from probekit.probes.embed_probe import EmbedProbeConfig, train_embed_probe
+    from tests.test_embed_probe import token_task
+
+    model = trained_like(len(tokenizer))
+    bridge = load_bridge(export_llama(model, tokenizer, tmp_path / "llama"))
+    task = token_task(True, vocab=len(tokenizer))
+    cfg = EmbedProbeConfig(epochs=2, batch_size=16)
+    _, ours = train_embed_probe(model, task, cfg)
+    _, theirs = train_embed_probe(bridge, task, cfg)
+    for a, b in zip(ours["epochs"], theirs["epochs"]):  # same model, same update: the same training run
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and a["val_accuracy"] == b["val_accuracy"]
+
+
 def test_import_round_trip(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
     model = trained_like(len(tokenizer), rope_theta=500.0, norm_eps=1e-6)
     out = export_llama(model, tokenizer, tmp_path / "llama")

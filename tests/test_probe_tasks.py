@@ -134,3 +134,6 @@ def test_repository_specs_load():
     assert all(s.hooks == ("resid",) and s.targets == TARGET_KINDS for s in specs.values())
     assert set(HOOKS) >= {"resid"}
     assert np.all(np.diff(specs["default"].l2_grid) > 0)
+    assert all(s.embed_probe is None for s in specs.values())
+    paper = load_spec(REPO / "probes" / "embed_update.yaml")
+    assert paper.embed_probe is not None and paper.embed_probe.rank == 0 and paper.embed_probe.weight_decay == 0.3

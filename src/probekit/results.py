@@ -97,12 +97,18 @@ def _attr_order(values: Iterable[str]) -> list[str]:
     return [a for a in ATTRIBUTES if a in present] + [a for a in present if a not in ATTRIBUTES]
 
 
+def _label(model: str, hook: str) -> str:
+    """A model's name in summaries, with the hook family when it is not the residual stream."""
+    return model if hook == "resid" else f"{model} [{hook}]"
+
+
 def summary_table(df: pd.DataFrame) -> str:
     """A readable text summary of a results table.
 
-    Q-probes: per model and target, each attribute's best accuracy over layers, its majority baseline and the
-    layer (``acc (baseline) @layer``, in %). P-probes: at each model's last layer, each attribute's accuracy when
-    read right before its own value and the mean over the other positions (``own / others``, in %).
+    Q-probes: per model, hook family and target, each attribute's best accuracy over layers, its majority baseline
+    and the layer (``acc (baseline) @layer``, in %). P-probes: at each model's last layer, each attribute's accuracy
+    when read right before its own value and the mean over the other positions (``own / others``, in %). Hook
+    families other than ``resid`` (and the embedding-update probe) get their own rows: ``model [hook]``.
     """
     df = normalise(df)
     ok = df[df["status"] == "ok"]
@@ -111,8 +117,8 @@ def summary_table(df: pd.DataFrame) -> str:
     if len(q):
         attrs = _attr_order(q["attribute"].astype(str))
         recs = []
-        for (model, target), g in q.groupby(["model", "target_kind"], sort=False):
-            rec: dict[str, object] = {"model": model, "target": target}
+        for (model, hook, target), g in q.groupby(["model", "hook", "target_kind"], sort=False):
+            rec: dict[str, object] = {"model": _label(model, hook), "target": target}
             for a in attrs:
                 ga = g[g["attribute"] == a]
                 if len(ga):
@@ -125,9 +131,9 @@ def summary_table(df: pd.DataFrame) -> str:
     if len(p):
         attrs = _attr_order(p["attribute"].astype(str))
         recs = []
-        for (model, target), g in p.groupby(["model", "target_kind"], sort=False):
+        for (model, hook, target), g in p.groupby(["model", "hook", "target_kind"], sort=False):
             g = g[g["layer"] == g["layer"].max()]
-            rec = {"model": model, "target": f"{target} @{int(g['layer'].max())}"}
+            rec = {"model": _label(model, hook), "target": f"{target} @{int(g['layer'].max())}"}
             for a in attrs:
                 ga = g[g["attribute"] == a]
                 own = ga[ga["position"] == a]["accuracy"]

@@ -10,6 +10,7 @@ from probekit.probes.engine import BACKENDS
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from probekit.config import to_dict
     from probekit.data.store import load_dataset
     from probekit.io import atomic_dir, atomic_write_json, prepare_output_dir
     from probekit.plots import render_figures
@@ -37,7 +38,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         write_results(df, tmp)
         report = render_figures(df, tmp / "figures", layer=args.layer, png=not args.no_png)
         atomic_write_json(tmp / "run.json", {
-            "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(spec).items()},
+            "spec": to_dict(spec),
             "engine": engine, "model": str(args.model), "data": str(args.data), "models": [m.name for m in models],
             "seconds": round(time.perf_counter() - t0, 1), "png_error": report.png_error,
         })  # fmt: skip

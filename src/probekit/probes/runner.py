@@ -29,6 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.activations import collect_activations, estimate_bytes, hook_points, model_dims
+from probekit.probes.embed_probe import HOOK_NAME as EMBED_HOOK
+from probekit.probes.embed_probe import train_embed_probe
 from probekit.probes.engine import run_probes
 from probekit.probes.spec import ProbeSpec
 from probekit.probes.tasks import ProbeTaskSet, build_p_tasks, build_q_tasks, people_split
@@ -139,6 +141,11 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
     """Every check that needs the model, before any work: layers exist, inputs fit the context."""
     for m in models:
         dims = model_dims(m.model)
+        if spec.embed_probe is not None and "hook_embed" not in m.model.hook_dict:
+            raise ValueError(
+                f"spec {spec.name!r} asks for the embedding-update probe, but model {m.name} has no 'hook_embed' "
+                "hook to add the update at; drop embed_probe from the spec for this model"
+            )
         for hook in spec.hooks:
             hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))
         for t in tasks:
@@ -148,6 +155,32 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
                     f"{t.kind.upper()}-probe inputs reach {longest} tokens but model {m.name} has a context of "
                     f"{dims.n_ctx}: positions beyond the context cannot be read; use a model with a larger n_ctx"
                 )
+
+
+def _embed_rows(
+    spec: ProbeSpec, m: ProbeModel, t: ProbeTaskSet, dataset_name: str, progress: bool
+) -> list[dict[str, Any]]:
+    """Results rows of the paper's embedding-update probe on task set ``t`` (hook ``embed_update``, last layer)."""
+    cfg = spec.embed_probe
+    assert cfg is not None
+    desc = f"{m.name}: {t.kind.upper()}-probes (embedding update), epochs"
+    with tqdm(total=cfg.epochs, desc=desc, unit="epoch", disable=not progress, leave=False) as bar:
+        fits, log_ = train_embed_probe(m.model, t, cfg, progress=bar.update)
+    log.info("%s %s embedding-update probe: rank %d, epoch %s chosen", m.name, t.kind, log_["rank"],
+             log_["chosen_epoch"])  # fmt: skip
+    layer = model_dims(m.model).n_layers
+    rows = []
+    for f in fits:
+        attr, target = t.label_keys[f.label]
+        rows.append({
+            "model": m.name, "objective": m.objective, "dataset": dataset_name, "probe_kind": t.kind,
+            "hook": EMBED_HOOK, "layer": layer, "position": t.position_names[f.group], "attribute": attr,
+            "target_kind": target, "accuracy": f.accuracy, "baseline": f.baseline, "n_train": f.n_train,
+            "n_test": f.n_test, "n_classes": f.n_classes, "status": f.status, "n_test_unseen": f.n_test_unseen,
+            "examples_per_class": f.examples_per_class, "train_accuracy": f.train_accuracy,
+            "val_accuracy": f.val_accuracy, "l2": float("nan"), "engine": f"embed_update_r{log_['rank']}",
+        })  # fmt: skip
+    return rows
 
 
 def run_spec(
@@ -208,6 +241,8 @@ def run_spec(
                     })  # fmt: skip
                 del acts
                 shutil.rmtree(act_dir, ignore_errors=True)
+                if spec.embed_probe is not None:
+                    rows += _embed_rows(spec, m, t, dataset_name, progress)
     finally:
         if work_dir is None:
             shutil.rmtree(tmp_root, ignore_errors=True)

@@ -14,6 +14,9 @@ Vocabulary:
 - hooks: ``resid`` = the residual stream at every layer boundary (L+1 points: layer l < L is the input of block
   l, ``blocks.{l}.hook_resid_pre``; layer L is the output of the last block); ``resid_mid``, ``attn_out`` and
   ``mlp_out`` are per block (layers 0..L-1).
+- embed_probe: settings of the paper's probe (``probekit.probes.embed_probe``: the frozen model plus a trained
+  low-rank update of its input embedding, read at the last layer through LayerNorm + linear heads), run beside
+  the frozen-feature probes; its rows have hook ``embed_update``. ``{}`` takes the defaults; absent or null: off.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import yaml
 
 from probekit.config import from_dict
 from probekit.data.pools import ATTRIBUTES
+from probekit.probes.embed_probe import EmbedProbeConfig
 from probekit.probes.engine import BACKENDS, EngineConfig
 
 PROBE_KINDS: tuple[str, ...] = ("p", "q")
@@ -71,6 +75,9 @@ class ProbeSpec:
     storage: str = "auto"  # activations: memory, disk (float16 memmaps) or auto (disk above memory_limit_mb)
     memory_limit_mb: float = 2048.0
     engine_memory_mb: float = 1024.0
+    # also train the paper's probe (frozen model + low-rank embedding update, read at the last layer) with these
+    # settings ({} in YAML = the defaults); None = frozen-feature probes only
+    embed_probe: EmbedProbeConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run metadata
 
     def __post_init__(self) -> None:
@@ -104,6 +111,8 @@ class ProbeSpec:
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or null, got {v!r}")
         self.engine_config()  # validates the L2 grid
+        if isinstance(self.embed_probe, dict):
+            self.embed_probe = from_dict(EmbedProbeConfig, self.embed_probe)
 
     def engine_config(self, backend: str | None = None) -> EngineConfig:
         return EngineConfig(
