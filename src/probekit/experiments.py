@@ -197,7 +197,7 @@ def _watch(futures: dict[str, Any], runs: dict[str, Path], progress: bool) -> No
 
     with tqdm(desc="train", unit="step", disable=not progress, bar_format="{desc} {postfix} [{elapsed}]") as bar:
         while True:
-            done, pending = wait(list(futures.values()), timeout=2.0)
+            _, pending = wait(list(futures.values()), timeout=2.0)
             parts = []
             for name in futures:
                 m = _last_metrics(runs[name])
