@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch and for scikit-learn's BLAS")
     ap.add_argument("--device", default="cpu",
-                    help="torch device of the model and the torch engine (scikit-learn always runs on the CPU)")  # fmt: skip
+                    help="device of the model and the torch engine (scikit-learn runs on the CPU)")  # fmt: skip
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sklearn-groups", type=int, default=0, help="0 = every group")
     ap.add_argument("--reference-groups", type=int, default=2, help="groups per task set for the converged reference")
@@ -115,7 +115,7 @@ def main() -> None:
     from probekit.activations import collect_activations, hook_points
     from probekit.data.store import build_dataset
     from probekit.model import HookedLM, ModelConfig
-    from probekit.probes.engine import EngineConfig, TensorFeatures, run_probes
+    from probekit.probes.engine import TensorFeatures, run_probes
     from probekit.probes.runner import build_tasks
     from probekit.probes.spec import ProbeSpec
 
