@@ -97,7 +97,9 @@ def test_run_spec_adds_embed_update_rows_and_yaml_settings_are_checked(tmp_path)
     spec = ProbeSpec(kinds=["p", "q"], positions=["major", "company"], attributes=["major"], targets=["first_token"],
                      l2_grid=[0.01], max_iter=20, embed_probe={"epochs": 2})  # fmt: skip
     pm = ProbeModel(tiny_model(vocab=len(ds.tokenizer)), "tiny", "ntp", ds.name, ds.tokenizer)
-    df = run_spec(spec, ds, [pm], progress=False)
+    logs: list = []
+    df = run_spec(spec, ds, [pm], progress=False, embed_logs=logs)
+    assert [(g["probe_kind"], g["rank"], len(g["epochs"])) for g in logs] == [("p", 2, 2), ("q", 16, 2)]
     emb = df[df.hook == "embed_update"]
     # 3 resid layers x (2 P positions + 1 Q) frozen probes, plus (2 + 1) embedding-update probes at layer 2
     assert len(df) == 3 * 3 + 3 and len(emb) == 3

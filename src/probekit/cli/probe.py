@@ -34,13 +34,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
           f"with spec {spec.name!r}: kinds {list(spec.kinds)}, engine {engine}"
           + (", plus a random-init control" if args.control_random else ""))  # fmt: skip
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
-        df = run_spec(spec, ds, models, engine=engine, work_dir=tmp / ".activations", progress=True)
+        embed_logs: list[dict[str, object]] = []
+        df = run_spec(spec, ds, models, engine=engine, work_dir=tmp / ".activations", progress=True,
+                      embed_logs=embed_logs)  # fmt: skip
         write_results(df, tmp)
         report = render_figures(df, tmp / "figures", layer=args.layer, png=not args.no_png)
         atomic_write_json(tmp / "run.json", {
             "spec": to_dict(spec),
             "engine": engine, "model": str(args.model), "data": str(args.data), "models": [m.name for m in models],
             "seconds": round(time.perf_counter() - t0, 1), "png_error": report.png_error,
+            "embed_probe_training": embed_logs,  # per model and probe kind: rank, chosen epoch, per-epoch curves
         })  # fmt: skip
     print()
     print(summary_table(df))

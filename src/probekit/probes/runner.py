@@ -158,9 +158,11 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
 
 
 def _embed_rows(
-    spec: ProbeSpec, m: ProbeModel, t: ProbeTaskSet, dataset_name: str, progress: bool
+    spec: ProbeSpec, m: ProbeModel, t: ProbeTaskSet, dataset_name: str, progress: bool,
+    logs: list[dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
-    """Results rows of the paper's embedding-update probe on task set ``t`` (hook ``embed_update``, last layer)."""
+    """Results rows of the paper's embedding-update probe on task set ``t`` (hook ``embed_update``, last layer);
+    its training log (per-epoch loss and validation accuracy) is appended to ``logs``."""
     cfg = spec.embed_probe
     assert cfg is not None
     desc = f"{m.name}: {t.kind.upper()}-probes (embedding update), epochs"
@@ -168,6 +170,8 @@ def _embed_rows(
         fits, log_ = train_embed_probe(m.model, t, cfg, progress=bar.update)
     log.info("%s %s embedding-update probe: rank %d, epoch %s chosen", m.name, t.kind, log_["rank"],
              log_["chosen_epoch"])  # fmt: skip
+    if logs is not None:
+        logs.append({"model": m.name, "probe_kind": t.kind, **log_})
     layer = model_dims(m.model).n_layers
     rows = []
     for f in fits:
@@ -190,12 +194,13 @@ def run_spec(
     engine: str | None = None,
     work_dir: str | Path | None = None,
     progress: bool = True,
+    embed_logs: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Probe every model with ``spec`` on ``ds``; returns the tidy results table (``probekit.results``).
 
     ``engine`` overrides ``spec.engine``. Activations go to memory or, when ``spec.storage`` says so (or auto
     and larger than ``spec.memory_limit_mb``), to float16 memmaps in ``work_dir`` (a temp dir if None), deleted
-    after each task set.
+    after each task set. ``embed_logs`` (a list) collects the embedding-update probe's training logs.
     """
     ecfg = spec.engine_config(engine)
     tasks = build_tasks(spec, ds)
@@ -242,7 +247,7 @@ def run_spec(
                 del acts
                 shutil.rmtree(act_dir, ignore_errors=True)
                 if spec.embed_probe is not None:
-                    rows += _embed_rows(spec, m, t, dataset_name, progress)
+                    rows += _embed_rows(spec, m, t, dataset_name, progress, embed_logs)
     finally:
         if work_dir is None:
             shutil.rmtree(tmp_root, ignore_errors=True)
