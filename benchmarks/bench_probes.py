@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sklearn.linear_model  # noqa: F401  loaded before threadpool_limits, which only limits libraries already loaded
 import torch
 from threadpoolctl import threadpool_limits
 
