@@ -206,3 +206,29 @@ def test_progress_counts_every_regression():
     seen: list[int] = []
     run_probes(X, labels, split, EngineConfig(), progress=seen.append)
     assert sum(seen) == 2 * 3
+
+
+def test_sklearn_backend_uses_torchs_thread_count(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from probekit.probes import engine
+
+    seen: list[int] = []
+    real = engine._fit_label_sklearn
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_fit_label_sklearn", spy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(0)
+        X = torch.as_tensor(rng.normal(size=(1, 60, 4)), dtype=torch.float32)
+        y = rng.integers(0, 3, size=(1, 60))
+        split = Split(train=np.arange(40), test=np.arange(40, 60), val=np.arange(30, 40))
+        run_probes(X, y, split, EngineConfig(backend="sklearn", l2_grid=(0.1,), max_iter=20))
+    finally:
+        torch.set_num_threads(old)
+    assert seen and set(seen) == {1}  # numpy's and scipy's OpenBLAS alike

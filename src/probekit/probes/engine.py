@@ -24,9 +24,10 @@ is reported with status ``"skipped: single class"``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -283,6 +284,18 @@ def _fit_bucket_torch(
 # sklearn backend (reference)
 
 
+@contextlib.contextmanager
+def _blas_threads(n: int) -> Iterator[None]:
+    """scikit-learn's BLAS and OpenMP pools limited to ``n`` threads (torch's count, e.g. from ``probekit --threads``).
+    scikit-learn is imported first: threadpoolctl only limits libraries already loaded, and scipy's OpenBLAS (used
+    by L-BFGS-B) is loaded by that import."""
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n):
+        yield
+
+
 def _fit_label_sklearn(
     Xg: np.ndarray, lab: _Labels, split: Split, cfg: EngineConfig
 ) -> tuple[float, float, float, float]:
@@ -406,14 +419,15 @@ def run_probes(
                         progress(len(groups) * len(bucket))
             else:
                 Xn = X.cpu().double().numpy()  # the reference computes in float64
-                for k in live:
-                    for i, g in enumerate(groups):
-                        f = fits[(g, k)]
-                        f.accuracy, f.train_accuracy, f.val_accuracy, f.l2 = _fit_label_sklearn(
-                            Xn[i], labs[k], split, cfg
-                        )
-                    if progress:
-                        progress(len(groups))
+                with _blas_threads(torch.get_num_threads()):
+                    for k in live:
+                        for i, g in enumerate(groups):
+                            f = fits[(g, k)]
+                            f.accuracy, f.train_accuracy, f.val_accuracy, f.l2 = _fit_label_sklearn(
+                                Xn[i], labs[k], split, cfg
+                            )
+                        if progress:
+                            progress(len(groups))
                 del Xn
             del X
     return [fits[(g, k)] for g in range(G) for k in range(K)]
