@@ -11,10 +11,13 @@ probes do more (METHODS §1): the model's weights stay frozen, but the probe tra
 with gradients flowing through the whole frozen model. One update and one set of heads serve every position,
 attribute and target of a task set at once (one forward and backward pass per batch; the paper's per-task
 variant costs positions x attributes x targets times more). B starts at zero, so training starts from the
-unchanged model. AdamW (weight decay 0.3, the paper's) on the people of P_train outside the validation subset;
-after every epoch the mean validation accuracy over heads decides early stopping, and the epoch with the best one
-is kept. Test people are used once, for the reported accuracies. The model is read causally (as every probekit
-probe; see ``probekit.activations``) and its parameters' ``requires_grad`` flags are restored afterwards.
+unchanged model. AdamW (weight decay 0.3, the paper's) on the people of P_train outside the validation subset.
+Which epoch a head is read at is chosen on the validation people only (``select``): ``per_head`` (the default)
+reads every head at its own best validation epoch, so the heads that share the update do not trade accuracy with
+each other; ``mean`` reads all heads at the epoch of the best mean validation accuracy. Training stops after
+``patience`` epochs without an improvement. Test people never choose anything: their accuracy is recorded at the
+epochs validation picks. The model is read causally (as every probekit probe; see ``probekit.activations``) and
+its parameters' ``requires_grad`` flags are restored afterwards.
 
 Rows carry ``hook = "embed_update"`` and ``layer = L`` in the results table, so figures and comparisons keep them
 apart from the frozen-feature probes.
@@ -48,9 +51,11 @@ class EmbedProbeConfig:
     lr: float = 1e-3
     weight_decay: float = 0.3
     epochs: int = 20
-    patience: int = 4  # stop after this many epochs without a better validation accuracy
+    patience: int = 4  # stop after this many epochs in which no head (per_head) or the mean (mean) improved
     batch_size: int = 32
     seed: int = 0
+    select: str = "per_head"  # per_head: each head at its own best validation epoch; mean: one epoch for all
+
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -58,6 +63,8 @@ class EmbedProbeConfig:
                 raise ValueError(f"embed probe {name} must be >= 1, got {getattr(self, name)}")
         if self.rank < 0:
             raise ValueError(f"embed probe rank must be >= 0 (0 = the paper's), got {self.rank}")
+        if self.select not in ("per_head", "mean"):
+            raise ValueError(f"embed probe select must be 'per_head' or 'mean', got {self.select!r}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"embed probe needs lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
@@ -148,7 +155,7 @@ def train_embed_probe(
     P, K = len(task.position_names), len(labs)
     fits = [_base_fit(p, k, labs[k], split) for p in range(P) for k in range(K)]
     live = [k for k in range(K) if fits[k].status == "ok"]
-    log: dict[str, Any] = {"rank": rank, "epochs": [], "chosen_epoch": None}
+    log: dict[str, Any] = {"rank": rank, "select": cfg.select, "epochs": [], "chosen_epochs": []}
     if not live:
         return fits, log
     device = next(model.parameters()).device
@@ -192,9 +199,14 @@ def train_embed_probe(
 
     rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen)))
     fit_rows, val_rows = split.fit, split.val
-    best, best_state, since = -math.inf, None, 0
+    per_head = cfg.select == "per_head" and len(val_rows) > 0
+    shape = (P, len(live))
+    best = np.full(shape, -np.inf)  # per_head: each head's best validation accuracy so far
+    chosen = np.zeros(shape, dtype=np.int64)  # epoch each head is read at
+    test, train, val_acc = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    best_score, best_state, since = -math.inf, None, 0
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(1, cfg.epochs + 1):
             delta.train(), heads.train()
             total = 0.0
             for b in _batches(fit_rows, cfg.batch_size, rng):
@@ -204,29 +216,41 @@ def train_embed_probe(
                 opt.step()
                 total += float(loss.detach()) * len(b)
             delta.eval(), heads.eval()
-            val = float(accuracies(val_rows).mean()) if len(val_rows) else -float(total)
-            log["epochs"].append({"epoch": epoch + 1, "train_loss": total / len(fit_rows),
-                                  "val_accuracy": val if len(val_rows) else math.nan})  # fmt: skip
+            val = accuracies(val_rows) if len(val_rows) else None  # [P, K']
+            score = float(val.mean()) if val is not None else -total  # without validation people: training loss
+            log["epochs"].append({"epoch": epoch, "train_loss": total / len(fit_rows),
+                                  "val_accuracy": score if val is not None else math.nan,
+                                  "val_accuracy_heads": val.tolist() if val is not None else None})  # fmt: skip
             if progress:
                 progress(1)
-            if val > best:
-                best, since, log["chosen_epoch"] = val, 0, epoch + 1
-                best_state = [p.detach().clone() for p in params]
-            else:
-                since += 1
-                if since >= cfg.patience:
-                    break
-        with torch.no_grad():
-            for p, v in zip(params, best_state or []):
-                p.copy_(v)
-        test, train = accuracies(split.test), accuracies(split.train)
-        val_acc = accuracies(val_rows) if len(val_rows) else None
+            if per_head:  # every head is read at its own best validation epoch (test rows never choose)
+                better = val > best
+                if better.any():
+                    te, tr = accuracies(split.test), accuracies(split.train)
+                    best[better], chosen[better] = val[better], epoch
+                    test[better], train[better], val_acc[better] = te[better], tr[better], val[better]
+                improved = bool(better.any())
+            else:  # one epoch for all heads: the best mean validation accuracy
+                improved = score > best_score
+                if improved:
+                    best_score, chosen[:] = score, epoch
+                    best_state = [p.detach().clone() for p in params]
+            since = 0 if improved else since + 1
+            if since >= cfg.patience:
+                break
+        if not per_head:
+            with torch.no_grad():
+                for p, v in zip(params, best_state or []):
+                    p.copy_(v)
+            test, train = accuracies(split.test), accuracies(split.train)
+            if len(val_rows):
+                val_acc = accuracies(val_rows)
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
+    log["chosen_epochs"] = chosen.tolist()  # [position][live label set]
     for p in range(P):
         for j, k in enumerate(live):
             f = fits[p * K + k]
-            f.accuracy, f.train_accuracy = float(test[p, j]), float(train[p, j])
-            f.val_accuracy = float(val_acc[p, j]) if val_acc is not None else math.nan
+            f.accuracy, f.train_accuracy, f.val_accuracy = float(test[p, j]), float(train[p, j]), float(val_acc[p, j])
     return fits, log

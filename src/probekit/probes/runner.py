@@ -168,8 +168,9 @@ def _embed_rows(
     desc = f"{m.name}: {t.kind.upper()}-probes (embedding update), epochs"
     with tqdm(total=cfg.epochs, desc=desc, unit="epoch", disable=not progress, leave=False) as bar:
         fits, log_ = train_embed_probe(m.model, t, cfg, progress=bar.update)
-    log.info("%s %s embedding-update probe: rank %d, epoch %s chosen", m.name, t.kind, log_["rank"],
-             log_["chosen_epoch"])  # fmt: skip
+    epochs = sorted({e for row in log_["chosen_epochs"] for e in row})
+    log.info("%s %s embedding-update probe: rank %d, %d epochs run, heads read at epochs %s", m.name, t.kind,
+             log_["rank"], len(log_["epochs"]), epochs)  # fmt: skip
     if logs is not None:
         logs.append({"model": m.name, "probe_kind": t.kind, **log_})
     layer = model_dims(m.model).n_layers
