@@ -38,9 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import sklearn.linear_model  # noqa: F401  loaded before threadpool_limits, which only limits libraries already loaded
 import torch
-from threadpoolctl import threadpool_limits
 
 
 def spaced(G: int, n: int) -> list[int]:
@@ -193,8 +191,8 @@ def main() -> None:
         counter.close()
         floor, gflops = counter.floor_seconds(args.device)
         t0 = time.perf_counter()
-        with threadpool_limits(args.threads):  # the same number of threads as torch
-            fits_s = run_probes(TensorFeatures(X[groups]), t.labels, t.split, spec.engine_config("sklearn"))
+        # the sklearn backend limits its BLAS threads to torch's count, set to args.threads above
+        fits_s = run_probes(TensorFeatures(X[groups]), t.labels, t.split, spec.engine_config("sklearn"))
         ts = (time.perf_counter() - t0) * G / len(groups)
         by = {"torch": {(f.group, f.label): f for f in fits_t},
               "sklearn": {(groups[f.group], f.label): f for f in fits_s}}  # fmt: skip
@@ -215,8 +213,7 @@ def main() -> None:
             worst = {g: max(dd for k, dd in zip(keys, d) if k[0] == g) for g in groups}
             rg = sorted(sorted(worst, key=lambda g: -worst[g])[: args.reference_groups])
             ref_cfg = dataclasses.replace(spec.engine_config("sklearn"), tol=1e-7, max_iter=2000)
-            with threadpool_limits(args.threads):
-                fits_r = run_probes(TensorFeatures(X[rg]), t.labels, t.split, ref_cfg)
+            fits_r = run_probes(TensorFeatures(X[rg]), t.labels, t.split, ref_cfg)
             by["reference"] = {(rg[f.group], f.label): f for f in fits_r}
             for name in ("torch", "sklearn"):
                 dd = [abs(by[name][k].accuracy - f.accuracy) for k, f in by["reference"].items() if f.status == "ok"]

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from probekit.data.tokenizer import PAD_ID
+from probekit.objectives.ntp import pad_right
 from probekit.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,27 @@ def _is_hooked_lm(model: Any) -> bool:
 
 class _Stop(Exception):
     """Raised by the last hook to end a forward pass early (nothing after it is needed)."""
+
+
+def padded_batch(sequences: Sequence[Sequence[int]], rows: Sequence[int], device: Any) -> tuple[Tensor, Tensor]:
+    """Token ids [B, T] of ``sequences[rows]`` padded on the right with ``<pad>``, and the key mask [B, T] (True on
+    real tokens), on ``device``."""
+    ids = pad_right([sequences[r] for r in rows], PAD_ID)  # [B, T]
+    lengths = torch.tensor([len(sequences[r]) for r in rows])
+    key_mask = torch.arange(ids.shape[1])[None] < lengths[:, None]  # [B, T]
+    return ids.to(device), key_mask.to(device)
+
+
+def run_causal(model: Any, ids: Tensor, key_mask: Tensor, fwd_hooks: list[tuple[str, Callable[..., Any]]]) -> None:
+    """One forward pass of a ``HookedLM`` or ``TransformerBridge`` with ``fwd_hooks``, in the causal reading (our
+    model also gets ``key_mask``); a hook may raise ``_Stop`` to end the pass once it has what it needs."""
+    try:
+        if _is_hooked_lm(model):
+            model.run_with_hooks(ids, fwd_hooks=fwd_hooks, attn_mode="causal", key_mask=key_mask)
+        else:
+            model.run_with_hooks(ids, fwd_hooks=fwd_hooks)
+    except _Stop:
+        pass
 
 
 @dataclass
@@ -245,12 +267,7 @@ def collect_activations(
         for s in range(0, N, batch_size):
             rows = order[s : s + batch_size]
             B = len(rows)
-            T = max(len(sequences[r]) for r in rows)
-            ids = torch.full((B, T), PAD_ID, dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, : len(sequences[r])] = torch.as_tensor(list(sequences[r]), dtype=torch.long)
-            lengths = torch.tensor([len(sequences[r]) for r in rows])
-            key_mask = torch.arange(T)[None] < lengths[:, None]  # [B, T]
+            ids, key_mask = padded_batch(sequences, rows, device)  # [B, T] each
             p_idx = torch.as_tensor(pos[rows], device=device)  # [B, P]
             b_idx = torch.arange(B, device=device)[:, None]  # [B, 1]
             got: dict[str, Tensor] = {}
@@ -262,14 +279,7 @@ def collect_activations(
 
             # a bridge registers resid_pre/post under aliases (hook_in/hook_out): key by the requested name
             fwd = [(n, (lambda a, hook, n=n: gather(a, _Named(n)))) for n in names_needed]
-            ids, key_mask = ids.to(device), key_mask.to(device)
-            try:
-                if ours:
-                    model.run_with_hooks(ids, fwd_hooks=fwd, attn_mode="causal", key_mask=key_mask)
-                else:
-                    model.run_with_hooks(ids, fwd_hooks=fwd)
-            except _Stop:
-                pass
+            run_causal(model, ids, key_mask, fwd)
             lost = [n for n in names_needed if n not in got]
             if lost:
                 raise RuntimeError(f"hooks {lost} did not fire during the forward pass")

@@ -34,8 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from probekit.activations import _is_hooked_lm, _Stop, hook_points, model_dims
-from probekit.data.tokenizer import PAD_ID
+from probekit.activations import _is_hooked_lm, _Stop, hook_points, model_dims, padded_batch, run_causal
 from probekit.probes.engine import ProbeFit, _base_fit, _map_labels
 from probekit.probes.tasks import ProbeTaskSet
 
@@ -105,12 +104,7 @@ def probe_states(model: Any, delta: LowRankEmbedding, task: ProbeTaskSet, rows: 
     """Hidden states [B, P, d] at hook ``read`` of the rows' sequences at their read positions, with ``delta``
     added to the input embedding (causal reading, right padding; differentiable in ``delta``)."""
     device = next(model.parameters()).device
-    T = max(len(task.sequences[r]) for r in rows)
-    ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(task.sequences[r])] = torch.as_tensor(task.sequences[r])
-    ids = ids.to(device)
-    key_mask = ids != PAD_ID  # [B, T] (sequences start with EOS, never PAD)
+    ids, key_mask = padded_batch(task.sequences, rows, device)  # [B, T] each
     pos = torch.as_tensor(task.positions[rows], device=device)  # [B, P]
     got: dict[str, Tensor] = {}
 
@@ -122,14 +116,7 @@ def probe_states(model: Any, delta: LowRankEmbedding, task: ProbeTaskSet, rows: 
         if _is_hooked_lm(model):
             raise _Stop  # nothing after the read point is needed
 
-    hooks = [("hook_embed", add_delta), (read, gather)]
-    try:
-        if _is_hooked_lm(model):
-            model.run_with_hooks(ids, fwd_hooks=hooks, attn_mode="causal", key_mask=key_mask)
-        else:
-            model.run_with_hooks(ids, fwd_hooks=hooks)
-    except _Stop:
-        pass
+    run_causal(model, ids, key_mask, [("hook_embed", add_delta), (read, gather)])
     return got["h"]
 
 

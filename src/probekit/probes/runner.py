@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from probekit.activations import collect_activations, estimate_bytes, hook_points, model_dims
 from probekit.probes.embed_probe import HOOK_NAME as EMBED_HOOK
 from probekit.probes.embed_probe import train_embed_probe
-from probekit.probes.engine import run_probes
+from probekit.probes.engine import ProbeFit, run_probes
 from probekit.probes.spec import ProbeSpec
 from probekit.probes.tasks import ProbeTaskSet, build_p_tasks, build_q_tasks, people_split
 from probekit.results import make_table
@@ -174,18 +174,24 @@ def _embed_rows(
     if logs is not None:
         logs.append({"model": m.name, "probe_kind": t.kind, **log_})
     layer = model_dims(m.model).n_layers
-    rows = []
-    for f in fits:
-        attr, target = t.label_keys[f.label]
-        rows.append({
-            "model": m.name, "objective": m.objective, "dataset": dataset_name, "probe_kind": t.kind,
-            "hook": EMBED_HOOK, "layer": layer, "position": t.position_names[f.group], "attribute": attr,
-            "target_kind": target, "accuracy": f.accuracy, "baseline": f.baseline, "n_train": f.n_train,
-            "n_test": f.n_test, "n_classes": f.n_classes, "status": f.status, "n_test_unseen": f.n_test_unseen,
-            "examples_per_class": f.examples_per_class, "train_accuracy": f.train_accuracy,
-            "val_accuracy": f.val_accuracy, "l2": float("nan"), "engine": f"embed_update_r{log_['rank']}",
-        })  # fmt: skip
-    return rows
+    engine = f"embed_update_r{log_['rank']}"
+    return [_row(m, dataset_name, t, f, EMBED_HOOK, layer, t.position_names[f.group], engine) for f in fits]
+
+
+def _row(
+    m: ProbeModel, dataset_name: str, t: ProbeTaskSet, f: ProbeFit, hook: str, layer: int, position: str,
+    engine: str,
+) -> dict[str, Any]:
+    """One results-table row for fit ``f`` of task set ``t`` on model ``m``."""
+    attr, target = t.label_keys[f.label]
+    return {
+        "model": m.name, "objective": m.objective, "dataset": dataset_name, "probe_kind": t.kind,
+        "hook": hook, "layer": layer, "position": position, "attribute": attr, "target_kind": target,
+        "accuracy": f.accuracy, "baseline": f.baseline, "n_train": f.n_train, "n_test": f.n_test,
+        "n_classes": f.n_classes, "status": f.status, "n_test_unseen": f.n_test_unseen,
+        "examples_per_class": f.examples_per_class, "train_accuracy": f.train_accuracy,
+        "val_accuracy": f.val_accuracy, "l2": f.l2, "engine": engine,
+    }  # fmt: skip
 
 
 def run_spec(
@@ -235,16 +241,7 @@ def run_spec(
                     fits = run_probes(acts.features(), t.labels, t.split, mcfg, progress=bar.update)
                 for f in fits:
                     point, position = acts.group(f.group)
-                    attr, target = t.label_keys[f.label]
-                    rows.append({
-                        "model": m.name, "objective": m.objective, "dataset": dataset_name, "probe_kind": t.kind,
-                        "hook": point.hook, "layer": point.layer, "position": position, "attribute": attr,
-                        "target_kind": target, "accuracy": f.accuracy, "baseline": f.baseline,
-                        "n_train": f.n_train, "n_test": f.n_test, "n_classes": f.n_classes, "status": f.status,
-                        "n_test_unseen": f.n_test_unseen, "examples_per_class": f.examples_per_class,
-                        "train_accuracy": f.train_accuracy, "val_accuracy": f.val_accuracy, "l2": f.l2,
-                        "engine": ecfg.backend,
-                    })  # fmt: skip
+                    rows.append(_row(m, dataset_name, t, f, point.hook, point.layer, position, mcfg.backend))
                 del acts
                 shutil.rmtree(act_dir, ignore_errors=True)
                 if spec.embed_probe is not None:
