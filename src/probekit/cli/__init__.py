@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS: tuple[str, ...] = ("data", "train", "probe", "eval", "plot", "demo")
+SUBCOMMANDS: tuple[str, ...] = ("data", "train", "probe", "eval", "plot", "demo", "patch")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,784 @@
+"""Activation patching (causal tracing): which (layer, position) states carry the information an answer uses.
+
+Every experiment compares two runs of one prompt template that differ only in the person named in it:
+
+- the **clean** run, whose answer is measured, and
+- the **corrupted** run, into which the clean run's state at one hook point (layer) and one position is copied,
+  one (layer, position) at a time.
+
+Modes (``PatchConfig.modes``):
+
+- ``patch`` (name swap; Heimersheim & Nanda 2024): clean = the *source* person A's prompt, corrupted = the *target*
+  person B's prompt of the same template. The metrics are about A's answer: its probability in B's run with
+  A's state patched in, and whether the greedy answer *flips* to A's. ``p_other`` is B's own answer's
+  probability.
+- ``restore`` (Meng et al. 2022): clean = person B's prompt; corrupted = the same prompt with Gaussian noise
+  (``noise_scale`` x the standard deviation of the clean name-token embeddings, seeded) added to the input
+  embeddings of B's name tokens (``corruption="noise"``), or with another person's name (``corruption="swap"``:
+  numerically the same computation as ``patch`` with the roles named the other way round). Restoring one clean
+  state shows how much of B's answer it brings back.
+
+Metrics per pair and patched state (the clean run's answer ``a``; the answer is read at the last prompt token):
+
+- ``p_answer``: probability of ``a``'s first token; ``greedy_first``: the greedy next token is ``a``'s first
+  token (the flip rate in ``patch`` mode, the recovery rate in ``restore`` mode);
+- with ``whole_answer``: ``logp_answer``, the summed log-probability of all of ``a`` under teacher forcing
+  (``prompt + a`` is run, patched at prompt positions only), and ``greedy_answer``: greedy decoding would write
+  exactly ``a`` and then stop (every teacher-forced argmax equals the next answer token, then the stop token);
+- in ``patch`` mode ``p_other``: probability of the corrupted (target) person's own answer's first token.
+
+Positions are every prompt position (the sequence start token included). With probekit's word-level tokenizer a
+full name is always three tokens, so two people's prompts of one template align token by token; a pair whose
+token layouts differ (another tokenizer) is dropped with a warning, and ``trace_pairs`` refuses one outright.
+
+Prompts (``PatchConfig.prompts``): ``qa``, the dataset's QA questions (``What is the birth city of X? Answer:``;
+one template per attribute, so a position index means the same token for every pair), or ``bio``, biography
+prefixes: the first sentence of a source person's entry up to its attribute value (``X was born on``), with the
+target's name put in place of the source's (only entries whose first sentence names the person before the value
+qualify; in un-permuted data that sentence is always the birth date). Bio templates differ in length, so bio maps
+are drawn over position *labels* (``bos``, ``name_first``, ``name_middle``, ``name_last``, ``template``: the mean
+over the template tokens, ``last``).
+
+Models are read causally (``attn_mode="causal"``, the rule for every probe in probekit): for an ABI model that is
+not how it answers (its answers are Part B spans), so its maps describe the causal reading only.
+
+``run_patching(model, dataset, cfg)`` returns the tidy table (``COLUMNS``): one row per (attribute, mode, hook,
+layer, position, metric) with the mean over pairs, a person-clustered bootstrap interval (clusters: the clean
+run's person), ``n_pairs`` and the clean-run and unpatched corrupted-run means of the same metric over the same
+pairs. ``patch_figures(table)`` draws a position x layer heatmap per (prompts, mode, hook, attribute).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from probekit.activations import HookPoint, hook_points, model_dims
+from probekit.data.pools import ATTRIBUTES
+from probekit.data.qa import ANSWER_MARK, QUESTIONS
+from probekit.data.tokenizer import EOS_ID, PAD_ID
+
+log = logging.getLogger(__name__)
+
+MODES: tuple[str, ...] = ("patch", "restore")
+CORRUPTIONS: tuple[str, ...] = ("noise", "swap")
+PROMPTS: tuple[str, ...] = ("qa", "bio")
+SPLITS: tuple[str, ...] = ("test", "train", "all")
+FIRST_METRICS: tuple[str, ...] = ("p_answer", "greedy_first")
+WHOLE_METRICS: tuple[str, ...] = ("logp_answer", "greedy_answer")
+BIO_SLOTS: tuple[str, ...] = ("bos", "name_first", "name_middle", "name_last", "template", "last")
+COLUMNS: tuple[str, ...] = (
+    "model", "objective", "dataset", "prompts", "mode", "corruption", "attribute", "hook", "layer", "position",
+    "position_label", "token", "metric", "value", "ci_low", "ci_high", "n_pairs", "clean", "corrupt",
+)  # fmt: skip
+
+
+@dataclass
+class PatchConfig:
+    """What to patch and measure (``probekit patch`` flags mirror these fields)."""
+
+    attributes: tuple[str, ...] = ATTRIBUTES
+    prompts: str = "qa"  # qa | bio (first-sentence biography prefixes)
+    modes: tuple[str, ...] = ("patch",)  # patch (name swap, source -> target) and/or restore (corrupt, restore)
+    corruption: str = "noise"  # restore mode: noise (Gaussian on the name embeddings) | swap (another name)
+    noise_scale: float = 3.0  # restore/noise: noise std = noise_scale x std of the clean name-token embeddings
+    hooks: tuple[str, ...] = ("resid",)  # resid (L+1 boundaries), attn_out, mlp_out (L each), resid_mid
+    layers: tuple[int, ...] | None = None  # None: every layer of each hook
+    split: str = "test"  # people whose prompts are used: test (P_test), train (P_train) or all
+    n_pairs: int = 50  # pairs per attribute (fewer when fewer qualify)
+    whole_answer: bool = False  # also teacher-force the whole answer: logp_answer, greedy_answer
+    require_correct: bool = True  # keep pairs whose clean (and, swapping, corrupted) run answers right (1st token)
+    n_boot: int = 1000  # person-clustered bootstrap resamples (0: no intervals)
+    batch_size: int = 256  # sequences per forward pass
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.attributes, self.modes, self.hooks = tuple(self.attributes), tuple(self.modes), tuple(self.hooks)
+        if self.layers is not None:
+            self.layers = tuple(int(v) for v in self.layers)
+        bad = [a for a in self.attributes if a not in ATTRIBUTES]
+        if bad or not self.attributes:
+            raise ValueError(f"attributes {list(self.attributes)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise ValueError(f"modes {list(self.modes)}: choose one or more of {', '.join(MODES)}")
+        for name, value, valid in (("corruption", self.corruption, CORRUPTIONS), ("prompts", self.prompts, PROMPTS),
+                                   ("split", self.split, SPLITS)):  # fmt: skip
+            if value not in valid:
+                raise ValueError(f"{name} {value!r}: choose one of {', '.join(valid)}")
+        if self.n_pairs < 1 or self.batch_size < 1 or self.n_boot < 0:
+            raise ValueError("n_pairs and batch_size must be at least 1 and n_boot at least 0")
+        if self.noise_scale <= 0:
+            raise ValueError(f"noise_scale must be positive, got {self.noise_scale}")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return FIRST_METRICS + (WHOLE_METRICS if self.whole_answer else ())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The core: trace a batch of aligned pairs of token sequences
+
+
+@dataclass
+class TracePair:
+    """Two aligned runs of one template. ``clean`` and ``corrupt`` are token ids including the start token and
+    must have the same length P; ``answer`` is the clean run's answer (ids, no specials)."""
+
+    clean: list[int]
+    corrupt: list[int]
+    answer: list[int]
+    other: list[int] | None = None  # the corrupted run's own answer (name swap): scored as p_other
+    noise: tuple[int, ...] = ()  # positions whose input embeddings get Gaussian noise in the corrupted run
+    cluster: int = 0  # bootstrap cluster: the clean run's person id
+    labels: list[str] = field(default_factory=list)  # P position labels (bos, name_first, ...)
+    tokens: list[str] = field(default_factory=list)  # P token strings shown on the map (names as labels)
+
+
+@dataclass
+class TraceResult:
+    """Per-pair metrics: ``patched[m]`` [N pairs, K points, T positions] (NaN beyond a pair's prompt length),
+    ``clean[m]`` / ``corrupt[m]`` [N] in the clean run and the unpatched corrupted run."""
+
+    points: list[HookPoint]
+    patched: dict[str, np.ndarray]
+    clean: dict[str, np.ndarray]
+    corrupt: dict[str, np.ndarray]
+    noise_std: float | None = None
+
+
+def _is_hooked_lm(model: Any) -> bool:
+    from probekit.model import HookedLM
+
+    return isinstance(model, HookedLM)
+
+
+def _logits(model: Any, ids: Tensor, key_mask: Tensor, hooks: list[tuple[str, Callable[..., Any]]]) -> Tensor:
+    """Logits [B, T, V] of a ``HookedLM`` (causal reading, pads never keys) or a ``TransformerBridge``."""
+    if _is_hooked_lm(model):
+        return model.run_with_hooks(ids, fwd_hooks=hooks, attn_mode="causal", key_mask=key_mask)
+    return model.run_with_hooks(ids, fwd_hooks=hooks)
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_aligned(pairs: Sequence[TracePair]) -> None:
+    """Refuse pairs whose clean and corrupted runs do not align token by token (same length)."""
+    for i, p in enumerate(pairs):
+        if len(p.clean) != len(p.corrupt):
+            raise ValueError(
+                f"pair {i}: the clean prompt has {len(p.clean)} tokens but the corrupted one {len(p.corrupt)}; "
+                "patching needs prompts that align token by token (same template, names of equal token length)"
+            )
+        if not p.answer:
+            raise ValueError(f"pair {i}: empty answer; every answer needs at least one token")
+        if p.labels and len(p.labels) != len(p.clean):
+            raise ValueError(f"pair {i}: {len(p.labels)} position labels for {len(p.clean)} positions")
+        if any(not 0 <= q < len(p.clean) for q in p.noise):
+            raise ValueError(f"pair {i}: noise positions {list(p.noise)} outside the prompt (0..{len(p.clean) - 1})")
+
+
+class _Scorer:
+    """Scores logits against each pair's answer; rows of a batch are (pair index, patch) combinations."""
+
+    def __init__(self, pairs: Sequence[TracePair], whole: bool, stop_id: int | None, device: torch.device) -> None:
+        n = len(pairs)
+        A = max(len(p.answer) for p in pairs) + 1 if whole else 1  # answer targets (+ stop) per pair
+        self.whole = whole
+        self.prompt_len = torch.tensor([len(p.clean) for p in pairs], device=device)  # [N]
+        targets = torch.full((n, A), PAD_ID, dtype=torch.long)  # [N, A]
+        mask = torch.zeros((n, A), dtype=torch.bool)  # [N, A] real targets
+        is_answer = torch.zeros((n, A), dtype=torch.bool)  # [N, A] answer tokens (not the stop)
+        for i, p in enumerate(pairs):
+            seq = (list(p.answer) + ([stop_id] if stop_id is not None else [])) if whole else list(p.answer[:1])
+            targets[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = True
+            is_answer[i, : min(len(p.answer), len(seq))] = True
+        self.targets, self.mask, self.is_answer = targets.to(device), mask.to(device), is_answer.to(device)
+        self.other = torch.tensor([(p.other or [-1])[0] for p in pairs], device=device)  # [N], -1: none
+        self.offsets = torch.arange(A, device=device)  # [A]
+
+    def __call__(self, logits: Tensor, pair_idx: Tensor) -> dict[str, Tensor]:
+        """Metrics [R] for logits [R, T, V] of rows belonging to pairs ``pair_idx`` [R]."""
+        R, T, _ = logits.shape
+        pos = (self.prompt_len[pair_idx, None] - 1 + self.offsets[None]).clamp(max=T - 1)  # [R, A]
+        picked = logits.gather(1, pos[..., None].expand(R, pos.shape[1], logits.shape[-1])).float()  # [R, A, V]
+        logp = torch.log_softmax(picked, dim=-1)  # [R, A, V]
+        tgt, mask, is_ans = self.targets[pair_idx], self.mask[pair_idx], self.is_answer[pair_idx]  # [R, A]
+        tok_logp = logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]  # [R, A]
+        hit = logp.argmax(-1) == tgt  # [R, A]
+        out = {"p_answer": tok_logp[:, 0].exp(), "greedy_first": hit[:, 0].float()}
+        if self.whole:
+            out["logp_answer"] = (tok_logp * is_ans).sum(-1)
+            out["greedy_answer"] = (hit | ~mask).all(-1).float()
+        other = self.other[pair_idx]  # [R]
+        if bool((other >= 0).any()):
+            p_other = logp[:, 0].gather(-1, other.clamp(min=0)[:, None])[:, 0].exp()  # [R]
+            out["p_other"] = torch.where(other >= 0, p_other, torch.full_like(p_other, float("nan")))
+        return out
+
+
+@torch.no_grad()
+def trace_pairs(
+    model: Any,
+    pairs: Sequence[TracePair],
+    points: Sequence[HookPoint],
+    whole_answer: bool = False,
+    noise_std: float | None = None,
+    noise_scale: float = 3.0,
+    stop_id: int | None = EOS_ID,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> TraceResult:
+    """Patch every clean state at ``points`` x prompt positions into the corrupted run of each pair.
+
+    ``noise_std``: the std of the embedding noise for pairs with ``noise`` positions (None: ``noise_scale`` x the
+    std of the clean run's embeddings at those positions). The noise of a pair is drawn once (seeded) and is the
+    same in all of its patched runs. ``stop_id``: the token greedy decoding must end the answer with
+    (``greedy_answer``; None: not checked). Works for a ``HookedLM`` and a ``TransformerBridge``.
+    """
+    if not pairs:
+        raise ValueError("no pairs to trace")
+    if not points:
+        raise ValueError("no hook points to patch")
+    check_aligned(pairs)
+    device = _device(model)
+    n_ctx = model_dims(model).n_ctx
+    N = len(pairs)
+    P = [len(p.clean) for p in pairs]
+    T = max(len(p.clean) + (len(p.answer) if whole_answer else 0) for p in pairs)  # one padded width for all runs
+    if T > n_ctx:
+        raise ValueError(f"prompt plus answer needs {T} tokens, over the model's context n_ctx={n_ctx}")
+
+    def rows(which: str) -> tuple[Tensor, Tensor]:  # token ids [N, T] and key mask [N, T]
+        ids = torch.full((N, T), PAD_ID, dtype=torch.long)
+        for i, p in enumerate(pairs):
+            seq = list(getattr(p, which)) + (list(p.answer) if whole_answer else [])
+            ids[i, : len(seq)] = torch.tensor(seq)
+        lengths = torch.tensor([len(p.clean) + (len(p.answer) if whole_answer else 0) for p in pairs])  # [N]
+        key_mask = torch.arange(T)[None] < lengths[:, None]  # [N, T] True on real tokens
+        return ids.to(device), key_mask.to(device)
+
+    clean_ids, mask = rows("clean")  # [N, T]
+    corrupt_ids, _ = rows("corrupt")  # [N, T]
+    scorer = _Scorer(pairs, whole_answer, stop_id, device)
+    Pmax = max(P)
+
+    # 1. The clean run: every point's states at the prompt positions, the embeddings, and the clean metrics.
+    names = list(dict.fromkeys([pt.name for pt in points] + ["hook_embed"]))
+    cache: dict[str, Tensor] = {}  # name -> [N, Pmax, d]
+    clean_metrics: dict[str, list[Tensor]] = {}
+    for lo in range(0, N, batch_size):
+        idx = torch.arange(lo, min(lo + batch_size, N), device=device)
+        parts: dict[str, Tensor] = {}
+
+        def keeper(name: str, parts: dict[str, Tensor] = parts) -> Callable[..., None]:
+            def keep(x: Tensor, hook: Any) -> None:  # stored by our name: a bridge reports its alias targets
+                parts[name] = x[:, :Pmax].detach().clone()  # [B, Pmax, d]
+
+            return keep
+
+        logits = _logits(model, clean_ids[idx], mask[idx], [(n, keeper(n)) for n in names])
+        for n in names:
+            cache.setdefault(n, torch.empty((N, Pmax, parts[n].shape[-1]), dtype=parts[n].dtype, device=device))
+            cache[n][idx] = parts[n]
+        for k, v in scorer(logits, idx).items():
+            clean_metrics.setdefault(k, []).append(v)
+
+    # 2. The corruption: Gaussian noise on the name embeddings of pairs that ask for it (one draw per pair).
+    noisy = [i for i, p in enumerate(pairs) if p.noise]
+    add: Tensor | None = None  # [N, T, d] added to the corrupted run's embeddings
+    if noisy:
+        emb = cache["hook_embed"]  # [N, Pmax, d]
+        if noise_std is None:
+            rows_emb = torch.cat([emb[i, list(pairs[i].noise)] for i in noisy])  # [M, d]
+            noise_std = noise_scale * float(rows_emb.float().std())
+        gen = torch.Generator().manual_seed(seed)
+        add = torch.zeros((N, T, emb.shape[-1]), dtype=emb.dtype)
+        for i in noisy:
+            q = list(pairs[i].noise)
+            add[i, q] = (torch.randn((len(q), emb.shape[-1]), generator=gen) * noise_std).to(emb.dtype)
+        add = add.to(device)
+
+    def run(pair_idx: Tensor, patch_name: str | None, patch_pos: Tensor | None) -> dict[str, Tensor]:
+        """The corrupted runs of ``pair_idx`` [R], row r patched at ``patch_pos[r]`` of ``patch_name``."""
+        hooks: list[tuple[str, Callable[..., Any]]] = []
+        if add is not None:
+            hooks.append(("hook_embed", lambda x, hook: x + add[pair_idx, : x.shape[1]]))
+        if patch_name is not None and patch_pos is not None:
+            src = cache[patch_name][pair_idx, patch_pos]  # [R, d]
+            rr = torch.arange(len(pair_idx), device=device)
+
+            def patch(x: Tensor, hook: Any) -> Tensor:
+                x = x.clone()
+                x[rr, patch_pos] = src.to(x.dtype)
+                return x
+
+            hooks.append((patch_name, patch))
+        return scorer(_logits(model, corrupt_ids[pair_idx], mask[pair_idx], hooks), pair_idx)
+
+    # 3. The unpatched corrupted run.
+    corrupt_metrics: dict[str, list[Tensor]] = {}
+    for lo in range(0, N, batch_size):
+        idx = torch.arange(lo, min(lo + batch_size, N), device=device)
+        for k, v in run(idx, None, None).items():
+            corrupt_metrics.setdefault(k, []).append(v)
+
+    # 4. One patched run per (pair, point, position), batched over (pair, position) for each point.
+    all_pair = torch.tensor([i for i in range(N) for _ in range(P[i])], device=device)  # [R_all]
+    all_pos = torch.tensor([q for i in range(N) for q in range(P[i])], device=device)  # [R_all]
+    metric_names = list(clean_metrics)
+    patched = {k: np.full((N, len(points), Pmax), np.nan) for k in metric_names}
+    for k_pt, pt in enumerate(points):
+        for lo in range(0, len(all_pair), batch_size):
+            pi, pp = all_pair[lo : lo + batch_size], all_pos[lo : lo + batch_size]
+            for k, v in run(pi, pt.name, pp).items():
+                patched[k][pi.cpu().numpy(), k_pt, pp.cpu().numpy()] = v.double().cpu().numpy()
+
+    def cat(d: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:
+        return {k: torch.cat(v).double().cpu().numpy() for k, v in d.items()}
+
+    return TraceResult(list(points), patched, cat(clean_metrics), cat(corrupt_metrics), noise_std)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregation: mean over pairs per (point, position slot) and a person-clustered bootstrap
+
+
+def cluster_bootstrap(
+    values: np.ndarray, clusters: Sequence[int], n_boot: int, seed: int, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals of column means of ``values`` [N, F] (NaN = missing), resampling clusters (people) with
+    replacement, all rows of a drawn cluster together. Returns (low [F], high [F]); NaN when ``n_boot`` is 0."""
+    N, F = values.shape
+    if n_boot == 0 or N == 0:
+        return np.full(F, np.nan), np.full(F, np.nan)
+    ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    C = len(ids)
+    ok = ~np.isnan(values)
+    sums, counts = np.zeros((C, F)), np.zeros((C, F))
+    np.add.at(sums, inv, np.where(ok, values, 0.0))
+    np.add.at(counts, inv, ok.astype(float))
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(C, np.full(C, 1.0 / C), size=n_boot).astype(float)  # [B, C]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (w @ sums) / (w @ counts)  # [B, F]
+        a = (1 - level) / 2
+        return np.nanquantile(means, a, axis=0), np.nanquantile(means, 1 - a, axis=0)
+
+
+def slot_layout(pairs: Sequence[TracePair], by: str) -> tuple[list[list[int]], list[tuple[str, str]]]:
+    """Which map column ("slot") each prompt position of each pair falls in, and each slot's (label, token).
+
+    ``by="position"``: a slot per position index (pairs of one template); ``by="label"``: the ``BIO_SLOTS``."""
+    if by == "position":
+        P = max(len(p.clean) for p in pairs)
+        ref = max(pairs, key=lambda p: len(p.clean))
+        info = [(ref.labels[q] if ref.labels else "", ref.tokens[q] if ref.tokens else str(q)) for q in range(P)]
+        return [list(range(len(p.clean))) for p in pairs], info
+    if by == "label":
+        index = {s: i for i, s in enumerate(BIO_SLOTS)}
+        bad = {lab for p in pairs for lab in p.labels if lab not in index}
+        if bad:
+            raise ValueError(f"position labels {sorted(bad)} have no bio map slot; slots are {list(BIO_SLOTS)}")
+        return [[index[lab] for lab in p.labels] for p in pairs], [(s, s) for s in BIO_SLOTS]
+    raise ValueError(f"slot layout {by!r}: use 'position' or 'label'")
+
+
+def summarize(
+    result: TraceResult,
+    pairs: Sequence[TracePair],
+    by: str = "position",
+    n_boot: int = 1000,
+    seed: int = 0,
+    **columns: Any,
+) -> pd.DataFrame:
+    """Tidy rows (``COLUMNS``; ``columns`` fills model, attribute, mode...): per point, slot and metric the mean
+    over pairs (a pair's positions in one slot are averaged first), a clustered bootstrap interval, n_pairs."""
+    slots, info = slot_layout(pairs, by)
+    S, K, N = len(info), len(result.points), len(pairs)
+    clusters = [p.cluster for p in pairs]
+    rows = []
+    for metric, arr in result.patched.items():  # arr [N, K, Pmax]
+        per_pair = np.full((N, K, S), np.nan)  # [N, K, S]
+        for i, sl in enumerate(slots):
+            for s in set(sl):
+                qs = [q for q, v in enumerate(sl) if v == s]
+                per_pair[i, :, s] = arr[i, :, qs].mean(axis=0)
+        flat = per_pair.reshape(N, K * S)
+        n_have = (~np.isnan(flat)).sum(axis=0)  # [K*S]
+        mean = np.where(n_have > 0, np.nansum(flat, axis=0) / np.maximum(n_have, 1), np.nan)  # [K*S]
+        low, high = cluster_bootstrap(flat, clusters, n_boot, seed)
+        clean, corrupt = result.clean[metric], result.corrupt[metric]
+        for k, pt in enumerate(result.points):
+            for s, (label, token) in enumerate(info):
+                f = k * S + s
+                if n_have[f] == 0:
+                    continue
+                have = ~np.isnan(per_pair[:, k, s])
+                rows.append({
+                    **columns, "hook": pt.hook, "layer": pt.layer, "position": s, "position_label": label,
+                    "token": token, "metric": metric, "value": float(mean[f]), "ci_low": float(low[f]),
+                    "ci_high": float(high[f]), "n_pairs": int(n_have[f]),
+                    "clean": float(np.nanmean(clean[have])), "corrupt": float(np.nanmean(corrupt[have])),
+                })  # fmt: skip
+    return pd.DataFrame(rows, columns=list(COLUMNS)) if not rows else pd.DataFrame(rows)[list(COLUMNS)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts of a bioS dataset
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt around a name slot: ``before + name + after``; ``answer_from`` marks where the answer cue begins
+    in ``after`` (``Answer:``; -1: none)."""
+
+    before: str
+    after: str
+    answer_from: int = -1
+
+    def fill(self, name: str) -> str:
+        return f"{self.before}{name}{self.after}"
+
+
+def qa_template(attr: str) -> Template:
+    """The dataset's QA question for ``attr`` around the name (``What is the birth city of {name}? Answer:``)."""
+    before, _, rest = QUESTIONS[attr].partition("{name}")
+    after = f"{rest} {ANSWER_MARK}"
+    return Template(before, after, after.rfind(ANSWER_MARK))
+
+
+def bio_template(entry: Any, attr: str) -> Template | None:
+    """The first sentence of ``entry`` up to its ``attr`` value, around the name; None unless that sentence is
+    ``attr``'s and names the person before the value."""
+    if not entry.order or entry.order[0] != attr:
+        return None
+    value = next((s for s in entry.spans if s.kind == attr), None)
+    name = next((s for s in entry.spans if s.kind == "name"), None)
+    if value is None or name is None or name.end > value.start:
+        return None
+    prefix = entry.text[: value.start].rstrip()
+    return Template(prefix[: name.start], prefix[name.end :])
+
+
+@dataclass
+class Encoded:
+    ids: list[int]  # start token + prompt
+    labels: list[str]  # one per position
+    tokens: list[str]  # map tick text per position
+    name: tuple[int, int]  # token span of the name [start, end)
+
+
+def encode_prompt(tokenizer: Any, tpl: Template, name: str, start_id: int, qa: bool) -> Encoded:
+    """Token ids (``start_id`` first) of ``tpl`` filled with ``name``, with a label per position."""
+    text = tpl.fill(name)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    n0, n1 = len(tpl.before), len(tpl.before) + len(name)
+    in_name = [q for q, (a, b) in enumerate(offsets) if a < n1 and b > n0]
+    if not in_name:
+        raise ValueError(f"the name {name!r} maps to no token in {text!r}")
+    first, last = in_name[0], in_name[-1]
+    answer_at = n1 + tpl.answer_from if tpl.answer_from >= 0 else None
+    labels, tokens = ["bos"], ["<start>"]
+    words = tokenizer.convert_ids_to_tokens(ids)
+    for q, (a, _) in enumerate(offsets):
+        if first <= q <= last:
+            lab = "name_first" if q == first and last > first else "name_last" if q == last else "name_middle"
+            tok = f"[{lab}]"
+        else:
+            lab = ("question" if q < first else "answer_prefix" if answer_at is not None and a >= answer_at
+                   else "question_end") if qa else "template"  # fmt: skip
+            tok = str(words[q])
+        labels.append(lab)
+        tokens.append(tok)
+    labels[-1] = "last"
+    return Encoded([start_id, *ids], labels, tokens, (first + 1, last + 2))
+
+
+def _people(dataset: Any, split: str) -> list[int]:
+    if split == "all":
+        return [p.pid for p in dataset.people]
+    return list(dataset.split[split])
+
+
+@dataclass
+class Candidate:
+    """One (template, source, target) combination before the correctness filter."""
+
+    tpl: Template
+    source: int
+    target: int
+
+
+def candidates(dataset: Any, attr: str, prompts: str, pids: Sequence[int], seed: int) -> list[Candidate]:
+    """Seeded (source, target) pairs of distinct people with different answers (first word), each person a source
+    at most once. QA: the attribute's question. Bio: the source's first qualifying entry prefix."""
+    rng = random.Random(f"{seed}-{attr}-{prompts}")
+    order = list(pids)
+    rng.shuffle(order)
+    templates: dict[int, Template] = {}
+    if prompts == "qa":
+        templates = {pid: qa_template(attr) for pid in order}
+    else:
+        by_pid: dict[int, Template] = {}
+        for e in dataset.entries:
+            if e.pid not in by_pid:
+                tpl = bio_template(e, attr)
+                if tpl is not None:
+                    by_pid[e.pid] = tpl
+        templates = {pid: by_pid[pid] for pid in order if pid in by_pid}
+    value = {pid: dataset.person(pid).attrs[attr] for pid in order}
+    out = []
+    for k, src in enumerate(order):
+        if src not in templates:
+            continue
+        for step in range(1, len(order)):  # the next person (cyclically) whose answer starts differently
+            tgt = order[(k + step) % len(order)]
+            if value[tgt].split()[0] != value[src].split()[0]:
+                out.append(Candidate(templates[src], src, tgt))
+                break
+    return out
+
+
+def build_pairs(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    attr: str,
+    mode: str,
+    cfg: PatchConfig,
+    start_id: int,
+) -> tuple[list[TracePair], dict[str, int]]:
+    """The pairs of one attribute and mode (at most ``cfg.n_pairs``) and counts of what was dropped and why.
+
+    ``patch``: clean = source, corrupted = target. ``restore``/``noise``: clean = corrupted = source with noise on
+    its name tokens; ``restore``/``swap``: clean = source, corrupted = the source's prompt with the target's name.
+    """
+    qa = cfg.prompts == "qa"
+    cands = candidates(dataset, attr, cfg.prompts, _people(dataset, cfg.split), cfg.seed)
+    swap = mode == "patch" or cfg.corruption == "swap"
+    pairs, n_misaligned = [], 0
+    for c in cands:
+        src, tgt = dataset.person(c.source), dataset.person(c.target)
+        a = encode_prompt(tokenizer, c.tpl, src.full_name, start_id, qa)
+        b = encode_prompt(tokenizer, c.tpl, tgt.full_name, start_id, qa) if swap else a
+        if len(a.ids) != len(b.ids) or a.name != b.name:
+            n_misaligned += 1
+            continue
+        answer = tokenizer(" " + src.attrs[attr], add_special_tokens=False)["input_ids"]
+        other = tokenizer(" " + tgt.attrs[attr], add_special_tokens=False)["input_ids"] if swap else None
+        pairs.append(TracePair(
+            a.ids, b.ids, list(answer), list(other) if other else None,
+            () if swap else tuple(range(*a.name)), c.source, a.labels, a.tokens,
+        ))  # fmt: skip
+    counts = {"candidates": len(cands), "misaligned": n_misaligned}
+    if n_misaligned:
+        log.warning("%s/%s: %d of %d pairs dropped: their prompts do not align token by token (names of different "
+                    "token lengths under this tokenizer)", attr, mode, n_misaligned, len(cands))  # fmt: skip
+    if cands and n_misaligned == len(cands):
+        raise ValueError(f"no {attr} pair aligns token by token under this tokenizer: the two people's prompts have "
+                         "different lengths; patch a model with a word-level (probekit) tokenizer")  # fmt: skip
+    if cfg.require_correct and pairs:
+        ok = correct_mask(model, pairs, swap, cfg.batch_size)
+        counts["incorrect"] = int(len(pairs) - sum(ok))
+        pairs = [p for p, good in zip(pairs, ok) if good]
+    counts["used"] = min(len(pairs), cfg.n_pairs)
+    return pairs[: cfg.n_pairs], counts
+
+
+@torch.no_grad()
+def correct_mask(model: Any, pairs: Sequence[TracePair], both: bool, batch_size: int) -> list[bool]:
+    """Whether the model's greedy first token is right in the clean run (and, with ``both``, the corrupted run's
+    own answer in the corrupted run) of each pair."""
+    device = _device(model)
+
+    def first_ok(seqs: list[list[int]], answers: list[int]) -> list[bool]:
+        out: list[bool] = []
+        for lo in range(0, len(seqs), batch_size):
+            chunk = seqs[lo : lo + batch_size]
+            T = max(len(s) for s in chunk)
+            ids = torch.tensor([s + [PAD_ID] * (T - len(s)) for s in chunk], device=device)  # [B, T]
+            lens = torch.tensor([len(s) for s in chunk], device=device)  # [B]
+            key_mask = torch.arange(T, device=device)[None] < lens[:, None]  # [B, T]
+            logits = _logits(model, ids, key_mask, [])  # [B, T, V]
+            pred = logits[torch.arange(len(chunk), device=device), lens - 1].argmax(-1)  # [B]
+            out += (pred.cpu() == torch.tensor(answers[lo : lo + batch_size])).tolist()
+        return out
+
+    ok = first_ok([p.clean for p in pairs], [p.answer[0] for p in pairs])
+    if both:
+        ok_b = first_ok([p.corrupt for p in pairs], [(p.other or p.answer)[0] for p in pairs])
+        ok = [x and y for x, y in zip(ok, ok_b)]
+    return ok
+
+
+def start_token(tokenizer: Any, kind: str) -> int:
+    """The token every prompt starts with: probekit's ``<|endoftext|>``; a Hugging Face tokenizer's BOS (else EOS)."""
+    if kind == "probekit":
+        return EOS_ID
+    for tid in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if tid is not None:
+            return int(tid)
+    return EOS_ID
+
+
+@dataclass
+class PatchResult:
+    table: pd.DataFrame  # tidy rows (COLUMNS)
+    pairs: list[dict[str, Any]]  # one record per pair used: attribute, mode, source, target, prompts, answer
+    counts: list[dict[str, Any]]  # per attribute and mode: candidates, misaligned, incorrect, used
+    noise_std: dict[str, float] = field(default_factory=dict)  # per attribute (restore/noise)
+
+
+def run_patching(pm: Any, dataset: Any, cfg: PatchConfig, progress: bool = False) -> PatchResult:
+    """Patching maps of a loaded model (``probekit.probes.runner.ProbeModel``) on ``dataset``'s prompts.
+
+    Attributes without any usable pair are skipped with a warning; no usable pair at all is a ``ValueError``.
+    """
+    from tqdm.auto import tqdm
+
+    model, tokenizer = pm.model, pm.tokenizer if pm.tokenizer is not None else dataset.tokenizer
+    dims = model_dims(model)
+    points = hook_points(dims.n_layers, cfg.hooks, cfg.layers)
+    start = start_token(tokenizer, pm.kind)
+    stop = EOS_ID if pm.kind == "probekit" else getattr(tokenizer, "eos_token_id", None)
+    if pm.objective == "abi":
+        log.warning("%s is an ABI model: patching reads it causally, which is not how it answers (Part B spans)",
+                    pm.name)  # fmt: skip
+    frames, records, counts, noise = [], [], [], {}
+    jobs = [(a, m) for a in cfg.attributes for m in cfg.modes]
+    for attr, mode in tqdm(jobs, desc="patch", unit="map", disable=not progress, leave=False):
+        pairs, c = build_pairs(model, tokenizer, dataset, attr, mode, cfg, start)
+        corruption = "swap" if mode == "patch" else cfg.corruption
+        counts.append({"attribute": attr, "mode": mode, "corruption": corruption, **c})
+        if not pairs:
+            log.warning("%s/%s: no usable pair (%s); skipped", attr, mode, c)
+            continue
+        res = trace_pairs(model, pairs, points, cfg.whole_answer, None, cfg.noise_scale, stop, cfg.seed,
+                          cfg.batch_size)  # fmt: skip
+        if res.noise_std is not None:
+            noise[attr] = res.noise_std
+        frames.append(summarize(
+            res, pairs, "position" if cfg.prompts == "qa" else "label", cfg.n_boot, cfg.seed, model=pm.name,
+            objective=pm.objective, dataset=getattr(dataset, "name", "unknown"), prompts=cfg.prompts, mode=mode,
+            corruption=corruption, attribute=attr,
+        ))  # fmt: skip
+        for p in pairs:
+            records.append({
+                "attribute": attr, "mode": mode, "source": p.cluster, "clean": tokenizer.decode(p.clean[1:]),
+                "corrupt": tokenizer.decode(p.corrupt[1:]), "answer": tokenizer.decode(p.answer).strip(),
+                "noise_positions": list(p.noise),
+            })  # fmt: skip
+    if not frames:
+        raise ValueError(
+            f"no usable pairs for any attribute ({counts}); with require_correct the model must answer the clean "
+            "prompts right (first token): patch a trained/finetuned model, or pass --all-pairs"
+        )
+    return PatchResult(pd.concat(frames, ignore_index=True), records, counts, noise)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+RATE_METRICS = ("p_answer", "greedy_first", "greedy_answer", "p_other")
+METRIC_TITLES = {
+    "p_answer": "P(clean answer, 1st token)", "greedy_first": "greedy 1st token = clean answer",
+    "logp_answer": "log P(whole clean answer)", "greedy_answer": "greedy whole answer = clean answer",
+    "p_other": "P(corrupted run's own answer)",
+}  # fmt: skip
+
+
+def patch_figures(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> list[Any]:
+    """One figure per (prompts, mode, hook, attribute): a position x layer heatmap per metric, side by side.
+
+    Rows are prompt positions in order (top to bottom), columns layers; the title gives the clean-run and
+    unpatched corrupted-run means of each metric. Returns ``probekit.plots.Figure`` objects."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from probekit.plots import Figure, slug
+
+    figs = []
+    keys = ["prompts", "mode", "hook", "attribute"]
+    for (prompts, mode, hook, attr), g in df.groupby(keys, sort=False):
+        ms = [m for m in (metrics or dict.fromkeys(g["metric"])) if m in set(g["metric"])]
+        titles = []
+        for m in ms:
+            s = g[g.metric == m].iloc[0]
+            titles.append(f"{METRIC_TITLES.get(m, m)}<br>clean {s['clean']:.2f}, corrupted {s['corrupt']:.2f}")
+        fig = make_subplots(rows=1, cols=len(ms), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.08)
+        ticks = g.drop_duplicates("position").sort_values("position")
+        ylab = [f"{t} ({int(p)})" for t, p in zip(ticks["token"], ticks["position"])]
+        layers = sorted(int(v) for v in g["layer"].unique())
+        for j, m in enumerate(ms):
+            piv = g[g.metric == m].pivot_table(index="position", columns="layer", values="value", aggfunc="mean")
+            piv = piv.reindex(index=list(ticks["position"]), columns=layers)
+            rate = m in RATE_METRICS
+            text = [[("" if np.isnan(v) else f"{100 * v:.0f}" if rate else f"{v:.1f}") for v in r]
+                    for r in piv.to_numpy()]  # fmt: skip
+            fig.add_trace(go.Heatmap(
+                z=piv.to_numpy(), x=[str(v) for v in layers], y=ylab, text=text, texttemplate="%{text}",
+                colorscale="Blues" if rate else "Viridis", zmin=0 if rate else None, zmax=1 if rate else None,
+                showscale=j == len(ms) - 1, hovertemplate="layer %{x}<br>%{y}<br>%{z:.3f}<extra>" + m + "</extra>",
+            ), row=1, col=j + 1)  # fmt: skip
+        n = int(g["n_pairs"].max())
+        what = "source -> target (name swap)" if mode == "patch" else f"restore after {g['corruption'].iloc[0]}"
+        fig.update_layout(
+            title=f"Activation patching, {prompts} {attr}: {hook}, {what}, {n} pairs - {g['model'].iloc[0]}",
+            width=max(520, 330 * len(ms) + 220), height=max(420, 26 * len(ylab) + 200),
+        )  # fmt: skip
+        fig.update_yaxes(autorange="reversed")
+        fig.update_xaxes(title_text="layer")
+        figs.append(Figure(f"{prompts}_{mode}_{hook}_{slug(attr)}", fig, g.reset_index(drop=True)))
+    return figs
+
+
+def write_figures(figures: Sequence[Any], out_dir: str | Path, png: bool = True) -> tuple[list[Path], str | None]:
+    """Each ``probekit.plots.Figure`` as HTML + CSV (+ PNG) in ``out_dir``; returns the files and why PNG export
+    failed (None if it did not)."""
+    import os
+    from contextlib import ExitStack
+
+    import plotly.io as pio
+
+    from probekit.io import atomic_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for f in figures:
+        html, csv = out / f"{f.name}.html", out / f"{f.name}.csv"
+        with atomic_path(html) as tmp:
+            f.fig.write_html(tmp, include_plotlyjs="directory")
+        with atomic_path(csv) as tmp:
+            f.data.to_csv(tmp, index=False)
+        files += [html, csv]
+    for stray in out.glob(".*plotly.min.js"):  # plotly writes it beside each temp name: keep the shared copy
+        os.unlink(stray)
+    error = None
+    if png and figures:
+        pngs = [out / f"{f.name}.png" for f in figures]
+        try:
+            with ExitStack() as stack:
+                tmps = [stack.enter_context(atomic_path(p)) for p in pngs]
+                pio.write_images([f.fig for f in figures], tmps, format="png",
+                                 width=[f.fig.layout.width or 760 for f in figures],
+                                 height=[f.fig.layout.height or 500 for f in figures])  # fmt: skip
+            files += pngs
+        except Exception as e:  # noqa: BLE001  kaleido needs Chromium: keep the HTML and CSV, say why
+            error = f"PNG export failed ({type(e).__name__}: {e}); HTML and CSV were written (needs Chromium)"
+            log.warning(error)
+    return files, error
