@@ -63,8 +63,8 @@ def test_split_never_leaks_test_people(tiny_single, models, tmp_path: Path, monk
         return real(model, tok, objective, items, *args, **kwargs)
 
     monkeypatch.setattr(qa_mod, "finetune", spy)
-    run_qa(models["ntp"], ds.root, tmp_path / "o", FinetuneConfig(max_steps=1, epochs=None), attrs=["major"],
-           progress=False, png=False)  # fmt: skip
+    run_qa(models["ntp"], ds.root, tmp_path / "o", FinetuneConfig(max_steps=1, epochs=None, warmup_steps=0),
+           attrs=["major"], progress=False, png=False)  # fmt: skip
     assert {it.pid for it in seen} == train_pids and {it.task for it in seen} == {"major"}
 
 

@@ -95,14 +95,9 @@ def test_render_writes_html_png_and_csv(tmp_path):
 
 
 def test_png_failure_keeps_html_and_says_why(tmp_path, monkeypatch):
-    import plotly.io as pio
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no browser here")
-
-    monkeypatch.setattr(pio, "write_images", broken)
+    monkeypatch.setenv("BROWSER_PATH", "/bin/false")  # a browser that exits at once (export runs in a child)
     report = render_figures(table(models=("a",), layers=1), tmp_path)
-    assert report.png_error is not None and "no browser here" in report.png_error
+    assert report.png_error is not None and "PNG export failed" in report.png_error
     assert "apt-get install" in report.png_error
     assert list(tmp_path.glob("*.html")) and not list(tmp_path.glob("*.png"))
 

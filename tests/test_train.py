@@ -201,7 +201,7 @@ def test_resume_with_changed_config_names_fields(tiny_single, tmp_path: Path) ->
     with pytest.raises(ValueError, match="not divisible"):  # a refused --overwrite keeps the old run
         Trainer(_cfg(tiny_single, tmp_path / "r", model={**TINY, "n_heads": 3}), overwrite=True, progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step_00000002"]
-    res = train(_cfg(tiny_single, tmp_path / "r", max_steps=1), overwrite=True, progress=False)
+    res = train(_cfg(tiny_single, tmp_path / "r", max_steps=1, warmup_steps=1), overwrite=True, progress=False)
     assert res.steps == 1 and [r["step"] for r in read_jsonl(res.metrics_path)] == [1]
 
 

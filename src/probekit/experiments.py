@@ -80,11 +80,29 @@ class ExperimentConfig:
         if len(set(names)) != len(names) or len({m.name for m in self.models}) != len(self.models):
             raise ValueError(f"experiment {self.name}: dataset and model names must be unique")
         for d in self.datasets:
-            parse_augmentation(d.augmentation)
+            aug = parse_augmentation(d.augmentation)
+            if d.n_people < 1:
+                raise ValueError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
+            from probekit.data.integrity import check_memory
+            from probekit.data.pools import LIMITABLE
+
+            check_memory(d.n_people, aug.multi)
+            bad = {k: v for k, v in d.pool_limits.items() if k not in LIMITABLE or v < 2}
+            if bad:
+                raise ValueError(f"dataset {d.name!r}: pool_limits {bad}: only {', '.join(LIMITABLE)} can be "
+                                 "limited, each to at least 2 values")  # fmt: skip
         for m in self.models:
             if m.data not in names:
                 raise ValueError(f"model {m.name!r} trains on unknown dataset {m.data!r}; datasets: {names}")
             from_dict(TrainConfig, {**m.train, "data": "x", "out": "x"}).validate()
+            if self.figures_layer is not None and not m.train.get("init_from"):
+                from probekit.model import ModelConfig
+
+                n_layers = dict(m.train.get("model") or {}).get("n_layers", ModelConfig.n_layers)
+                if not 0 <= self.figures_layer <= n_layers:
+                    raise ValueError(f"figures_layer {self.figures_layer}: model {m.name!r} has layers "
+                                     f"0..{n_layers} (0 = embeddings, {n_layers} = last block's output); "
+                                     "choose one of those")  # fmt: skip
         from_dict(ProbeSpec, {"name": self.name, **self.probe})
         if self.qa is not None:
             unknown = sorted(set(self.qa.models) - {m.name for m in self.models})
@@ -94,14 +112,14 @@ class ExperimentConfig:
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    import yaml
+    from probekit.config import load_mapping
 
     path = Path(path)
     if path.is_dir():
         path = path / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"experiment config {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_mapping(path, "experiment config")
     data.setdefault("name", path.parent.name if path.name == "config.yaml" else path.stem)
     return from_dict(ExperimentConfig, data)
 
@@ -217,7 +235,7 @@ def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progre
         run = runs[m.name]
         if _done(run):
             continue
-        tc = {**m.train, "data": str(data[m.data]), "out": str(run)}
+        tc = {**m.train, "data": str(Path(data[m.data]).resolve()), "out": str(run.resolve())}
         resume = (run / "checkpoints").exists()
         log.info(f"[train] {m.name} ({tc.get('objective', 'ntp')} on {m.data}){' resuming' if resume else ''}")
         todo.append((m.name, tc, resume))
@@ -256,7 +274,11 @@ def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
             models = [target] + ([random_init_like(target)] if cfg.control_random else [])
             log.info(f"[probe] {m.name}: {', '.join(k.upper() for k in spec.kinds)}-probes on {m.data}")
             df = run_spec(spec, ds, models, progress=progress)
-            write_results(df, dest)
+            from probekit import provenance as prov
+
+            rec = prov.record(inputs={"model": prov.weights_file(runs[m.name]), "data": data[m.data]},
+                              seeds={"probe": spec.seed})  # fmt: skip
+            write_results(df, dest, provenance=rec)
             _mark_done(dest)
         tables.append(read_results(dest / "results.parquet"))
     return pd.concat(tables, ignore_index=True)
@@ -327,19 +349,31 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     from probekit.plots import render_figures
     from probekit.results import write_results
 
+    from probekit import provenance as prov
+
     t0 = time.perf_counter()
-    out = Path(out)
+    cfg.validate()  # everything is checked before the first file is written
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
+    out = Path(out).expanduser().resolve()  # absolute: runs record paths that work from any directory
     cfg_file = out / "experiment.json"
-    if cfg_file.exists() and json.loads(cfg_file.read_text()) != to_dict(cfg):
-        raise ValueError(f"{out} holds a different experiment config; choose another --out or delete {out}")
+    _check_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_file, to_dict(cfg))
+    seeds = {**{f"data.{d.name}": d.seed for d in cfg.datasets},
+             **{f"train.{m.name}": m.train.get("seed", 0) for m in cfg.models},
+             "probe": cfg.probe.get("seed", 0)}  # fmt: skip
+    prov.append_session(out, prov.record(seeds=seeds, jobs=jobs))
     data = _stage_data(cfg, out)
     runs = _stage_train(cfg, out, data, progress, jobs)
     probe = _stage_probe(cfg, out, data, runs, progress)
     qa = _stage_qa(cfg, out, data, runs, progress)
-    write_results(probe, out)
-    report = render_figures(probe, out / "figures", layer=cfg.figures_layer, png=png)
+    inputs = {**{f"data/{k}": v for k, v in data.items()},
+              **{f"probes/{m.name}": out / "probes" / m.name / "results.parquet" for m in cfg.models}}  # fmt: skip
+    rec = prov.record(inputs=inputs, seeds=seeds)
+    write_results(probe, out, provenance=rec)
+    fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(out / "results.parquet")}}
+    report = render_figures(probe, out / "figures", layer=cfg.figures_layer, png=png, provenance=fig_rec)
     if report.png_error:
         log.warning(report.png_error)
     summary = summarize(probe, qa)
@@ -352,7 +386,39 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
         for f in report.files:
             if f.suffix in (".png", ".csv"):
                 shutil.copyfile(f, dest / f.name)
+        shutil.copyfile(out / "figures" / prov.PROVENANCE_FILE, dest / prov.PROVENANCE_FILE)  # what made them
     return ExperimentResult(out, probe, qa, files, summary, seconds)
+
+
+_STAGE_DIRS = ("data", "models", "probes", "qa", "figures")
+
+
+def _check_out(cfg: ExperimentConfig, out: Path) -> None:
+    """Refuse an unrelated non-empty directory, or one holding another experiment's finished stages."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a directory for the experiment")
+    cfg_file = out / "experiment.json"
+    if not cfg_file.exists():
+        if any(p for p in out.iterdir() if not p.name.startswith(".")):
+            raise FileExistsError(f"--out {out} is not empty and holds no probekit experiment (no experiment.json); "
+                                  "choose a new or empty directory")  # fmt: skip
+        return
+    try:
+        old = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    new = to_dict(cfg)
+    if json.loads(json.dumps(new)) == old:
+        return
+    started = [d for d in _STAGE_DIRS if (out / d).is_dir() and any((out / d).iterdir())]
+    if not started:
+        return  # nothing was produced with the old config: the corrected one replaces it
+    changed = sorted(k for k in set(new) | set(old or {}) if json.loads(json.dumps(new.get(k))) != (old or {}).get(k))
+    raise ValueError(f"{out} holds the outputs ({', '.join(started)}) of a different experiment config (changed: "
+                     f"{', '.join(changed) or 'unreadable experiment.json'}); choose another --out, or delete {out} "
+                     "to start again")  # fmt: skip
 
 
 __all__ = ["DatasetSpec", "ModelSpec", "QASpec", "ExperimentConfig", "load_experiment", "demo_config",

@@ -3,12 +3,18 @@
 Every artefact probekit writes goes through these helpers: content is written to a temporary file in the
 destination directory and renamed into place, so an interrupted run never leaves a half-written file that
 looks complete. Directories are built under a temporary name and renamed at the end.
+
+Temporary names carry the writer's process id (``.<name>.pid<PID>.<random><suffix>``). A process killed
+mid-write (SIGKILL, power loss) leaves its temporary file or directory behind; the next atomic write into the
+same directory removes every such leftover whose process is gone (``clean_stale_temps``), so a re-run cleans up
+after the run it replaces, without touching the temporary files of writers still alive.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -23,6 +29,51 @@ def _umask() -> int:
     return mask
 
 
+_TEMP_NAME = re.compile(r"^\..+\.pid(?P<pid>\d+)\.[A-Za-z0-9_]+(\.[^.]*)?$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.pid{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files/directories left in ``directory`` by atomic writers that no longer run.
+
+    Only names of the form this module makes (``.<name>.pid<PID>.<random><suffix>``) whose process is gone are
+    removed; returns what was removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP_NAME.match(e.name)
+        if m is None or _alive(int(m.group("pid"))):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+            removed.append(Path(e.path))
+        except OSError:
+            pass
+    return removed
+
+
 def _publish(tmp: str | os.PathLike[str], path: Path) -> None:
     """Give the temp file ordinary permissions (mkstemp makes it 0600), then rename it onto ``path``."""
     os.chmod(tmp, 0o666 & ~_umask())
@@ -33,7 +84,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -67,7 +119,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=path.suffix or ".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -108,7 +161,8 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterato
     """Build a directory under a temp name and move it to ``path`` when the block succeeds."""
     path = prepare_output_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    clean_stale_temps(path.parent)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp

@@ -16,10 +16,10 @@ error is returned in ``RenderReport.png_error``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,42 +238,64 @@ def build_figures(df: pd.DataFrame, layer: int | None = None) -> list[Figure]:
     return [f for f in figs if f is not None]
 
 
-def render_figures(df: pd.DataFrame, out_dir: str | Path, layer: int | None = None, png: bool = True) -> RenderReport:
-    """Write every figure as HTML + CSV (+ PNG unless ``png=False``) into ``out_dir``."""
+def check_layer(df: pd.DataFrame, layer: int | None, flag: str = "--layer") -> None:
+    """Refuse a figure layer that some model's P-probes do not have (its grids would be dropped silently)."""
+    if layer is None:
+        return
+    from probekit.errors import UserError
+
+    p = normalise(df)
+    p = p[(p["probe_kind"] == "p") & (p["status"] == "ok")]
+    for model, g in p.groupby("model", sort=False):
+        have = sorted(int(v) for v in g["layer"].dropna().unique())
+        if have and layer not in have:
+            raise UserError(f"{flag} {layer}: model {model!r} has P-probe results at layers {have[0]}..{have[-1]} "
+                            f"only; choose one of {have} (or omit {flag} for each model's last layer)")  # fmt: skip
+
+
+def render_figures(df: pd.DataFrame, out_dir: str | Path, layer: int | None = None, png: bool = True,
+                   provenance: dict | None = None) -> RenderReport:  # fmt: skip
+    """Write every figure as HTML + CSV (+ PNG unless ``png=False``) into ``out_dir``.
+
+    HTML and CSV are written first; PNG export (``probekit.png_export``) runs afterwards in one bounded child
+    process, so a browser that never answers costs a time limit, never the figures. ``provenance`` (a
+    ``probekit.provenance.record``; default: a record of this process) goes to ``out_dir/provenance.json`` with
+    the list of figure files, into each HTML file as a trailing comment and into each PNG as a text chunk.
+    """
+    from probekit import provenance as prov
+    from probekit.io import atomic_write_json
+    from probekit.png_export import write_pngs
+
+    check_layer(df, layer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = build_figures(df, layer)
     report = RenderReport()
+    rec = provenance if provenance is not None else prov.record()
+    stamp = prov.compact(rec)
+    comment = "\n<!-- probekit provenance: " + json.dumps(stamp, sort_keys=True).replace("--", "- -") + " -->\n"
     for f in figures:
         html, csv = out / f"{f.name}.html", out / f"{f.name}.csv"
         with atomic_path(html) as tmp:
             f.fig.write_html(tmp, include_plotlyjs="directory")
+            with open(tmp, "a", encoding="utf-8") as fh:
+                fh.write(comment)
         with atomic_path(csv) as tmp:
             f.data.to_csv(tmp, index=False)
         report.files += [html, csv]
     if png and figures:
-        for name in ("choreographer", "kaleido"):  # their INFO chatter (temp-dir cleanup) is not ours to show
-            logging.getLogger(name).setLevel(logging.WARNING)
         pngs = [out / f"{f.name}.png" for f in figures]
-        try:
-            with ExitStack() as stack:
-                tmps = [stack.enter_context(atomic_path(p)) for p in pngs]
-                pio.write_images(
-                    [f.fig for f in figures], tmps, format="png",
-                    width=[f.fig.layout.width or 760 for f in figures],
-                    height=[f.fig.layout.height or 500 for f in figures],
-                )  # fmt: skip
-                for t in tmps:
-                    if not t.exists() or t.stat().st_size == 0:
-                        raise RuntimeError(f"kaleido wrote no image to {t}")
+        items = [(f.fig, p, f.fig.layout.width or 760, f.fig.layout.height or 500, 1.0) for f, p in zip(figures, pngs)]
+        error = write_pngs(items, provenance=stamp)
+        if error is None:
             report.files += pngs
-        except Exception as e:  # kaleido/Chromium problems of every kind: keep the HTML, say why
+        else:  # kaleido/Chromium problems of every kind, a hang included: keep the HTML, say why
             report.png_error = (
-                f"PNG export failed ({type(e).__name__}: {e}); the HTML and CSV files were written. "
-                "PNG export needs Chromium for kaleido: run `apt-get install -y chromium` (or "
-                "`plotly_get_chrome`)"
+                f"{error}; the HTML and CSV files were written. PNG export needs Chromium for kaleido: run "
+                "`apt-get install -y chromium` (or `plotly_get_chrome`)"
             )
             log.warning(report.png_error)
+    atomic_write_json(out / prov.PROVENANCE_FILE, {**rec, "figures": sorted(p.name for p in report.files)})
     # plotly writes plotly.min.js beside a temp file's name: it is the shared offline copy, keep it once
     stray = [p for p in out.glob(".*plotly.min.js")]
     for p in stray:

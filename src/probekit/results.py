@@ -56,16 +56,51 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def write_results(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.parquet`` and ``results.csv`` into ``out_dir`` atomically; returns both paths."""
+def write_results(df: pd.DataFrame, out_dir: str | Path, provenance: dict | None = None) -> tuple[Path, Path]:
+    """Write ``results.parquet`` and ``results.csv`` into ``out_dir`` atomically; returns both paths.
+
+    ``provenance`` (a ``probekit.provenance.record``; default: a record of this process without inputs) goes into
+    the Parquet schema metadata (key ``probekit_provenance``) and, with both files' SHA-256, into
+    ``results.provenance.json`` beside them.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
+    from probekit import provenance as prov
+
     df = normalise(df)
     out = Path(out_dir)
+    rec = provenance if provenance is not None else prov.record()
     pq, csv = out / RESULTS_PARQUET, out / RESULTS_CSV
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), b"probekit_provenance": json.dumps(rec, sort_keys=True).encode()}
     with atomic_path(pq) as tmp:
-        df.to_parquet(tmp, index=False)
+        papq.write_table(table.replace_schema_metadata(meta), tmp)
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
+    prov.write_table_sidecar(out, rec, [pq, csv])
     return pq, csv
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The provenance record stored in a results table (Parquet metadata, else the sidecar JSON), if any."""
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_PARQUET
+    side = p.parent / "results.provenance.json"
+    if p.suffix == ".parquet" and p.exists():
+        import pyarrow.parquet as papq
+
+        meta = papq.read_schema(p).metadata or {}
+        if b"probekit_provenance" in meta:
+            return json.loads(meta[b"probekit_provenance"])
+    if side.exists():
+        return json.loads(side.read_text(encoding="utf-8"))
+    return None
 
 
 def read_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:

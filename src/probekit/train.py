@@ -53,6 +53,7 @@ from probekit.data.tokenizer import load_tokenizer
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 from probekit.model import HookedLM, ModelConfig
 from probekit.objectives import compute_loss, get_objective
+from probekit.provenance import sha256_file
 from probekit.train_data import (
     DataStream, ItemLike, ItemSource, SequenceSource, TrainItem, abi_answer_batch, apply_loss_mask, bios_source,
 )  # fmt: skip
@@ -64,6 +65,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # fields that may change when resuming (they do not affect the weights)
 RESUMABLE_CHANGES = frozenset({"out", "log_every", "eval_every", "save_every", "keep_checkpoints"})
+PATH_FIELDS = frozenset({"data", "init_from"})  # compared as resolved paths when resuming
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -140,6 +142,9 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 errs.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps > 0 and self.warmup_steps > self.max_steps:
+            errs.append(f"warmup_steps {self.warmup_steps} exceeds max_steps {self.max_steps} (the learning rate "
+                        f"would never reach lr); set warmup_steps to at most {self.max_steps}")  # fmt: skip
         if self.log_every < 1:
             errs.append(f"log_every must be >= 1, got {self.log_every}")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -154,6 +159,11 @@ class TrainConfig:
         if bad:
             valid = sorted(f.name for f in fields(ModelConfig))
             errs.append(f"model: unknown ModelConfig field(s) {bad}; valid: {valid}")
+        elif self.model:  # the shape checks (heads dividing d_model, ...) before any data is read or written
+            try:
+                from_dict(ModelConfig, {"vocab_size": 8, "n_ctx": 8, **self.model})
+            except (ValueError, TypeError) as e:
+                errs.append(f"model: {e}")
         if errs:
             raise ValueError("invalid training config: " + "; ".join(errs))
 
@@ -180,9 +190,22 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if k in RESUMABLE_CHANGES:
             continue
         a, b = old.get(k), new.get(k)
+        if k in PATH_FIELDS and a and b and isinstance(a, str) and isinstance(b, str):
+            if Path(a).expanduser().resolve() == Path(b).expanduser().resolve():
+                continue  # the same directory written relative and absolute
         if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):  # tuples vs lists compare equal
             out.append(f"{k}: {a!r} -> {b!r}")
     return out
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` with ``data``, ``out`` and ``init_from`` made absolute, so the run's recorded config (and
+    a resume) means the same directories from any working directory."""
+    import dataclasses
+
+    changes = {k: str(Path(v).expanduser().resolve()) for k in ("data", "out", "init_from")
+               if isinstance(v := getattr(cfg, k), str) and v}  # fmt: skip
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -229,6 +252,7 @@ class Trainer:
         on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
     ) -> None:
         cfg.validate()
+        cfg = absolute_paths(cfg)
         if source is not None and not isinstance(source, SequenceSource):
             source = ItemSource(list(source), seed=cfg.seed)  # a plain list of items / (ids, loss_mask) pairs
         self.cfg, self.progress, self.on_step = cfg, progress, on_step
@@ -279,6 +303,11 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
         self.stream = DataStream(source)
         self.max_steps = self._budget_steps()
+        if cfg.warmup_steps > self.max_steps:
+            budget = "epochs" if cfg.epochs is not None else "tokens" if cfg.tokens is not None else "max_steps"
+            raise ValueError(f"warmup_steps {cfg.warmup_steps} exceeds the {self.max_steps} steps the {budget} "
+                             f"budget gives (the learning rate would never reach lr); set warmup_steps to at "
+                             f"most {self.max_steps} or raise the budget")  # fmt: skip
         self.eval_items = source.eval_items(cfg.eval_windows) if cfg.eval_windows else []
 
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
@@ -308,6 +337,11 @@ class Trainer:
 
     def _check_out_dir(self, resume: bool, overwrite: bool) -> Path | None:
         if not resume:
+            if not overwrite and (self.out / TRAIN_CONFIG_FILE).exists():
+                ckpt = latest_checkpoint(self.out)
+                where = f"its last checkpoint is {ckpt.name}" if ckpt is not None else "it has no checkpoint yet"
+                raise FileExistsError(f"{self.out} already holds a training run ({where}); pass --resume to continue "
+                                      "it, or --overwrite to discard it and start again")  # fmt: skip
             prepare_output_dir(self.out, overwrite)  # the old run is removed only once everything is validated
             return None
         saved = self.out / TRAIN_CONFIG_FILE
@@ -330,9 +364,17 @@ class Trainer:
         have: PreTrainedTokenizerFast | None, new: PreTrainedTokenizerFast, what: str
     ) -> PreTrainedTokenizerFast:
         if have is not None and have.get_vocab() != new.get_vocab():
+            a, b = new.get_vocab(), have.get_vocab()
+            if len(a) != len(b):
+                how = f"{len(new)} tokens vs {len(have)} in the tokenizer in use"
+            else:
+                diff = sorted(set(a.items()) ^ set(b.items()), key=lambda kv: (kv[1], kv[0]))
+                tok, idx = diff[0]
+                how = (f"both have {len(new)} tokens, but the words or their ids differ, e.g. {tok!r} (id {idx}) "
+                       "is in only one of them")  # fmt: skip
             raise ValueError(
-                f"the vocabulary of {what} ({len(new)} tokens) does not match the tokenizer in use ({len(have)} "
-                "tokens): a checkpoint can only be trained further on data built with its own tokenizer"
+                f"the vocabulary of {what} does not match the tokenizer in use ({how}): a checkpoint can only be "
+                "trained further on data built with its own tokenizer"
             )
         return have if have is not None else new
 
@@ -378,6 +420,11 @@ class Trainer:
             shutil.rmtree(self.out / CHECKPOINTS_SUBDIR, ignore_errors=True)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / TRAIN_CONFIG_FILE, to_dict(self.cfg))
+        from probekit.provenance import append_session, record
+
+        inputs = {k: v for k in ("data", "init_from") if (v := getattr(self.cfg, k))}
+        append_session(self.out, record(inputs=inputs, seeds={"seed": self.cfg.seed},
+                                        resumed_at_step=self.step if resumed else None))  # fmt: skip
         metrics = self.out / METRICS_FILE
         if resumed or metrics.exists():  # drop rows logged after the checkpoint we resume from
             rows = read_jsonl(metrics) if metrics.exists() else []
@@ -561,6 +608,7 @@ class Trainer:
                 "steps": result.steps, "tokens": result.tokens, "epochs": result.epochs,
                 "train_loss": result.train_loss, "eval_loss": result.eval_loss, "elapsed_s": elapsed,
                 "checkpoint": str(ckpt), "objective": self.cfg.objective, "dataset": self.dataset_name,
+                "weights_sha256": sha256_file(ckpt / "model.safetensors"),
             })  # fmt: skip
         return result
 

@@ -1,8 +1,10 @@
 """The ``probekit`` command line: one subcommand module per pipeline stage.
 
 Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)``, which adds its subcommand and sets
-``func(args) -> int`` as the handler. Errors that are the user's to fix (``ValueError``, ``FileNotFoundError``,
-``FileExistsError``) are printed as one line ``probekit: error: ...`` with exit code 2, before any work starts.
+``func(args) -> int`` as the handler. Errors that are the user's to fix (``probekit.errors.UserError``, and the
+``ValueError``/``FileNotFoundError``/``FileExistsError`` probekit's own code raises: see ``probekit.errors``) are
+printed as one line ``probekit: error: ...`` with exit code 2, before any work starts; any other exception is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -49,17 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("kaleido", "choreographer", "httpx", "urllib3", "accelerate", "transformer_lens"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.torch_threads is not None:
-        if args.torch_threads < 1:
-            print("probekit: error: --threads must be at least 1", file=sys.stderr)
-            return 2
-        import torch
+    from probekit.errors import is_user_error, one_line
+    from probekit.provenance import set_command_line
 
-        torch.set_num_threads(args.torch_threads)
+    set_command_line(["probekit", *(sys.argv[1:] if argv is None else argv)])
     try:
+        if args.torch_threads is not None:
+            from probekit.errors import check_threads
+
+            check_threads(args.torch_threads)
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"probekit: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: keep the traceback
+        print(f"probekit: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)

@@ -80,8 +80,10 @@ def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> N
 def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
     from probekit.evaluate.inverse import run_inverse
     from probekit.evaluate.qa import mixed_train, run_qa
+    from probekit.errors import check_device
     from probekit.io import prepare_output_dir
 
+    check_device(args.device)
     out = prepare_output_dir(args.out, args.overwrite)
     attrs = _attrs(args.attrs)
     ft = _finetune_cfg(args)
@@ -118,8 +120,10 @@ def cmd_inverse(args: argparse.Namespace) -> int:
 def cmd_reversal(args: argparse.Namespace) -> int:
     from probekit.data.reversal import load_reversal_dir
     from probekit.evaluate.reversal import run_reversal, train_reversal
+    from probekit.errors import check_device
     from probekit.io import prepare_output_dir
 
+    check_device(args.device)
     out = prepare_output_dir(args.out, args.overwrite)
     if bool(args.checkpoint) == bool(args.train_config):
         raise ValueError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from probekit.plots import render_figures
-    from probekit.results import read_results
+    from probekit import provenance as prov
+    from probekit.plots import check_layer, render_figures
+    from probekit.results import RESULTS_PARQUET, read_provenance, read_results
 
+    _check_figures_dir(Path(args.out))
     df = read_results(args.results)
-    report = render_figures(df, args.out, layer=args.layer, png=not args.no_png)
+    check_layer(df, args.layer)
+    tables = [Path(r) / RESULTS_PARQUET if Path(r).is_dir() else Path(r) for r in args.results]
+    rec = prov.record(inputs={f"table{i}": t for i, t in enumerate(tables)})
+    rec["tables"] = {str(t.resolve()): {"sha256": rec["inputs"][f"table{i}"].get("sha256"),
+                                         "made_by": (read_provenance(t) or {}).get("command")}
+                     for i, t in enumerate(tables)}  # fmt: skip
+    report = render_figures(df, args.out, layer=args.layer, png=not args.no_png, provenance=rec)
     names = sorted({p.stem for p in report.files})
     print(f"rendered {len(names)} figures from {len(df)} probe results into {args.out}:")
     for n in names:
@@ -18,6 +27,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if report.png_error:
         print(f"warning: {report.png_error}")
     return 0
+
+
+def _check_figures_dir(out: Path) -> None:
+    """``--out`` must be new, empty, or an earlier figures directory (it holds our provenance.json)."""
+    from probekit.errors import UserError
+    from probekit.provenance import PROVENANCE_FILE
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for the figures")
+    if (out / PROVENANCE_FILE).exists() or not any(p for p in out.iterdir() if not p.name.startswith(".")):
+        return
+    raise UserError(f"--out {out} is not empty and holds no probekit figures (no {PROVENANCE_FILE}); choose a new "
+                    "or empty directory")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

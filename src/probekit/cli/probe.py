@@ -18,7 +18,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from probekit.probes.spec import load_spec
     from probekit.results import summary_table, write_results
 
+    from probekit import provenance as prov
+    from probekit.activations import model_dims
+    from probekit.errors import UserError, check_device, check_threads
+
     t0 = time.perf_counter()
+    check_threads(args.threads, "--threads", allow_zero=True)
+    check_device(args.device)
     if args.threads:
         import torch
 
@@ -29,6 +35,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     ds = load_dataset(args.data)
     target = load_probe_model(args.model, device=args.device, name=args.name)
     check_compatible(target, ds)
+    if args.layer is not None and "p" in spec.kinds and "resid" in spec.hooks:
+        layers = spec.resolve_layers("resid", model_dims(target.model).n_layers)
+        if args.layer not in layers:
+            raise UserError(f"--layer {args.layer}: the spec probes residual layers {layers} of this model; choose "
+                            "one of those (or omit --layer for the last)")  # fmt: skip
     models = [target] + ([random_init_like(target, seed=spec.seed + 12345)] if args.control_random else [])
     print(f"probing {target.name} ({target.kind}, objective {target.objective}) on dataset {ds.name} "
           f"with spec {spec.name!r}: kinds {list(spec.kinds)}, engine {engine}"
@@ -37,8 +48,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
         embed_logs: list[dict[str, object]] = []
         df = run_spec(spec, ds, models, engine=engine, work_dir=tmp / ".activations", progress=True,
                       embed_logs=embed_logs)  # fmt: skip
-        write_results(df, tmp)
-        report = render_figures(df, tmp / "figures", layer=args.layer, png=not args.no_png)
+        rec = prov.record(inputs={"model": prov.weights_file(args.model), "data": args.data, "spec": args.spec},
+                          seeds={"probe": spec.seed, "control_random": spec.seed + 12345}, engine=engine)  # fmt: skip
+        write_results(df, tmp, provenance=rec)
+        fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(tmp / "results.parquet")}}
+        report = render_figures(df, tmp / "figures", layer=args.layer, png=not args.no_png, provenance=fig_rec)
+        prov.append_session(tmp, rec)
         atomic_write_json(tmp / "run.json", {
             "spec": to_dict(spec),
             "engine": engine, "model": str(args.model), "data": str(args.data), "models": [m.name for m in models],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,11 @@ EXAMPLES = """examples:
 
 def _set(d: dict[str, Any], dotted: str, raw: str) -> None:
     keys = dotted.split(".")
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ValueError(f"--set {dotted}={raw}: the value is not valid YAML; quote it, "
+                         f"e.g. --set '{dotted}=\"...\"'") from None
     for k in keys[:-1]:
         sub = d.setdefault(k, {})
         if not isinstance(sub, dict):
@@ -36,13 +39,12 @@ def build_config(args: argparse.Namespace) -> Any:
     from probekit.config import from_dict
     from probekit.train import TRAIN_CONFIG_FILE
 
+    from probekit.config import load_mapping
+
     if args.config:
-        path = Path(args.config)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_mapping(args.config, "training config")
     elif args.resume and args.out and (Path(args.out) / TRAIN_CONFIG_FILE).exists():
-        data = json.loads((Path(args.out) / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
+        data = load_mapping(Path(args.out) / TRAIN_CONFIG_FILE, "the run's saved config")
     else:
         raise ValueError("--config is required (except with --resume of an existing --out run)")
     if not isinstance(data, dict):

@@ -148,9 +148,16 @@ def load_pools(overrides: Mapping[str, str | Path] | None = None) -> Pools:
     for name, rel in POOL_FILES.items():
         if name in overrides:
             path = Path(overrides[name])
+            if path.is_dir():
+                raise ValueError(f"pool file for {name!r} is a directory: {path}; give the text file itself "
+                                 f"(or use --pools-dir {path} for a directory of pool files)")  # fmt: skip
             if not path.is_file():
                 raise FileNotFoundError(f"pool file for {name!r} not found: {path}")
-            text = path.read_text(encoding="utf-8")
+            try:  # utf-8-sig: a byte-order mark (Windows editors) is not part of the first line
+                text = path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"pool file for {name!r} ({path}) is not UTF-8 text (byte {e.start}); "
+                                 "save it as UTF-8") from None  # fmt: skip
             where = str(path)
         else:
             text, where = _builtin_text(rel), f"built-in {rel}"

@@ -424,8 +424,20 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_reversal)
 
 
+_FLAGS = {"n_per_group": "--n-per-group", "n_train_templates": "--train-templates",
+          "n_test_templates": "--test-templates"}  # fmt: skip
+
+
 def _cmd_reversal(args: argparse.Namespace) -> int:
-    cfg = ReversalConfig(args.n_per_group, args.train_templates, args.test_templates, args.seed)
+    from probekit.errors import UserError
+
+    try:
+        cfg = ReversalConfig(args.n_per_group, args.train_templates, args.test_templates, args.seed)
+    except ValueError as e:  # name the command-line flags, not the config fields behind them
+        msg = str(e)
+        for name, flag in _FLAGS.items():
+            msg = msg.replace(name, flag)
+        raise UserError(msg) from None
     data = make_reversal_dataset(args.out, cfg, overwrite=args.overwrite)
     m = data.manifest
     print(f"wrote {data.root}")

@@ -17,7 +17,6 @@ dataset; the same arguments give byte-identical files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +99,9 @@ def build_dataset(
     """
     out = prepare_output_dir(out_dir, overwrite)
     aug = parse_augmentation(augmentation)
+    from probekit.data.integrity import check_memory
+
+    check_memory(n_people, aug.multi)  # a huge N is refused here, not by running out of memory
     pools = load_pools(pool_files)
     if pool_limits:
         pools = pools.limited(pool_limits, seed)
@@ -142,6 +144,10 @@ def build_dataset(
         atomic_write_json(tmp / "pools.json", value_lists)
         save_tokenizer(tok, tmp)
         atomic_write_json(tmp / "manifest.json", manifest)
+        from probekit.provenance import append_session, record
+
+        append_session(tmp, record(inputs={f"pool {k}": v for k, v in sorted((pool_files or {}).items())},
+                                   seeds={"seed": seed}))  # fmt: skip
     return load_dataset(out)
 
 
@@ -157,22 +163,27 @@ def load_dataset(path: str | Path) -> BioDataset:
     missing = [f for f in REQUIRED_FILES if not (root / f).exists()]
     if missing:
         raise FileNotFoundError(f"{root} is not a complete probekit dataset (missing {', '.join(missing)})")
-    manifest = json.loads((root / "manifest.json").read_text())
-    people = [Person(r["pid"], r["first"], r["middle"], r["last"], r["gender"], r["attrs"])
-              for r in read_jsonl(root / "people.jsonl")]  # fmt: skip
-    entries = []
-    for r in read_jsonl(root / "bios.jsonl"):
-        if "spans" not in r:
-            raise ValueError(f"{root / 'bios.jsonl'}: entries have no character spans; regenerate the dataset")
-        entries.append(Entry(r["pid"], r["idx"], r["text"], tuple(r["order"]), [Span(*s) for s in r["spans"]]))
-    qa = [QAItem(r["pid"], r["attr"], r["prompt"], r["answer"]) for r in read_jsonl(root / "qa.jsonl")]
+    from probekit.data.integrity import check_dataset, read_json, rows_of
+
+    manifest = read_json(root / "manifest.json")
+    people = rows_of(root / "people.jsonl", read_jsonl(root / "people.jsonl"),
+                     lambda r: Person(r["pid"], r["first"], r["middle"], r["last"], r["gender"],
+                                      r["attrs"]))  # fmt: skip
+    bios = read_jsonl(root / "bios.jsonl")
+    if any("spans" not in r for r in bios):
+        raise ValueError(f"{root / 'bios.jsonl'}: entries have no character spans; regenerate the dataset")
+    entries = rows_of(root / "bios.jsonl", bios, lambda r: Entry(r["pid"], r["idx"], r["text"], tuple(r["order"]),
+                                                                [Span(*s) for s in r["spans"]]))  # fmt: skip
+    qa = rows_of(root / "qa.jsonl", read_jsonl(root / "qa.jsonl"),
+                 lambda r: QAItem(r["pid"], r["attr"], r["prompt"], r["answer"]))  # fmt: skip
     inverse = read_jsonl(root / "inverse.jsonl") if (root / "inverse.jsonl").exists() else []
-    lists = json.loads((root / "pools.json").read_text())
+    lists = read_json(root / "pools.json")
+    split = read_json(root / "split.json")
+    check_dataset(root, people, entries, qa, split, lists)
     lists["birth_date"] = birth_dates()
     return BioDataset(
         root=root, manifest=manifest, people=people, entries=entries, qa=qa, inverse=inverse,
-        split=json.loads((root / "split.json").read_text()), tokenizer=load_tokenizer(root),
-        pools=PoolValues({a: lists[a] for a in ATTRIBUTES}),
+        split=split, tokenizer=load_tokenizer(root), pools=PoolValues({a: lists[a] for a in ATTRIBUTES}),
     )  # fmt: skip
 
 

@@ -68,7 +68,15 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"no tokenizer.json at {path}; build one with `probekit data bios`")
-    return wrap(Tokenizer.from_file(str(file)))
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises its own Exception type for every parse problem
+        first = (str(e).strip().splitlines() or ["unreadable"])[0][:200]
+        from probekit.errors import UserError
+
+        raise UserError(f"{file} is not a valid tokenizer file ({first}); rebuild the dataset with "
+                        "`probekit data bios` (or copy tokenizer.json from it)") from None  # fmt: skip
+    return wrap(tok)
 
 
 def char_span_to_token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:

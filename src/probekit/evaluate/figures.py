@@ -98,15 +98,15 @@ def write_figure(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str, p
     with atomic_path(out / f"{stem}.csv") as tmp:
         data.to_csv(tmp, index=False)
     written.append(out / f"{stem}.csv")
-    if png:
-        for name in ("kaleido", "choreographer"):  # chatty at INFO, also after the export (browser clean-up)
-            logging.getLogger(name).setLevel(logging.WARNING)
-        try:
-            with atomic_path(out / f"{stem}.png") as tmp:
-                fig.write_image(str(tmp), width=900, height=500, scale=2)
+    if png:  # in a child process with a time limit (probekit.png_export): a silent browser cannot hang us
+        from probekit.png_export import write_pngs
+        from probekit.provenance import compact, record
+
+        error = write_pngs([(fig, out / f"{stem}.png", 900, 500, 2.0)], provenance=compact(record()))
+        if error is None:
             written.append(out / f"{stem}.png")
-        except Exception as e:  # kaleido needs a Chromium; HTML and CSV are still there
-            log.warning("PNG export of %s failed (%s); kaleido needs Chromium (apt-get install chromium)", stem, e)
+        else:  # kaleido needs a Chromium; HTML and CSV are still there
+            log.warning("PNG export of %s failed (%s); kaleido needs Chromium (apt-get install chromium)", stem, error)
     return written
 
 
@@ -119,7 +119,18 @@ def write_results(
     figures = [(m, *accuracy_figure(df, m, title=f"{stem}: {m}")) for m in metrics if (df["metric"] == m).any()]
     paths = write_table(df, out_dir, stem)
     for metric, fig, data in figures:
-        paths += write_figure(fig, data, out_dir, f"{stem}_{metric}", png=png)
+        paths += write_figure(fig, data, out_dir, f"{stem}_{metric}", png=False)
+    if png and figures:  # all PNGs in one bounded export: one browser for every figure
+        from probekit.png_export import write_pngs
+        from probekit.provenance import compact, record
+
+        pngs = [Path(out_dir) / f"{stem}_{metric}.png" for metric, _, _ in figures]
+        error = write_pngs([(fig, p, 900, 500, 2.0) for (_, fig, _), p in zip(figures, pngs)],
+                           provenance=compact(record()))  # fmt: skip
+        if error is None:
+            paths += pngs
+        else:  # kaleido needs a Chromium; HTML and CSV are still there
+            log.warning("PNG export of %s failed (%s); kaleido needs Chromium (apt-get install chromium)", stem, error)
     return paths
 
 

@@ -198,7 +198,7 @@ def run_reversal(
     if tokenizer.get_vocab() != data.tokenizer.get_vocab():
         raise ValueError(
             f"checkpoint {meta['path']} has a different vocabulary than {data.root}; evaluate a model trained on "
-            "this data (train one with probekit.evaluate.reversal.train_reversal or `probekit eval reversal --train`)"
+            "this data (or train one first: `probekit eval reversal --data DIR --train-config CFG.yaml --out OUT`)"
         )
     name = model_name or default_model_name(meta)
     records, rows = evaluate_reversal(model, tokenizer, objective, data, tasks, name, seed, test, batch_size, progress)

@@ -1,0 +1,116 @@
+"""The user-error type and the rule the command line uses to tell user errors from bugs.
+
+``UserError`` is a problem the user fixes (bad input, a missing file, a refused output directory); its message
+is one line that names the problem and the fix. It subclasses ``ValueError``, so library callers that catch
+``ValueError`` keep working.
+
+The command line prints a user error as ``probekit: error: <message>`` and exits with 2; everything else is a
+bug and keeps its traceback. ``is_user_error`` decides: a ``UserError`` always is one; a ``ValueError``,
+``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError`` or ``IsADirectoryError`` is one only when
+probekit's own code raised it (the convention of every stage: ``raise ValueError("...; do this")`` is a message
+for the user). The same exception raised inside torch, pandas or another library is a bug (or a case probekit
+failed to check) and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_LEGACY_USER_TYPES = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+class UserError(ValueError):
+    """A problem with the user's input or environment; the message says what is wrong and how to fix it."""
+
+
+def _innermost_file(tb: TracebackType | None) -> str | None:
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return None if last is None else last.tb_frame.f_code.co_filename
+
+
+def _in_probekit(filename: str | None) -> bool:
+    if not filename:
+        return False
+    try:
+        path = Path(filename).resolve()
+    except OSError:
+        return False
+    return path == _PACKAGE_DIR or _PACKAGE_DIR in path.parents
+
+
+def is_user_error(e: BaseException) -> bool:
+    """True for errors the command line shows as one line (see the module docstring)."""
+    if isinstance(e, UserError):
+        return True
+    if isinstance(e, _LEGACY_USER_TYPES):
+        return _in_probekit(_innermost_file(e.__traceback__))
+    return False
+
+
+def one_line(e: BaseException) -> str:
+    """The error message on one line (a multi-line message has its lines joined with ' / ')."""
+    text = str(e)
+    if isinstance(e, OSError) and e.filename is not None and not text.strip():
+        text = f"{e.strerror}: {e.filename}"
+    parts = [p.strip() for p in text.strip().splitlines() if p.strip()]
+    return " / ".join(parts) if parts else type(e).__name__
+
+
+def check_threads(value: int | None, flag: str = "--threads", allow_zero: bool = False) -> None:
+    """Refuse a thread count torch cannot use (``allow_zero``: 0 means torch's default)."""
+    if value is None:
+        return
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        extra = " (0: torch's default)" if allow_zero else ""
+        raise UserError(f"{flag} must be an integer >= {low}{extra}, got {value!r}")
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """Refuse a torch device this machine's torch cannot use, before any model is loaded."""
+    if device is None or device == "":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{flag} {device!r} is not a torch device; use cpu, cuda, cuda:0, mps, ...") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no usable CUDA GPU"
+            raise UserError(f"{flag} {device}: this machine has {build}; use --device cpu (or run on a GPU machine)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")  # fmt: skip
+        return
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+        return
+    raise UserError(f"{flag} {device}: probekit runs on cpu, cuda or mps devices; use --device cpu")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still allocate (Linux MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if hasattr(os, "sysconf"):
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            return None
+    return None
