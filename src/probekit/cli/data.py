@@ -33,6 +33,12 @@ def _pool_files(args: argparse.Namespace) -> dict[str, str]:
     return files
 
 
+def _distract_vocab(on: bool) -> tuple[str, ...]:
+    from probekit.data.distract import DISTRACT_VOCAB
+
+    return DISTRACT_VOCAB if on else ()
+
+
 def cmd_bios(args: argparse.Namespace) -> int:
     from probekit.data.store import build_dataset
 
@@ -44,7 +50,7 @@ def cmd_bios(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ds = build_dataset(
         args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=_pool_files(args),
-        pool_limits=limits, overwrite=args.overwrite,
+        pool_limits=limits, overwrite=args.overwrite, extra_vocab=_distract_vocab(args.distract_vocab),
     )  # fmt: skip
     c = ds.manifest["counts"]
     print(f"wrote {ds.root}  ({time.perf_counter() - t0:.1f}s)")
@@ -97,6 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--pool-limit", action="append", default=[], metavar="ATTR=K",
                    help=f"use a seeded subset of K values for an attribute ({', '.join(LIMITABLE)}) so small "
                         "runs have enough people per value for probes")  # fmt: skip
+    b.add_argument("--distract-vocab", action="store_true",
+                   help="add the words of the distractor opinions and the S2A rewrite marker to the tokenizer (needed "
+                        "by `probekit eval distract`)")  # fmt: skip
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     b.set_defaults(func=cmd_bios)
 

@@ -1,4 +1,5 @@
-"""``probekit eval``: knowledge extraction (QA), inverse search and reversal-curse tasks on trained models."""
+"""``probekit eval``: knowledge extraction (QA), inverse search, reversal-curse and distraction (S2A) tasks on
+trained models."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ EXAMPLES_QA = """examples:
 EXAMPLES_INVERSE = """examples:
   probekit eval inverse --checkpoint runs/ntp_multi --data data/multi5 --out evals/inv --attrs birth_city,company
   probekit eval inverse --checkpoint runs/bico_multi --data data/multi5 --out evals/inv_none --finetune none
+"""
+EXAMPLES_DISTRACT = """examples:
+  probekit data bios --n 200 --augmentation multi5+permute --distract-vocab --out data/distract
+  probekit eval distract --checkpoint runs/ntp_distract --data data/distract --out evals/distract
+  probekit eval distract --checkpoint runs/ntp_distract --data data/distract --out evals/d_rule --s2a rule --n-boot 200
 """
 EXAMPLES_REVERSAL = """examples:
   probekit data reversal --out data/reversal
@@ -160,6 +166,45 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distract(args: argparse.Namespace) -> int:
+    from probekit.config import from_dict, load_config, to_dict
+    from probekit.evaluate.distract import DistractEvalConfig, run_distract
+    from probekit.io import prepare_output_dir
+
+    prepare_output_dir(args.out, args.overwrite or args.resume)
+    cfg = load_config(DistractEvalConfig, args.config) if args.config else DistractEvalConfig()
+    if args.s2a is not None:
+        cfg.s2a = tuple(s.strip() for s in args.s2a.split(",") if s.strip() and s.strip() != "none")
+    if args.kinds:
+        cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if args.attrs:
+        cfg.attrs = _attrs(args.attrs)
+    for flag, obj, attr in (("context_ratio", cfg.distract, "context_ratio"),
+                            ("hint_accuracy", cfg.distract, "hint_accuracy"),
+                            ("epochs", cfg.finetune, "epochs"), ("rewrite_epochs", cfg.rewrite_finetune, "epochs"),
+                            ("fallback", cfg, "fallback"), ("n_boot", cfg, "n_boot")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            setattr(obj, attr, getattr(args, flag))
+    if args.finetune is not None:
+        cfg.finetune.method = args.finetune
+    if args.no_probes:
+        cfg.probes = False
+    if args.warmup_steps is not None:
+        cfg.finetune.warmup_steps = cfg.rewrite_finetune.warmup_steps = args.warmup_steps
+    cfg.batch_size, cfg.distract.seed, cfg.seed = args.eval_batch_size, args.seed, args.seed
+    cfg = from_dict(DistractEvalConfig, to_dict(cfg))  # validates the overrides (nested configs too)
+    res = run_distract(args.checkpoint, args.data, args.out, cfg, model_name=args.name, objective=args.objective,
+                       device=args.device, overwrite=args.overwrite, resume=args.resume, png=not args.no_png)  # fmt: skip
+    t = res.table[(res.table["attr"] == "overall") & res.table["metric"].isin(("exact_match", "follows_suggested"))]
+    wide = t.pivot_table(index=["task", "regime"], columns="metric", values="value", sort=False)
+    print(wide.to_string(float_format=lambda v: f"{v:.3f}"))
+    for r in res.gap[res.gap["task"] == "hint_wrong"].itertuples():
+        print(f"hint_wrong, {r.regime}: gap closed {r.gap_closed:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] "
+              f"(baseline {r.baseline:.3f}, S2A {r.s2a:.3f}, oracle {r.oracle:.3f}; target 0.80)")  # fmt: skip
+    print("wrote " + ", ".join(str(p) for p in res.paths if p.suffix in (".parquet", ".png"))[:2000])
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
     p.add_argument("--name", help="model name in the results table (default: the run directory's name)")
@@ -270,3 +315,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--no-png", action="store_true", help="skip PNG figures (HTML and CSV are still written)")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     c.set_defaults(func=cmd_compare)
+
+    d = esub.add_parser(
+        "distract", help="distraction / sycophancy on QA and System 2 Attention (S2A) regeneration",
+        formatter_class=fmt,
+        description=_wrap(
+            "Distraction (Weston & Sukhbaatar, S2A): finetune the checkpoint on P_train questions whose prompts "
+            "often carry a usually-right hint and irrelevant sentences (a model that can be distracted), then answer "
+            "P_test questions under each distractor kind (clean, irrelevant, hint_right, hint_wrong, refute_right) "
+            "from the distracted prompt (baseline), from an S2A regeneration of its context (--s2a rule: keep "
+            "the sentences naming the queried person; learned: a copy of the checkpoint finetuned on the rewrite "
+            "task) and from the prompt without distractors (oracle). Reports exact match, the rate of outputting "
+            "the suggested wrong value and the share of the baseline-oracle gap S2A closes, with person-clustered "
+            "bootstrap intervals. The dataset must be built with `probekit data bios --distract-vocab`."
+        ),
+        epilog=EXAMPLES_DISTRACT,
+    )  # fmt: skip
+    d.add_argument("--checkpoint", required=True, help="checkpoint or run directory of a pretrained NTP/BICO model")
+    d.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
+    d.add_argument("--config", help="DistractEvalConfig YAML/JSON (flags below override it)")
+    d.add_argument("--s2a", help="comma-separated regenerators: rule, learned (default both; 'none' for neither)")
+    d.add_argument("--kinds", help="comma-separated distractor kinds (default: all)")
+    d.add_argument("--attrs", help="comma-separated attributes, or 'all' (default: all)")
+    d.add_argument("--context-ratio", type=float, help="finetuning: share of prompts with a context (default 0.75)")
+    d.add_argument("--hint-accuracy", type=float, help="finetuning: share of hints that are right (default 0.8)")
+    d.add_argument("--finetune", choices=("full", "lora", "none"), help="QA finetuning method (default full)")
+    d.add_argument("--epochs", type=float, help="QA finetuning passes over the P_train prompts (default 10)")
+    d.add_argument("--rewrite-epochs", type=float, help="regenerator finetuning passes (default 10)")
+    d.add_argument("--warmup-steps", type=int, help="warm-up steps of both finetuning runs (default 10)")
+    d.add_argument("--fallback", choices=("original", "question"),
+                   help="malformed learned regeneration: answer the original prompt (default) or the question alone")
+    d.add_argument("--n-boot", type=int, help="bootstrap resamples of test people (default 1000)")
+    d.add_argument("--no-probes", action="store_true", help="skip the probe readouts at the name and answer position")
+    d.add_argument("--resume", action="store_true", help="continue in --out, reusing finished finetuning runs")
+    _common(d)
+    d.set_defaults(func=cmd_distract)

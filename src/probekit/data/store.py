@@ -17,7 +17,7 @@ dataset; the same arguments give byte-identical files.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,9 @@ class BioDataset:
 
 
 def _texts_for_tokenizer(pools: Pools, entries: list[Entry], qa: list[QAItem], inverse: list[str],
-                         people: list[Person]) -> Iterator[str]:  # fmt: skip
+                         people: list[Person], extra: Sequence[str] = ()) -> Iterator[str]:  # fmt: skip
     yield from (e.text for e in entries)
+    yield from extra  # e.g. the distractor phrases of probekit.data.distract
     yield from (q.text for q in qa)
     yield from inverse
     # every pool value, so whole-value classes tokenize even when a small N leaves a value unused
@@ -92,10 +93,13 @@ def build_dataset(
     pool_limits: Mapping[str, int] | None = None,
     overwrite: bool = False,
     name: str | None = None,
+    extra_vocab: Sequence[str] = (),
 ) -> BioDataset:
     """Generate people, biographies, QA, inverse prompts, split and tokenizer into ``out_dir``.
 
     All inputs are validated before anything is written; ``out_dir`` must be absent or empty unless ``overwrite``.
+    ``extra_vocab``: further texts whose words join the tokenizer (e.g. ``probekit.data.distract.DISTRACT_VOCAB``);
+    recorded in the manifest when given (the default leaves the files byte-identical to earlier versions).
     """
     out = prepare_output_dir(out_dir, overwrite)
     aug = parse_augmentation(augmentation)
@@ -111,7 +115,7 @@ def build_dataset(
     qa = qa_items(people)
     inverse = [inverse_prompt(p) for p in people]
     split = split_people([p.pid for p in people], seed)
-    tok = build_tokenizer(_texts_for_tokenizer(pools, entries, qa, inverse, people))
+    tok = build_tokenizer(_texts_for_tokenizer(pools, entries, qa, inverse, people, extra_vocab))
     value_lists = {a: pools.values(a) for a in ATTRIBUTES if a != "birth_date"}
     manifest = {
         "name": name or out.name,
@@ -129,6 +133,8 @@ def build_dataset(
                    "train_people": len(split["train"]), "test_people": len(split["test"]),
                    "vocab_size": len(tok)},  # fmt: skip
     }
+    if extra_vocab:
+        manifest["extra_vocab"] = list(extra_vocab)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         atomic_write_jsonl(tmp / "people.jsonl", (
             {"pid": p.pid, "first": p.first, "middle": p.middle, "last": p.last, "gender": p.gender,
