@@ -7,7 +7,11 @@ Columns (``COLUMNS``, in this order): ``model``, ``objective``, ``dataset``, ``p
 errors), ``baseline`` (training majority class scored on the test people), ``n_train``, ``n_test``,
 ``n_classes`` (distinct training classes), ``status`` (``ok`` or ``skipped: <reason>``), then the extras
 ``EXTRA_COLUMNS``: ``n_test_unseen``, ``examples_per_class``, ``train_accuracy``, ``val_accuracy``, ``l2``,
-``engine``.
+``engine``, then the rigour columns ``STAT_COLUMNS``: ``ci_low``/``ci_high`` (person-clustered bootstrap
+interval of the accuracy, ``probekit.stats``), ``control_accuracy`` (the same probe trained on a per-person
+random control labelling), ``selectivity`` (accuracy - control accuracy) with ``selectivity_ci_low``/``_high``,
+``n_test_people`` and ``seed`` (the model's training seed). Tables written before these columns existed read
+back with them empty.
 """
 
 from __future__ import annotations
@@ -26,9 +30,15 @@ COLUMNS: tuple[str, ...] = (
 EXTRA_COLUMNS: tuple[str, ...] = (
     "n_test_unseen", "examples_per_class", "train_accuracy", "val_accuracy", "l2", "engine",
 )  # fmt: skip
+STAT_COLUMNS: tuple[str, ...] = (
+    "ci_low", "ci_high", "control_accuracy", "selectivity", "selectivity_ci_low", "selectivity_ci_high",
+    "n_test_people", "seed",
+)  # fmt: skip
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
-_INT_COLUMNS = ("layer", "n_train", "n_test", "n_classes", "n_test_unseen")
+_INT_COLUMNS = ("layer", "n_train", "n_test", "n_classes", "n_test_unseen", "n_test_people", "seed")
+_FLOAT_COLUMNS = ("accuracy", "baseline", "examples_per_class", "train_accuracy", "val_accuracy", "l2", "ci_low",
+                  "ci_high", "control_accuracy", "selectivity", "selectivity_ci_low", "selectivity_ci_high")  # fmt: skip
 
 
 def make_table(rows: Iterable[dict[str, object]]) -> pd.DataFrame:
@@ -41,14 +51,15 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"results table lacks column(s) {missing}; expected at least {list(COLUMNS)}")
-    for c in EXTRA_COLUMNS:
+    known = COLUMNS + EXTRA_COLUMNS + STAT_COLUMNS
+    for c in EXTRA_COLUMNS + STAT_COLUMNS:
         if c not in df.columns:
             df[c] = pd.NA
-    order = list(COLUMNS) + list(EXTRA_COLUMNS) + [c for c in df.columns if c not in COLUMNS + EXTRA_COLUMNS]
+    order = list(known) + [c for c in df.columns if c not in known]
     df = df[order].copy()
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
-    for c in ("accuracy", "baseline", "examples_per_class", "train_accuracy", "val_accuracy", "l2"):
+    for c in _FLOAT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in ("model", "objective", "dataset", "probe_kind", "hook", "position", "attribute", "target_kind",
               "status", "engine"):  # fmt: skip

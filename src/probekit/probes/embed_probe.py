@@ -173,16 +173,22 @@ def train_embed_probe(
         return torch.stack(out).mean()
 
     @torch.no_grad()
-    def accuracies(rows: np.ndarray) -> np.ndarray:
-        """[P, K'] accuracy on ``rows`` (unseen classes count as errors)."""
-        correct = torch.zeros(P, len(live), dtype=torch.float64)
+    def correctness(rows: np.ndarray) -> np.ndarray:
+        """[P, K', len(rows)] bool: each head right on each row (unseen classes count as errors)."""
+        out = np.zeros((P, len(live), len(rows)), dtype=bool)
+        start = 0
         for b in _batches(rows, 4 * cfg.batch_size, None):
             logits = forward(b)
             y = Y[:, torch.as_tensor(b, device=device)]  # [K', B]
             for j in range(len(live)):
                 pred = logits[..., heads.bounds[j] : heads.bounds[j + 1]].argmax(-1)  # [B, P]
-                correct[:, j] += (pred == y[j][:, None]).sum(0).double().cpu()
-        return (correct / max(len(rows), 1)).numpy()
+                out[:, j, start : start + len(b)] = (pred == y[j][:, None]).T.cpu().numpy()
+            start += len(b)
+        return out
+
+    def accuracies(rows: np.ndarray) -> np.ndarray:
+        """[P, K'] accuracy on ``rows``."""
+        return correctness(rows).mean(-1) if len(rows) else np.full((P, len(live)), np.nan)
 
     rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen)))
     fit_rows, val_rows = split.fit, split.val
@@ -191,6 +197,7 @@ def train_embed_probe(
     best = np.full(shape, -np.inf)  # per_head: each head's best validation accuracy so far
     chosen = np.zeros(shape, dtype=np.int64)  # epoch each head is read at
     test, train, val_acc = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    test_ok = np.zeros((*shape, len(split.test)), dtype=bool)  # [P, K', n_test] at each head's chosen epoch
     best_score, best_state, since = -math.inf, None, 0
     try:
         for epoch in range(1, cfg.epochs + 1):
@@ -213,9 +220,11 @@ def train_embed_probe(
             if per_head:  # every head is read at its own best validation epoch (test rows never choose)
                 better = val > best
                 if better.any():
-                    te, tr = accuracies(split.test), accuracies(split.train)
+                    te_ok, tr = correctness(split.test), accuracies(split.train)
+                    te = te_ok.mean(-1)
                     best[better], chosen[better] = val[better], epoch
                     test[better], train[better], val_acc[better] = te[better], tr[better], val[better]
+                    test_ok[better] = te_ok[better]
                 improved = bool(better.any())
             else:  # one epoch for all heads: the best mean validation accuracy
                 improved = score > best_score
@@ -229,7 +238,8 @@ def train_embed_probe(
             with torch.no_grad():
                 for p, v in zip(params, best_state or []):
                     p.copy_(v)
-            test, train = accuracies(split.test), accuracies(split.train)
+            test_ok = correctness(split.test)
+            test, train = test_ok.mean(-1), accuracies(split.train)
             if len(val_rows):
                 val_acc = accuracies(val_rows)
     finally:
@@ -240,4 +250,5 @@ def train_embed_probe(
         for j, k in enumerate(live):
             f = fits[p * K + k]
             f.accuracy, f.train_accuracy, f.val_accuracy = float(test[p, j]), float(train[p, j]), float(val_acc[p, j])
+            f.test_correct = test_ok[p, j]
     return fits, log

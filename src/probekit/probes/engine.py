@@ -109,6 +109,9 @@ class ProbeFit:
     train_accuracy: float = math.nan
     val_accuracy: float = math.nan  # of the chosen L2 strength (NaN without a validation split)
     l2: float = math.nan  # chosen L2 strength
+    # [n_test] bool: which test rows (in ``Split.test`` order) the probe got right; None when skipped. The
+    # person-clustered bootstrap (``probekit.stats``) resamples these by person.
+    test_correct: np.ndarray | None = field(default=None, repr=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -213,9 +216,9 @@ def _buckets(sizes: Sequence[int], waste: float = 1.5) -> list[list[int]]:
 
 def _fit_bucket_torch(
     X: Tensor, labs: Sequence[_Labels], split: Split, cfg: EngineConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fit label sets ``labs`` on every group of X [G, N, d] (one task per group x label set). Returns
-    (test acc, train acc, val acc, l2), each [G, len(labs)]."""
+    (test acc, train acc, val acc, l2), each [G, len(labs)], and the test rows' correctness [G, len(labs), n_test]."""
     G, _, d = X.shape
     L, R = len(labs), len(cfg.l2_grid)
     C = max(len(lab.classes) for lab in labs)
@@ -238,11 +241,12 @@ def _fit_bucket_torch(
     def n_correct(Xr: Tensor, Yr: Tensor, theta: Tensor, valid: Tensor) -> Tensor:
         return (predict(Xr, theta, valid) == Yr).sum(1, dtype=torch.float64)  # [T]
 
-    def accuracy(rows: np.ndarray, theta: Tensor, valid: Tensor) -> Tensor:
-        out = torch.zeros(len(grp), dtype=torch.float64, device=dev)
+    def correct(rows: np.ndarray, theta: Tensor, valid: Tensor) -> Tensor:
+        out = torch.zeros(len(grp), len(rows), dtype=torch.bool, device=dev)  # [T, n_rows]
         for s in range(0, len(rows), 2048):  # bounded memory on large test sets
-            out += n_correct(*rows_of(rows[s : s + 2048]), theta, valid)
-        return out / max(len(rows), 1)
+            Xr, Yr = rows_of(rows[s : s + 2048])
+            out[:, s : s + 2048] = predict(Xr, theta, valid) == Yr
+        return out
 
     T = len(grp)
     choice = torch.full((T,), int(torch.argmax(grid)), dtype=torch.long, device=dev)  # default: strongest
@@ -277,7 +281,9 @@ def _fit_bucket_torch(
         return v.view(G, L).cpu().numpy()
 
     l2 = np.asarray(cfg.l2_grid)[choice.cpu().numpy()].reshape(G, L)  # the grid's own values, not float32 copies
-    return gl(accuracy(split.test, theta, valid)), gl(train_acc), gl(val_acc), l2
+    test_ok = correct(split.test, theta, valid)  # [T, n_test]
+    test_acc = test_ok.sum(1, dtype=torch.float64) / max(len(split.test), 1)
+    return gl(test_acc), gl(train_acc), gl(val_acc), l2, test_ok.view(G, L, -1).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,8 +304,8 @@ def _blas_threads(n: int) -> Iterator[None]:
 
 def _fit_label_sklearn(
     Xg: np.ndarray, lab: _Labels, split: Split, cfg: EngineConfig
-) -> tuple[float, float, float, float]:
-    """One regression with scikit-learn; returns (test acc, train acc, val acc, chosen l2)."""
+) -> tuple[float, float, float, float, np.ndarray]:
+    """One regression with scikit-learn; returns (test acc, train acc, val acc, chosen l2, test rows correct)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -325,11 +331,13 @@ def _fit_label_sklearn(
         l2 = grid[int(choose_l2(correct, len(split.val), grid, cfg.l2_rule))]
         val_acc = scores[l2]
     clf = fit(split.train, l2)
+    test_ok = clf.predict(Xg[split.test]) == lab.y[split.test]  # [n_test]
     return (
-        _acc(clf.predict(Xg[split.test]), lab.y[split.test]),
+        float(test_ok.mean()) if len(test_ok) else math.nan,
         _acc(clf.predict(Xg[split.train]), lab.y[split.train]),
         val_acc,
         l2,
+        test_ok,
     )
 
 
@@ -410,11 +418,12 @@ def run_probes(
             if cfg.backend == "torch":
                 X = _rotate(X, train_t)
                 for bucket in buckets:
-                    accs = _fit_bucket_torch(X, [labs[k] for k in bucket], split, cfg)
+                    *accs, test_ok = _fit_bucket_torch(X, [labs[k] for k in bucket], split, cfg)
                     for j, k in enumerate(bucket):
                         for i, g in enumerate(groups):
                             f = fits[(g, k)]
                             f.accuracy, f.train_accuracy, f.val_accuracy, f.l2 = (float(a[i, j]) for a in accs)
+                            f.test_correct = test_ok[i, j]
                     if progress:
                         progress(len(groups) * len(bucket))
             else:
@@ -423,8 +432,8 @@ def run_probes(
                     for k in live:
                         for i, g in enumerate(groups):
                             f = fits[(g, k)]
-                            f.accuracy, f.train_accuracy, f.val_accuracy, f.l2 = _fit_label_sklearn(
-                                Xn[i], labs[k], split, cfg
+                            f.accuracy, f.train_accuracy, f.val_accuracy, f.l2, f.test_correct = (
+                                _fit_label_sklearn(Xn[i], labs[k], split, cfg)
                             )
                         if progress:
                             progress(len(groups))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -33,8 +34,9 @@ from probekit.probes.embed_probe import HOOK_NAME as EMBED_HOOK
 from probekit.probes.embed_probe import train_embed_probe
 from probekit.probes.engine import ProbeFit, run_probes
 from probekit.probes.spec import ProbeSpec
-from probekit.probes.tasks import ProbeTaskSet, build_p_tasks, build_q_tasks, people_split
+from probekit.probes.tasks import ProbeTaskSet, build_p_tasks, build_q_tasks, control_labels, people_split
 from probekit.results import make_table
+from probekit.stats import person_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class ProbeModel:
     tokenizer: Any = None  # the tokenizer saved with the model (None if unknown)
     source: Path | None = None  # checkpoint / HF directory
     kind: str = "probekit"  # "probekit" or "hf"
+    seed: int | None = None  # the training seed (probekit checkpoints), carried into the results table
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -81,9 +84,10 @@ def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = N
     model, tok, meta = load_checkpoint(path, device=device)
     if name is None:  # a run directory's name, or <run>/step_N for one of its checkpoints
         name = f"{path.parent.parent.name}/{path.name}" if path.name.startswith("step_") else path.name
+    seed = (meta.get("train_config") or {}).get("seed")
     return ProbeModel(
         model, name, str(meta.get("objective") or "unknown"), str(meta.get("dataset") or "unknown"), tok,
-        Path(meta.get("path", path)), "probekit",
+        Path(meta.get("path", path)), "probekit", int(seed) if seed is not None else None,
     )
 
 
@@ -165,17 +169,65 @@ def _embed_rows(
     its training log (per-epoch loss and validation accuracy) is appended to ``logs``."""
     cfg = spec.embed_probe
     assert cfg is not None
-    desc = f"{m.name}: {t.kind.upper()}-probes (embedding update), epochs"
-    with tqdm(total=cfg.epochs, desc=desc, unit="epoch", disable=not progress, leave=False) as bar:
-        fits, log_ = train_embed_probe(m.model, t, cfg, progress=bar.update)
-    epochs = sorted({e for row in log_["chosen_epochs"] for e in row})
-    log.info("%s %s embedding-update probe: rank %d, %d epochs run, heads read at epochs %s", m.name, t.kind,
-             log_["rank"], len(log_["epochs"]), epochs)  # fmt: skip
-    if logs is not None:
-        logs.append({"model": m.name, "probe_kind": t.kind, **log_})
+    runs = [("", t)] + ([(" control task", _control_task(t, spec))] if spec.control_task else [])
+    results, ranks = [], []
+    for what, task in runs:
+        desc = f"{m.name}: {t.kind.upper()}-probes (embedding update{what}), epochs"
+        with tqdm(total=cfg.epochs, desc=desc, unit="epoch", disable=not progress, leave=False) as bar:
+            fits, log_ = train_embed_probe(m.model, task, cfg, progress=bar.update)
+        epochs = sorted({e for row in log_["chosen_epochs"] for e in row})
+        log.info("%s %s embedding-update probe%s: rank %d, %d epochs run, heads read at epochs %s", m.name, t.kind,
+                 what, log_["rank"], len(log_["epochs"]), epochs)  # fmt: skip
+        if logs is not None:
+            logs.append({"model": m.name, "probe_kind": t.kind, "control_task": bool(what), **log_})
+        results.append(fits)
+        ranks.append(log_["rank"])
     layer = model_dims(m.model).n_layers
-    engine = f"embed_update_r{log_['rank']}"
-    return [_row(m, dataset_name, t, f, EMBED_HOOK, layer, t.position_names[f.group], engine) for f in fits]
+    engine = f"embed_update_r{ranks[0]}"
+    fits = results[0]
+    stats = probe_stats(fits, results[1] if len(results) > 1 else None, t, spec)
+    return [{**_row(m, dataset_name, t, f, EMBED_HOOK, layer, t.position_names[f.group], engine), **st}
+            for f, st in zip(fits, stats)]  # fmt: skip
+
+
+def _control_task(t: ProbeTaskSet, spec: ProbeSpec) -> ProbeTaskSet:
+    """Task set ``t`` with its labels replaced by the control labelling (``probekit.probes.tasks.control_labels``)."""
+    return dataclasses.replace(t, labels=control_labels(t, spec.seed))
+
+
+def probe_stats(
+    fits: list[ProbeFit], controls: list[ProbeFit] | None, t: ProbeTaskSet, spec: ProbeSpec
+) -> list[dict[str, Any]]:
+    """Interval and control columns for ``fits`` (one dict per fit, in order): the person-clustered bootstrap
+    interval of the accuracy (``ci_low``, ``ci_high``), and with ``controls`` (the same probes, in the same
+    order, trained on the control labelling) ``control_accuracy``, ``selectivity`` and its interval. A probe and
+    its control are resampled with the same people draws, so the selectivity interval is that of the
+    difference."""
+    out: list[dict[str, Any]] = [{} for _ in fits]
+    pids = t.pids[t.split.test]  # [n_test] the person of each test row
+    n_people = len(np.unique(pids))
+    live = [i for i, f in enumerate(fits) if f.test_correct is not None]
+    for i, f in enumerate(fits):
+        out[i]["n_test_people"] = n_people
+        if controls is not None:
+            c = controls[i]
+            out[i]["control_accuracy"] = c.accuracy
+            out[i]["selectivity"] = f.accuracy - c.accuracy
+    if not live or spec.bootstrap == 0 or not len(pids):
+        return out
+    acc = np.stack([fits[i].test_correct for i in live]).astype(np.float64)  # [F, n_test]
+    iv = person_bootstrap(acc, pids, spec.bootstrap, spec.ci_level, spec.seed)
+    for j, i in enumerate(live):
+        out[i]["ci_low"], out[i]["ci_high"] = float(iv.low[j]), float(iv.high[j])
+    if controls is not None:
+        both = [i for i in live if controls[i].test_correct is not None]
+        if both:
+            ctrl = np.stack([controls[i].test_correct for i in both]).astype(np.float64)  # [F', n_test]
+            diff = acc[[live.index(i) for i in both]] - ctrl
+            sv = person_bootstrap(diff, pids, spec.bootstrap, spec.ci_level, spec.seed)
+            for j, i in enumerate(both):
+                out[i]["selectivity_ci_low"], out[i]["selectivity_ci_high"] = float(sv.low[j]), float(sv.high[j])
+    return out
 
 
 def _row(
@@ -190,7 +242,7 @@ def _row(
         "accuracy": f.accuracy, "baseline": f.baseline, "n_train": f.n_train, "n_test": f.n_test,
         "n_classes": f.n_classes, "status": f.status, "n_test_unseen": f.n_test_unseen,
         "examples_per_class": f.examples_per_class, "train_accuracy": f.train_accuracy,
-        "val_accuracy": f.val_accuracy, "l2": f.l2, "engine": engine,
+        "val_accuracy": f.val_accuracy, "l2": f.l2, "engine": engine, "seed": m.seed,
     }  # fmt: skip
 
 
@@ -235,13 +287,21 @@ def run_spec(
                         batch_size=spec.batch_size, storage=storage, out_dir=act_dir, overwrite=True,
                         progress=bar.update,
                     )  # fmt: skip
-                n_fits = acts.n_points * acts.n_positions * len(t.label_keys)
+                K = len(t.label_keys)
+                labels = t.labels
+                if spec.control_task:  # the control labelling as K more label sets, fitted in the same sweep
+                    labels = np.concatenate([labels, control_labels(t, spec.seed)])
+                n_fits = acts.n_points * acts.n_positions * len(labels)
                 desc = f"{m.name}: {t.kind.upper()}-probes ({mcfg.backend})"
                 with tqdm(total=n_fits, desc=desc, unit="probe", disable=not progress, leave=False) as bar:
-                    fits = run_probes(acts.features(), t.labels, t.split, mcfg, progress=bar.update)
-                for f in fits:
+                    fits = run_probes(acts.features(), labels, t.split, mcfg, progress=bar.update)
+                real = [f for f in fits if f.label < K]
+                ctrl = {(f.group, f.label - K): f for f in fits if f.label >= K}
+                controls = [ctrl[(f.group, f.label)] for f in real] if spec.control_task else None
+                for f, st in zip(real, probe_stats(real, controls, t, spec)):
                     point, position = acts.group(f.group)
-                    rows.append(_row(m, dataset_name, t, f, point.hook, point.layer, position, mcfg.backend))
+                    rows.append({**_row(m, dataset_name, t, f, point.hook, point.layer, position, mcfg.backend),
+                                 **st})  # fmt: skip
                 del acts
                 shutil.rmtree(act_dir, ignore_errors=True)
                 if spec.embed_probe is not None:

@@ -14,6 +14,11 @@ Vocabulary:
 - hooks: ``resid`` = the residual stream at every layer boundary (L+1 points: layer l < L is the input of block
   l, ``blocks.{l}.hook_resid_pre``; layer L is the output of the last block); ``resid_mid``, ``attn_out`` and
   ``mlp_out`` are per block (layers 0..L-1).
+- control_task: also train every probe on a control labelling (a random label per person drawn from the task's
+  class distribution, fixed per person and seed: Hewitt & Liang's control task) and report ``control_accuracy``
+  and ``selectivity`` = accuracy - control accuracy (with its interval). Doubles the probing time.
+- bootstrap / ci_level: resamples of the person-clustered bootstrap behind the ``ci_low``/``ci_high`` columns
+  (``probekit.stats``; 0 turns intervals off) and the interval's level.
 - embed_probe: settings of the paper's probe (``probekit.probes.embed_probe``: the frozen model plus a trained
   low-rank update of its input embedding, read at the last layer through LayerNorm + linear heads), run beside
   the frozen-feature probes; its rows have hook ``embed_update``. ``{}`` takes the defaults; absent or null: off.
@@ -78,6 +83,9 @@ class ProbeSpec:
     # also train the paper's probe (frozen model + low-rank embedding update, read at the last layer) with these
     # settings ({} in YAML = the defaults); None = frozen-feature probes only
     embed_probe: EmbedProbeConfig | None = None
+    control_task: bool = False  # also fit each probe on a per-person random control labelling (selectivity)
+    bootstrap: int = 1000  # person-clustered bootstrap resamples for the intervals (0 = no intervals)
+    ci_level: float = 0.95  # level of the bootstrap intervals
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run metadata
 
     def __post_init__(self) -> None:
@@ -106,6 +114,12 @@ class ProbeSpec:
         for name in ("batch_size", "max_iter"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.bootstrap, int) or isinstance(self.bootstrap, bool) or self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be a non-negative integer (0 = no intervals), got {self.bootstrap!r}")
+        if not isinstance(self.ci_level, (int, float)) or not 0.0 < float(self.ci_level) < 1.0:
+            raise ValueError(f"ci_level must be a number in (0, 1), e.g. 0.95, got {self.ci_level!r}")
+        if not isinstance(self.control_task, bool):
+            raise ValueError(f"control_task must be true or false, got {self.control_task!r}")
         for name in ("entries_per_person", "max_people"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

@@ -17,6 +17,7 @@ is on both sides.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -199,3 +200,37 @@ def build_q_tasks(ds: object, people: PeopleSplit, attributes: Sequence[str], ta
             else:
                 labels[k].append(_value_class(classes, a, v))
     return _finish("q", seqs, pos, [NAME_POSITION], pids, keys, labels, people)
+
+
+def person_uniform(pids: np.ndarray, key: str, seed: int) -> np.ndarray:
+    """[N] floats in [0, 1): one fixed draw per (person, ``key``, ``seed``), the same whichever other people are
+    present and in whatever order (a keyed hash of the three, so a person keeps their draw across task sets)."""
+    out = np.empty(len(pids))
+    cache: dict[int, float] = {}
+    for i, pid in enumerate(np.asarray(pids).tolist()):
+        if pid not in cache:
+            h = hashlib.blake2b(f"{seed}/{key}/{pid}".encode(), digest_size=8).digest()
+            cache[pid] = int.from_bytes(h, "little") / 2.0**64
+        out[i] = cache[pid]
+    return out
+
+
+def control_labels(task: ProbeTaskSet, seed: int) -> np.ndarray:
+    """Control-task labels [K, N] (Hewitt & Liang, 2019): for each label set, every person gets a random label
+    drawn from the task's class distribution (the labels of the training people, one per person), fixed per
+    person and seed; all rows of a person share it. A probe trained on these labels has nothing to read but
+    what it can memorise, so ``accuracy - control accuracy`` (selectivity) is what the representation adds."""
+    train = task.split.train
+    out = np.empty_like(task.labels)
+    for k, (attr, target) in enumerate(task.label_keys):
+        # one label per training person (their rows agree; the first row speaks for them)
+        _, first = np.unique(task.pids[train], return_index=True)
+        person_labels = task.labels[k, train[first]]
+        classes, counts = np.unique(person_labels, return_counts=True)
+        if not len(classes):  # no training people: nothing to draw from (the probe is skipped anyway)
+            out[k] = task.labels[k]
+            continue
+        cdf = np.cumsum(counts) / counts.sum()  # [C]
+        u = person_uniform(task.pids, f"{attr}/{target}", seed)  # [N]
+        out[k] = classes[np.minimum(np.searchsorted(cdf, u, side="right"), len(classes) - 1)]
+    return out
