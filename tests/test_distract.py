@@ -251,6 +251,9 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
     assert set(gap["regime"]) == {"s2a_rule", "s2a_learned"} and set(gap["task"]) == set(KINDS)
     assert {"distract_exact_match.html", "distract_exact_match.csv", "eval_config.json", "probes_by_layer.html"} <= {
         p.name for p in out.iterdir()}  # fmt: skip
+    patch = pd.read_csv(out / "patch_hint.csv")  # right-hint states patched into the wrong-hint run
+    assert set(patch["metric"]) == {"p_answer", "greedy_first", "p_other"} and set(patch["layer"]) == {0, 1, 2}
+    assert (patch["n_pairs"] > 0).all() and (patch["ci_low"] <= patch["value"] + 1e-9).all()
     probes = pd.read_csv(out / "probes.csv")  # name and answer position, every layer, true and suggested targets
     assert set(probes["position"]) == {"name", "answer"} and set(probes["layer"]) == {0, 1, 2}
     assert set(probes["kind"]) == set(KINDS) and set(probes["target"]) == {"true", "suggested"}
@@ -281,3 +284,28 @@ def test_missing_distractor_vocabulary_is_a_clear_error(tmp_path: Path) -> None:
     assert "think" in unknown_words(plain.tokenizer, [it.prompt for it in test])
     with pytest.raises(ValueError, match="--distract-vocab"):
         _check_items(plain.tokenizer, test, 256, "ntp", plain)
+
+
+def test_hint_pairs_align_and_label_every_position(ds, items) -> None:
+    from probekit.evaluate.distract import HINT_SLOTS, hint_pair
+
+    tests = {(it.pid, it.attr, it.kind): it for it in items if it.kind in ("hint_right", "hint_wrong")}
+    made = 0
+    for (pid, attr, kind), right in tests.items():
+        if kind != "hint_right":
+            continue
+        wrong = tests[(pid, attr, "hint_wrong")]
+        pair = hint_pair(ds.tokenizer, right, wrong)
+        if pair is None:  # values of different token length, or the same first token
+            a, w = ds.tokenizer([right.answer, wrong.suggested], add_special_tokens=False)["input_ids"]
+            assert len(a) != len(w) or a[0] == w[0]
+            continue
+        made += 1
+        assert len(pair.clean) == len(pair.corrupt) == len(pair.labels) and set(pair.labels) <= set(HINT_SLOTS)
+        diff = [pair.labels[q] for q in range(len(pair.clean)) if pair.clean[q] != pair.corrupt[q]]
+        assert diff and set(diff) == {"hint_value"}  # the two runs differ only in the hint's value
+        assert [pair.labels[q] for q in range(len(pair.labels)) if pair.labels[q].startswith("name")] == [
+            "name_first", "name_middle", "name_last"]  # fmt: skip
+        assert pair.labels[0] == "bos" and pair.labels[-1] == "last"
+        assert ("context" in pair.labels) == bool(right.relevant)
+    assert made > 10

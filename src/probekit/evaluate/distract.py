@@ -15,6 +15,11 @@
    same-attribute value of an irrelevant sentence).
 4. **Gap closed**: ``(S2A - baseline) / (oracle - baseline)`` per kind and regenerator (the issue's target: at least
    0.8 on ``hint_wrong``).
+5. **What probes see** (``probes``): frozen linear probes at the queried name and at the answer position, every layer,
+   fit on P_train clean prompts and read on P_test prompts of each kind (the true value, and the suggested one).
+6. **Where a wrong hint acts** (``patching``): ``probekit.patching.trace_pairs`` patches the right-hint run's state
+   into the wrong-hint run of the same prompt at every layer x position slot (context, hint value, question, name
+   tokens, answer position) and measures the true answer's probability.
 
 Intervals: every accuracy has a person-clustered bootstrap interval (``ci_low``, ``ci_high``: test people resampled
 with replacement, all of a person's items together, ``n_boot`` times, percentile interval); the gap closed is
@@ -23,8 +28,8 @@ bootstrapped the same way with baseline, S2A and oracle computed on the same res
 Outputs in ``out``: ``finetune_qa/`` and ``finetune_rewrite/`` (trainer runs; a finished one is reused when the
 run is repeated with ``resume``), ``items.jsonl`` (test items with their contexts), ``regenerations.jsonl``,
 ``predictions.jsonl`` (one row per item and regime), ``results.parquet/.csv`` (model, objective, task = kind,
-metric, value, n, regime, attr, ci_low, ci_high), ``gap.parquet/.csv``, figures (HTML + PNG + CSV) and
-``eval_config.json``.
+metric, value, n, regime, attr, ci_low, ci_high), ``gap``, ``regen`` (regeneration status counts), ``probes`` and
+``patch_hint`` tables (Parquet + CSV), figures (HTML + PNG + CSV) and ``eval_config.json``.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class DistractEvalConfig:
     ci_level: float = 0.95
     batch_size: int = 64  # prompts per generation batch
     probes: bool = True  # frozen linear probes at the name and the answer position, with and without distractors
+    patching: bool = True  # patch right-hint states into the wrong-hint run (layer x position slot)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -441,12 +447,18 @@ def run_distract(
         probes.insert(0, "model", name)
         paths += write_table(probes, out, "probes")
         figures.append(("probes_by_layer", *probe_figure(probes)))
+    n_pairs = 0
+    if cfg.patching and {"hint_right", "hint_wrong"} <= set(cfg.kinds):
+        patch, n_pairs = patch_hints(qa_model, tokenizer, test, cfg.n_boot, cfg.seed, max(cfg.batch_size, 64))
+        patch.insert(0, "model", name)
+        paths += write_table(patch, out, "patch_hint")
+        figures += [(f"patch_hint_{m}", *patch_figure(patch, m)) for m in ("p_answer", "p_other")]
     for stem, fig, fdata in figures:
         paths += write_figure(fig, fdata, out, stem, png=png)
     atomic_write_json(out / "eval_config.json", {
         "checkpoint": str(meta["path"]), "data": str(dataset.root), "model": name, "objective": objective,
         "config": to_dict(cfg), "n_train_items": len(train), "n_rewrite_items": len(rewrite),
-        "n_test_items": len(test), "elapsed_s": round(time.perf_counter() - t0, 1),
+        "n_test_items": len(test), "n_patch_pairs": n_pairs, "elapsed_s": round(time.perf_counter() - t0, 1),
     })  # fmt: skip
     return DistractResult(table, gap, records, paths, qa_model, tokenizer, test)
 
@@ -562,4 +574,122 @@ def probe_figure(df: pd.DataFrame) -> tuple[Any, pd.DataFrame]:
                             "suggested one (dotted)", template="plotly_white")  # fmt: skip
     fig.update_xaxes(title_text="layer")
     fig.update_yaxes(range=[0, 1], title_text="P_test accuracy", col=1)
+    return fig, data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patching under distraction: where does a wrong hint act?
+
+HINT_SLOTS: tuple[str, ...] = ("bos", "context", "hint_prefix", "hint_value", "hint_suffix", "question", "name_first",
+                               "name_middle", "name_last", "question_rest", "last")  # fmt: skip
+
+
+def hint_pair(tokenizer: Any, right: DistractItem, wrong: DistractItem) -> Any:
+    """A ``probekit.patching.TracePair``: clean = the prompt whose hint suggests the true value, corrupted = the same
+    prompt suggesting the wrong value (same person, context and question), labelled by ``HINT_SLOTS``; None when
+    the two values differ in token count (the runs would not align) or share their first token (the first-token
+    metrics could not tell them apart)."""
+    from probekit.data.distract import split_question
+    from probekit.data.tokenizer import EOS_ID, encode_with_offsets
+    from probekit.patching import TracePair
+
+    ans = tokenizer([right.answer, wrong.suggested], add_special_tokens=False)["input_ids"]
+    if len(ans[0]) != len(ans[1]) or ans[0][0] == ans[1][0]:
+        return None
+    ids_r, off = encode_with_offsets(tokenizer, right.prompt)
+    ids_w, _ = encode_with_offsets(tokenizer, wrong.prompt)
+    if len(ids_r) != len(ids_w):
+        return None
+    hint = right.context[-1].text
+    h0 = right.prompt.rindex(hint)
+    v0 = h0 + hint.index(right.answer)
+    v1 = v0 + len(right.answer)
+    q0 = len(right.prompt) - len(right.question)
+    name = split_question(right.question)[3]  # type: ignore[index]
+    n0 = right.prompt.rindex(name)
+    name_ends = [n0 + len(w) for w in (name.split()[0], " ".join(name.split()[:2]), name)]
+    labels = ["bos"]
+    for k, (a, _) in enumerate(off):
+        if k == len(off) - 1:
+            lab = "last"
+        elif a < h0:
+            lab = "context"
+        elif a < v0:
+            lab = "hint_prefix"
+        elif a < v1:
+            lab = "hint_value"
+        elif a < q0:
+            lab = "hint_suffix"
+        elif a < n0:
+            lab = "question"
+        elif a < name_ends[0]:
+            lab = "name_first"
+        elif a < name_ends[1]:
+            lab = "name_middle"
+        elif a < name_ends[2]:
+            lab = "name_last"
+        else:
+            lab = "question_rest"
+        labels.append(lab)
+    return TracePair([EOS_ID, *ids_r], [EOS_ID, *ids_w], list(ans[0]), list(ans[1]), cluster=right.pid,
+                     labels=labels)  # fmt: skip
+
+
+def patch_hints(model: torch.nn.Module, tokenizer: Any, items: Sequence[DistractItem], n_boot: int = 1000,
+                seed: int = 0, batch_size: int = 128) -> tuple[pd.DataFrame, int]:  # fmt: skip
+    """Activation patching from the right-hint run into the wrong-hint run of the same prompt, every residual layer
+    boundary x position slot (``HINT_SLOTS``; a pair's positions in one slot averaged), all attributes pooled.
+    Metrics (``probekit.patching``): ``p_answer`` (probability of the true answer's first token), ``greedy_first``
+    (the greedy first token becomes the true one), ``p_other`` (the wrong hint's first token). Returns the tidy
+    table (mean over pairs, person-clustered interval, the unpatched right/wrong-hint means) and the pair count."""
+    from probekit.activations import hook_points
+    from probekit.patching import cluster_bootstrap, trace_pairs
+
+    by_key: dict[tuple[int, str], dict[str, DistractItem]] = {}
+    for it in items:
+        if it.kind in ("hint_right", "hint_wrong"):
+            by_key.setdefault((it.pid, it.attr), {})[it.kind] = it
+    pairs = [p for d in by_key.values() if len(d) == 2
+             for p in [hint_pair(tokenizer, d["hint_right"], d["hint_wrong"])] if p is not None]  # fmt: skip
+    if not pairs:
+        raise ValueError("no aligned right/wrong hint pairs to patch (values of equal token length are needed)")
+    points = hook_points(int(model.cfg.n_layers))
+    res = trace_pairs(model, pairs, points, seed=seed, batch_size=batch_size)
+    index = {s: i for i, s in enumerate(HINT_SLOTS)}
+    rows = []
+    for metric, arr in res.patched.items():  # arr [N pairs, K points, P positions]
+        per = np.full((len(pairs), len(points), len(HINT_SLOTS)), np.nan)  # [N, K, S]
+        for i, p in enumerate(pairs):
+            lab = np.array([index[x] for x in p.labels])
+            for s in set(lab.tolist()):
+                per[i, :, s] = arr[i][:, : len(lab)][:, lab == s].mean(axis=1)
+        flat = per.reshape(len(pairs), -1)  # [N, K * S]
+        lo, hi = cluster_bootstrap(flat, [p.cluster for p in pairs], n_boot, seed)
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(flat, axis=0)
+        for k, pt in enumerate(points):
+            for s, slot in enumerate(HINT_SLOTS):
+                f = k * len(HINT_SLOTS) + s
+                rows.append({"layer": pt.layer, "slot": slot, "metric": metric, "value": float(mean[f]),
+                             "ci_low": float(lo[f]), "ci_high": float(hi[f]),
+                             "n_pairs": int((~np.isnan(flat[:, f])).sum()),
+                             "right_hint": float(np.nanmean(res.clean[metric])),
+                             "wrong_hint": float(np.nanmean(res.corrupt[metric]))})  # fmt: skip
+    return pd.DataFrame(rows), len(pairs)
+
+
+def patch_figure(df: pd.DataFrame, metric: str = "p_answer") -> tuple[Any, pd.DataFrame]:
+    """Heatmap layer x slot of ``metric`` when the right-hint state is patched into the wrong-hint run."""
+    import plotly.graph_objects as go
+
+    data = df[df["metric"] == metric]
+    grid = data.pivot(index="layer", columns="slot", values="value").reindex(columns=list(HINT_SLOTS))
+    ref = data.iloc[0]
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=list(HINT_SLOTS), y=grid.index.tolist(), colorscale="Viridis",
+                               zmin=0, zmax=1, colorbar={"title": metric}))  # fmt: skip
+    fig.update_layout(
+        title=f"patch right-hint state into the wrong-hint run: {metric} of the true answer "
+              f"(unpatched: right {ref['right_hint']:.2f}, wrong {ref['wrong_hint']:.2f}; {ref['n_pairs']} pairs)",
+        xaxis_title="position slot", yaxis_title="layer (residual stream)", template="plotly_white",
+    )  # fmt: skip
     return fig, data
