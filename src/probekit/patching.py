@@ -54,7 +54,6 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -745,40 +744,3 @@ def patch_figures(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> lis
         figs.append(Figure(f"{prompts}_{mode}_{hook}_{slug(attr)}", fig, g.reset_index(drop=True)))
     return figs
 
-
-def write_figures(figures: Sequence[Any], out_dir: str | Path, png: bool = True) -> tuple[list[Path], str | None]:
-    """Each ``probekit.plots.Figure`` as HTML + CSV (+ PNG) in ``out_dir``; returns the files and why PNG export
-    failed (None if it did not)."""
-    import os
-    from contextlib import ExitStack
-
-    import plotly.io as pio
-
-    from probekit.io import atomic_path
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    for f in figures:
-        html, csv = out / f"{f.name}.html", out / f"{f.name}.csv"
-        with atomic_path(html) as tmp:
-            f.fig.write_html(tmp, include_plotlyjs="directory")
-        with atomic_path(csv) as tmp:
-            f.data.to_csv(tmp, index=False)
-        files += [html, csv]
-    for stray in out.glob(".*plotly.min.js"):  # plotly writes it beside each temp name: keep the shared copy
-        os.unlink(stray)
-    error = None
-    if png and figures:
-        pngs = [out / f"{f.name}.png" for f in figures]
-        try:
-            with ExitStack() as stack:
-                tmps = [stack.enter_context(atomic_path(p)) for p in pngs]
-                pio.write_images([f.fig for f in figures], tmps, format="png",
-                                 width=[f.fig.layout.width or 760 for f in figures],
-                                 height=[f.fig.layout.height or 500 for f in figures])  # fmt: skip
-            files += pngs
-        except Exception as e:  # noqa: BLE001  kaleido needs Chromium: keep the HTML and CSV, say why
-            error = f"PNG export failed ({type(e).__name__}: {e}); HTML and CSV were written (needs Chromium)"
-            log.warning(error)
-    return files, error

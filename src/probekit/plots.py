@@ -255,7 +255,16 @@ def check_layer(df: pd.DataFrame, layer: int | None, flag: str = "--layer") -> N
 
 def render_figures(df: pd.DataFrame, out_dir: str | Path, layer: int | None = None, png: bool = True,
                    provenance: dict | None = None) -> RenderReport:  # fmt: skip
-    """Write every figure as HTML + CSV (+ PNG unless ``png=False``) into ``out_dir``.
+    """Write every figure the table supports as HTML + CSV (+ PNG unless ``png=False``) into ``out_dir``
+    (``write_figures``)."""
+    check_layer(df, layer)
+    return write_figures(build_figures(df, layer), out_dir, png, provenance)
+
+
+def write_figures(figures: list[Figure], out_dir: str | Path, png: bool = True,
+                  provenance: dict | None = None) -> RenderReport:  # fmt: skip
+    """Write ``figures`` (any ``Figure`` list, e.g. ``probekit.patching.patch_figures``) as HTML + CSV (+ PNG unless
+    ``png=False``) into ``out_dir``.
 
     HTML and CSV are written first; PNG export (``probekit.png_export``) runs afterwards in one bounded child
     process, so a browser that never answers costs a time limit, never the figures. ``provenance`` (a
@@ -266,10 +275,8 @@ def render_figures(df: pd.DataFrame, out_dir: str | Path, layer: int | None = No
     from probekit.io import atomic_write_json
     from probekit.png_export import write_pngs
 
-    check_layer(df, layer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = build_figures(df, layer)
     report = RenderReport()
     rec = provenance if provenance is not None else prov.record()
     stamp = prov.compact(rec)

@@ -45,7 +45,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from probekit.data.store import load_dataset
     from probekit.evaluate.figures import write_table
     from probekit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, prepare_output_dir
-    from probekit.patching import patch_figures, run_patching, write_figures
+    from probekit.patching import patch_figures, run_patching
+    from probekit.plots import write_figures
     from probekit.probes.runner import check_compatible, load_probe_model
 
     t0 = time.perf_counter()
@@ -63,21 +64,21 @@ def cmd_patch(args: argparse.Namespace) -> int:
         res = run_patching(pm, ds, cfg, progress=True)
         write_table(res.table, tmp, "results")
         atomic_write_jsonl(tmp / "pairs.jsonl", res.pairs)
-        files, png_error = write_figures(patch_figures(res.table), tmp / "figures", png=not args.no_png)
+        report = write_figures(patch_figures(res.table), tmp / "figures", png=not args.no_png)
         atomic_write_json(tmp / "run.json", {
             "config": to_dict(cfg), "model": str(args.model), "model_name": pm.name, "kind": pm.kind,
             "data": str(args.data), "counts": res.counts, "noise_std": res.noise_std,
-            "seconds": round(time.perf_counter() - t0, 1), "png_error": png_error,
+            "seconds": round(time.perf_counter() - t0, 1), "png_error": report.png_error,
         })  # fmt: skip
     for c in res.counts:
         print(f"  {c['attribute']:<13} {c['mode']:<8} {c.get('used', 0):>4} pairs "
               f"(of {c['candidates']} candidates; {c.get('incorrect', 0)} answered wrong, "
               f"{c['misaligned']} misaligned)")  # fmt: skip
-    n_fig = len({p.stem for p in files})
+    n_fig = len({p.stem for p in report.files})
     print(f"wrote {out / 'results.parquet'}, {out / 'results.csv'} ({len(res.table)} rows), pairs.jsonl and "
           f"{n_fig} figures in {out / 'figures'} ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
-    if png_error:
-        print(f"warning: {png_error}")
+    if report.png_error:
+        print(f"warning: {report.png_error}")
     return 0
 
 
