@@ -199,23 +199,33 @@ def test_learned_regenerator_trains_on_a_tiny_corpus(ds, checkpoint, tmp_path: P
             assert r.prompt == it.prompt and r.reason
 
 
-def test_bootstrap_is_person_clustered_and_paired() -> None:
-    from probekit.evaluate.distract import percentile_ci, person_bootstrap
+def test_summary_intervals_are_person_clustered_and_the_gap_paired() -> None:
+    from probekit.evaluate.distract import DistractEvalConfig, summarize
 
-    pids = np.repeat(np.arange(50), 4)  # 50 people, 4 items each
     rng = np.random.default_rng(0)
-    know = rng.random(50) < 0.6
-    a = np.repeat(know, 4).astype(float)  # items of a person are all right or all wrong
-    people, boot = person_bootstrap(pids, {"a": a, "b": a.copy(), "c": np.ones(200)}, 500, seed=1)
-    assert people == list(range(50))
-    ra, rb = boot["a"][:, 0] / boot["a"][:, 1], boot["b"][:, 0] / boot["b"][:, 1]
-    np.testing.assert_array_equal(ra, rb)  # same draws of people for every statistic
-    lo, hi = percentile_ci(ra, 0.95)
-    assert lo < a.mean() < hi
-    # clustered: the interval is about as wide as for 50 independent people, wider than for 200 independent items
-    se_people = (a.mean() * (1 - a.mean()) / 50) ** 0.5
-    assert (hi - lo) > 2.5 * se_people
-    assert percentile_ci(boot["c"][:, 0] / boot["c"][:, 1], 0.95) == (1.0, 1.0)
+    know = rng.random(60) < 0.7  # 60 people x 4 attributes; a person's items are all right or all wrong
+    rows = []
+    for pid in range(60):
+        for a in ("major", "company", "birth_city", "university"):
+            wrong = bool(rng.random() < 0.5)  # the wrong hint misleads half of the items
+            for regime, em in (("baseline", know[pid] and not wrong), ("s2a_rule", know[pid]), ("oracle", know[pid]),
+                               ("s2a_learned", know[pid] and (not wrong or pid % 3 > 0))):  # fmt: skip
+                rows.append({"pid": pid, "attr": a, "kind": "hint_wrong", "regime": regime, "exact_match": float(em),
+                             "first_token": float(em), "follows_suggested": float(not em)})  # fmt: skip
+    cfg = DistractEvalConfig(kinds=("hint_wrong",), n_boot=400)
+    table, gap = summarize(pd.DataFrame(rows), cfg, "m", "ntp")
+    ov = table[(table["attr"] == "overall") & (table["metric"] == "exact_match")].set_index("regime")
+    assert (ov["ci_low"] < ov["value"]).all() and (ov["value"] < ov["ci_high"]).all() and (ov["n"] == 240).all()
+    # clustered: as wide as 60 independent people, not 240 independent items
+    p = ov.loc["oracle", "value"]
+    assert ov.loc["oracle", "ci_high"] - ov.loc["oracle", "ci_low"] > 3.0 * (p * (1 - p) / 60) ** 0.5
+    g = gap.set_index("regime")
+    # S2A rule equals the oracle item by item: every paired resample closes the whole gap
+    assert g.loc["s2a_rule", "gap_closed"] == 1.0 and (g.loc["s2a_rule", "ci_low"], g.loc["s2a_rule", "ci_high"]) == (
+        1.0, 1.0)  # fmt: skip
+    lo, hi = g.loc["s2a_learned", ["ci_low", "ci_high"]]
+    assert lo < g.loc["s2a_learned", "gap_closed"] < hi < 1.0 and g.loc["s2a_learned", "target_met"] == bool(
+        g.loc["s2a_learned", "gap_closed"] >= 0.8)  # fmt: skip
 
 
 def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,8 +22,8 @@
    tokens, answer position) and measures the true answer's probability.
 
 Intervals: every accuracy has a person-clustered bootstrap interval (``ci_low``, ``ci_high``: test people resampled
-with replacement, all of a person's items together, ``n_boot`` times, percentile interval); the gap closed is
-bootstrapped the same way with baseline, S2A and oracle computed on the same resample (paired).
+with replacement, all of a person's items together, ``n_boot`` times, percentile interval; ``probekit.stats``); the
+gap closed is bootstrapped the same way with baseline, S2A and oracle computed on the same resamples (paired).
 
 Outputs in ``out``: ``finetune_qa/`` and ``finetune_rewrite/`` (trainer runs; a finished one is reused when the
 run is repeated with ``resume``), ``items.jsonl`` (test items with their contexts), ``regenerations.jsonl``,
@@ -76,6 +76,7 @@ from probekit.evaluate.qa import (
 )
 from probekit.evaluate.scoring import first_token_match, ids_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
+from probekit.stats import bootstrap_means
 
 log = logging.getLogger(__name__)
 
@@ -142,25 +143,7 @@ class DistractResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Person-clustered bootstrap
-
-
-def person_bootstrap(pids: np.ndarray, values: dict[str, np.ndarray], n_boot: int, seed: int,
-                     ) -> tuple[list[int], dict[str, np.ndarray]]:  # fmt: skip
-    """Per-person sums of each value array (``values[name]``: [n_items], aligned with ``pids``) and their resampled
-    totals: returns (person order, {name: [n_boot, 2] resampled (sum, count)}). Every name is resampled with the
-    same draws of people, so statistics of several names on one resample are paired."""
-    people = sorted({int(p) for p in pids})
-    index = {p: i for i, p in enumerate(people)}
-    rows = np.array([index[int(p)] for p in pids], dtype=np.int64)  # [n_items]
-    draws = np.random.default_rng(seed).integers(0, len(people), size=(n_boot, len(people)))  # [B, P]
-    out = {}
-    for name, v in values.items():
-        mask = ~np.isnan(v)
-        s = np.bincount(rows[mask], weights=v[mask], minlength=len(people))  # [P]
-        c = np.bincount(rows[mask], minlength=len(people)).astype(float)  # [P]
-        out[name] = np.stack([s[draws].sum(1), c[draws].sum(1)], axis=1)  # [B, 2]
-    return people, out
+# Intervals (person-clustered bootstrap: probekit.stats)
 
 
 def percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -170,11 +153,6 @@ def percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
         return float("nan"), float("nan")
     lo, hi = np.percentile(s, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
-
-
-def _ratio(sc: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sc[:, 0] / sc[:, 1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,16 +240,19 @@ def summarize(records: pd.DataFrame, cfg: DistractEvalConfig, model_name: str, o
             for regime, rd in ad.groupby("regime", sort=False):
                 rd = rd.sort_values(["pid", "attr"])
                 for m in RATE_METRICS:
-                    vals[f"{regime}|{m}"] = rd[m].to_numpy(dtype=float)
-            pids = ad[ad["regime"] == "baseline"].sort_values(["pid", "attr"])["pid"].to_numpy()
-            _, boot = person_bootstrap(pids, vals, cfg.n_boot, cfg.seed) if cfg.n_boot else (None, {})
-            for key, v in vals.items():
+                    vals[f"{regime}|{m}"] = rd[m].to_numpy(dtype=float)  # [N items] (NaN: no suggested value)
+            pids = ad[ad["regime"] == "baseline"].sort_values(["pid", "attr"])["pid"].to_numpy()  # [N]
+            keys = list(vals)
+            V = np.stack([vals[k] for k in keys])  # [F, N]
+            boot = (bootstrap_means(np.nan_to_num(V), pids, cfg.n_boot, cfg.seed, mask=~np.isnan(V))  # [F, B]
+                    if cfg.n_boot else None)  # fmt: skip
+            for i, key in enumerate(keys):
                 regime, metric = key.split("|")
-                n = int((~np.isnan(v)).sum())
+                n = int((~np.isnan(V[i])).sum())
                 if n == 0:
                     continue
-                lo, hi = percentile_ci(_ratio(boot[key]), cfg.ci_level) if cfg.n_boot else (np.nan, np.nan)
-                rows.append({**base, "task": kind, "metric": metric, "value": float(np.nanmean(v)), "n": n,
+                lo, hi = percentile_ci(boot[i], cfg.ci_level) if boot is not None else (np.nan, np.nan)
+                rows.append({**base, "task": kind, "metric": metric, "value": float(np.nanmean(V[i])), "n": n,
                              "regime": regime, "attr": attr, "ci_low": lo, "ci_high": hi})  # fmt: skip
             if attr != "overall":
                 continue
@@ -282,8 +263,8 @@ def summarize(records: pd.DataFrame, cfg: DistractEvalConfig, model_name: str, o
                 gap = acc["oracle"] - acc["baseline"]
                 closed = (acc[regime] - acc["baseline"]) / gap if gap else float("nan")
                 lo = hi = float("nan")
-                if cfg.n_boot:
-                    b, s, o = (_ratio(boot[f"{r}|exact_match"]) for r in ("baseline", regime, "oracle"))
+                if boot is not None:  # paired: baseline, S2A and oracle on the same resamples of people
+                    b, s, o = (boot[keys.index(f"{r}|exact_match")] for r in ("baseline", regime, "oracle"))
                     with np.errstate(invalid="ignore", divide="ignore"):
                         samples = np.where(o - b != 0, (s - b) / (o - b), np.nan)
                     lo, hi = percentile_ci(samples, cfg.ci_level)
