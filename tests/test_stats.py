@@ -84,3 +84,19 @@ def test_reproducible_and_edge_cases() -> None:
         person_bootstrap(values, pids, level=1.5)
     with pytest.raises(ValueError, match="pids"):
         person_bootstrap(values, pids[:2])
+
+
+def test_qa_summary_rows_carry_person_clustered_intervals() -> None:
+    from probekit.evaluate.qa import summarize
+
+    # 40 people x 2 tasks: even people answer everything, odd people nothing
+    records = [{"pid": p, "task": t, "exact_match": p % 2 == 0, "first_token": True}
+               for p in range(40) for t in ("major", "company")]  # fmt: skip
+    rows = {(r["task"], r["metric"]): r for r in summarize(records, "m", "ntp", n_boot=500)}
+    assert [k for k in rows][:2] == [("major", "exact_match"), ("major", "first_token")]
+    em = rows[("overall", "exact_match")]
+    assert em["value"] == 0.5 and em["n"] == 80 and em["ci_low"] < 0.5 < em["ci_high"]
+    # clustered by person: as wide as 40 independent people, not 80 independent answers
+    assert em["ci_high"] - em["ci_low"] == pytest.approx(2 * 1.96 * np.sqrt(0.25 / 40), rel=0.25)
+    assert rows[("company", "first_token")]["ci_low"] == 1.0
+    assert "ci_low" not in summarize(records, "m", "ntp", n_boot=0)[0]

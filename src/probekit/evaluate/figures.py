@@ -54,7 +54,8 @@ def accuracy_figure(
     """Grouped bars: ``metric`` by task (x) for each model/objective (colour); returns (figure, plotted data).
 
     Extra columns in ``SERIES_EXTRAS`` with more than one value (e.g. split) split the bars further. Bars carry
-    ``n`` in their hover text. Tasks keep their order of first appearance in ``df``.
+    ``n`` in their hover text, and error bars where the table has bootstrap intervals (``ci_low``/``ci_high``).
+    Tasks keep their order of first appearance in ``df``.
     """
     import plotly.graph_objects as go
 
@@ -71,9 +72,13 @@ def accuracy_figure(
     fig = go.Figure()
     for series, g in data.groupby("series", sort=False):
         g = g.set_index("task").reindex(tasks)
+        error = None
+        if "ci_low" in g.columns and g["ci_low"].notna().any():
+            error = {"type": "data", "symmetric": False, "array": (g["ci_high"] - g["value"]).clip(lower=0),
+                     "arrayminus": (g["value"] - g["ci_low"]).clip(lower=0), "thickness": 1.2, "width": 3}  # fmt: skip
         fig.add_trace(
             go.Bar(
-                name=str(series), x=tasks, y=g["value"], customdata=g["n"],
+                name=str(series), x=tasks, y=g["value"], customdata=g["n"], error_y=error,
                 hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra>" + str(series) + "</extra>",
             )
         )  # fmt: skip

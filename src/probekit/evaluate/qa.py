@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -40,6 +41,7 @@ from probekit.data.tokenizer import EOS_ID
 from probekit.evaluate.figures import results_frame, write_results
 from probekit.evaluate.scoring import first_token_match, ids_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
+from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -359,18 +361,29 @@ def evaluate_items(
     ]
 
 
-def summarize(records: Sequence[dict[str, Any]], model_name: str, objective: str, **extra: Any) -> list[dict]:
-    """Result rows per task and ``overall`` for exact_match and first_token (``extra`` columns, e.g. split)."""
+def summarize(
+    records: Sequence[dict[str, Any]], model_name: str, objective: str, n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL, seed: int = 0, **extra: Any,
+) -> list[dict]:
+    """Result rows per task and ``overall`` for exact_match and first_token (``extra`` columns, e.g. split), each
+    with the person-clustered bootstrap interval ``ci_low``/``ci_high`` (``probekit.stats``: people resampled,
+    all of a person's questions together; ``n_boot`` = 0 leaves them out)."""
     if not records:
         return []
     df = pd.DataFrame(records)
     rows = []
-    groups = [(str(t), g) for t, g in df.groupby("task", sort=False)] + [("overall", df)]
-    for task, g in groups:
-        for metric in ("exact_match", "first_token"):
+    tasks = list(dict.fromkeys(df["task"].astype(str)))
+    masks = np.stack([(df["task"].astype(str) == t).to_numpy() for t in tasks] + [np.ones(len(df), dtype=bool)])
+    for metric in ("exact_match", "first_token"):
+        values = df[metric].to_numpy(dtype=np.float64)
+        iv = (person_bootstrap(np.broadcast_to(values, masks.shape), df["pid"].to_numpy(), n_boot, level, seed,
+                               mask=masks) if n_boot else None)  # fmt: skip
+        for i, task in enumerate(tasks + ["overall"]):
+            ci = {"ci_low": float(iv.low[i]), "ci_high": float(iv.high[i])} if iv is not None else {}
             rows.append({"model": model_name, "objective": objective, "task": task, "metric": metric,
-                         "value": float(g[metric].mean()), "n": len(g), **extra})  # fmt: skip
-    return rows
+                         "value": float(values[masks[i]].mean()), "n": int(masks[i].sum()), **ci, **extra})  # fmt: skip
+    order = {t: i for i, t in enumerate(tasks + ["overall"])}
+    return sorted(rows, key=lambda r: order[r["task"]])  # per task: exact_match, first_token (the old order)
 
 
 # ---------------------------------------------------------------------------------------------------------------

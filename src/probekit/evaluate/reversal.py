@@ -33,6 +33,7 @@ from probekit.evaluate.figures import results_frame, write_results
 from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import completion_logprobs, normalize_text, paired_test, text_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
+from probekit.stats import DEFAULT_N_BOOT, person_bootstrap
 
 DEFAULT_TASKS: tuple[str, ...] = ("N2D", "D2N", "N2D-reverse", "D2N-reverse")
 
@@ -89,8 +90,10 @@ def evaluate_reversal(
     test: str = "wilcoxon",
     batch_size: int = 64,
     progress: bool = False,
+    n_boot: int = DEFAULT_N_BOOT,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Score ``tasks`` (default: the four of the paper that the data has). Returns (per-item records, rows)."""
+    """Score ``tasks`` (default: the four of the paper that the data has). Returns (per-item records, rows).
+    Rates (exact match, correct preferred) carry person-clustered bootstrap intervals (``ci_low``/``ci_high``)."""
     tasks = list(tasks) if tasks is not None else [t for t in DEFAULT_TASKS if t in data.tasks]
     check_tasks_fit(data, tasks, tokenizer, model.cfg.n_ctx, objective)
     records: list[dict[str, Any]] = []
@@ -119,15 +122,23 @@ def evaluate_reversal(
         a, b = np.array([lp_correct[k] for k in have]), np.array([lp_random[k] for k in have])
         res = paired_test(a, b, method=test, seed=seed)
         base = {"model": model_name, "objective": objective, "task": task}
+        # intervals resample people: a fictitious person is identified by their completion (a unique name or
+        # description), so all paraphrased prompts of one person travel together
+        person = np.array([r.completion for r in items])
+        em_ci = person_bootstrap(np.asarray(exact, dtype=np.float64), person, n_boot, seed=seed)
+        pref_ci = (person_bootstrap((a > b).astype(np.float64), person[have], n_boot, seed=seed) if have
+                   else None)  # fmt: skip
         metrics = [
-            ("exact_match", float(np.mean(exact)), len(items)),
-            ("logprob_correct", float(np.mean(lp_correct)), len(items)),
-            ("logprob_random", float(b.mean()) if have else float("nan"), len(have)),
-            ("logprob_diff", float((a - b).mean()) if have else float("nan"), len(have)),
-            ("correct_preferred", float((a > b).mean()) if have else float("nan"), len(have)),
-            ("p_value", res.p_value, len(have)),
+            ("exact_match", float(np.mean(exact)), len(items), em_ci),
+            ("logprob_correct", float(np.mean(lp_correct)), len(items), None),
+            ("logprob_random", float(b.mean()) if have else float("nan"), len(have), None),
+            ("logprob_diff", float((a - b).mean()) if have else float("nan"), len(have), None),
+            ("correct_preferred", float((a > b).mean()) if have else float("nan"), len(have), pref_ci),
+            ("p_value", res.p_value, len(have), None),
         ]
-        rows += [{**base, "metric": m, "value": v, "n": n, "test": res.method} for m, v, n in metrics]
+        rows += [{**base, "metric": m, "value": v, "n": n, "test": res.method,
+                  "ci_low": float(ci.low[0]) if ci is not None else float("nan"),
+                  "ci_high": float(ci.high[0]) if ci is not None else float("nan")} for m, v, n, ci in metrics]
     return records, rows
 
 
