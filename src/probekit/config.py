@@ -130,6 +130,11 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise UserError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
+    required = [n for n, f in fields.items() if f.init and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise UserError(f"{cls.__name__}: missing required key(s) {missing}; add them to the config")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in data.items():

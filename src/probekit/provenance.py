@@ -41,10 +41,11 @@ _COMMAND: list[str] | None = None
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def set_command_line(argv: list[str]) -> None:
-    """Record the command line of this process (the CLI calls it; library use falls back to ``sys.argv``)."""
+def set_command_line(argv: list[str] | None) -> None:
+    """Record the command line of this process (the CLI calls it; library use, or None, falls back to
+    ``sys.argv``)."""
     global _COMMAND
-    _COMMAND = [str(a) for a in argv]
+    _COMMAND = None if argv is None else [str(a) for a in argv]
 
 
 def command_line() -> list[str]:
