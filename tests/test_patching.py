@@ -232,3 +232,33 @@ def test_cli_patch_end_to_end(tiny_single, tmp_path: Path, capsys: pytest.Captur
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv[:-1], "--attributes", "height", "--overwrite"]) == 2
     assert "height" in capsys.readouterr().err
+
+
+def test_require_correct_tries_further_targets(tiny_single, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each source the model answers right tries targets in its seeded order until one also answers right."""
+    from probekit import patching
+
+    ds, tok = tiny_single, tiny_single.tokenizer
+    name_of = {tuple(tok(ds.person(p.pid).full_name, add_special_tokens=False)["input_ids"]): p.pid for p in ds.people}
+    right = {p.pid for p in ds.people if p.pid % 3 == 0}  # the people this fake model answers right
+
+    def fake(model, pairs, run, batch_size):  # type: ignore[no-untyped-def]
+        out = []
+        for p in pairs:
+            ids = p.clean if run == "clean" else p.corrupt
+            name = tuple(ids[q] for q, lab in enumerate(p.labels) if lab.startswith("name_"))
+            out.append(name_of.get(name, -1) in right)
+        return out
+
+    monkeypatch.setattr(patching, "correct_mask", fake)
+    cands = {c.source: c for c in patching.candidates(ds, "major", "qa", ds.split["test"], 0)}
+    cfg = PatchConfig(n_pairs=100)
+    pairs, counts = build_pairs(object(), tok, ds, "major", "patch", cfg, start_id=1)
+    assert pairs and counts["used"] == len(pairs)
+    assert counts["source_wrong"] == sum(1 for pid in ds.split["test"] if pid not in right)
+    for p in pairs:
+        assert p.cluster in right
+        tgt = name_of[tuple(q for q, lab in zip(p.corrupt, p.labels) if lab.startswith("name_"))]
+        assert tgt in right and tgt != p.cluster
+        first_right = next(t for t in cands[p.cluster].targets[: patching.MAX_TARGET_TRIES] if t in right)
+        assert tgt == first_right  # the first target in the source's order that answers right

@@ -514,20 +514,20 @@ def _people(dataset: Any, split: str) -> list[int]:
 
 @dataclass
 class Candidate:
-    """One (template, source, target) combination before the correctness filter."""
+    """A source person with their template and the seeded order in which partners (targets) are tried."""
 
     tpl: Template
     source: int
-    target: int
+    targets: list[int]
 
 
 def candidates(dataset: Any, attr: str, prompts: str, pids: Sequence[int], seed: int) -> list[Candidate]:
-    """Seeded (source, target) pairs of distinct people with different answers (first word), each person a source
-    at most once. QA: the attribute's question. Bio: the source's first qualifying entry prefix."""
+    """Every person of ``pids`` with a template (QA: the attribute's question; bio: their first qualifying entry
+    prefix), in seeded order, each with the other people whose answer starts with another word as targets (in a
+    seeded order starting after the source, so different sources prefer different targets)."""
     rng = random.Random(f"{seed}-{attr}-{prompts}")
     order = list(pids)
     rng.shuffle(order)
-    templates: dict[int, Template] = {}
     if prompts == "qa":
         templates = {pid: qa_template(attr) for pid in order}
     else:
@@ -538,17 +538,16 @@ def candidates(dataset: Any, attr: str, prompts: str, pids: Sequence[int], seed:
                 if tpl is not None:
                     by_pid[e.pid] = tpl
         templates = {pid: by_pid[pid] for pid in order if pid in by_pid}
-    value = {pid: dataset.person(pid).attrs[attr] for pid in order}
+    first = {pid: dataset.person(pid).attrs[attr].split()[0] for pid in order}
     out = []
     for k, src in enumerate(order):
-        if src not in templates:
-            continue
-        for step in range(1, len(order)):  # the next person (cyclically) whose answer starts differently
-            tgt = order[(k + step) % len(order)]
-            if value[tgt].split()[0] != value[src].split()[0]:
-                out.append(Candidate(templates[src], src, tgt))
-                break
+        if src in templates:
+            rest = order[k + 1 :] + order[:k]
+            out.append(Candidate(templates[src], src, [t for t in rest if first[t] != first[src]]))
     return out
+
+
+MAX_TARGET_TRIES = 20  # partners tried per source before it is given up (require_correct, patch/swap modes)
 
 
 def build_pairs(
@@ -564,63 +563,93 @@ def build_pairs(
 
     ``patch``: clean = source, corrupted = target. ``restore``/``noise``: clean = corrupted = source with noise on
     its name tokens; ``restore``/``swap``: clean = source, corrupted = the source's prompt with the target's name.
+    With ``cfg.require_correct`` a source must answer its prompt right (greedy first token) and, when swapping,
+    the target its version of the same prompt; a source tries up to ``MAX_TARGET_TRIES`` targets in its order.
     """
     qa = cfg.prompts == "qa"
     cands = candidates(dataset, attr, cfg.prompts, _people(dataset, cfg.split), cfg.seed)
     swap = mode == "patch" or cfg.corruption == "swap"
-    pairs, n_misaligned = [], 0
-    for c in cands:
-        src, tgt = dataset.person(c.source), dataset.person(c.target)
-        a = encode_prompt(tokenizer, c.tpl, src.full_name, start_id, qa)
-        b = encode_prompt(tokenizer, c.tpl, tgt.full_name, start_id, qa) if swap else a
-        if len(a.ids) != len(b.ids) or a.name != b.name:
-            n_misaligned += 1
-            continue
-        answer = tokenizer(" " + src.attrs[attr], add_special_tokens=False)["input_ids"]
-        other = tokenizer(" " + tgt.attrs[attr], add_special_tokens=False)["input_ids"] if swap else None
-        pairs.append(TracePair(
-            a.ids, b.ids, list(answer), list(other) if other else None,
-            () if swap else tuple(range(*a.name)), c.source, a.labels, a.tokens,
-        ))  # fmt: skip
-    counts = {"candidates": len(cands), "misaligned": n_misaligned}
-    if n_misaligned:
-        log.warning("%s/%s: %d of %d pairs dropped: their prompts do not align token by token (names of different "
-                    "token lengths under this tokenizer)", attr, mode, n_misaligned, len(cands))  # fmt: skip
-    if cands and n_misaligned == len(cands):
-        raise ValueError(f"no {attr} pair aligns token by token under this tokenizer: the two people's prompts have "
-                         "different lengths; patch a model with a word-level (probekit) tokenizer")  # fmt: skip
-    if cfg.require_correct and pairs:
-        ok = correct_mask(model, pairs, swap, cfg.batch_size)
-        counts["incorrect"] = int(len(pairs) - sum(ok))
-        pairs = [p for p, good in zip(pairs, ok) if good]
-    counts["used"] = min(len(pairs), cfg.n_pairs)
-    return pairs[: cfg.n_pairs], counts
+    answers: dict[int, list[int]] = {}
+
+    def answer(pid: int) -> list[int]:
+        if pid not in answers:
+            answers[pid] = list(tokenizer(" " + dataset.person(pid).attrs[attr], add_special_tokens=False)["input_ids"])
+        return answers[pid]
+
+    def make(c: Candidate, clean: Encoded, tgt: int | None) -> TracePair | None:
+        """The pair of ``c``'s source with target ``tgt`` (None: a noise pair); None when they do not align."""
+        b = clean if tgt is None else encode_prompt(tokenizer, c.tpl, dataset.person(tgt).full_name, start_id, qa)
+        if len(b.ids) != len(clean.ids) or b.name != clean.name:
+            return None
+        return TracePair(
+            clean.ids, b.ids, answer(c.source), None if tgt is None else answer(tgt),
+            () if tgt is not None else tuple(range(*clean.name)), c.source, clean.labels, clean.tokens,
+        )  # fmt: skip
+
+    counts = {"candidates": len(cands), "misaligned": 0, "source_wrong": 0}
+    todo = [(c, encode_prompt(tokenizer, c.tpl, dataset.person(c.source).full_name, start_id, qa)) for c in cands]
+    if cfg.require_correct and todo:  # the source must answer its own prompt right
+        probe = [TracePair(e.ids, e.ids, answer(c.source), labels=e.labels) for c, e in todo]
+        ok = correct_mask(model, probe, "clean", cfg.batch_size)
+        counts["source_wrong"] = int(len(todo) - sum(ok))
+        todo = [t for t, good in zip(todo, ok) if good]
+    pairs: list[TracePair | None] = [None] * len(todo)
+    tries = [0] * len(todo)
+    max_tries = MAX_TARGET_TRIES if cfg.require_correct else 1
+
+    def exhausted(i: int) -> bool:
+        return tries[i] >= min(max_tries, len(todo[i][0].targets))
+
+    open_ = [i for i in range(len(todo)) if not (swap and exhausted(i))]  # sources still looking for a target
+    while open_ and sum(p is not None for p in pairs) < cfg.n_pairs:
+        trial: list[tuple[int, TracePair]] = []
+        for i in open_:
+            c, clean = todo[i]
+            if not swap:
+                pair = make(c, clean, None)
+            else:
+                pair = make(c, clean, c.targets[tries[i]])
+                tries[i] += 1
+            if pair is None:
+                counts["misaligned"] += 1
+            else:
+                trial.append((i, pair))
+        ok = correct_mask(model, [p for _, p in trial], "corrupt", cfg.batch_size) if cfg.require_correct and swap \
+            else [True] * len(trial)  # fmt: skip
+        for (i, pair), good in zip(trial, ok):
+            if good:
+                pairs[i] = pair
+        open_ = [i for i in open_ if pairs[i] is None and swap and not exhausted(i)]
+    counts["no_target"] = sum(1 for i in range(len(todo)) if pairs[i] is None and swap and exhausted(i))
+    if counts["misaligned"]:
+        log.warning("%s/%s: %d candidate pairs dropped: their prompts do not align token by token (names of "
+                    "different token lengths under this tokenizer)", attr, mode, counts["misaligned"])  # fmt: skip
+        if not any(p is not None for p in pairs):
+            raise ValueError(f"no {attr} pair aligns token by token under this tokenizer: the two people's prompts "
+                             "have different lengths; patch a model with a word-level (probekit) tokenizer")  # fmt: skip
+    used = [p for p in pairs if p is not None][: cfg.n_pairs]  # in the sources' seeded order
+    counts["used"] = len(used)
+    return used, counts
 
 
 @torch.no_grad()
-def correct_mask(model: Any, pairs: Sequence[TracePair], both: bool, batch_size: int) -> list[bool]:
-    """Whether the model's greedy first token is right in the clean run (and, with ``both``, the corrupted run's
-    own answer in the corrupted run) of each pair."""
+def correct_mask(model: Any, pairs: Sequence[TracePair], run: str, batch_size: int) -> list[bool]:
+    """Whether the model's greedy next token after each pair's prompt is right: in the ``clean`` run the clean
+    answer's first token, in the ``corrupt`` run the corrupted run's own answer's (``other``) first token."""
     device = _device(model)
-
-    def first_ok(seqs: list[list[int]], answers: list[int]) -> list[bool]:
-        out: list[bool] = []
-        for lo in range(0, len(seqs), batch_size):
-            chunk = seqs[lo : lo + batch_size]
-            T = max(len(s) for s in chunk)
-            ids = torch.tensor([s + [PAD_ID] * (T - len(s)) for s in chunk], device=device)  # [B, T]
-            lens = torch.tensor([len(s) for s in chunk], device=device)  # [B]
-            key_mask = torch.arange(T, device=device)[None] < lens[:, None]  # [B, T]
-            logits = _logits(model, ids, key_mask, [])  # [B, T, V]
-            pred = logits[torch.arange(len(chunk), device=device), lens - 1].argmax(-1)  # [B]
-            out += (pred.cpu() == torch.tensor(answers[lo : lo + batch_size])).tolist()
-        return out
-
-    ok = first_ok([p.clean for p in pairs], [p.answer[0] for p in pairs])
-    if both:
-        ok_b = first_ok([p.corrupt for p in pairs], [(p.other or p.answer)[0] for p in pairs])
-        ok = [x and y for x, y in zip(ok, ok_b)]
-    return ok
+    seqs = [p.clean if run == "clean" else p.corrupt for p in pairs]
+    want = [(p.answer if run == "clean" else (p.other or p.answer))[0] for p in pairs]
+    out: list[bool] = []
+    for lo in range(0, len(seqs), batch_size):
+        chunk = seqs[lo : lo + batch_size]
+        T = max(len(s) for s in chunk)
+        ids = torch.tensor([s + [PAD_ID] * (T - len(s)) for s in chunk], device=device)  # [B, T]
+        lens = torch.tensor([len(s) for s in chunk], device=device)  # [B]
+        key_mask = torch.arange(T, device=device)[None] < lens[:, None]  # [B, T]
+        logits = _logits(model, ids, key_mask, [])  # [B, T, V]
+        pred = logits[torch.arange(len(chunk), device=device), lens - 1].argmax(-1)  # [B]
+        out += (pred.cpu() == torch.tensor(want[lo : lo + batch_size])).tolist()
+    return out
 
 
 def start_token(tokenizer: Any, kind: str) -> int:
@@ -637,7 +666,7 @@ def start_token(tokenizer: Any, kind: str) -> int:
 class PatchResult:
     table: pd.DataFrame  # tidy rows (COLUMNS)
     pairs: list[dict[str, Any]]  # one record per pair used: attribute, mode, source, target, prompts, answer
-    counts: list[dict[str, Any]]  # per attribute and mode: candidates, misaligned, incorrect, used
+    counts: list[dict[str, Any]]  # per attribute and mode: candidates, source_wrong, misaligned, no_target, used
     noise_std: dict[str, float] = field(default_factory=dict)  # per attribute (restore/noise)
 
 

@@ -45,7 +45,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from probekit.data.store import load_dataset
     from probekit.evaluate.figures import write_table
     from probekit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, prepare_output_dir
-    from probekit.patching import patch_figures, run_patching
+    from probekit.patching import MAX_TARGET_TRIES, patch_figures, run_patching
     from probekit.plots import write_figures
     from probekit.probes.runner import check_compatible, load_probe_model
 
@@ -71,9 +71,9 @@ def cmd_patch(args: argparse.Namespace) -> int:
             "seconds": round(time.perf_counter() - t0, 1), "png_error": report.png_error,
         })  # fmt: skip
     for c in res.counts:
-        print(f"  {c['attribute']:<13} {c['mode']:<8} {c.get('used', 0):>4} pairs "
-              f"(of {c['candidates']} candidates; {c.get('incorrect', 0)} answered wrong, "
-              f"{c['misaligned']} misaligned)")  # fmt: skip
+        print(f"  {c['attribute']:<13} {c['mode']:<8} {c['used']:>4} pairs (of {c['candidates']} sources: "
+              f"{c['source_wrong']} answered wrong, {c['no_target']} found no target answering right in "
+              f"{MAX_TARGET_TRIES} tries; {c['misaligned']} misaligned pairs)")  # fmt: skip
     n_fig = len({p.stem for p in report.files})
     print(f"wrote {out / 'results.parquet'}, {out / 'results.csv'} ({len(res.table)} rows), pairs.jsonl and "
           f"{n_fig} figures in {out / 'figures'} ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
