@@ -65,7 +65,8 @@ def planted_pairs() -> list[TracePair]:
     for i, (a, b) in enumerate([(0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (1, 3)]):
         clean = [1, FILLERS[i % 4], KEYS[a], FILLERS[(i + 1) % 4], FILLERS[(i + 2) % 4]]
         corrupt = clean[:KEY_AT] + [KEYS[b]] + clean[KEY_AT + 1 :]
-        pairs.append(TracePair(clean, corrupt, [ANSWERS[a]], [ANSWERS[b]], cluster=i))
+        groups = {"key": (KEY_AT,), "tail": (3, 4)}
+        pairs.append(TracePair(clean, corrupt, [ANSWERS[a]], [ANSWERS[b]], cluster=i, groups=groups))
     return pairs
 
 
@@ -87,6 +88,11 @@ def test_planted_lookup_lights_up_exactly_where_information_flows() -> None:
                 assert (flip == 0).all(), (pt.name, pos)
                 np.testing.assert_array_equal(p, res.corrupt["p_answer"], err_msg=f"{pt.name} @ {pos}")
                 np.testing.assert_array_equal(res.patched["p_other"][:, k, pos], res.corrupt["p_other"])
+    # groups patch several positions at once: the key alone is position 2; the tail holds the last position
+    assert res.groups == ["key", "tail"]
+    for k, pt in enumerate(points):
+        np.testing.assert_array_equal(res.grouped["p_answer"][:, k, 0], res.patched["p_answer"][:, k, KEY_AT])
+        np.testing.assert_array_equal(res.grouped["p_answer"][:, k, 1], res.patched["p_answer"][:, k, 4])
 
 
 def test_patching_a_state_with_itself_changes_nothing() -> None:
@@ -100,7 +106,8 @@ def test_patching_a_state_with_itself_changes_nothing() -> None:
     pairs = []
     for i, n in enumerate((7, 9, 7, 12)):  # different lengths: padding must not matter either
         ids = [1] + torch.randint(6, 40, (n - 1,), generator=g).tolist()
-        pairs.append(TracePair(ids, list(ids), torch.randint(6, 40, (3,), generator=g).tolist(), cluster=i))
+        answer = torch.randint(6, 40, (3,), generator=g).tolist()
+        pairs.append(TracePair(ids, list(ids), answer, cluster=i, groups={"span": (1, 2, 3)}))
     points = hook_points(2, ("resid", "attn_out", "mlp_out", "resid_mid"))
     res = trace_pairs(model, pairs, points, whole_answer=True, batch_size=5)
     for metric, arr in res.patched.items():
@@ -109,6 +116,7 @@ def test_patching_a_state_with_itself_changes_nothing() -> None:
             got = arr[i, :, : len(pair.clean)]
             np.testing.assert_array_equal(got, np.broadcast_to(res.clean[metric][i], got.shape), err_msg=metric)
             assert np.isnan(arr[i, :, len(pair.clean) :]).all()
+            np.testing.assert_array_equal(res.grouped[metric][i, :, 0], res.clean[metric][i])
 
 
 def test_misaligned_prompts_are_refused() -> None:
@@ -129,7 +137,7 @@ def test_qa_and_bio_prompts_align_and_are_labelled(tiny_multi) -> None:
                 assert len(p.clean) == len(p.corrupt) == len(p.labels) == len(p.tokens)
                 name = [q for q, lab in enumerate(p.labels) if lab.startswith("name_")]
                 assert [p.labels[q] for q in name] == ["name_first", "name_middle", "name_last"]
-                assert name == list(range(name[0], name[0] + 3))
+                assert name == list(range(name[0], name[0] + 3)) == list(p.groups["name"])
                 differ = [q for q in range(len(p.clean)) if p.clean[q] != p.corrupt[q]]
                 assert set(differ) <= set(name) and differ  # only the name differs
                 assert p.labels[0] == "bos" and p.labels[-1] == "last"
@@ -177,7 +185,8 @@ def test_summary_table_and_bootstrap() -> None:
     res = trace_pairs(model, pairs, points)
     df = summarize(res, pairs, "position", n_boot=200, seed=0, model="m", objective="ntp", dataset="d",
                    prompts="qa", mode="patch", corruption="swap", attribute="major")  # fmt: skip
-    assert len(df) == len(points) * 5 * 3  # p_answer, greedy_first, p_other
+    assert len(df) == len(points) * (5 + 2) * 3  # 5 positions + 2 groups; p_answer, greedy_first, p_other
+    assert list(df[df.position >= 5].drop_duplicates("position").position_label) == ["key_all", "tail_all"]
     cell = df[(df.layer == 0) & (df.position == KEY_AT) & (df.metric == "greedy_first")].iloc[0]
     assert cell.value == 1 and cell.ci_low == 1 and cell.n_pairs == 6 and cell.position_label == "name_last"
     assert cell.clean == 1 and cell.corrupt == 0
@@ -220,7 +229,7 @@ def test_cli_patch_end_to_end(tiny_single, tmp_path: Path, capsys: pytest.Captur
     assert set(df["hook"]) == {"resid", "attn_out"} and set(df["layer"]) == {0, 1, 2}
     assert {"p_answer", "greedy_first", "logp_answer", "greedy_answer"} <= set(df["metric"])
     assert (df["n_pairs"] == 5).all() and (out / "results.csv").exists()
-    assert {"name_first", "name_middle", "name_last", "last"} <= set(df["position_label"])
+    assert {"name_first", "name_middle", "name_last", "last", "name_all"} <= set(df["position_label"])
     figs = sorted(p.name for p in (out / "figures").glob("*.html"))
     assert "qa_patch_resid_birth_city.html" in figs and "qa_restore_attn_out_major.html" in figs and len(figs) == 8
     assert (out / "figures" / "qa_patch_resid_birth_city.csv").exists()

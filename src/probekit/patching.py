@@ -140,18 +140,22 @@ class TracePair:
     cluster: int = 0  # bootstrap cluster: the clean run's person id
     labels: list[str] = field(default_factory=list)  # P position labels (bos, name_first, ...)
     tokens: list[str] = field(default_factory=list)  # P token strings shown on the map (names as labels)
+    groups: dict[str, tuple[int, ...]] = field(default_factory=dict)  # patched together, e.g. {"name": (5, 6, 7)}
 
 
 @dataclass
 class TraceResult:
-    """Per-pair metrics: ``patched[m]`` [N pairs, K points, T positions] (NaN beyond a pair's prompt length),
-    ``clean[m]`` / ``corrupt[m]`` [N] in the clean run and the unpatched corrupted run."""
+    """Per-pair metrics: ``patched[m]`` [N pairs, K points, T positions] (one position patched; NaN beyond a
+    pair's prompt length), ``grouped[m]`` [N, K, G] (all positions of group g patched at once; NaN for a pair
+    without it), ``clean[m]`` / ``corrupt[m]`` [N] in the clean run and the unpatched corrupted run."""
 
     points: list[HookPoint]
     patched: dict[str, np.ndarray]
     clean: dict[str, np.ndarray]
     corrupt: dict[str, np.ndarray]
     noise_std: float | None = None
+    groups: list[str] = field(default_factory=list)
+    grouped: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _is_hooked_lm(model: Any) -> bool:
@@ -183,8 +187,9 @@ def check_aligned(pairs: Sequence[TracePair]) -> None:
             raise ValueError(f"pair {i}: empty answer; every answer needs at least one token")
         if p.labels and len(p.labels) != len(p.clean):
             raise ValueError(f"pair {i}: {len(p.labels)} position labels for {len(p.clean)} positions")
-        if any(not 0 <= q < len(p.clean) for q in p.noise):
-            raise ValueError(f"pair {i}: noise positions {list(p.noise)} outside the prompt (0..{len(p.clean) - 1})")
+        for what, qs in (("noise", p.noise), *((f"group {g!r}", q) for g, q in p.groups.items())):
+            if any(not 0 <= q < len(p.clean) for q in qs):
+                raise ValueError(f"pair {i}: {what} positions {list(qs)} outside the prompt (0..{len(p.clean) - 1})")
 
 
 class _Scorer:
@@ -239,7 +244,8 @@ def trace_pairs(
     seed: int = 0,
     batch_size: int = 256,
 ) -> TraceResult:
-    """Patch every clean state at ``points`` x prompt positions into the corrupted run of each pair.
+    """Patch every clean state at ``points`` x prompt positions into the corrupted run of each pair, and each
+    pair's position ``groups`` (e.g. the whole name) at once.
 
     ``noise_std``: the std of the embedding noise for pairs with ``noise`` positions (None: ``noise_scale`` x the
     std of the clean run's embeddings at those positions). The noise of a pair is drawn once (seeded) and is the
@@ -309,18 +315,18 @@ def trace_pairs(
             add[i, q] = (torch.randn((len(q), emb.shape[-1]), generator=gen) * noise_std).to(emb.dtype)
         add = add.to(device)
 
-    def run(pair_idx: Tensor, patch_name: str | None, patch_pos: Tensor | None) -> dict[str, Tensor]:
-        """The corrupted runs of ``pair_idx`` [R], row r patched at ``patch_pos[r]`` of ``patch_name``."""
+    def run(pair_idx: Tensor, patch_name: str | None, where: Tensor | None) -> dict[str, Tensor]:
+        """The corrupted runs of ``pair_idx`` [R], row r patched at the positions ``where[r]`` [R, Pmax] (bool) of
+        hook ``patch_name`` with the clean run's states."""
         hooks: list[tuple[str, Callable[..., Any]]] = []
         if add is not None:
             hooks.append(("hook_embed", lambda x, hook: x + add[pair_idx, : x.shape[1]]))
-        if patch_name is not None and patch_pos is not None:
-            src = cache[patch_name][pair_idx, patch_pos]  # [R, d]
-            rr = torch.arange(len(pair_idx), device=device)
+        if patch_name is not None and where is not None:
+            src = cache[patch_name][pair_idx]  # [R, Pmax, d]
 
-            def patch(x: Tensor, hook: Any) -> Tensor:
+            def patch(x: Tensor, hook: Any) -> Tensor:  # x [R, T, d], T >= Pmax
                 x = x.clone()
-                x[rr, patch_pos] = src.to(x.dtype)
+                x[:, :Pmax] = torch.where(where[..., None], src.to(x.dtype), x[:, :Pmax])
                 return x
 
             hooks.append((patch_name, patch))
@@ -333,21 +339,30 @@ def trace_pairs(
         for k, v in run(idx, None, None).items():
             corrupt_metrics.setdefault(k, []).append(v)
 
-    # 4. One patched run per (pair, point, position), batched over (pair, position) for each point.
-    all_pair = torch.tensor([i for i in range(N) for _ in range(P[i])], device=device)  # [R_all]
-    all_pos = torch.tensor([q for i in range(N) for q in range(P[i])], device=device)  # [R_all]
+    # 4. One patched run per (pair, point, position or group), batched over (pair, position/group) per point.
+    groups = list(dict.fromkeys(g for p in pairs for g in p.groups))
+    specs = [(i, q, (q,)) for i in range(N) for q in range(P[i])]  # (pair, column, positions patched)
+    specs += [(i, Pmax + j, pairs[i].groups[g]) for i in range(N) for j, g in enumerate(groups) if g in pairs[i].groups]
+    all_pair = torch.tensor([i for i, _, _ in specs], device=device)  # [R_all]
+    all_col = np.array([c for _, c, _ in specs])  # [R_all]: a position, or Pmax + group index
+    all_where = torch.zeros((len(specs), Pmax), dtype=torch.bool)  # [R_all, Pmax]
+    for r, (_, _, qs) in enumerate(specs):
+        all_where[r, list(qs)] = True
+    all_where = all_where.to(device)
     metric_names = list(clean_metrics)
-    patched = {k: np.full((N, len(points), Pmax), np.nan) for k in metric_names}
+    out = {k: np.full((N, len(points), Pmax + len(groups)), np.nan) for k in metric_names}  # [N, K, Pmax + G]
     for k_pt, pt in enumerate(points):
-        for lo in range(0, len(all_pair), batch_size):
-            pi, pp = all_pair[lo : lo + batch_size], all_pos[lo : lo + batch_size]
-            for k, v in run(pi, pt.name, pp).items():
-                patched[k][pi.cpu().numpy(), k_pt, pp.cpu().numpy()] = v.double().cpu().numpy()
+        for lo in range(0, len(specs), batch_size):
+            pi, cols = all_pair[lo : lo + batch_size], all_col[lo : lo + batch_size]
+            for k, v in run(pi, pt.name, all_where[lo : lo + batch_size]).items():
+                out[k][pi.cpu().numpy(), k_pt, cols] = v.double().cpu().numpy()
 
     def cat(d: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:
         return {k: torch.cat(v).double().cpu().numpy() for k, v in d.items()}
 
-    return TraceResult(list(points), patched, cat(clean_metrics), cat(corrupt_metrics), noise_std)
+    patched = {k: v[:, :, :Pmax] for k, v in out.items()}
+    grouped = {k: v[:, :, Pmax:] for k, v in out.items()}
+    return TraceResult(list(points), patched, cat(clean_metrics), cat(corrupt_metrics), noise_std, groups, grouped)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,9 +418,11 @@ def summarize(
     **columns: Any,
 ) -> pd.DataFrame:
     """Tidy rows (``COLUMNS``; ``columns`` fills model, attribute, mode...): per point, slot and metric the mean
-    over pairs (a pair's positions in one slot are averaged first), a clustered bootstrap interval, n_pairs."""
+    over pairs (a pair's positions in one slot are averaged first), a clustered bootstrap interval, n_pairs.
+    Position groups (``TracePair.groups``) follow the position slots, labelled ``<group>_all``."""
     slots, info = slot_layout(pairs, by)
-    S, K, N = len(info), len(result.points), len(pairs)
+    info = info + [(f"{g}_all", f"[whole {g}]") for g in result.groups]
+    S0, S, K, N = len(info) - len(result.groups), len(info), len(result.points), len(pairs)
     clusters = [p.cluster for p in pairs]
     rows = []
     for metric, arr in result.patched.items():  # arr [N, K, Pmax]
@@ -414,6 +431,8 @@ def summarize(
             for s in set(sl):
                 qs = [q for q, v in enumerate(sl) if v == s]
                 per_pair[i, :, s] = arr[i, :, qs].mean(axis=0)
+        if result.groups:
+            per_pair[:, :, S0:] = result.grouped[metric]  # [N, K, G]
         flat = per_pair.reshape(N, K * S)
         n_have = (~np.isnan(flat)).sum(axis=0)  # [K*S]
         mean = np.where(n_have > 0, np.nansum(flat, axis=0) / np.maximum(n_have, 1), np.nan)  # [K*S]
@@ -584,6 +603,7 @@ def build_pairs(
         return TracePair(
             clean.ids, b.ids, answer(c.source), None if tgt is None else answer(tgt),
             () if tgt is not None else tuple(range(*clean.name)), c.source, clean.labels, clean.tokens,
+            {"name": tuple(range(*clean.name))},
         )  # fmt: skip
 
     counts = {"candidates": len(cands), "misaligned": 0, "source_wrong": 0}
