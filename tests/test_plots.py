@@ -112,3 +112,40 @@ def test_plot_cli_rerenders_from_tables(tmp_path, capsys):
     assert set(pd.read_csv(tmp_path / "figs" / "compare_p_value.csv")["layer"]) == {0}
     assert "rendered" in capsys.readouterr().out
     assert main(["plot", "--results", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "f2")]) == 2
+
+
+def _with_rigour(df: pd.DataFrame, seeds: tuple[int, ...]) -> pd.DataFrame:
+    """``df`` repeated per seed with intervals and control-task columns filled in."""
+    parts = []
+    for s in seeds:
+        d = df.copy()
+        d["accuracy"] = (d["accuracy"] + 0.01 * s).clip(0, 1)
+        d["ci_low"], d["ci_high"] = (d["accuracy"] - 0.05).clip(0, 1), (d["accuracy"] + 0.05).clip(0, 1)
+        d["control_accuracy"] = d["baseline"]
+        d["selectivity"] = d["accuracy"] - d["control_accuracy"]
+        d["seed"] = s
+        parts.append(d)
+    return make_table(pd.concat(parts).to_dict("records"))
+
+
+def test_figures_show_intervals_control_and_seeds() -> None:
+    one = _with_rigour(table(), (0,))
+    figs = {f.name: f for f in build_figures(one)}
+    assert "p_grid_single_value_selectivity" in figs  # the control task gives selectivity grids
+    assert "p_grid_single_value_selectivity" not in {f.name for f in build_figures(one, control=False)}
+    q = figs["q_layers_single_first_token"].fig
+    assert any(t.fill == "toself" for t in q.data)  # the bootstrap band
+    assert any((t.line.dash == "dot") for t in q.data if t.line is not None)  # the control task
+    bars = [t for t in figs["compare_q_first_token"].fig.data if t.error_y and t.error_y.array is not None]
+    assert bars and all(len(t.error_y.array) == len(ATTRIBUTES) for t in bars)
+
+    three = _with_rigour(table(), (0, 1, 2))
+    figs = {f.name: f for f in build_figures(three)}
+    q = figs["q_layers_single_first_token"].fig
+    seeds = [t for t in q.data if t.name and t.name.endswith(" seeds")]
+    assert seeds and all(len(t.y) == 3 * 3 for t in seeds)  # 3 layers x 3 seeds a point each
+    line = next(t for t in q.data if t.name == ATTRIBUTES[0])
+    rows = three[(three.model == "single") & (three.probe_kind == "q") & (three.target_kind == "first_token")
+                 & (three.attribute == ATTRIBUTES[0])]  # fmt: skip
+    assert np.allclose(line.y, rows.groupby("layer")["accuracy"].mean().to_numpy())  # the mean over seeds
+    assert "mean of 3 seeds" in figs["p_grid_single_value"].fig.layout.title.text

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from probekit.config import from_dict, to_dict
@@ -51,6 +52,28 @@ class QASpec:
     finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields
 
 
+@dataclass(frozen=True)
+class Run:
+    """One model trained with one seed (``seed`` None: the seed of the model's train section)."""
+
+    model: ModelSpec
+    seed: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Its directory under ``models/``, ``probes/`` and ``qa/``: the model name, plus ``/seed_<s>`` on a seeds axis."""
+        return self.model.name if self.seed is None else f"{self.model.name}/seed_{self.seed}"
+
+    @property
+    def train(self) -> dict[str, Any]:
+        """The model's train section with this run's seed."""
+        return {**self.model.train, **({"seed": self.seed} if self.seed is not None else {})}
+
+    @property
+    def train_seed(self) -> int:
+        return int(self.train.get("seed", 0))
+
+
 @dataclass
 class ExperimentConfig:
     name: str
@@ -61,6 +84,10 @@ class ExperimentConfig:
     qa: QASpec | None = None
     figures_layer: int | None = None  # layer of the position x attribute grids (None = last)
     notes: str = ""
+    # seeds as an axis: train every model once per seed (its train.seed replaced); None = one run per model with
+    # the seed of its train section. Tables carry the seed; summaries and figures aggregate over seeds.
+    seeds: list[int] | None = None
+    seed_data: bool = False  # with seeds: also draw each dataset anew per seed (new people and biographies)
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DatasetSpec) else from_dict(DatasetSpec, d) for d in self.datasets]
@@ -68,6 +95,17 @@ class ExperimentConfig:
         if isinstance(self.qa, dict):
             self.qa = from_dict(QASpec, self.qa)
         self.validate()
+
+    def runs(self) -> list[Run]:
+        """Every model x seed to train, probe and evaluate, in config order."""
+        return [Run(m, s) for m in self.models for s in (self.seeds if self.seeds is not None else [None])]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return next(d for d in self.datasets if d.name == name)
+
+    def data_key(self, run: Run) -> str:
+        """The dataset directory a run trains on (relative to ``<out>/data``)."""
+        return f"{run.model.data}/seed_{run.seed}" if self.seed_data and run.seed is not None else run.model.data
 
     def validate(self) -> None:
         """Cross-references and every stage's settings, checked before any work starts."""
@@ -79,6 +117,13 @@ class ExperimentConfig:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names) or len({m.name for m in self.models}) != len(self.models):
             raise ValueError(f"experiment {self.name}: dataset and model names must be unique")
+        if self.seeds is not None:
+            if (not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(self.seeds)
+                    or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)):
+                raise ValueError(f"seeds must be a non-empty list of distinct non-negative integers, e.g. [0, 1, 2], "
+                                 f"got {self.seeds!r}")  # fmt: skip
+        elif self.seed_data:
+            raise ValueError("seed_data: true needs a list of seeds (seeds: [0, 1, 2]); add one or drop seed_data")
         for d in self.datasets:
             aug = parse_augmentation(d.augmentation)
             if d.n_people < 1:
@@ -150,6 +195,16 @@ DEMO = {
 }  # fmt: skip
 
 
+def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as written to ``experiment.json`` and compared on resume. Settings added after a run was
+    started are left out while they keep their defaults, so such runs still resume."""
+    rec = to_dict(cfg)
+    for key, default in (("seeds", None), ("seed_data", False)):
+        if rec.get(key) == default:
+            rec.pop(key, None)
+    return rec
+
+
 def demo_config(**overrides: Any) -> ExperimentConfig:
     data = copy.deepcopy(DEMO)
     data.update(overrides)
@@ -175,16 +230,22 @@ def _mark_done(path: Path, info: dict[str, Any] | None = None) -> None:
 
 
 def _stage_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
+    """Build every dataset the runs need; returns ``{data key: directory}`` (``ExperimentConfig.data_key``)."""
     from probekit.data.store import build_dataset
 
     paths = {}
-    for d in cfg.datasets:
-        p = out / "data" / d.name
+    for run in cfg.runs():
+        key = cfg.data_key(run)
+        if key in paths:
+            continue
+        d = cfg.dataset(run.model.data)
+        seed = run.seed if key != d.name else d.seed
+        p = out / "data" / key
         if not (p / "manifest.json").exists():
-            log.info(f"[data] {d.name}: {d.n_people} people, {d.augmentation}")
-            build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=d.seed,
+            log.info(f"[data] {key}: {d.n_people} people, {d.augmentation}, seed {seed}")
+            build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=seed,
                           pool_limits=d.pool_limits or None, overwrite=True, name=d.name)  # fmt: skip
-        paths[d.name] = p
+        paths[key] = p
     return paths
 
 
@@ -228,17 +289,19 @@ def _watch(futures: dict[str, Any], runs: dict[str, Path], progress: bool) -> No
 
 def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progress: bool,
                  jobs: int = 1) -> dict[str, Path]:  # fmt: skip
-    """Train every model not yet complete; ``jobs`` > 1 trains that many at once, one torch thread each."""
-    runs = {m.name: out / "models" / m.name for m in cfg.models}
+    """Train every run (model x seed) not yet complete; ``jobs`` > 1 trains that many at once, one torch thread
+    each. Returns ``{run key: run directory}``."""
+    runs = {r.key: out / "models" / r.key for r in cfg.runs()}
     todo = []
-    for m in cfg.models:
-        run = runs[m.name]
+    for r in cfg.runs():
+        run = runs[r.key]
         if _done(run):
             continue
-        tc = {**m.train, "data": str(Path(data[m.data]).resolve()), "out": str(run.resolve())}
+        tc = {**r.train, "data": str(Path(data[cfg.data_key(r)]).resolve()), "out": str(run.resolve())}
         resume = (run / "checkpoints").exists()
-        log.info(f"[train] {m.name} ({tc.get('objective', 'ntp')} on {m.data}){' resuming' if resume else ''}")
-        todo.append((m.name, tc, resume))
+        log.info(f"[train] {r.key} ({tc.get('objective', 'ntp')} on {cfg.data_key(r)}, seed {r.train_seed})"
+                 f"{' resuming' if resume else ''}")  # fmt: skip
+        todo.append((r.key, tc, resume))
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -265,22 +328,25 @@ def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
 
     spec = from_dict(ProbeSpec, {"name": cfg.name, **cfg.probe})
     tables = []
-    for m in cfg.models:
-        dest = out / "probes" / m.name
+    for r in cfg.runs():
+        m, dest, dkey = r.model, out / "probes" / r.key, cfg.data_key(r)
         if not _done(dest):
-            ds = load_dataset(data[m.data])
-            target = load_probe_model(runs[m.name], name=m.name)
+            ds = load_dataset(data[dkey])
+            target = load_probe_model(runs[r.key], name=m.name)
             check_compatible(target, ds)
             models = [target] + ([random_init_like(target)] if cfg.control_random else [])
-            log.info(f"[probe] {m.name}: {', '.join(k.upper() for k in spec.kinds)}-probes on {m.data}")
+            log.info(f"[probe] {r.key}: {', '.join(k.upper() for k in spec.kinds)}-probes on {dkey}")
             df = run_spec(spec, ds, models, progress=progress)
+            df["seed"] = r.train_seed  # also for tables of checkpoints that do not record their seed
             from probekit import provenance as prov
 
-            rec = prov.record(inputs={"model": prov.weights_file(runs[m.name]), "data": data[m.data]},
-                              seeds={"probe": spec.seed})  # fmt: skip
+            rec = prov.record(inputs={"model": prov.weights_file(runs[r.key]), "data": data[dkey]},
+                              seeds={"probe": spec.seed, "train": r.train_seed})  # fmt: skip
             write_results(df, dest, provenance=rec)
             _mark_done(dest)
-        tables.append(read_results(dest / "results.parquet"))
+        table = read_results(dest / "results.parquet")
+        table["seed"] = table["seed"].fillna(r.train_seed)  # tables written before the seed column existed
+        tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
@@ -292,24 +358,49 @@ def _stage_qa(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dic
 
     fcfg = from_dict(FinetuneConfig, cfg.qa.finetune)
     tables = []
-    for m in cfg.models:
+    for r in cfg.runs():
+        m = r.model
         if cfg.qa.models and m.name not in cfg.qa.models:
             continue
-        dest = out / "qa" / m.name
+        dest = out / "qa" / r.key
         if not _done(dest):
-            log.info(f"[qa] {m.name}: finetune ({fcfg.method}) on P_train QAs, answer P_test")
-            run_qa(runs[m.name], data[m.data], dest, fcfg, model_name=m.name, eval_train=True, progress=progress,
-                   overwrite=True)  # fmt: skip
+            log.info(f"[qa] {r.key}: finetune ({fcfg.method}) on P_train QAs, answer P_test")
+            run_qa(runs[r.key], data[cfg.data_key(r)], dest, fcfg, model_name=m.name, eval_train=True,
+                   progress=progress, overwrite=True)  # fmt: skip
             _mark_done(dest)
-        tables.append(pd.read_csv(dest / "results.csv"))
+        table = pd.read_csv(dest / "results.csv")
+        table["seed"] = r.train_seed
+        tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def _cell(values: list[float], lows: list[float], highs: list[float]) -> str:
+    """One summary cell in %: ``acc [low, high]`` (bootstrap interval over test people) for one seed, ``mean ± sd
+    (n seeds)`` over several."""
+    vals = [v for v in values if pd.notna(v)]
+    if not vals:
+        return "-"
+    if len(vals) > 1:
+        return f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals, ddof=1):.1f} (n={len(vals)})"
+    lo, hi = lows[0], highs[0]
+    return f"{100 * vals[0]:.1f}" + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if pd.notna(lo) and pd.notna(hi) else "")
+
+
+def _best_per_seed(g: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
+    """Each seed's row of highest ``column`` (the best layer of that seed)."""
+    if g.empty:
+        return g
+    seeds = g["seed"].fillna(-1)
+    return g.loc[g.groupby(seeds)[column].idxmax()]
 
 
 def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
     """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the birth-date
     position (the token before the birth date: right after the name in ``single`` order, anywhere under
-    ``permute``), Q-probe accuracy at the name, each at its best layer on test people, beside the majority
-    baseline; the random-init control appears as its own model."""
+    ``permute``), Q-probe accuracy at the name (and its selectivity against the control task, when run), each at
+    its best layer on test people with the person-bootstrap interval, beside the majority baseline; the
+    random-init control appears as its own model. With several training seeds a cell is the mean ± standard
+    deviation over seeds of each seed's best layer."""
     ok = probe[(probe["status"] == "ok") & (probe["hook"] == "resid")]
     lines = []
     for target in ("first_token", "value"):
@@ -318,24 +409,36 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
             continue
         rows = []
         for (model, attr), g in sub.groupby(["model", "attribute"], sort=False):
-            p = g[g["probe_kind"] == "p"]
-            q = g[g["probe_kind"] == "q"]
-            own = p[p["position"] == attr]["accuracy"].max()
-            first = p[p["position"] == "birth_date"]["accuracy"].max()
-            rows.append({"model": model, "attribute": attr, "P own pos": own, "P @birth_date": first,
-                         "Q name": q["accuracy"].max(), "baseline": g["baseline"].max(),
-                         "n_train": int(g["n_train"].max()), "classes": int(g["n_classes"].max())})  # fmt: skip
-        t = pd.DataFrame(rows)
-        for c in ("P own pos", "P @birth_date", "Q name", "baseline"):
-            t[c] = (100 * t[c]).round(1)
-        lines.append(f"Probe accuracy % on P_test people, best layer, target = {target}:")
-        lines.append(t.to_string(index=False))
+            p, q = g[g["probe_kind"] == "p"], g[g["probe_kind"] == "q"]
+            rec: dict[str, Any] = {"model": model, "attribute": attr}
+            for col, part in (("P own pos", p[p["position"] == attr]), ("P @birth_date", p[p["position"] == "birth_date"]),
+                              ("Q name", q)):  # fmt: skip
+                best = _best_per_seed(part)
+                rec[col] = _cell(best["accuracy"].tolist(), best["ci_low"].tolist(), best["ci_high"].tolist())
+                if col == "Q name" and len(best) and best["selectivity"].notna().any():
+                    rec["Q selectivity"] = _cell(best["selectivity"].tolist(), best["selectivity_ci_low"].tolist(),
+                                                 best["selectivity_ci_high"].tolist())  # fmt: skip
+            rec["baseline"] = f"{100 * g['baseline'].max():.1f}"
+            rec["n_train"], rec["classes"] = int(g["n_train"].max()), int(g["n_classes"].max())
+            rows.append(rec)
+        lines.append(f"Probe accuracy % on P_test people, best layer [95% person-bootstrap interval], "
+                     f"target = {target}:")  # fmt: skip
+        lines.append(pd.DataFrame(rows).fillna("-").to_string(index=False))
         lines.append("")
     if qa is not None and not qa.empty:
         view = qa[(qa["split"] == "test") & (qa["metric"] == "exact_match")]
-        pivot = view.pivot_table(index="model", columns="task", values="value", aggfunc="first")
-        lines.append("QA extraction on P_test (exact match %, after finetuning on P_train):")
-        lines.append((100 * pivot).round(1).to_string())
+        if "seed" not in view.columns:
+            view = view.assign(seed=0)
+        for c in ("ci_low", "ci_high"):
+            if c not in view.columns:
+                view = view.assign(**{c: float("nan")})
+        cells: dict[str, dict[str, str]] = {}
+        for (model, task), g in view.groupby(["model", "task"], sort=False):
+            cells.setdefault(str(model), {})[str(task)] = _cell(g["value"].tolist(), g["ci_low"].tolist(),
+                                                                 g["ci_high"].tolist())  # fmt: skip
+        lines.append("QA extraction on P_test (exact match % [95% person-bootstrap interval], after finetuning on "
+                     "P_train):")  # fmt: skip
+        lines.append(pd.DataFrame(cells).T.fillna("-").to_string())
     return "\n".join(lines)
 
 
@@ -359,9 +462,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     cfg_file = out / "experiment.json"
     _check_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg_file, to_dict(cfg))
+    atomic_write_json(cfg_file, config_record(cfg))
     seeds = {**{f"data.{d.name}": d.seed for d in cfg.datasets},
-             **{f"train.{m.name}": m.train.get("seed", 0) for m in cfg.models},
+             **{f"train.{r.key}": r.train_seed for r in cfg.runs()},
              "probe": cfg.probe.get("seed", 0)}  # fmt: skip
     prov.append_session(out, prov.record(seeds=seeds, jobs=jobs))
     data = _stage_data(cfg, out)
@@ -369,7 +472,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     probe = _stage_probe(cfg, out, data, runs, progress)
     qa = _stage_qa(cfg, out, data, runs, progress)
     inputs = {**{f"data/{k}": v for k, v in data.items()},
-              **{f"probes/{m.name}": out / "probes" / m.name / "results.parquet" for m in cfg.models}}  # fmt: skip
+              **{f"probes/{r.key}": out / "probes" / r.key / "results.parquet" for r in cfg.runs()}}  # fmt: skip
     rec = prov.record(inputs=inputs, seeds=seeds)
     write_results(probe, out, provenance=rec)
     fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(out / "results.parquet")}}
@@ -409,7 +512,7 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
         old = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = None
-    new = to_dict(cfg)
+    new = config_record(cfg)
     if json.loads(json.dumps(new)) == old:
         return
     started = [d for d in _STAGE_DIRS if (out / d).is_dir() and any((out / d).iterdir())]

@@ -5,9 +5,17 @@
 
 - ``p_layers_<model>_<target>``: P-probe accuracy, one heatmap (layer x attribute) per position.
 - ``p_grid_<model>_<target>``: the paper's P-probing figure: position x attribute at one layer (default: last).
-- ``q_layers_<model>_<target>``: Q-probe accuracy by layer, one line per attribute, majority baseline dashed.
+- ``p_grid_<model>_<target>_selectivity``: the same grid of selectivity (accuracy - control-task accuracy), when
+  the table has control-task probes (``control_task`` in the spec).
+- ``q_layers_<model>_<target>``: Q-probe accuracy by layer, one line per attribute with its person-bootstrap
+  interval as a band, majority baseline dashed, control-task accuracy dotted.
 - ``compare_p_<target>`` / ``compare_q_<target>``: several models side by side (only when the table holds
-  more than one model): P grids at the chosen layer, and Q accuracy per attribute at the chosen layer.
+  more than one model): P grids at the chosen layer, and Q accuracy per attribute at the chosen layer (error
+  bars: the bootstrap interval).
+
+With several training seeds in a table (column ``seed``), heatmaps and lines show the mean over seeds, Q lines
+add each seed as a point, and bars' error bars span the seeds' range. Hovering a heatmap cell shows its interval,
+baseline and number of seeds.
 
 HTML files load plotly.js from ``plotly.min.js`` written once beside them (viewable offline). PNG export uses
 kaleido (needs Chromium: ``apt-get install chromium``); if it fails, the HTML and CSV are still written and the
@@ -23,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -69,19 +78,38 @@ def _pct(x: float) -> str:
     return "" if pd.isna(x) else f"{100 * x:.0f}"
 
 
-def _heat(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str]) -> go.Heatmap:
-    piv = sub.pivot_table(index=rows, columns=cols, values="accuracy", aggfunc="mean")
-    piv = piv.reindex(index=row_order, columns=col_order)
-    base = sub.pivot_table(index=rows, columns=cols, values="baseline", aggfunc="mean")
-    base = base.reindex(index=row_order, columns=col_order)
-    text = [[_pct(v) for v in r] for r in piv.to_numpy()]
-    custom = base.to_numpy()
+def _grid(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str], value: str) -> np.ndarray:
+    """[rows, cols] mean of ``value`` (over seeds, where the table has several)."""
+    if sub[value].isna().all():
+        return np.full((len(row_order), len(col_order)), np.nan)
+    piv = sub.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean", dropna=False)
+    return piv.reindex(index=row_order, columns=col_order).to_numpy(dtype=float)
+
+
+def _heat(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str],
+          value: str = "accuracy") -> go.Heatmap:  # fmt: skip
+    """A heatmap of ``value`` (accuracy or selectivity, mean over seeds); the hover shows the baseline, the
+    bootstrap interval (one seed) and the number of seeds."""
+    z = _grid(sub, rows, cols, row_order, col_order, value)
+    lo_col, hi_col = ("ci_low", "ci_high") if value == "accuracy" else (f"{value}_ci_low", f"{value}_ci_high")
+    custom = np.stack([_grid(sub, rows, cols, row_order, col_order, c) for c in ("baseline", lo_col, hi_col)]
+                      + [_n_seeds(sub, rows, cols, row_order, col_order)], axis=-1)  # [rows, cols, 4]
+    text = [[_pct(v) for v in r] for r in z]
+    sel = value != "accuracy"
     return go.Heatmap(
-        z=piv.to_numpy(), x=col_order, y=[str(r) for r in row_order], zmin=0, zmax=1, colorscale=_SCALE,
-        text=text, texttemplate="%{text}", customdata=custom, coloraxis="coloraxis",
-        hovertemplate=f"{cols}=%{{x}}<br>{rows}=%{{y}}<br>accuracy=%{{z:.3f}}<br>baseline=%{{customdata:.3f}}"
-        "<extra></extra>",
+        z=z, x=col_order, y=[str(r) for r in row_order], zmin=-1 if sel else 0, zmax=1,
+        colorscale="RdBu" if sel else _SCALE, zmid=0 if sel else None,
+        text=text, texttemplate="%{text}", customdata=custom, coloraxis=None if sel else "coloraxis",
+        hovertemplate=f"{cols}=%{{x}}<br>{rows}=%{{y}}<br>{value}=%{{z:.3f}} [%{{customdata[1]:.3f}}, "
+        "%{customdata[2]:.3f}]<br>baseline=%{customdata[0]:.3f}<br>seeds=%{customdata[3]}<extra></extra>",
     )  # fmt: skip
+
+
+def _n_seeds(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str]) -> np.ndarray:
+    """[rows, cols] how many seeds stand behind each cell."""
+    seeds = sub.assign(_s=sub["seed"].fillna(-1))
+    piv = seeds.pivot_table(index=rows, columns=cols, values="_s", aggfunc="nunique")
+    return piv.reindex(index=row_order, columns=col_order).to_numpy(dtype=float)
 
 
 def _final_layer(df: pd.DataFrame) -> int:
@@ -112,46 +140,82 @@ def p_layer_heatmaps(df: pd.DataFrame, model: str, target: str, hook: str = "res
     return Figure(f"p_layers_{slug(model)}_{target}", fig, sub)
 
 
+def _seeds_note(sub: pd.DataFrame) -> str:
+    n = sub["seed"].nunique()
+    return f", mean of {n} seeds" if n > 1 else ""
+
+
 def p_position_grid(
-    df: pd.DataFrame, model: str, target: str, layer: int | None = None, hook: str = "resid"
+    df: pd.DataFrame, model: str, target: str, layer: int | None = None, hook: str = "resid",
+    value: str = "accuracy",
 ) -> Figure | None:
-    """The paper's P-probing figure: rows = read position, columns = attribute predicted, at one layer."""
+    """The paper's P-probing figure: rows = read position, columns = attribute predicted, at one layer.
+    ``value="selectivity"`` draws accuracy minus control-task accuracy instead (None without a control task)."""
     sub = _ok(df[(df.model == model) & (df.probe_kind == "p") & (df.target_kind == target) & (df.hook == hook)])
-    if sub.empty:
+    if sub.empty or sub[value].isna().all():
         return None
     layer = _final_layer(sub) if layer is None else layer
     sub = sub[sub.layer == layer]
     if sub.empty:
         return None
     positions, attrs = _order(sub["position"]), _order(sub["attribute"])
-    fig = go.Figure(_heat(sub, "position", "attribute", positions, attrs))
+    fig = go.Figure(_heat(sub, "position", "attribute", positions, attrs, value))
+    what = "accuracy" if value == "accuracy" else "selectivity (accuracy - control task)"
     fig.update_layout(
-        title=f"P-probe accuracy at layer {layer} ({target}) - {model}",
+        title=f"P-probe {what} at layer {layer} ({target}{_seeds_note(sub)}) - {model}",
         coloraxis={"colorscale": _SCALE, "cmin": 0, "cmax": 1}, width=720, height=520,
     )  # fmt: skip
     fig.update_yaxes(title_text="read at the token before", autorange="reversed")
     fig.update_xaxes(title_text="attribute predicted")
-    return Figure(f"p_grid_{slug(model)}_{target}", fig, sub)
+    sfx = "" if value == "accuracy" else f"_{value}"
+    return Figure(f"p_grid_{slug(model)}_{target}{sfx}", fig, sub)
 
 
-def q_by_layer(df: pd.DataFrame, model: str, target: str, hook: str = "resid") -> Figure | None:
-    """Q-probe accuracy by layer: one solid line per attribute, its majority baseline dashed."""
+def _rgba(color: str, alpha: float) -> str:
+    """A ``#rrggbb`` colour with transparency."""
+    c = color.lstrip("#")
+    return f"rgba({int(c[0:2], 16)},{int(c[2:4], 16)},{int(c[4:6], 16)},{alpha})"
+
+
+def q_by_layer(df: pd.DataFrame, model: str, target: str, hook: str = "resid", control: bool = True) -> Figure | None:
+    """Q-probe accuracy by layer: one solid line per attribute (the mean over seeds) with its person-bootstrap
+    interval as a band (one seed) or each seed as a point (several), the majority baseline dashed and, with
+    ``control`` and a control task in the table, the control-task accuracy dotted."""
     sub = _ok(df[(df.model == model) & (df.probe_kind == "q") & (df.target_kind == target) & (df.hook == hook)])
     if sub.empty:
         return None
     sub = sub.sort_values("layer")
     fig = go.Figure()
     palette = pio.templates["plotly"].layout.colorway
+    several = sub["seed"].nunique() > 1
     for i, attr in enumerate(_order(sub["attribute"])):
         s = sub[sub.attribute == attr]
+        m = s.groupby("layer", sort=True)[["accuracy", "baseline", "ci_low", "ci_high", "control_accuracy"]].mean()
         color = palette[i % len(palette)]
-        fig.add_trace(go.Scatter(x=s["layer"], y=s["accuracy"], mode="lines+markers", name=attr,
+        if not several and m["ci_low"].notna().all():  # the interval as a band under the line
+            fig.add_trace(go.Scatter(x=list(m.index) + list(m.index[::-1]),
+                                     y=list(m["ci_high"]) + list(m["ci_low"][::-1]), fill="toself",
+                                     fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
+                                     legendgroup=attr, showlegend=False))  # fmt: skip
+        fig.add_trace(go.Scatter(x=m.index, y=m["accuracy"], mode="lines+markers", name=attr,
                                  line={"color": color}, legendgroup=attr))  # fmt: skip
-        fig.add_trace(go.Scatter(x=s["layer"], y=s["baseline"], mode="lines", name=f"{attr} baseline",
+        if several:  # every seed's own accuracy
+            fig.add_trace(go.Scatter(x=s["layer"], y=s["accuracy"], mode="markers", name=f"{attr} seeds",
+                                     marker={"color": color, "size": 5, "opacity": 0.5}, legendgroup=attr,
+                                     customdata=s["seed"], showlegend=False,
+                                     hovertemplate="layer %{x}: %{y:.3f} (seed %{customdata})<extra></extra>"))  # fmt: skip
+        fig.add_trace(go.Scatter(x=m.index, y=m["baseline"], mode="lines", name=f"{attr} baseline",
                                  line={"color": color, "dash": "dash", "width": 1}, legendgroup=attr,
                                  showlegend=False))  # fmt: skip
-    fig.update_layout(title=f"Q-probe accuracy at the last name token ({target}) - {model}",
-                      xaxis_title="layer", yaxis_title="test accuracy (dashed: majority baseline)",
+        if control and m["control_accuracy"].notna().any():
+            fig.add_trace(go.Scatter(x=m.index, y=m["control_accuracy"], mode="lines", name=f"{attr} control task",
+                                     line={"color": color, "dash": "dot", "width": 1}, legendgroup=attr,
+                                     showlegend=False))  # fmt: skip
+    extra = ", dotted: control task" if control and sub["control_accuracy"].notna().any() else ""
+    band = "points: seeds" if several else "band: 95% interval" if sub["ci_low"].notna().any() else ""
+    fig.update_layout(title=f"Q-probe accuracy at the last name token ({target}{_seeds_note(sub)}) - {model}",
+                      xaxis_title="layer",
+                      yaxis_title=f"test accuracy (dashed: majority baseline{extra}{'; ' + band if band else ''})",
                       yaxis_range=[0, 1.02], width=760, height=480)  # fmt: skip
     return Figure(f"q_layers_{slug(model)}_{target}", fig, sub)
 
@@ -203,9 +267,19 @@ def compare_q(df: pd.DataFrame, target: str, layer: int | None = None, hook: str
     attrs = _order(sub["attribute"])
     fig = go.Figure()
     for m, s in zip(models, parts):
-        s = s.set_index("attribute").reindex(attrs)
+        agg = s.groupby("attribute").agg(accuracy=("accuracy", "mean"), baseline=("baseline", "mean"),
+                                         lo=("ci_low", "mean"), hi=("ci_high", "mean"),
+                                         amin=("accuracy", "min"), amax=("accuracy", "max"),
+                                         n=("accuracy", "size"))  # fmt: skip
+        s = agg.reindex(attrs)
+        several = bool((s["n"] > 1).any())
+        lo, hi = (s["amin"], s["amax"]) if several else (s["lo"], s["hi"])  # seeds' range, or the interval
+        error = None
+        if lo.notna().any():
+            error = {"type": "data", "symmetric": False, "array": (hi - s["accuracy"]).clip(lower=0),
+                     "arrayminus": (s["accuracy"] - lo).clip(lower=0), "thickness": 1.2, "width": 3}  # fmt: skip
         fig.add_trace(go.Bar(x=attrs, y=s["accuracy"], name=m, text=[_pct(v) for v in s["accuracy"]],
-                             textposition="outside", offsetgroup=m))  # fmt: skip
+                             textposition="outside", offsetgroup=m, error_y=error))  # fmt: skip
         fig.add_trace(go.Bar(x=attrs, y=s["baseline"], name=f"{m} baseline", offsetgroup=m, showlegend=False,
                              marker={"color": "rgba(0,0,0,0)", "line": {"color": "black", "width": 1.5},
                                      "pattern": {"shape": "/", "fgcolor": "black"}},
@@ -216,8 +290,9 @@ def compare_q(df: pd.DataFrame, target: str, layer: int | None = None, hook: str
     return Figure(f"compare_q_{target}", fig, sub)
 
 
-def build_figures(df: pd.DataFrame, layer: int | None = None) -> list[Figure]:
-    """Every figure the table supports (see the module docstring)."""
+def build_figures(df: pd.DataFrame, layer: int | None = None, control: bool = True) -> list[Figure]:
+    """Every figure the table supports (see the module docstring). ``control``: where the table has control-task
+    probes, also draw their accuracy (dotted, Q) and the selectivity grids (P)."""
     df = normalise(df)
     figs: list[Figure | None] = []
     hooks = list(dict.fromkeys(df["hook"].astype(str)))
@@ -226,8 +301,9 @@ def build_figures(df: pd.DataFrame, layer: int | None = None) -> list[Figure]:
         h = df[df.hook == hook]
         for target in _order(h["target_kind"], ("first_token", "value")):
             for model in dict.fromkeys(h["model"].astype(str)):
+                sel = p_position_grid(h, model, target, layer, hook, "selectivity") if control else None
                 for f in (p_layer_heatmaps(h, model, target, hook), p_position_grid(h, model, target, layer, hook),
-                          q_by_layer(h, model, target, hook)):  # fmt: skip
+                          sel, q_by_layer(h, model, target, hook, control)):  # fmt: skip
                     if f is not None:
                         f.name += sfx
                     figs.append(f)
@@ -254,11 +330,11 @@ def check_layer(df: pd.DataFrame, layer: int | None, flag: str = "--layer") -> N
 
 
 def render_figures(df: pd.DataFrame, out_dir: str | Path, layer: int | None = None, png: bool = True,
-                   provenance: dict | None = None) -> RenderReport:  # fmt: skip
+                   provenance: dict | None = None, control: bool = True) -> RenderReport:  # fmt: skip
     """Write every figure the table supports as HTML + CSV (+ PNG unless ``png=False``) into ``out_dir``
-    (``write_figures``)."""
+    (``write_figures``); ``control`` as in ``build_figures``."""
     check_layer(df, layer)
-    return write_figures(build_figures(df, layer), out_dir, png, provenance)
+    return write_figures(build_figures(df, layer, control), out_dir, png, provenance)
 
 
 def write_figures(figures: list[Figure], out_dir: str | Path, png: bool = True,

@@ -169,9 +169,12 @@ def summary_table(df: pd.DataFrame) -> str:
                 ga = g[g["attribute"] == a]
                 if len(ga):
                     best = ga.loc[ga["accuracy"].idxmax()]
-                    rec[a] = f"{100 * best.accuracy:.0f} ({100 * best.baseline:.0f}) @{int(best.layer)}"
+                    ci = (f" [{100 * best.ci_low:.0f}-{100 * best.ci_high:.0f}]" if pd.notna(best.ci_low) else "")
+                    sel = f" s{100 * best.selectivity:+.0f}" if pd.notna(best.selectivity) else ""
+                    rec[a] = f"{100 * best.accuracy:.0f}{ci} ({100 * best.baseline:.0f}){sel} @{int(best.layer)}"
             recs.append(rec)
-        lines.append("Q-probes at the name: best accuracy % over layers (majority baseline %) @layer")
+        lines.append("Q-probes at the name: best accuracy % over layers [95% person-bootstrap interval] (majority "
+                     "baseline %) s<selectivity vs the control task> @layer")  # fmt: skip
         lines.append(pd.DataFrame(recs).fillna("-").to_string(index=False))
     p = ok[ok["probe_kind"] == "p"]
     if len(p):

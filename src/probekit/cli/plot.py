@@ -19,7 +19,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     rec["tables"] = {str(t.resolve()): {"sha256": rec["inputs"][f"table{i}"].get("sha256"),
                                          "made_by": (read_provenance(t) or {}).get("command")}
                      for i, t in enumerate(tables)}  # fmt: skip
-    report = render_figures(df, args.out, layer=args.layer, png=not args.no_png, provenance=rec)
+    report = render_figures(df, args.out, layer=args.layer, png=not args.no_png, provenance=rec,
+                            control=not args.no_control)  # fmt: skip
     names = sorted({p.stem for p in report.files})
     print(f"rendered {len(names)} figures from {len(df)} probe results into {args.out}:")
     for n in names:
@@ -57,5 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV only")
+    p.add_argument("--no-control", action="store_true",
+                   help="leave out the control-task curves and selectivity grids (tables probed with control_task)")
     p.set_defaults(func=cmd_plot)
 
