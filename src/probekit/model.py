@@ -18,8 +18,10 @@ Attention modes (``forward(..., attn_mode=...)``):
   learned ``span_embed`` table indexed by ``span_positions`` (the second coordinate) is added to the embeddings.
 
 The attention pattern is only materialised when ``hook_pattern`` or ``hook_attn_scores`` has a hook attached;
-otherwise attention runs through ``torch.nn.functional.scaled_dot_product_attention``. Both paths compute the
-same function (tested).
+otherwise attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (BICO on CPU: the fused
+kernel of ``probekit.kernels``). All paths compute the same function (tested). ``ModelConfig.fast_path`` (on by
+default) selects the fused CPU kernels of ``probekit.kernels`` for training; ``forward(..., labels=...)`` returns
+the loss instead of the logits.
 
 Hook points (shapes): ``hook_embed`` [B,T,d], ``hook_span_embed`` [B,T,d] (span table only),
 ``blocks.{l}.hook_resid_pre/hook_attn_out/hook_resid_mid/hook_mlp_out/hook_resid_post`` [B,T,d],
@@ -41,6 +43,9 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from probekit import kernels
+from probekit.batch import IGNORE_INDEX
+
 AttnMode = Literal["causal", "bico", "abi"]
 ATTN_MODES: tuple[str, ...] = ("causal", "bico", "abi")
 
@@ -59,6 +64,14 @@ class ModelConfig:
     span_positions: bool = False  # ABI: learned intra-span position table (n_ctx rows) added to the embeddings
     init_range: float = 0.02
     seed: int = 0  # initialisation seed
+    # Fused CPU training kernels (probekit.kernels): the loss as a chunked fused unembedding + cross-entropy over
+    # the labelled rows only (forward(labels=...), used by objectives.compute_loss), BICO attention in cache-sized
+    # blocks with a hand-written backward, RMSNorm with a hand-written backward. Same function as the reference
+    # path up to float32 rounding (tolerance in tests/test_fast_path.py). Used only for float32 on CPU without
+    # autocast, and only where no hook is attached to a hook point it would skip (hook_normalized,
+    # hook_attn_scores / hook_pattern) and the unembedding is a plain nn.Linear; everything else runs the
+    # reference path. False = reference path everywhere. Not a property of the weights: toggling it is free.
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_mlp", "n_ctx"):
@@ -92,16 +105,40 @@ def _divisor_hint(d_model: int, n_heads: int) -> int:
 # Building blocks
 
 
+def use_fast_path(cfg: ModelConfig | None, x: Tensor) -> bool:
+    """Whether ``cfg.fast_path`` applies to a computation on ``x``: float32 on CPU, no autocast."""
+    return (
+        cfg is not None
+        and cfg.fast_path
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def is_hooked(hook: HookPoint) -> bool:
+    """True if any forward or backward hook (TransformerLens or plain torch) is attached to ``hook``."""
+    return bool(hook._forward_hooks or hook._forward_pre_hooks or hook._backward_hooks) or hook.has_hooks()
+
+
+def _plain(*modules: nn.Module) -> bool:
+    """All plain ``nn.Linear`` (a peft LoRA layer replaces the module, and then the fused path must not bypass it)."""
+    return all(type(m) is nn.Linear for m in modules)
+
+
 class RMSNorm(nn.Module):
     """Llama RMSNorm (computed in float32, like Hugging Face's ``LlamaRMSNorm``)."""
 
-    def __init__(self, d: int, eps: float) -> None:
+    def __init__(self, d: int, eps: float, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.eps = eps
+        self.cfg = cfg  # for cfg.fast_path only
         self.w = nn.Parameter(torch.ones(d))
         self.hook_normalized = HookPoint()  # [B, T, d], before the weight
 
     def forward(self, x: Tensor) -> Tensor:
+        if use_fast_path(self.cfg, x) and not is_hooked(self.hook_normalized):
+            return kernels.rms_norm(x, self.w, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -168,6 +205,7 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -180,20 +218,24 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [B, H, T, T]
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, attn_mode: str
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, attn_mode: str, bias: Tensor | None = None
     ) -> Tensor:
+        """``bias``: optional additive form of ``mask`` (``kernels.attention_bias``) for the fast BICO kernel."""
         B, T, _ = x.shape
+        materialise = is_hooked(self.hook_pattern) or is_hooked(self.hook_attn_scores)
         q = self.hook_q(self.q_proj(x).view(B, T, self.n_heads, self.d_head)).transpose(1, 2)  # [B, H, T, dh]
         k = self.hook_k(self.k_proj(x).view(B, T, self.n_heads, self.d_head)).transpose(1, 2)  # [B, H, T, dh]
         v = self.hook_v(self.v_proj(x).view(B, T, self.n_heads, self.d_head)).transpose(1, 2)  # [B, H, T, dh]
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         scale = 1.0 / math.sqrt(self.d_head)
-        materialise = self.hook_pattern.has_hooks() or self.hook_attn_scores.has_hooks()
 
         if attn_mode == "bico":
             assert mask is not None
             (q_rot, q_flip), (k_rot, k_flip) = rotate_both(q, cos, sin), rotate_both(k, cos, sin)
-            if materialise or self.bico_impl == "direct":
+            if not materialise and use_fast_path(self.cfg, x):
+                bias = kernels.attention_bias(mask) if bias is None else bias
+                z = kernels.bico_attention(q_rot, k_rot, q_flip, k_flip, v, bias, scale)
+            elif materialise or self.bico_impl == "direct":
                 scores = bico_scores(q_rot, k_rot, q_flip, k_flip, scale)  # [B, H, T, T]
                 z = self._softmax_attend(scores, mask, v, materialise)
             else:
@@ -267,9 +309,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
         self.attn = Attention(cfg)
-        self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
         self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()  # [B, T, d]
         self.hook_attn_out = HookPoint()  # [B, T, d]
@@ -277,9 +319,11 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()  # [B, T, d]
         self.hook_resid_post = HookPoint()  # [B, T, d]
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, attn_mode: str) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, attn_mode: str, bias: Tensor | None = None
+    ) -> Tensor:
         resid_pre = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), cos, sin, mask, attn_mode))
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), cos, sin, mask, attn_mode, bias))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
@@ -298,7 +342,7 @@ class HookedLM(HookedRootModule):
         self.hook_embed = HookPoint()  # [B, T, d]
         self.hook_span_embed = HookPoint()  # [B, T, d]
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
         self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.unembed.weight = self.embed.weight
@@ -329,12 +373,15 @@ class HookedLM(HookedRootModule):
         span_positions: Tensor | None = None,
         key_mask: Tensor | None = None,
         prefix_len: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, T, vocab] for ``input_ids`` [B, T] (see the module docstring for the modes).
 
         ``positions`` [B, T]: rotary positions (None = 0..T-1). ``span_positions`` [B, T]: ABI span positions
         (None = 0, i.e. every token is Part A); ignored when the model has no span table. ``key_mask`` [B, T]
         bool: False = never attended to. ``prefix_len`` [B]: ABI Part A lengths (required for ``"abi"``).
+        ``labels`` [B, T] (aligned with the outputs, -100 = no loss): return the mean cross-entropy instead of
+        the logits (with ``cfg.fast_path``, fused with the unembedding and over the labelled rows only).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
@@ -371,9 +418,35 @@ class HookedLM(HookedRootModule):
         else:
             mask = build_attention_mask(attn_mode, T, key_mask, prefix_len, device)  # [B|1, 1, T, T]
 
+        # additive mask for the fast BICO attention kernel, built once for all layers
+        bias = kernels.attention_bias(mask) if attn_mode == "bico" and mask is not None and use_fast_path(self.cfg, x) else None
         for block in self.blocks:
-            x = block(x, cos, sin, mask, attn_mode)
-        return self.unembed(self.ln_final(x))  # [B, T, vocab]
+            x = block(x, cos, sin, mask, attn_mode, bias)
+        if labels is None:
+            return self.unembed(self.ln_final(x))  # [B, T, vocab]
+        if tuple(labels.shape) != (B, T):
+            raise ValueError(f"labels must have shape {(B, T)} like input_ids, got {tuple(labels.shape)}")
+        h = self.ln_final(x)  # [B, T, d]
+        labels = labels.to(device)
+        if use_fast_path(self.cfg, h) and _plain(self.unembed):
+            keep = labels != IGNORE_INDEX  # [B, T]
+            if not bool(keep.any()):
+                return h.sum() * 0.0 + self.unembed.weight.sum() * 0.0
+            return kernels.linear_cross_entropy(h[keep], self.unembed.weight, labels[keep])
+        return logits_cross_entropy(self.unembed(h), labels)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def logits_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` [B, T, V] over ``labels`` [B, T] != -100 (0.0, still differentiable,
+    when there are none): the reference loss of every objective."""
+    labels = labels.to(logits.device)
+    keep = labels != IGNORE_INDEX  # [B, T]
+    n_keep = int(keep.sum())
+    if n_keep == 0:
+        return logits.sum() * 0.0
+    if 2 * n_keep > keep.numel():  # dense labels (NTP): skip the gather
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits[keep].float(), labels[keep])  # sparse labels (ABI, BICO): only labelled rows

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from probekit.batch import IGNORE_INDEX, ModelBatch
 from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, PAD_ID, START_ID, UNK_ID
+from probekit.model import HookedLM, logits_cross_entropy
 
 SPECIAL_IDS: tuple[int, ...] = (PAD_ID, EOS_ID, UNK_ID, MASK_ID, START_ID, END_ID)
 N_SPECIAL = len(SPECIAL_IDS)  # special ids are exactly 0..N_SPECIAL-1
@@ -86,13 +86,25 @@ class NTPObjective:
 
 
 def compute_loss(model: torch.nn.Module, batch: ModelBatch) -> Tensor:
-    """Mean cross-entropy over labels != -100 (0.0, still differentiable, when a batch has none)."""
-    logits = model(**batch.model_kwargs())  # [B, T, V]
-    labels = batch.labels.to(logits.device)
-    keep = labels != IGNORE_INDEX  # [B, T]
-    n_keep = int(keep.sum())
-    if n_keep == 0:
-        return logits.sum() * 0.0
-    if 2 * n_keep > keep.numel():  # dense labels (NTP): skip the gather
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
-    return F.cross_entropy(logits[keep].float(), labels[keep])  # sparse labels (ABI, BICO): only labelled rows
+    """Mean cross-entropy over labels != -100 (0.0, still differentiable, when a batch has none).
+
+    A ``HookedLM`` (also inside DDP / peft wrappers) computes the loss in its own forward (``labels=``), which
+    with ``ModelConfig.fast_path`` fuses the unembedding with the cross-entropy; other models return logits.
+    """
+    if isinstance(_base_model(model), HookedLM):
+        return model(**batch.model_kwargs(), labels=batch.labels)  # type: ignore[no-any-return]
+    return logits_cross_entropy(model(**batch.model_kwargs()), batch.labels)
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP (``.module``), ``torch.compile`` (``._orig_mod``) and peft (``get_base_model()``)."""
+    for _ in range(8):
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            break
+    return model
