@@ -58,3 +58,28 @@ def test_shipped_experiment_configs_are_valid() -> None:
     configs = sorted(root.glob("*/config.yaml"))
     for c in configs:
         load_experiment(c)
+
+
+def test_seeds_axis_trains_probes_and_aggregates_each_seed(tmp_path: Path) -> None:
+    out = tmp_path / "seeds"
+    cfg = tiny_config(seeds=[3, 4], seed_data=True, control_random=False,
+                      probe={"kinds": ["q"], "targets": ["first_token"], "l2_grid": [0.01], "max_iter": 20,
+                             "bootstrap": 50})  # fmt: skip
+    res = run_experiment(cfg, out, progress=False, png=False)
+    for s in (3, 4):
+        assert (out / "models" / "m" / f"seed_{s}" / ".complete").exists()
+        assert (out / "data" / "s" / f"seed_{s}" / "manifest.json").exists()
+    assert sorted(res.probe_table["seed"].unique()) == [3, 4]
+    assert set(res.probe_table["model"]) == {"m"}  # one model name, two seeds
+    assert "(n=2)" in res.summary  # mean +- sd over the seeds
+    from probekit.checkpoint import load_checkpoint
+
+    w = [load_checkpoint(out / "models" / "m" / f"seed_{s}")[0].state_dict() for s in (3, 4)]
+    # different seeds: different people (so vocabularies) and different weights
+    assert any(w[0][k].shape != w[1][k].shape or not (w[0][k] == w[1][k]).all() for k in w[0])
+    q = w[0]["blocks.0.attn.q_proj.weight"], w[1]["blocks.0.attn.q_proj.weight"]
+    assert not (q[0] == q[1]).all()
+    with pytest.raises(ValueError, match="seeds"):
+        tiny_config(seeds=[1, 1])
+    with pytest.raises(ValueError, match="seed_data"):
+        tiny_config(seed_data=True)
