@@ -176,6 +176,14 @@ def test_malformed_regeneration_falls_back_and_is_counted(items) -> None:
         parse_regeneration("", it.prompt, fallback="rule")
 
 
+def test_decoded_regenerations_parse_as_the_generator_wrote_them(ds, items) -> None:
+    tok = ds.tokenizer
+    for it in items[:300]:  # a perfect regenerator's output, as the word-level decoder spells it
+        decoded = tok.decode(tok(it.rewrite_target, add_special_tokens=False)["input_ids"])
+        r = parse_regeneration(decoded, it.prompt)
+        assert r.status == "ok" and r.context == it.relevant and r.prompt == it.oracle_prompt
+
+
 def test_learned_regenerator_trains_on_a_tiny_corpus(ds, checkpoint, tmp_path: Path) -> None:
     from probekit.checkpoint import load_checkpoint
     from probekit.evaluate.distract import regenerate_learned

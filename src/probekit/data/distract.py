@@ -368,11 +368,19 @@ def rule_regenerate(prompt: str) -> Regeneration:
 FALLBACKS: tuple[str, ...] = ("original", "question")
 
 
+def tidy(text: str) -> str:
+    """Undo the word-level decoder's spacing (``Answer :``, ``I ' m``, ``Name ' s``) so decoded output reads as the
+    generator writes it; the tokens are unchanged (whitespace never splits differently around punctuation)."""
+    text = " ".join(text.split())
+    return re.sub(r"\s*'\s*", "'", re.sub(r"\s+([:?.,])", r"\1", text))
+
+
 def parse_regeneration(text: str, original_prompt: str, fallback: str = "original",
                        unk_token: str | None = "<unk>") -> Regeneration:  # fmt: skip
     """Parse a learned regenerator's output for ``original_prompt``; never raises on bad output.
 
-    Well-formed: the text ends with a bioS question, every context sentence ends with a full stop and the text
+    The text is first tidied (``tidy``: the decoder's spacing around punctuation). Well-formed: it ends with a bioS
+    question, every context sentence ends with a full stop and the text
     holds no ``unk_token``. The question used is always the original one (the question is never altered); a
     regenerated question that differs is counted as ``question_changed``. Malformed output falls back by the
     stated rule: ``original`` answers from the original prompt unchanged (no S2A), ``question`` from the question
@@ -384,7 +392,7 @@ def parse_regeneration(text: str, original_prompt: str, fallback: str = "origina
     if orig is None:
         raise ValueError(f"prompt does not end with a bioS question: {original_prompt[-80:]!r}")
     orig_context, question = orig[0], orig[1]
-    text = " ".join(text.split())
+    text = tidy(text)
     reason = ""
     parsed = split_question(text)
     if not text:
@@ -408,5 +416,5 @@ __all__ = [
     "DISTRACT_VOCAB", "FALLBACKS", "KINDS", "REFUTE", "REWRITE_MARK", "SUGGEST", "ContextBuilder", "DistractConfig",
     "DistractItem", "Regeneration", "Sentence", "builder_for", "eval_items", "is_opinion", "join_prompt", "mentions",
     "parse_regeneration", "rewrite_train_items", "rule_regenerate", "split_question", "split_sentences",
-    "train_items", "unknown_words",
+    "tidy", "train_items", "unknown_words",
 ]  # fmt: skip

@@ -377,6 +377,10 @@ def run_distract(
     by_prompt = dict(zip(unique, gen))
     answer_ids = {a: tokenizer(a, add_special_tokens=False)["input_ids"] for a in
                   {it.answer for it in test} | {it.suggested for it in test if it.suggested}}  # fmt: skip
+    def same_tokens(a: str, b: str) -> bool:  # the QA model reads token ids: compare regenerations as such
+        return bool(tokenizer(a, add_special_tokens=False)["input_ids"] == tokenizer(b, add_special_tokens=False)[
+            "input_ids"])  # fmt: skip
+
     records: list[dict[str, Any]] = []
     for regime in cfg.regimes:
         for k, it in enumerate(test):
@@ -392,7 +396,7 @@ def run_distract(
             if regime in regens:
                 r = regens[regime][k]
                 rec.update(regen_status=r.status, regen_reason=r.reason or None,
-                           regen_exact=r.prompt == it.oracle_prompt)  # fmt: skip
+                           regen_exact=same_tokens(r.prompt, it.oracle_prompt))  # fmt: skip
             records.append(rec)
     df = pd.DataFrame(records)
     table, gap = summarize(df, cfg, name, objective)
@@ -400,7 +404,7 @@ def run_distract(
     for regime, gs in regens.items():
         for kind in cfg.kinds:
             sel = [g for g, it in zip(gs, test) if it.kind == kind]
-            exact = [g.prompt == it.oracle_prompt for g, it in zip(gs, test) if it.kind == kind]
+            exact = [same_tokens(g.prompt, it.oracle_prompt) for g, it in zip(gs, test) if it.kind == kind]
             regen_rows.append({"regime": regime, "task": kind, "n": len(sel),
                                "ok": sum(g.status == "ok" for g in sel),
                                "question_changed": sum(g.status == "question_changed" for g in sel),
@@ -415,7 +419,7 @@ def run_distract(
         "context": [[s.role, s.text] for s in it.context]} for it in test))  # fmt: skip
     atomic_write_jsonl(out / "regenerations.jsonl", (
         {"regime": r, "pid": it.pid, "attr": it.attr, "kind": it.kind, "status": g.status, "reason": g.reason,
-         "raw": g.raw, "prompt": g.prompt, "exact_oracle": g.prompt == it.oracle_prompt}
+         "raw": g.raw, "prompt": g.prompt, "exact_oracle": same_tokens(g.prompt, it.oracle_prompt)}
         for r, gs in regens.items() for g, it in zip(gs, test)))  # fmt: skip
     atomic_write_jsonl(out / "predictions.jsonl", (
         {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in records))
