@@ -5,7 +5,8 @@ is one line that names the problem and the fix. It subclasses ``ValueError``, so
 ``ValueError`` keep working.
 
 The command line prints a user error as ``probekit: error: <message>`` and exits with 2; everything else is a
-bug and keeps its traceback. ``is_user_error`` decides: a ``UserError`` always is one; a ``ValueError``,
+bug and keeps its traceback. ``is_user_error`` decides: a ``UserError`` always is one, and so is an ``OSError``
+about a named path that is missing, forbidden, full or read-only; a ``ValueError``,
 ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError`` or ``IsADirectoryError`` is one only when
 probekit's own code raised it (the convention of every stage: ``raise ValueError("...; do this")`` is a message
 for the user). The same exception raised inside torch, pandas or another library is a bug (or a case probekit
@@ -14,11 +15,14 @@ failed to check) and shows its traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from types import TracebackType
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                                  errno.EISDIR, errno.ENOSPC, errno.EROFS, errno.EDQUOT})  # fmt: skip
 _LEGACY_USER_TYPES = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
@@ -48,6 +52,8 @@ def is_user_error(e: BaseException) -> bool:
     """True for errors the command line shows as one line (see the module docstring)."""
     if isinstance(e, UserError):
         return True
+    if isinstance(e, OSError) and e.filename is not None and e.errno in _ENVIRONMENT_ERRNOS:
+        return True  # a path that is missing, forbidden, full or read-only: the user's to fix wherever it surfaced
     if isinstance(e, _LEGACY_USER_TYPES):
         return _in_probekit(_innermost_file(e.__traceback__))
     return False

@@ -174,6 +174,7 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterato
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+            shutil.rmtree(path.with_name(f".{path.name}.old"), ignore_errors=True)  # left by a kill mid-swap
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

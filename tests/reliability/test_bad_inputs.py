@@ -271,6 +271,10 @@ def test_bugs_keep_their_traceback(monkeypatch) -> None:
     except ValueError as e:
         assert is_user_error(e)  # probekit's own checks keep their one-line treatment
     assert is_user_error(UserError("x")) and not is_user_error(KeyError("x"))
+    import errno
+
+    assert is_user_error(PermissionError(errno.EACCES, "Permission denied", "/out"))  # a path problem, wherever raised
+    assert not is_user_error(OSError(errno.EIO, "I/O error"))
 
 
 def test_corrected_experiment_replaces_a_config_that_produced_nothing(tmp_path: Path) -> None:
