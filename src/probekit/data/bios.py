@@ -148,28 +148,72 @@ def _render(template: Template, value: str, subject: dict[str, str], attr: str, 
 
 
 def render_entries(people: Sequence[Person], pools: Pools, augmentation: Augmentation, seed: int) -> list[Entry]:
-    """All biography entries: M per person, templates re-drawn per entry, order shuffled if ``permute``."""
+    """All biography entries: M per person, templates re-drawn per entry, order shuffled if ``permute``.
+
+    The same text and spans as rendering each sentence with ``_render`` (the random draws are the same calls in
+    the same order), with each template's parts unpacked once and equal spans shared (``Span`` is frozen);
+    ``benchmarks/bench_data.py`` times it against that loop.
+    """
     rng = random.Random(seed + 1_000_003)
+    choice, shuffle = rng.choice, rng.shuffle
+    # per attribute: the templates as (literal 0, slot 1, literal 1, slot 2, literal 2), the same objects' order
+    templates = {a: [_unpack(t) for t in pools.templates[a]] for a in ATTRIBUTES}
+    span_cache: dict[tuple[str, int, int], Span] = {}
+
+    def span(kind: str, start: int, end: int) -> Span:
+        key = (kind, start, end)
+        sp = span_cache.get(key)
+        if sp is None:
+            sp = span_cache[key] = Span(kind, start, end)
+        return sp
+
     entries: list[Entry] = []
     for person in people:
         name = person.full_name
-        as_name = {"Subj": name, "subj": name, "Poss": f"{name}'s", "poss": f"{name}'s", "obj": name, "_name": name}
+        attrs = person.attrs
+        as_name = {"Subj": name, "subj": name, "Poss": f"{name}'s", "poss": f"{name}'s", "obj": name}
         pronoun = PRONOUNS[person.gender]
+        n_name = len(name)
         for idx in range(augmentation.multi):
             order = list(ATTRIBUTES)
             if augmentation.permute:
-                rng.shuffle(order)
+                shuffle(order)
             spans: list[Span] = []
             sentences: list[str] = []
             offset = 0
             for k, attr in enumerate(order):
-                subject = as_name if (k == 0 or augmentation.fullname) else pronoun
-                tpl = rng.choice(pools.templates[attr])
-                s = _render(tpl, person.attrs[attr], subject, attr, offset, spans)
-                sentences.append(s)
-                offset += len(s) + 1
+                named = k == 0 or augmentation.fullname
+                subject = as_name if named else pronoun
+                lit0, slot1, lit1, slot2, lit2 = choice(templates[attr])
+                value = attrs[attr]
+                if slot1 == "value":
+                    text1, text2 = value, subject[slot2]
+                else:
+                    text1, text2 = subject[slot1], value
+                start1 = offset + len(lit0)
+                end1 = start1 + len(text1)
+                start2 = end1 + len(lit1)
+                if slot1 == "value":
+                    spans.append(span(attr, start1, end1))
+                    if named:
+                        spans.append(span("name", start2, start2 + n_name))
+                else:
+                    if named:
+                        spans.append(span("name", start1, start1 + n_name))
+                    spans.append(span(attr, start2, start2 + len(text2)))
+                sentence = f"{lit0}{text1}{lit1}{text2}{lit2}"
+                sentences.append(sentence)
+                offset += len(sentence) + 1
             entries.append(Entry(person.pid, idx, " ".join(sentences), tuple(order), spans))
     return entries
+
+
+def _unpack(template: Template) -> tuple[str, str, str, str, str]:
+    """A template's parts as exactly (literal, slot, literal, slot, literal): one subject slot and the value."""
+    parts = template.parts
+    if len(parts) != 5:
+        raise ValueError(f"template {template.text!r} must have exactly two slots (the subject and {{value}})")
+    return parts[0], parts[1], parts[2], parts[3], parts[4]
 
 
 def generate(n_people: int, seed: int, augmentation: str = "single", pools: Pools | None = None

@@ -17,6 +17,7 @@ dataset; the same arguments give byte-identical files.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,8 @@ import probekit
 from probekit.data.bios import Entry, Person, Span, generate_people, parse_augmentation, render_entries
 from probekit.data.pools import ATTRIBUTES, POOL_FILES, Pools, birth_dates, load_pools
 from probekit.data.qa import QAItem, inverse_prompt, qa_items, split_people
-from probekit.data.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
-from probekit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
+from probekit.data.tokenizer import WordCounter, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_counts
+from probekit.io import atomic_dir, atomic_write_json, atomic_write_text, prepare_output_dir, read_jsonl
 
 GENERATOR_VERSION = 1
 
@@ -84,6 +85,69 @@ def _texts_for_tokenizer(pools: Pools, entries: list[Entry], qa: list[QAItem], i
     yield " ".join(p.full_name for p in people[:1])
 
 
+# characters at which the word-level pre-tokenizer always splits (whitespace split + isolated punctuation)
+_SPLIT_CHARS = frozenset(" " + string.punctuation)
+
+
+def _tokenizer(pools: Pools, entries: list[Entry], qa: list[QAItem], inverse: list[str], people: list[Person],
+               extra: Sequence[str] = ()) -> PreTrainedTokenizerFast:  # fmt: skip
+    """The tokenizer trained on ``_texts_for_tokenizer(...)``, from word counts of distinct text pieces.
+
+    Entries are cut at their spans (names and values) into template text and span text, QA texts at the name
+    and before the answer; each distinct piece is pre-tokenized once and counted with its multiplicity. Valid
+    because every cut falls next to a space or punctuation, where the pre-tokenizer splits anyway (checked on
+    every distinct piece; otherwise the tokenizer is trained on the full texts as before). Same files as
+    ``build_tokenizer`` on the texts (``benchmarks/bench_data.py`` times both).
+    """
+    lead: dict[str, int] = {}  # text before an entry's first span
+    mid: dict[str, int] = {}  # text between two spans (or between a QA name and its answer)
+    tail: dict[str, int] = {}  # text after the last span
+    spans: dict[str, int] = {}  # span text: names and values
+    for e in entries:
+        text, prev, first = e.text, 0, True
+        for sp in e.spans:
+            start = sp.start
+            if start < prev:  # overlapping or unsorted spans: count the whole texts instead
+                return build_tokenizer(_texts_for_tokenizer(pools, entries, qa, inverse, people, extra))
+            gap = text[prev:start]
+            box = lead if first else mid
+            box[gap] = box.get(gap, 0) + 1
+            piece = text[start : sp.end]
+            spans[piece] = spans.get(piece, 0) + 1
+            prev, first = sp.end, False
+        gap = text[prev:]
+        box = lead if first else tail
+        box[gap] = box.get(gap, 0) + 1
+    whole = WordCounter()
+    names = {p.pid: p.full_name for p in people}
+    for q in qa:
+        name = names.get(q.pid, "")
+        i = q.prompt.find(name) if name else -1
+        if i < 0:
+            whole.add(q.text)
+            continue
+        left, right = q.prompt[:i], q.prompt[i + len(name) :] + " "  # text = prompt + " " + answer
+        lead[left] = lead.get(left, 0) + 1
+        spans[name] = spans.get(name, 0) + 1
+        mid[right] = mid.get(right, 0) + 1
+        spans[q.answer] = spans.get(q.answer, 0) + 1
+    ok = (all(not g or g[-1] in _SPLIT_CHARS for g in lead) and all(not g or g[0] in _SPLIT_CHARS for g in tail)
+          and all(g and g[0] in _SPLIT_CHARS and g[-1] in _SPLIT_CHARS for g in mid))  # fmt: skip
+    if not ok:
+        return build_tokenizer(_texts_for_tokenizer(pools, entries, qa, inverse, people, extra))
+    for box in (lead, mid, tail, spans):
+        whole.add_counts(box)
+    for text in inverse:
+        whole.add(text)
+    for text in extra:
+        whole.add(text)
+    for a in ATTRIBUTES:
+        if a != "birth_date":
+            whole.add(" ".join(pools.values(a)))
+    whole.add(" ".join(p.full_name for p in people[:1]))
+    return tokenizer_from_counts(whole.counts)
+
+
 def build_dataset(
     out_dir: str | Path,
     n_people: int,
@@ -115,7 +179,7 @@ def build_dataset(
     qa = qa_items(people)
     inverse = [inverse_prompt(p) for p in people]
     split = split_people([p.pid for p in people], seed)
-    tok = build_tokenizer(_texts_for_tokenizer(pools, entries, qa, inverse, people, extra_vocab))
+    tok = _tokenizer(pools, entries, qa, inverse, people, extra_vocab)
     value_lists = {a: pools.values(a) for a in ATTRIBUTES if a != "birth_date"}
     manifest = {
         "name": name or out.name,
@@ -136,16 +200,7 @@ def build_dataset(
     if extra_vocab:
         manifest["extra_vocab"] = list(extra_vocab)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        atomic_write_jsonl(tmp / "people.jsonl", (
-            {"pid": p.pid, "first": p.first, "middle": p.middle, "last": p.last, "gender": p.gender,
-             "attrs": p.attrs} for p in people))  # fmt: skip
-        atomic_write_jsonl(tmp / "bios.jsonl", (
-            {"pid": e.pid, "idx": e.idx, "text": e.text, "order": list(e.order),
-             "spans": [[s.kind, s.start, s.end] for s in e.spans]} for e in entries))  # fmt: skip
-        atomic_write_jsonl(tmp / "qa.jsonl", ({"pid": q.pid, "attr": q.attr, "prompt": q.prompt,
-                                               "answer": q.answer} for q in qa))  # fmt: skip
-        atomic_write_jsonl(tmp / "inverse.jsonl", ({"pid": p.pid, "attrs": list(ATTRIBUTES), "prompt": s,
-                                                    "answer": p.full_name} for p, s in zip(people, inverse)))  # fmt: skip
+        _write_rows(tmp, people, entries, qa, inverse)
         atomic_write_json(tmp / "split.json", split)
         atomic_write_json(tmp / "pools.json", value_lists)
         save_tokenizer(tok, tmp)
@@ -154,7 +209,90 @@ def build_dataset(
 
         append_session(tmp, record(inputs={f"pool {k}": v for k, v in sorted((pool_files or {}).items())},
                                    seeds={"seed": seed}))  # fmt: skip
-    return load_dataset(out)
+    # What load_dataset(out) returns, without re-reading the JSONL files just written from these very objects
+    # (the small files are read back, so manifest, split and pools are exactly the stored ones; tested)
+    from probekit.data.integrity import read_json
+
+    lists = read_json(out / "pools.json")
+    lists["birth_date"] = birth_dates()
+    inverse_rows = [{"pid": p.pid, "attrs": list(ATTRIBUTES), "prompt": s, "answer": p.full_name}
+                    for p, s in zip(people, inverse)]  # fmt: skip
+    return BioDataset(
+        root=out, manifest=read_json(out / "manifest.json"), people=people, entries=entries, qa=qa,
+        inverse=inverse_rows, split=read_json(out / "split.json"), tokenizer=load_tokenizer(out),
+        pools=PoolValues({a: lists[a] for a in ATTRIBUTES}),
+    )  # fmt: skip
+
+
+def _write_rows(tmp: Path, people: list[Person], entries: list[Entry], qa: list[QAItem], inverse: list[str]) -> None:
+    """people/bios/qa/inverse.jsonl, byte for byte what ``json.dumps(row, ensure_ascii=False)`` per row writes.
+
+    The rows are formatted directly (strings through json's own C string encoder, repeated strings encoded
+    once) instead of one ``json.dumps`` per row; ``tests/test_data_fast_build.py`` checks the bytes against
+    ``atomic_write_jsonl``.
+    """
+    enc = _json_str_encoder()
+    memo: dict[str, str] = {}
+
+    def cached(value: str) -> str:
+        out = memo.get(value)
+        if out is None:
+            out = memo[value] = enc(value)
+        return out
+
+    def attrs(d: Mapping[str, str]) -> str:
+        return "{" + ", ".join(f"{cached(k)}: {enc(v)}" for k, v in d.items()) + "}"
+
+    atomic_write_text(tmp / "people.jsonl", "".join(
+        f'{{"pid": {p.pid}, "first": {cached(p.first)}, "middle": {cached(p.middle)}, "last": {cached(p.last)}, '
+        f'"gender": {cached(p.gender)}, "attrs": {attrs(p.attrs)}}}\n' for p in people))  # fmt: skip
+    atomic_write_text(tmp / "bios.jsonl", "".join(
+        f'{{"pid": {e.pid}, "idx": {e.idx}, "text": {enc(e.text)}, '
+        f'"order": [{", ".join(cached(a) for a in e.order)}], '
+        f'"spans": [{", ".join(f"[{cached(sp.kind)}, {sp.start}, {sp.end}]" for sp in e.spans)}]}}\n'
+        for e in entries))  # fmt: skip
+    atomic_write_text(tmp / "qa.jsonl", "".join(
+        f'{{"pid": {q.pid}, "attr": {cached(q.attr)}, "prompt": {enc(q.prompt)}, "answer": {cached(q.answer)}}}\n'
+        for q in qa))  # fmt: skip
+    attr_list = "[" + ", ".join(cached(a) for a in ATTRIBUTES) + "]"
+    atomic_write_text(tmp / "inverse.jsonl", "".join(
+        f'{{"pid": {p.pid}, "attrs": {attr_list}, "prompt": {enc(s)}, "answer": {enc(p.full_name)}}}\n'
+        for p, s in zip(people, inverse)))  # fmt: skip
+
+
+def _json_str_encoder() -> Any:
+    """json's encoder of one string for ``ensure_ascii=False`` (the C one when available)."""
+    import json.encoder
+
+    return json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # type: ignore[attr-defined]
+
+
+def _read_rows(path: Path) -> list[Any]:
+    """``read_jsonl(path)``, parsed with orjson when it is installed (faster than json); any problem with the
+    file is left to ``read_jsonl``, whose errors name the line."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency, but the reader works without it
+        return read_jsonl(path)
+    try:
+        return [orjson.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]
+    except orjson.JSONDecodeError:
+        return read_jsonl(path)
+
+
+def _span_maker() -> Any:
+    """``Span(*s)`` for a stored ``[kind, start, end]``, sharing one (frozen) Span per distinct triple instead of
+    building 3.5 million frozen dataclasses at 100,000 people; the same errors for a malformed triple."""
+    cache: dict[tuple[Any, ...], Span] = {}
+
+    def make(s: Any) -> Span:
+        key = tuple(s)
+        span = cache.get(key)
+        if span is None:
+            span = cache[key] = Span(*key)
+        return span
+
+    return make
 
 
 REQUIRED_FILES = ("manifest.json", "people.jsonl", "bios.jsonl", "qa.jsonl", "split.json", "pools.json",
@@ -172,17 +310,18 @@ def load_dataset(path: str | Path) -> BioDataset:
     from probekit.data.integrity import check_dataset, read_json, rows_of
 
     manifest = read_json(root / "manifest.json")
-    people = rows_of(root / "people.jsonl", read_jsonl(root / "people.jsonl"),
+    people = rows_of(root / "people.jsonl", _read_rows(root / "people.jsonl"),
                      lambda r: Person(r["pid"], r["first"], r["middle"], r["last"], r["gender"],
                                       r["attrs"]))  # fmt: skip
-    bios = read_jsonl(root / "bios.jsonl")
+    bios = _read_rows(root / "bios.jsonl")
     if any("spans" not in r for r in bios):
         raise ValueError(f"{root / 'bios.jsonl'}: entries have no character spans; regenerate the dataset")
+    spans = _span_maker()
     entries = rows_of(root / "bios.jsonl", bios, lambda r: Entry(r["pid"], r["idx"], r["text"], tuple(r["order"]),
-                                                                [Span(*s) for s in r["spans"]]))  # fmt: skip
-    qa = rows_of(root / "qa.jsonl", read_jsonl(root / "qa.jsonl"),
+                                                                [spans(s) for s in r["spans"]]))  # fmt: skip
+    qa = rows_of(root / "qa.jsonl", _read_rows(root / "qa.jsonl"),
                  lambda r: QAItem(r["pid"], r["attr"], r["prompt"], r["answer"]))  # fmt: skip
-    inverse = read_jsonl(root / "inverse.jsonl") if (root / "inverse.jsonl").exists() else []
+    inverse = _read_rows(root / "inverse.jsonl") if (root / "inverse.jsonl").exists() else []
     lists = read_json(root / "pools.json")
     split = read_json(root / "split.json")
     check_dataset(root, people, entries, qa, split, lists)
