@@ -115,3 +115,20 @@ def test_run_spec_writes_intervals_and_selectivity(tiny_multi) -> None:
 def test_spec_rejects_bad_rigour_settings(bad: dict) -> None:
     with pytest.raises(ValueError):
         ProbeSpec(**bad)
+
+
+def test_embedding_update_probe_rows_get_intervals_and_a_control(tiny_single) -> None:
+    from probekit.model import HookedLM, ModelConfig
+    from probekit.probes.embed_probe import EmbedProbeConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(tiny_single.tokenizer), d_model=32, n_layers=1, n_heads=2, d_mlp=64, n_ctx=128)
+    spec = ProbeSpec(kinds=("q",), attributes=["major"], targets=["value"], layers=[1], l2_grid=(0.1,),
+                     max_iter=10, control_task=True, bootstrap=100,
+                     embed_probe=EmbedProbeConfig(epochs=2, patience=2))  # fmt: skip
+    logs: list = []
+    df = run_spec(spec, tiny_single, [ProbeModel(HookedLM(cfg).eval(), "m")], progress=False, embed_logs=logs)
+    emb = df[df.hook == "embed_update"]
+    assert len(emb) == 1 and emb["ci_low"].notna().all() and emb["control_accuracy"].notna().all()
+    assert np.allclose(emb["selectivity"], emb["accuracy"] - emb["control_accuracy"])
+    assert [lg["control_task"] for lg in logs] == [False, True]  # the control is its own training run

@@ -190,7 +190,7 @@ DEMO = {
             "eval_every": 0, "save_every": 200, "log_every": 20, "seed": 0}},
     ],
     "probe": {"kinds": ["p", "q"], "targets": ["first_token", "value"], "l2_grid": [0.001, 0.01, 0.1],
-              "max_iter": 60},
+              "max_iter": 60, "control_task": True},
     "control_random": True,
 }  # fmt: skip
 

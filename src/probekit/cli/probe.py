@@ -30,6 +30,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
+    if args.threads:  # an explicit count overrides the spec's (fixed, thread-independent) setting
+        spec.threads = args.threads
     engine = args.engine or spec.engine
     out = prepare_output_dir(args.out, args.overwrite)
     ds = load_dataset(args.data)
@@ -97,5 +99,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
     p.add_argument("--device", default="cpu", help="torch device for the model and the torch probe engine")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default; 1 is far faster on a busy shared machine)")  # fmt: skip
+                   help="torch CPU threads for this command, probes included (0: torch's default for the model, "
+                   "the spec's `threads` for probes, 1 unless set, so tables do not depend on the thread count)")  # fmt: skip
     p.set_defaults(func=cmd_probe)

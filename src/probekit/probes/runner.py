@@ -15,12 +15,14 @@ collected.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +266,27 @@ def run_spec(
     ecfg = spec.engine_config(engine)
     tasks = build_tasks(spec, ds)
     validate_run(spec, tasks, models)
+    with fixed_threads(spec.threads):
+        return _run_spec(spec, ds, models, ecfg, tasks, work_dir, progress, embed_logs)
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: leave the count alone), restoring the count after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_spec(
+    spec: ProbeSpec, ds: Any, models: list[ProbeModel], ecfg: Any, tasks: list[ProbeTaskSet],
+    work_dir: str | Path | None, progress: bool, embed_logs: list[dict[str, Any]] | None,
+) -> pd.DataFrame:
+    """``run_spec`` after its checks (inside its thread setting)."""
     rows: list[dict[str, Any]] = []
     dataset_name = str(getattr(ds, "name", None) or Path(ds.root).name)
     tmp_root = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="probekit_acts_"))

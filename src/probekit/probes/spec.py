@@ -19,6 +19,11 @@ Vocabulary:
   and ``selectivity`` = accuracy - control accuracy (with its interval). Doubles the probing time.
 - bootstrap / ci_level: resamples of the person-clustered bootstrap behind the ``ci_low``/``ci_high`` columns
   (``probekit.stats``; 0 turns intervals off) and the interval's level.
+- threads: torch CPU threads while collecting activations and fitting probes (default 1). Matrix products split
+  their sums across threads differently at different thread counts, and the probes' optimiser amplifies those
+  last-bit differences into different fits, so a fixed count makes the table the same whatever ``--threads`` the
+  process runs with. ``null`` uses the process's thread count (faster on many cores; then tables move slightly
+  between thread counts).
 - embed_probe: settings of the paper's probe (``probekit.probes.embed_probe``: the frozen model plus a trained
   low-rank update of its input embedding, read at the last layer through LayerNorm + linear heads), run beside
   the frozen-feature probes; its rows have hook ``embed_update``. ``{}`` takes the defaults; absent or null: off.
@@ -84,6 +89,7 @@ class ProbeSpec:
     # settings ({} in YAML = the defaults); None = frozen-feature probes only
     embed_probe: EmbedProbeConfig | None = None
     control_task: bool = False  # also fit each probe on a per-person random control labelling (selectivity)
+    threads: int | None = 1  # torch threads for activations and probes: fixed, so tables do not depend on --threads
     bootstrap: int = 1000  # person-clustered bootstrap resamples for the intervals (0 = no intervals)
     ci_level: float = 0.95  # level of the bootstrap intervals
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run metadata
@@ -118,6 +124,9 @@ class ProbeSpec:
             raise ValueError(f"bootstrap must be a non-negative integer (0 = no intervals), got {self.bootstrap!r}")
         if not isinstance(self.ci_level, (int, float)) or not 0.0 < float(self.ci_level) < 1.0:
             raise ValueError(f"ci_level must be a number in (0, 1), e.g. 0.95, got {self.ci_level!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):  # fmt: skip
+            raise ValueError(f"threads must be a positive integer or null (the process's count), got {self.threads!r}")
         if not isinstance(self.control_task, bool):
             raise ValueError(f"control_task must be true or false, got {self.control_task!r}")
         for name in ("entries_per_person", "max_people"):
