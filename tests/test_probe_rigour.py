@@ -132,3 +132,43 @@ def test_embedding_update_probe_rows_get_intervals_and_a_control(tiny_single) ->
     assert len(emb) == 1 and emb["ci_low"].notna().all() and emb["control_accuracy"].notna().all()
     assert np.allclose(emb["selectivity"], emb["accuracy"] - emb["control_accuracy"])
     assert [lg["control_task"] for lg in logs] == [False, True]  # the control is its own training run
+
+
+def test_tables_do_not_depend_on_the_process_thread_count(tiny_multi, monkeypatch) -> None:
+    """Probes run with the spec's thread count whatever the process's, so two thread counts give identical
+    tables (and the engine really sees the spec's count: the identity alone could hold by luck on a tiny model)."""
+    import probekit.probes.runner as runner
+    from probekit.model import HookedLM, ModelConfig
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=len(tiny_multi.tokenizer), d_model=64, n_layers=2, n_heads=2, d_mlp=128, n_ctx=128)
+    model = HookedLM(cfg).eval()
+    spec = ProbeSpec(kinds=("p", "q"), attributes=["major", "birth_date"], l2_grid=(1e-3, 1e-1), max_iter=40,
+                     bootstrap=100)  # fmt: skip
+    seen: list[int] = []
+    real = runner.run_probes
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_probes", spy)
+    before = torch.get_num_threads()
+    tables = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            tables.append(run_spec(spec, tiny_multi, [ProbeModel(model, "m")], progress=False))
+            assert torch.get_num_threads() == n  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    seen.clear()
+    torch.set_num_threads(2)
+    try:
+        run_spec(ProbeSpec(**{**spec.__dict__, "threads": None, "kinds": ("q",)}), tiny_multi,
+                 [ProbeModel(model, "m")], progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert set(seen) == {2}  # threads: null leaves the process's count
