@@ -247,15 +247,26 @@ def png_text(png: bytes) -> dict[str, str]:
     return out
 
 
-def write_table_sidecar(directory: str | Path, rec: dict[str, Any], files: list[Path]) -> Path:
-    """``results.provenance.json``: the record plus the SHA-256 of every table file it describes."""
+def write_table_sidecar(directory: str | Path, rec: dict[str, Any], files: list[Path],
+                        stem: str = "results") -> Path:  # fmt: skip
+    """``<stem>.provenance.json``: the record plus the SHA-256 of every table file it describes."""
     out = dict(rec)
     out["files"] = {Path(f).name: sha256_file(f) for f in files}
-    path = Path(directory) / "results.provenance.json"
+    path = Path(directory) / f"{stem}.provenance.json"
     atomic_write_json(path, out)
     return path
 
 
+def to_parquet(df: Any, path: str | Path, rec: dict[str, Any]) -> None:
+    """Write DataFrame ``df`` as Parquet with ``rec`` in the schema metadata (key ``probekit_provenance``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), b"probekit_provenance": json.dumps(rec, sort_keys=True).encode()}
+    papq.write_table(table.replace_schema_metadata(meta), path)
+
+
 __all__ = ["PROVENANCE_FILE", "PNG_KEY", "set_command_line", "command_line", "git_state", "sha256_file", "weights_file",
            "sha256_dir", "describe_input", "record", "append_session", "read_sessions", "compact",
-           "png_with_text", "png_text", "write_table_sidecar"]  # fmt: skip
+           "png_with_text", "png_text", "write_table_sidecar", "to_parquet"]  # fmt: skip

@@ -83,6 +83,14 @@ def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> N
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".parquet", ".csv", ".png"))[:2000])
 
 
+def _record_session(out: Path, inputs: dict[str, Any], seed: int) -> None:
+    """``out/provenance.json``: this command, its seed, and the checksums of the model weights and data used."""
+    from probekit import provenance as prov
+
+    paths = {k: prov.weights_file(v) if k == "checkpoint" else v for k, v in inputs.items() if v}
+    prov.append_session(out, prov.record(inputs=paths, seeds={"seed": seed}))
+
+
 def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
     from probekit.evaluate.inverse import run_inverse
     from probekit.evaluate.qa import mixed_train, run_qa
@@ -115,6 +123,7 @@ def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
         where = f"checkpoint {f.checkpoint}" + (f", adapter {f.adapter}" if f.adapter else "")
         print(f"finetune ({ft.method}): {f.steps} steps, {f.trainable_params} trainable parameters, "
               f"final loss {f.train_loss:.3f}; {where}")  # fmt: skip
+    _record_session(out, {"checkpoint": checkpoint, "data": args.data}, args.seed)
     _print_summary(res.table, res.paths, ("exact_match", "first_token"))
     return 0
 
@@ -151,6 +160,7 @@ def cmd_reversal(args: argparse.Namespace) -> int:
         batch_size=args.eval_batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config),
         png=not args.no_png,
     )  # fmt: skip
+    _record_session(out, {"checkpoint": checkpoint, "data": args.data}, args.seed)
     _print_summary(res.table, res.paths, ("exact_match", "logprob_correct", "logprob_random", "p_value"))
     return 0
 

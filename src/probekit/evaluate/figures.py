@@ -38,13 +38,18 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``stem.parquet`` and ``stem.csv`` into ``out_dir`` atomically; returns the paths."""
+    """Write ``stem.parquet`` and ``stem.csv`` into ``out_dir`` atomically; returns the paths. Both carry the
+    provenance of this process (``probekit.provenance``: Parquet metadata and ``stem.provenance.json``)."""
+    from probekit import provenance as prov
+
     out = Path(out_dir)
     paths = [out / f"{stem}.parquet", out / f"{stem}.csv"]
+    rec = prov.record()
     with atomic_path(paths[0]) as tmp:
-        df.to_parquet(tmp, index=False)
+        prov.to_parquet(df, tmp, rec)
     with atomic_path(paths[1]) as tmp:
         df.to_csv(tmp, index=False)
+    prov.write_table_sidecar(out, rec, paths, stem=stem)
     return paths
 
 
