@@ -222,3 +222,57 @@ def test_run_spec_streams_to_disk_with_the_same_results(ds, tmp_path):
     assert len(mem) == len(disk) == 2 * 3 * 2
     assert np.allclose(mem["accuracy"], disk["accuracy"], atol=0.05)  # float16 storage on disk
     assert not any((tmp_path / "w").glob("acts_*"))  # activations are removed once probed
+
+
+def test_abi_reading_is_the_prefix_as_a_bidirectional_part_a() -> None:
+    """reading='abi': the state at position p is the model's state at p for the input seq[:p+1] read as one ABI
+    Part A (bidirectional): checked against a manual forward pass; it differs from the causal reading below the
+    last token's own layers 0 and 1 (the read token attends to every earlier token in both readings) but from
+    layer 2 on (what it attends to was itself computed bidirectionally), and it never sees tokens after p."""
+    import numpy as np
+    import torch
+
+    from probekit.activations import collect_activations, hook_points
+    from probekit.model import HookedLM, ModelConfig
+
+    torch.manual_seed(0)
+    model = HookedLM(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, d_mlp=64, n_ctx=32)).eval()
+    seqs = [[1, 7, 8, 9, 10, 11, 12], [1, 20, 21, 22, 23], [1, 30, 31, 32, 33, 34, 35, 36]]
+    pos = np.array([[2, 5], [1, 3], [4, 6]])
+    points = hook_points(2)
+    abi = collect_activations(model, seqs, pos, points, reading="abi", batch_size=2)
+    causal = collect_activations(model, seqs, pos, points, batch_size=2)
+    for r, s in enumerate(seqs):
+        for j, p in enumerate(pos[r]):
+            ids = torch.tensor([s[: p + 1]])
+            _, cache = model.run_with_cache(ids, attn_mode="abi", prefix_len=torch.tensor([p + 1]))
+            for i, pt in enumerate(points):
+                torch.testing.assert_close(abi.data[i][r, j], cache[pt.name][0, p], rtol=1e-5, atol=1e-5)
+    assert torch.equal(abi.data[0], causal.data[0])  # layer 0: the embeddings
+    torch.testing.assert_close(abi.data[1], causal.data[1], rtol=1e-5, atol=1e-5)  # block 0: same keys, same view
+    assert not torch.allclose(abi.data[2], causal.data[2], atol=1e-4)  # block 1 reads bidirectional states
+    longer = [s + [40, 41, 42] for s in seqs]  # tokens after the read positions change nothing
+    again = collect_activations(model, longer, pos, points, reading="abi", batch_size=2)
+    for i in range(len(points)):
+        torch.testing.assert_close(again.data[i], abi.data[i], rtol=1e-5, atol=1e-5)
+
+
+def test_abi_models_are_probed_in_both_readings(tiny_single) -> None:
+    import torch
+
+    from probekit.model import HookedLM, ModelConfig
+    from probekit.probes.runner import ProbeModel, run_spec
+    from probekit.probes.spec import ProbeSpec
+
+    cfg = ModelConfig(vocab_size=len(tiny_single.tokenizer), d_model=32, n_layers=1, n_heads=2, d_mlp=64, n_ctx=128)
+    torch.manual_seed(0)
+    model = HookedLM(cfg).eval()
+    spec = ProbeSpec(kinds=("q",), attributes=["major"], targets=["value"], l2_grid=(0.1,), max_iter=10, bootstrap=0)
+    abi = run_spec(spec, tiny_single, [ProbeModel(model, "a", objective="abi")], progress=False)
+    ntp = run_spec(spec, tiny_single, [ProbeModel(model, "n", objective="ntp")], progress=False)
+    assert sorted(abi["reading"].unique()) == ["abi", "causal"] and list(ntp["reading"].unique()) == ["causal"]
+    forced = run_spec(ProbeSpec(**{**spec.__dict__, "readings": ["abi"]}), tiny_single,
+                      [ProbeModel(model, "n", objective="ntp")], progress=False)  # fmt: skip
+    assert list(forced["reading"].unique()) == ["abi"]
+    with pytest.raises(ValueError, match="readings"):
+        ProbeSpec(readings=["sideways"])

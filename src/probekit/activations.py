@@ -13,9 +13,14 @@ L+1 layer boundaries: ``blocks.{l}.hook_resid_pre`` for l < L (layer 0 = the emb
 
 Padding: sequences are sorted by length, batched and padded on the right with ``<pad>``. In a causal model a
 token never attends to later tokens, so right padding cannot change the states at real positions; our model
-additionally gets ``key_mask`` (pads are never keys). Bidirectionally trained models (ABI, BICO) are probed in
-their causal reading: ``attn_mode="causal"``, so the state at a position depends only on the prefix, the same
-input a causal model sees. This is the rule for every probe in probekit.
+additionally gets ``key_mask`` (pads are never keys).
+
+Readings (``READINGS``): every model can be read in the *causal* reading (``attn_mode="causal"``: the state at a
+position depends only on the prefix, the input a causal model sees). An ABI model never attends causally inside
+Part A (its prompts are Part A, bidirectional), so a causal read of it is out of distribution; the *abi* reading
+gives it the prefix up to the read position as Part A, bidirectional within it (``attn_mode="abi"``,
+``prefix_len`` = the prefix's length), one forward pass per read position. In both readings a state depends on
+the tokens up to the read position and on nothing after it.
 
 Storage: ``storage="memory"`` returns float32 tensors; ``storage="disk"`` streams each point into its own
 float16 ``.npy`` memmap under ``out_dir`` (bounded memory: one batch at a time), written atomically;
@@ -41,6 +46,7 @@ from probekit.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
+READINGS: tuple[str, ...] = ("causal", "abi")
 HOOK_FAMILIES: dict[str, str] = {
     "resid": "hook_resid_pre",  # + the last block's hook_resid_post as layer L
     "resid_mid": "hook_resid_mid",
@@ -119,11 +125,17 @@ def padded_batch(sequences: Sequence[Sequence[int]], rows: Sequence[int], device
     return ids.to(device), key_mask.to(device)
 
 
-def run_causal(model: Any, ids: Tensor, key_mask: Tensor, fwd_hooks: list[tuple[str, Callable[..., Any]]]) -> None:
+def run_causal(
+    model: Any, ids: Tensor, key_mask: Tensor, fwd_hooks: list[tuple[str, Callable[..., Any]]], reading: str = "causal"
+) -> None:
     """One forward pass of a ``HookedLM`` or ``TransformerBridge`` with ``fwd_hooks``, in the causal reading (our
-    model also gets ``key_mask``); a hook may raise ``_Stop`` to end the pass once it has what it needs."""
+    model also gets ``key_mask``), or with ``reading="abi"`` each row's real tokens as one bidirectional Part A; a
+    hook may raise ``_Stop`` to end the pass once it has what it needs."""
     try:
-        if _is_hooked_lm(model):
+        if reading == "abi":
+            prefix_len = key_mask.sum(1)  # [B]: the whole prompt is Part A
+            model.run_with_hooks(ids, fwd_hooks=fwd_hooks, attn_mode="abi", key_mask=key_mask, prefix_len=prefix_len)
+        elif _is_hooked_lm(model):
             model.run_with_hooks(ids, fwd_hooks=fwd_hooks, attn_mode="causal", key_mask=key_mask)
         else:
             model.run_with_hooks(ids, fwd_hooks=fwd_hooks)
@@ -231,12 +243,15 @@ def collect_activations(
     out_dir: str | Path | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    reading: str = "causal",
 ) -> Activations:
     """Hidden states of ``model`` at ``positions`` ([N, P] token indices) of ``sequences`` for every point.
 
     ``storage="memory"``: float32 tensors. ``storage="disk"``: float16 memmaps under ``out_dir`` (created
     atomically; existing non-empty dirs need ``overwrite``). ``progress(n)`` is called with the number of
-    sequences done after each batch. The model is put in eval mode; causal attention is always used.
+    sequences done after each batch. The model is put in eval mode. ``reading``: ``causal`` (one pass per
+    sequence) or ``abi`` (a probekit model only: one pass per read position over the prefix up to it, as a
+    bidirectional Part A; see the module docstring).
     """
     pos = np.asarray(positions, dtype=np.int64)
     if pos.ndim != 2:
@@ -255,8 +270,13 @@ def collect_activations(
         raise ValueError(f"unknown storage {storage!r}; use 'memory' or 'disk'")
     if storage == "disk" and out_dir is None:
         raise ValueError("storage='disk' needs out_dir")
+    if reading not in READINGS:
+        raise ValueError(f"unknown reading {reading!r}; valid readings are {list(READINGS)}")
     model.eval()
     ours = _is_hooked_lm(model)
+    if reading == "abi" and not ours:
+        raise ValueError("the abi reading needs a probekit HookedLM (its attention modes); read Hugging Face models "
+                         "in the causal reading")  # fmt: skip
     device = next(model.parameters()).device
     d = dims.d_model
     order = np.argsort([-len(s) for s in sequences], kind="stable")  # longest first: least padding
@@ -271,18 +291,16 @@ def collect_activations(
             p_idx = torch.as_tensor(pos[rows], device=device)  # [B, P]
             b_idx = torch.arange(B, device=device)[:, None]  # [B, 1]
             got: dict[str, Tensor] = {}
-
-            def gather(act: Tensor, hook: Any) -> None:
-                got[hook.name] = act[b_idx, p_idx].detach().float().cpu()  # [B, P, d]
-                if ours and hook.name == last:
-                    raise _Stop
-
-            # a bridge registers resid_pre/post under aliases (hook_in/hook_out): key by the requested name
-            fwd = [(n, (lambda a, hook, n=n: gather(a, _Named(n)))) for n in names_needed]
-            run_causal(model, ids, key_mask, fwd)
-            lost = [n for n in names_needed if n not in got]
-            if lost:
-                raise RuntimeError(f"hooks {lost} did not fire during the forward pass")
+            if reading == "causal":
+                _gather_pass(model, ids, key_mask, p_idx, b_idx, names_needed, last, ours, got, reading)
+            else:  # one pass per read position: the prefix up to it, read at its last token
+                parts: list[dict[str, Tensor]] = []
+                for j in range(P):
+                    ids_j, mask_j = padded_batch([sequences[r][: pos[r, j] + 1] for r in rows], range(B), device)
+                    last_j = (mask_j.sum(1) - 1)[:, None]  # [B, 1]
+                    parts.append({})
+                    _gather_pass(model, ids_j, mask_j, last_j, b_idx, names_needed, last, ours, parts[-1], reading)
+                got = {n: torch.cat([p[n] for p in parts], dim=1) for n in names_needed}  # [B, P, d]
             write(s, rows, got)
             if progress:
                 progress(B)
@@ -318,6 +336,26 @@ def collect_activations(
             "dtype": "float16", "files": [f"point_{i:03d}.npy" for i in range(len(points))],
         })  # fmt: skip
     return load_activations(root)
+
+
+def _gather_pass(
+    model: Any, ids: Tensor, key_mask: Tensor, p_idx: Tensor, b_idx: Tensor, names: list[str], last: str, ours: bool,
+    got: dict[str, Tensor], reading: str,
+) -> None:
+    """One forward pass that stores, for every hook in ``names``, the states at ``p_idx`` [B, P'] into ``got``
+    ([B, P', d] float32 on the CPU); our model stops after the ``last`` hook."""
+
+    def gather(act: Tensor, hook: Any) -> None:
+        got[hook.name] = act[b_idx, p_idx].detach().float().cpu()  # [B, P', d]
+        if ours and hook.name == last:
+            raise _Stop
+
+    # a bridge registers resid_pre/post under aliases (hook_in/hook_out): key by the requested name
+    fwd = [(n, (lambda a, hook, n=n: gather(a, _Named(n)))) for n in names]
+    run_causal(model, ids, key_mask, fwd, reading)
+    lost = [n for n in names if n not in got]
+    if lost:
+        raise RuntimeError(f"hooks {lost} did not fire during the forward pass")
 
 
 class _Named:

@@ -401,6 +401,9 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
     its best layer on test people with the person-bootstrap interval, beside the majority baseline; the
     random-init control appears as its own model. With several training seeds a cell is the mean ± standard
     deviation over seeds of each seed's best layer."""
+    from probekit.results import normalise, reading_labels
+
+    probe = reading_labels(normalise(probe))
     ok = probe[(probe["status"] == "ok") & (probe["hook"] == "resid")]
     lines = []
     for target in ("first_token", "value"):

@@ -293,7 +293,9 @@ def compare_q(df: pd.DataFrame, target: str, layer: int | None = None, hook: str
 def build_figures(df: pd.DataFrame, layer: int | None = None, control: bool = True) -> list[Figure]:
     """Every figure the table supports (see the module docstring). ``control``: where the table has control-task
     probes, also draw their accuracy (dotted, Q) and the selectivity grids (P)."""
-    df = normalise(df)
+    from probekit.results import reading_labels
+
+    df = reading_labels(normalise(df))  # an ABI model's abi reading is drawn as its own model: '<name> [abi reading]'
     figs: list[Figure | None] = []
     hooks = list(dict.fromkeys(df["hook"].astype(str)))
     for hook in hooks:

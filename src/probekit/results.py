@@ -10,8 +10,9 @@ errors), ``baseline`` (training majority class scored on the test people), ``n_t
 ``engine``, then the rigour columns ``STAT_COLUMNS``: ``ci_low``/``ci_high`` (person-clustered bootstrap
 interval of the accuracy, ``probekit.stats``), ``control_accuracy`` (the same probe trained on a per-person
 random control labelling), ``selectivity`` (accuracy - control accuracy) with ``selectivity_ci_low``/``_high``,
-``n_test_people`` and ``seed`` (the model's training seed). Tables written before these columns existed read
-back with them empty.
+``n_test_people``, ``seed`` (the model's training seed) and ``reading`` (``causal`` or ``abi``: how the model
+was read, ``probekit.activations``). Tables written before these columns existed read back with them empty (and
+``reading`` causal).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 STAT_COLUMNS: tuple[str, ...] = (
     "ci_low", "ci_high", "control_accuracy", "selectivity", "selectivity_ci_low", "selectivity_ci_high",
-    "n_test_people", "seed",
+    "n_test_people", "seed", "reading",
 )  # fmt: skip
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -59,10 +60,11 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     df = df[order].copy()
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    df["reading"] = df["reading"].fillna("causal")  # tables from before the abi reading: all causal
     for c in _FLOAT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in ("model", "objective", "dataset", "probe_kind", "hook", "position", "attribute", "target_kind",
-              "status", "engine"):  # fmt: skip
+              "status", "engine", "reading"):  # fmt: skip
         df[c] = df[c].astype("string")
     return df.reset_index(drop=True)
 
@@ -148,6 +150,18 @@ def _label(model: str, hook: str) -> str:
     return model if hook == "resid" else f"{model} [{hook}]"
 
 
+def reading_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with rows of a non-causal reading renamed ``<model> [<reading> reading]``, so summaries and figures
+    keep the readings of one model apart."""
+    other = df["reading"].astype(str) != "causal"
+    if not other.any():
+        return df
+    df = df.copy()
+    df["model"] = df["model"].astype(str).where(~other, df["model"].astype(str) + " [" + df["reading"].astype(str)
+                                                + " reading]").astype("string")  # fmt: skip
+    return df
+
+
 def summary_table(df: pd.DataFrame) -> str:
     """A readable text summary of a results table.
 
@@ -156,7 +170,7 @@ def summary_table(df: pd.DataFrame) -> str:
     when read right before its own value and the mean over the other positions (``own / others``, in %). Hook
     families other than ``resid`` (and the embedding-update probe) get their own rows: ``model [hook]``.
     """
-    df = normalise(df)
+    df = reading_labels(normalise(df))
     ok = df[df["status"] == "ok"]
     lines: list[str] = []
     q = ok[ok["probe_kind"] == "q"]

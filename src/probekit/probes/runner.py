@@ -192,6 +192,14 @@ def _embed_rows(
             for f, st in zip(fits, stats)]  # fmt: skip
 
 
+def model_readings(spec: ProbeSpec, m: ProbeModel) -> list[str]:
+    """The readings to probe ``m`` in: the spec's list, or for ``auto`` the causal reading plus, for a model
+    trained with ABI, the abi reading (how an ABI model sees its prompts)."""
+    if spec.readings != "auto":
+        return list(spec.readings)
+    return ["causal", "abi"] if m.objective == "abi" and m.kind == "probekit" else ["causal"]
+
+
 def _control_task(t: ProbeTaskSet, spec: ProbeSpec) -> ProbeTaskSet:
     """Task set ``t`` with its labels replaced by the control labelling (``probekit.probes.tasks.control_labels``)."""
     return dataclasses.replace(t, labels=control_labels(t, spec.seed))
@@ -297,18 +305,18 @@ def _run_spec(
             mcfg = dataclasses.replace(ecfg, device=str(next(m.model.parameters()).device))
             points = [p for hook in spec.hooks
                       for p in hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))]
-            for t in tasks:
+            for t, reading in [(t, r) for t in tasks for r in model_readings(spec, m)]:
                 size = estimate_bytes(t.n, len(t.position_names), len(points), dims.d_model)
                 storage = spec.storage
                 if storage == "auto":
                     storage = "disk" if size > spec.memory_limit_mb * 2**20 else "memory"
                 act_dir = tmp_root / f"acts_{t.kind}"
-                desc = f"{m.name}: {t.kind.upper()}-probe activations"
+                desc = f"{m.name}: {t.kind.upper()}-probe activations ({reading} reading)"
                 with tqdm(total=t.n, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
                     acts = collect_activations(
                         m.model, t.sequences, t.positions, points, position_names=t.position_names,
                         batch_size=spec.batch_size, storage=storage, out_dir=act_dir, overwrite=True,
-                        progress=bar.update,
+                        progress=bar.update, reading=reading,
                     )  # fmt: skip
                 K = len(t.label_keys)
                 labels = t.labels
@@ -324,10 +332,10 @@ def _run_spec(
                 for f, st in zip(real, probe_stats(real, controls, t, spec)):
                     point, position = acts.group(f.group)
                     rows.append({**_row(m, dataset_name, t, f, point.hook, point.layer, position, mcfg.backend),
-                                 **st})  # fmt: skip
+                                 **st, "reading": reading})  # fmt: skip
                 del acts
                 shutil.rmtree(act_dir, ignore_errors=True)
-                if spec.embed_probe is not None:
+                if spec.embed_probe is not None and reading == "causal":  # the paper's probe reads causally
                     rows += _embed_rows(spec, m, t, dataset_name, progress, embed_logs)
     finally:
         if work_dir is None:

@@ -24,6 +24,10 @@ Vocabulary:
   last-bit differences into different fits, so a fixed count makes the table the same whatever ``--threads`` the
   process runs with. ``null`` uses the process's thread count (faster on many cores; then tables move slightly
   between thread counts).
+- readings: how each model is read (``probekit.activations``): ``causal`` (the prefix, causally; every model),
+  ``abi`` (the prefix as one bidirectional ABI Part A, a pass per read position; probekit models), or ``auto``
+  (the default): causal, plus abi for models trained with ABI. Rows carry the ``reading``; the
+  embedding-update probe reads causally.
 - embed_probe: settings of the paper's probe (``probekit.probes.embed_probe``: the frozen model plus a trained
   low-rank update of its input embedding, read at the last layer through LayerNorm + linear heads), run beside
   the frozen-feature probes; its rows have hook ``embed_update``. ``{}`` takes the defaults; absent or null: off.
@@ -90,6 +94,7 @@ class ProbeSpec:
     embed_probe: EmbedProbeConfig | None = None
     control_task: bool = False  # also fit each probe on a per-person random control labelling (selectivity)
     threads: int | None = 1  # torch threads for activations and probes: fixed, so tables do not depend on --threads
+    readings: Any = "auto"  # 'auto' (causal, + abi for ABI-trained models) or a list of READINGS
     bootstrap: int = 1000  # person-clustered bootstrap resamples for the intervals (0 = no intervals)
     ci_level: float = 0.95  # level of the bootstrap intervals
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run metadata
@@ -124,6 +129,10 @@ class ProbeSpec:
             raise ValueError(f"bootstrap must be a non-negative integer (0 = no intervals), got {self.bootstrap!r}")
         if not isinstance(self.ci_level, (int, float)) or not 0.0 < float(self.ci_level) < 1.0:
             raise ValueError(f"ci_level must be a number in (0, 1), e.g. 0.95, got {self.ci_level!r}")
+        if self.readings != "auto":
+            from probekit.activations import READINGS
+
+            self.readings = _names(self.readings, READINGS, "readings")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
                                          or self.threads < 1):  # fmt: skip
             raise ValueError(f"threads must be a positive integer or null (the process's count), got {self.threads!r}")
