@@ -110,3 +110,21 @@ def test_build_dataset_returns_what_load_dataset_reads(tmp_path: Path) -> None:
     for f in ("root", "manifest", "people", "entries", "qa", "inverse", "split", "pools"):
         assert getattr(built, f) == getattr(loaded, f), f
     assert built.tokenizer.backend_tokenizer.to_str() == loaded.tokenizer.backend_tokenizer.to_str()
+
+
+def test_word_counter_ascii_split_equals_pre_tokenizer() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from probekit.data.tokenizer import WordCounter, _pre_tokenizer
+
+    wc, pre = WordCounter(), _pre_tokenizer()
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.characters(min_codepoint=9, max_codepoint=127), max_size=40)
+           | st.text(max_size=20))  # fmt: skip
+    def check(piece: str) -> None:
+        assert wc.words(piece) == [w for w, _ in pre.pre_tokenize_str(piece)]
+
+    check()
+    assert wc.words("Anna's U.S. 5, 1990!") == ["Anna", "'", "s", "U", ".", "S", ".", "5", ",", "1990", "!"]

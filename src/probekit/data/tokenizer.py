@@ -14,6 +14,7 @@ Special tokens (fixed ids, the same for every probekit tokenizer):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     return wrap(tok)
 
 
+_PRINTABLE_ASCII = re.compile(r"[ -~]*")
+_ASCII_WORDS = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
+
+
 class WordCounter:
     """Word counts of a corpus given as pieces with multiplicities, for ``tokenizer_from_counts``.
 
@@ -58,9 +63,17 @@ class WordCounter:
         self.counts: dict[str, int] = {}
         self._split = _pre_tokenizer().pre_tokenize_str
 
+    def words(self, piece: str) -> list[str]:
+        """The pre-tokenizer's words of ``piece``; printable ASCII is split by a regex that does the same
+        (space separates, each of the 32 ASCII punctuation characters is a word), anything else by the
+        pre-tokenizer itself."""
+        if _PRINTABLE_ASCII.fullmatch(piece):
+            return _ASCII_WORDS.findall(piece)
+        return [w for w, _ in self._split(piece)]
+
     def add(self, piece: str, n: int = 1) -> None:
         counts = self.counts
-        for word, _ in self._split(piece):
+        for word in self.words(piece):
             counts[word] = counts.get(word, 0) + n
 
     def add_counts(self, pieces: dict[str, int]) -> None:
