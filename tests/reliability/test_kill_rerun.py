@@ -1,6 +1,7 @@
 """Kill and re-run: each long command is started in a subprocess, SIGKILLed at a point the test chooses, and run
-again with the same command (from another working directory where paths allow); the final outputs must equal an
-uninterrupted run's, and no temporary file or directory may be left behind."""
+again with the same command (from another working directory where paths allow; `eval qa`, which does not resume
+a finetuning, with --overwrite after the same command has said so); the final outputs must equal an uninterrupted
+run's, and no temporary file or directory may be left behind."""
 
 from __future__ import annotations
 
@@ -150,4 +151,29 @@ def test_probe_killed_while_probing_then_rerun(tiny_single, tmp_path: Path, monk
     assert main(["--threads", "1", *argv, str(tmp_path / "ref")]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "p" / "results.csv"),
                                   pd.read_csv(tmp_path / "ref" / "results.csv"))  # fmt: skip
+    assert _leftovers(tmp_path / "a") == []
+
+
+def test_eval_qa_killed_while_finetuning_then_rerun(tiny_single, tmp_path: Path, monkeypatch, capsys) -> None:
+    """An evaluation is not resumable mid-finetune: the same command names the interruption and --overwrite, and
+    the seeded re-run gives the uninterrupted run's results."""
+    from probekit.train import TrainConfig, train
+
+    tc = {**TRAIN, "max_steps": 10, "model": {**TINY, "n_ctx": 128}}
+    train(TrainConfig(data=str(tiny_single.root), out=str(tmp_path / "model"), **tc), progress=False)
+    argv = ["eval", "qa", "--checkpoint", str(tmp_path / "model"), "--data", str(tiny_single.root), "--attrs",
+            "major", "--steps", "40", "--warmup-steps", "2", "--batch-size", "8", "--no-png", "--out"]  # fmt: skip
+    (tmp_path / "a").mkdir()
+    out = tmp_path / "a" / "q"
+    proc = _start(argv + [str(out)], cwd=tmp_path)
+    metrics = out / "finetune" / "metrics.jsonl"
+    _kill_when(proc, lambda: metrics.exists() and metrics.stat().st_size > 0, "the first finetuning metrics row")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["--threads", "1", *argv, str(out)]) == 2
+    assert "interrupted" in capsys.readouterr().err
+    assert main(["--threads", "1", *argv, str(out), "--overwrite"]) == 0
+    assert main(["--threads", "1", *argv, str(tmp_path / "ref")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), pd.read_csv(tmp_path / "ref" / "results.csv"))
+    assert (out / "predictions.jsonl").read_bytes() == (tmp_path / "ref" / "predictions.jsonl").read_bytes()
     assert _leftovers(tmp_path / "a") == []

@@ -83,6 +83,18 @@ def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> N
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".parquet", ".csv", ".png"))[:2000])
 
 
+def _output_dir(args: argparse.Namespace) -> Path:
+    """``--out`` checked before any work; an evaluation killed before it finished is named as such."""
+    from probekit.io import prepare_output_dir
+
+    out = Path(args.out)
+    if (not args.overwrite and out.is_dir() and any(out.iterdir()) and not (out / "results.parquet").exists()
+            and ((out / "finetune").exists() or (out / "train").exists() or (out / "provenance.json").exists())):
+        raise FileExistsError(f"{out} holds an evaluation that was interrupted before it wrote results.parquet; "
+                              "re-run the same command with --overwrite to start it again (it is seeded)")  # fmt: skip
+    return prepare_output_dir(out, args.overwrite)
+
+
 def _record_session(out: Path, inputs: dict[str, Any], seed: int) -> None:
     """``out/provenance.json``: this command, its seed, and the checksums of the model weights and data used."""
     from probekit import provenance as prov
@@ -95,10 +107,9 @@ def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
     from probekit.evaluate.inverse import run_inverse
     from probekit.evaluate.qa import mixed_train, run_qa
     from probekit.errors import check_device
-    from probekit.io import prepare_output_dir
 
     check_device(args.device)
-    out = prepare_output_dir(args.out, args.overwrite)
+    out = _output_dir(args)
     attrs = _attrs(args.attrs)
     ft = _finetune_cfg(args)
     common = dict(model_name=args.name, objective=args.objective, eval_train=args.eval_train,
@@ -136,10 +147,9 @@ def cmd_reversal(args: argparse.Namespace) -> int:
     from probekit.data.reversal import load_reversal_dir
     from probekit.evaluate.reversal import run_reversal, train_reversal
     from probekit.errors import check_device
-    from probekit.io import prepare_output_dir
 
     check_device(args.device)
-    out = prepare_output_dir(args.out, args.overwrite)
+    out = _output_dir(args)
     if bool(args.checkpoint) == bool(args.train_config):
         raise ValueError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")
     checkpoint = args.checkpoint
