@@ -83,3 +83,20 @@ def test_seeds_axis_trains_probes_and_aggregates_each_seed(tmp_path: Path) -> No
         tiny_config(seeds=[1, 1])
     with pytest.raises(ValueError, match="seed_data"):
         tiny_config(seed_data=True)
+
+
+def test_qa_and_inverse_search_are_stages(tmp_path: Path) -> None:
+    ft = {"method": "full", "max_steps": 3, "batch_size": 8, "warmup_steps": 1}
+    cfg = tiny_config(control_random=False, probe={"kinds": ["q"], "targets": ["first_token"], "l2_grid": [0.01],
+                                                   "max_iter": 10, "bootstrap": 20},
+                      qa={"finetune": ft}, inverse={"finetune": ft, "attributes": ["birth_city", "company"]})  # fmt: skip
+    res = run_experiment(cfg, tmp_path / "ev", progress=False, png=False)
+    assert res.inverse_table is not None and res.qa_table is not None
+    assert set(res.inverse_table["task"]) == {"birth_city+company", "overall"}
+    assert {"ci_low", "ci_high", "seed"} <= set(res.inverse_table.columns)
+    assert (tmp_path / "ev" / "inverse" / "m" / "predictions.jsonl").exists()
+    assert "Inverse search (attributes -> full name) on P_test" in res.summary and "QA extraction" in res.summary
+    with pytest.raises(ValueError, match="inverse.attributes"):
+        tiny_config(inverse={"attributes": ["shoe_size"]})
+    with pytest.raises(ValueError, match="inverse.models"):
+        tiny_config(inverse={"models": ["nope"]})

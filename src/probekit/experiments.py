@@ -3,7 +3,7 @@
 An experiment is a YAML file (``experiments/<name>/config.yaml``) naming datasets, models to train on them,
 a probe spec, and optional QA extraction. ``run_experiment`` walks the stages in order::
 
-    data  ->  train  ->  probe (+ random-init control)  ->  qa (optional)  ->  tables + figures + summary
+    data  ->  train  ->  probe (+ random-init control)  ->  qa, inverse (optional)  ->  tables + figures + summary
 
 Every stage writes into ``<out>/<stage>/<name>`` atomically and is skipped when its output is already
 complete, and training resumes from its last checkpoint, so an interrupted experiment is re-run with the same
@@ -52,6 +52,15 @@ class QASpec:
     finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields
 
 
+@dataclass
+class InverseSpec:
+    """Inverse search (attributes -> full name, the reversal direction on bioS) as a stage of the experiment."""
+
+    models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
+    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields
+    attributes: list[str] = field(default_factory=list)  # the attributes in the prompt; empty = all six
+
+
 @dataclass(frozen=True)
 class Run:
     """One model trained with one seed (``seed`` None: the seed of the model's train section)."""
@@ -82,6 +91,7 @@ class ExperimentConfig:
     probe: dict[str, Any] = field(default_factory=dict)  # ProbeSpec fields
     control_random: bool = True  # also probe a randomly initialised model of each shape
     qa: QASpec | None = None
+    inverse: InverseSpec | None = None  # inverse search on P_test after finetuning on P_train's inverse prompts
     figures_layer: int | None = None  # layer of the position x attribute grids (None = last)
     notes: str = ""
     # seeds as an axis: train every model once per seed (its train.seed replaced); None = one run per model with
@@ -94,6 +104,8 @@ class ExperimentConfig:
         self.models = [m if isinstance(m, ModelSpec) else from_dict(ModelSpec, m) for m in self.models]
         if isinstance(self.qa, dict):
             self.qa = from_dict(QASpec, self.qa)
+        if isinstance(self.inverse, dict):
+            self.inverse = from_dict(InverseSpec, self.inverse)
         self.validate()
 
     def runs(self) -> list[Run]:
@@ -149,11 +161,21 @@ class ExperimentConfig:
                                      f"0..{n_layers} (0 = embeddings, {n_layers} = last block's output); "
                                      "choose one of those")  # fmt: skip
         from_dict(ProbeSpec, {"name": self.name, **self.probe})
-        if self.qa is not None:
-            unknown = sorted(set(self.qa.models) - {m.name for m in self.models})
+        for what, ev in (("qa", self.qa), ("inverse", self.inverse)):
+            if ev is None:
+                continue
+            unknown = sorted(set(ev.models) - {m.name for m in self.models})
             if unknown:
-                raise ValueError(f"qa.models names unknown model(s) {unknown}")
-            from_dict(FinetuneConfig, self.qa.finetune)
+                raise ValueError(f"{what}.models names unknown model(s) {unknown}; models: "
+                                 f"{[m.name for m in self.models]}")  # fmt: skip
+            from_dict(FinetuneConfig, ev.finetune)
+        if self.inverse is not None:
+            from probekit.data.pools import ATTRIBUTES
+
+            bad = [a for a in self.inverse.attributes if a not in ATTRIBUTES]
+            if bad or len(set(self.inverse.attributes)) != len(self.inverse.attributes):
+                raise ValueError(f"inverse.attributes {self.inverse.attributes}: choose distinct attributes from "
+                                 f"{list(ATTRIBUTES)} (empty: all six)")  # fmt: skip
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -219,6 +241,7 @@ class ExperimentResult:
     figures: list[Path]
     summary: str
     seconds: float
+    inverse_table: pd.DataFrame | None = None
 
 
 def _done(path: Path) -> bool:
@@ -350,23 +373,34 @@ def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
     return pd.concat(tables, ignore_index=True)
 
 
-def _stage_qa(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path],
-              progress: bool) -> pd.DataFrame | None:  # fmt: skip
-    if cfg.qa is None:
+def _stage_eval(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path], progress: bool,
+                kind: str, png: bool = True) -> pd.DataFrame | None:  # fmt: skip
+    """QA extraction (``kind="qa"``) or inverse search (``"inverse"``) for every run the stage names: finetune
+    on P_train items, answer P_test (and P_train) items; returns the tables with a ``seed`` column."""
+    ev = cfg.qa if kind == "qa" else cfg.inverse
+    if ev is None:
         return None
+    from probekit.evaluate.inverse import run_inverse
     from probekit.evaluate.qa import FinetuneConfig, run_qa
 
-    fcfg = from_dict(FinetuneConfig, cfg.qa.finetune)
+    fcfg = from_dict(FinetuneConfig, ev.finetune)
     tables = []
     for r in cfg.runs():
         m = r.model
-        if cfg.qa.models and m.name not in cfg.qa.models:
+        if ev.models and m.name not in ev.models:
             continue
-        dest = out / "qa" / r.key
+        dest = out / kind / r.key
         if not _done(dest):
-            log.info(f"[qa] {r.key}: finetune ({fcfg.method}) on P_train QAs, answer P_test")
-            run_qa(runs[r.key], data[cfg.data_key(r)], dest, fcfg, model_name=m.name, eval_train=True,
-                   progress=progress, overwrite=True)  # fmt: skip
+            what = "QAs" if kind == "qa" else "inverse prompts (attributes -> name)"
+            log.info(f"[{kind}] {r.key}: finetune ({fcfg.method}) on P_train {what}, answer P_test")
+            args = (runs[r.key], data[cfg.data_key(r)], dest, fcfg)
+            kw: dict[str, Any] = {"model_name": m.name, "eval_train": True, "progress": progress, "overwrite": True,
+                                  "png": png}  # fmt: skip
+            if kind == "qa":
+                run_qa(*args, **kw)
+            else:
+                attrs = tuple(ev.attributes) if isinstance(ev, InverseSpec) and ev.attributes else None
+                run_inverse(*args, **({"attrs": attrs} if attrs else {}), **kw)
             _mark_done(dest)
         table = pd.read_csv(dest / "results.csv")
         table["seed"] = r.train_seed
@@ -394,7 +428,7 @@ def _best_per_seed(g: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
     return g.loc[g.groupby(seeds)[column].idxmax()]
 
 
-def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
+def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFrame | None = None) -> str:
     """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the birth-date
     position (the token before the birth date: right after the name in ``single`` order, anywhere under
     ``permute``), Q-probe accuracy at the name (and its selectivity against the control task, when run), each at
@@ -428,21 +462,26 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None) -> str:
                      f"target = {target}:")  # fmt: skip
         lines.append(pd.DataFrame(rows).fillna("-").to_string(index=False))
         lines.append("")
-    if qa is not None and not qa.empty:
-        view = qa[(qa["split"] == "test") & (qa["metric"] == "exact_match")]
-        if "seed" not in view.columns:
-            view = view.assign(seed=0)
-        for c in ("ci_low", "ci_high"):
-            if c not in view.columns:
-                view = view.assign(**{c: float("nan")})
-        cells: dict[str, dict[str, str]] = {}
-        for (model, task), g in view.groupby(["model", "task"], sort=False):
-            cells.setdefault(str(model), {})[str(task)] = _cell(g["value"].tolist(), g["ci_low"].tolist(),
-                                                                 g["ci_high"].tolist())  # fmt: skip
-        lines.append("QA extraction on P_test (exact match % [95% person-bootstrap interval], after finetuning on "
-                     "P_train):")  # fmt: skip
-        lines.append(pd.DataFrame(cells).T.fillna("-").to_string())
+    for table, title in ((qa, "QA extraction"), (inverse, "Inverse search (attributes -> full name)")):
+        if table is not None and not table.empty:
+            lines += _eval_summary(table, title)
     return "\n".join(lines)
+
+
+def _eval_summary(table: pd.DataFrame, title: str) -> list[str]:
+    """Exact match on P_test per model and task, with intervals (one seed) or mean ± sd (several)."""
+    view = table[(table["split"] == "test") & (table["metric"] == "exact_match")]
+    if "seed" not in view.columns:
+        view = view.assign(seed=0)
+    for c in ("ci_low", "ci_high"):
+        if c not in view.columns:
+            view = view.assign(**{c: float("nan")})
+    cells: dict[str, dict[str, str]] = {}
+    for (model, task), g in view.groupby(["model", "task"], sort=False):
+        cells.setdefault(str(model), {})[str(task)] = _cell(g["value"].tolist(), g["ci_low"].tolist(),
+                                                             g["ci_high"].tolist())  # fmt: skip
+    return [f"{title} on P_test (exact match % [95% person-bootstrap interval], after finetuning on P_train):",
+            pd.DataFrame(cells).T.fillna("-").to_string(), ""]
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True,
@@ -473,7 +512,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     data = _stage_data(cfg, out)
     runs = _stage_train(cfg, out, data, progress, jobs)
     probe = _stage_probe(cfg, out, data, runs, progress)
-    qa = _stage_qa(cfg, out, data, runs, progress)
+    qa = _stage_eval(cfg, out, data, runs, progress, "qa", png)
+    inverse = _stage_eval(cfg, out, data, runs, progress, "inverse", png)
     inputs = {**{f"data/{k}": v for k, v in data.items()},
               **{f"probes/{r.key}": out / "probes" / r.key / "results.parquet" for r in cfg.runs()}}  # fmt: skip
     rec = prov.record(inputs=inputs, seeds=seeds)
@@ -482,7 +522,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     report = render_figures(probe, out / "figures", layer=cfg.figures_layer, png=png, provenance=fig_rec)
     if report.png_error:
         log.warning(report.png_error)
-    summary = summarize(probe, qa)
+    summary = summarize(probe, qa, inverse)
     seconds = time.perf_counter() - t0
     atomic_write_text(out / "summary.txt", summary + "\n")
     files = list(report.files)
@@ -493,7 +533,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
             if f.suffix in (".png", ".csv"):
                 shutil.copyfile(f, dest / f.name)
         shutil.copyfile(out / "figures" / prov.PROVENANCE_FILE, dest / prov.PROVENANCE_FILE)  # what made them
-    return ExperimentResult(out, probe, qa, files, summary, seconds)
+    return ExperimentResult(out, probe, qa, files, summary, seconds, inverse)
 
 
 _STAGE_DIRS = ("data", "models", "probes", "qa", "figures")
@@ -527,5 +567,5 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
                      "to start again")  # fmt: skip
 
 
-__all__ = ["DatasetSpec", "ModelSpec", "QASpec", "ExperimentConfig", "load_experiment", "demo_config",
-           "run_experiment", "summarize"]  # fmt: skip
+__all__ = ["DatasetSpec", "ModelSpec", "QASpec", "InverseSpec", "Run", "ExperimentConfig", "load_experiment",
+           "demo_config", "run_experiment", "summarize"]  # fmt: skip
