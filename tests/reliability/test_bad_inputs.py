@@ -174,6 +174,15 @@ CASES: list[tuple[str, Argv, list[str], list[str]]] = [
     ("eval-reversal-names-real-flag", lambda e: ["eval", "reversal", "--data", str(e.files["reversal"]),
                                                  "--checkpoint", str(e.run), "--out", str(e.out("x")), "--no-png"],
      ["different vocabulary", "--train-config"], ["--train`", "--train)"]),
+    pytest.param("eval-distract-cuda-on-cpu", lambda e: ["eval", "distract", "--checkpoint", str(e.run), "--data",
+                                                         str(e.data), "--out", str(e.out("x")), "--device", "cuda"],
+                 ["--device cuda"], [], marks=NO_CUDA),
+    # patch
+    pytest.param("patch-cuda-on-cpu", lambda e: ["patch", "--model", str(e.run), "--data", str(e.data), "--out",
+                                                 str(e.out("x")), "--device", "cuda"], ["--device cuda"], [],
+                 marks=NO_CUDA),
+    ("patch-layer-out-of-range", lambda e: ["patch", "--model", str(e.run), "--data", str(e.data), "--out",
+                                            str(e.out("x")), "--layers", "99", "--no-png"], ["layers [99]"], []),
     ("eval-compare-missing", lambda e: ["eval", "compare", str(e.root / "nope"), "--out", str(e.out("x"))],
      ["no evaluation results", "nope"], []),
     # plot

@@ -189,8 +189,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_distract(args: argparse.Namespace) -> int:
     from probekit.config import from_dict, load_config, to_dict
     from probekit.evaluate.distract import DistractEvalConfig, run_distract
+    from probekit.errors import check_device
     from probekit.io import prepare_output_dir
 
+    check_device(args.device)
     prepare_output_dir(args.out, args.overwrite or args.resume)
     cfg = load_config(DistractEvalConfig, args.config) if args.config else DistractEvalConfig()
     if args.s2a is not None:

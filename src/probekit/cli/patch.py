@@ -49,7 +49,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from probekit.plots import write_figures
     from probekit.probes.runner import check_compatible, load_probe_model
 
+    from probekit.errors import check_device
+
     t0 = time.perf_counter()
+    check_device(args.device)
     cfg = _config(args)
     out = prepare_output_dir(args.out, args.overwrite)
     ds = load_dataset(args.data)
