@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 EXAMPLES_QA = """examples:
   probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_ntp_full
   probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_lora --finetune lora \\
@@ -76,10 +78,13 @@ def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> N
     t = table[table["metric"].isin(metrics)]
     keys = ("model", "objective", "split", "finetune", "kind")
     index = [c for c in keys if c in t.columns and t[c].nunique() > 1] + ["task"]
-    wide = t.pivot_table(index=index, columns="metric", values="value", sort=False)
-    n = t.groupby(index, sort=False)["n"].max()
-    wide["n"] = n
-    print(wide.to_string(float_format=lambda v: f"{v:.3f}"))
+    cells = t.assign(cell=[f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "")
+                           for v, lo, hi in zip(t["value"], t.get("ci_low", t["value"] * float("nan")),
+                                                t.get("ci_high", t["value"] * float("nan")))])  # fmt: skip
+    wide = cells.pivot_table(index=index, columns="metric", values="cell", aggfunc="first", sort=False)
+    wide["n"] = t.groupby(index, sort=False)["n"].max()
+    print("value [95% person-bootstrap interval]" if "ci_low" in t.columns else "")
+    print(wide.to_string())
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".parquet", ".csv", ".png"))[:2000])
 
 
@@ -209,6 +214,8 @@ def cmd_distract(args: argparse.Namespace) -> int:
             setattr(obj, attr, getattr(args, flag))
     if args.finetune is not None:
         cfg.finetune.method = args.finetune
+    if args.regenerator:
+        cfg.regenerator = args.regenerator
     if args.no_probes:
         cfg.probes = False
     if args.warmup_steps is not None:
@@ -368,6 +375,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--fallback", choices=("original", "question"),
                    help="malformed learned regeneration: answer the original prompt (default) or the question alone")
     d.add_argument("--n-boot", type=int, help="bootstrap resamples of test people (default 1000)")
+    d.add_argument("--regenerator", help="a finished regenerator checkpoint (e.g. OUT/finetune_rewrite of an earlier "
+                                         "run) to use instead of finetuning one")  # fmt: skip
     d.add_argument("--no-probes", action="store_true", help="skip the probe readouts at the name and answer position")
     d.add_argument("--resume", action="store_true", help="continue in --out, reusing finished finetuning runs")
     _common(d)
