@@ -244,6 +244,15 @@ def test_bad_input_is_one_line_error_and_writes_nothing(env: Env, name: str, arg
     assert {p: _snapshot(p) for p in before} == before, f"{name} changed an existing directory"
 
 
+def test_plot_redraws_into_a_directory_of_older_figures(env: Env, tmp_path: Path) -> None:
+    old = tmp_path / "figs"
+    old.mkdir()
+    for name in ("p_grid_a_value.png", "p_grid_a_value.csv", "p_grid_a_value.html", "plotly.min.js"):
+        (old / name).write_bytes(b"old")
+    assert main(["plot", "--results", str(env.table), "--out", str(old), "--no-png"]) == 0
+    assert (old / "provenance.json").exists()
+
+
 def test_bom_pool_keeps_its_comment_line_out_of_the_names(tmp_path: Path) -> None:
     from probekit.data.pools import load_pools
 

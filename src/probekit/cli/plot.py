@@ -31,7 +31,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _check_figures_dir(out: Path) -> None:
-    """``--out`` must be new, empty, or an earlier figures directory (it holds our provenance.json)."""
+    """``--out`` must be new, empty, or a figures directory: one holding our provenance.json, or only figure files
+    (HTML, PNG, CSV and plotly.min.js, as figures drawn before provenance was recorded)."""
     from probekit.errors import UserError
     from probekit.provenance import PROVENANCE_FILE
 
@@ -39,7 +40,10 @@ def _check_figures_dir(out: Path) -> None:
         return
     if not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the figures")
-    if (out / PROVENANCE_FILE).exists() or not any(p for p in out.iterdir() if not p.name.startswith(".")):
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    figure_files = all(p.is_file() and (p.suffix in (".html", ".png", ".csv") or p.name == "plotly.min.js")
+                       for p in entries)  # fmt: skip
+    if (out / PROVENANCE_FILE).exists() or figure_files:
         return
     raise UserError(f"--out {out} is not empty and holds no probekit figures (no {PROVENANCE_FILE}); choose a new "
                     "or empty directory")  # fmt: skip
