@@ -272,12 +272,17 @@ def _stage_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
     return paths
 
 
-def _train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: int | None) -> None:
-    """Train one model (a top-level function so a worker process can run it)."""
+def _train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: int | None,
+               command: list[str] | None = None) -> None:  # fmt: skip
+    """Train one model (a top-level function so a worker process can run it; ``command``: the parent's command
+    line, recorded in the run's provenance instead of the worker's own)."""
     import torch
 
+    from probekit.provenance import set_command_line
     from probekit.train import TrainConfig, train
 
+    if command is not None:
+        set_command_line(command)
     if threads is not None:
         torch.set_num_threads(threads)
     train(from_dict(TrainConfig, tc_dict), resume=resume, overwrite=not resume, progress=progress)
@@ -330,7 +335,10 @@ def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progre
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {name: pool.submit(_train_one, tc, resume, False, 1) for name, tc, resume in todo}
+            from probekit.provenance import command_line
+
+            cmd = command_line()
+            futures = {name: pool.submit(_train_one, tc, resume, False, 1, cmd) for name, tc, resume in todo}
             _watch(futures, runs, progress)
             for name, fut in futures.items():
                 fut.result()
