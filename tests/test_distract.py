@@ -282,6 +282,12 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
     assert main(args + ["--resume", "--s2a", "rule", "--no-probes"]) == 0
     assert (out / "finetune_qa" / "summary.json").stat().st_mtime == mtime
     assert "s2a_learned" not in set(pd.read_parquet(out / "results.parquet")["regime"])
+    # a finished regenerator serves another run without finetuning a new one
+    other = tmp_path / "reuse"
+    assert main(args[:7] + [str(other)] + args[8:] + ["--s2a", "learned", "--regenerator", str(out / "finetune_rewrite"),
+                                                      "--no-probes"]) == 0  # fmt: skip
+    assert not (other / "finetune_rewrite").exists()
+    assert "s2a_learned" in set(pd.read_parquet(other / "results.parquet")["regime"])
     # bad settings and a dataset without the distractor vocabulary: one-line errors before any work
     assert main(args[:-1] + ["--no-png", "--s2a", "llm", "--overwrite"]) == 2
     assert "unknown regenerator" in capsys.readouterr().err

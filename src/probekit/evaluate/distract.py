@@ -34,6 +34,7 @@ metric, value, n, regime, attr, ci_low, ci_high), ``gap``, ``regen`` (regenerati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -98,6 +99,7 @@ class DistractEvalConfig:
     finetune: FinetuneConfig = field(default_factory=lambda: _ft(10.0))  # the distractable QA regime
     s2a: tuple[str, ...] = S2A_CHOICES  # regenerators to evaluate: rule, learned
     rewrite_finetune: FinetuneConfig = field(default_factory=lambda: _ft(10.0))  # the learned regenerator
+    regenerator: str | None = None  # a finished regenerator checkpoint to use instead of finetuning one
     kinds: tuple[str, ...] = KINDS
     attrs: tuple[str, ...] = ATTRIBUTES
     fallback: str = "original"  # malformed learned regeneration: original (answer the distracted prompt) | question
@@ -159,14 +161,19 @@ def percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
 # Stages
 
 
+def stage_record(cfg: FinetuneConfig, items: Sequence[EvalItem], meta: dict[str, Any]) -> dict[str, Any]:
+    """What a finetuning stage depends on: its settings, the base checkpoint and a digest of every item."""
+    digest = hashlib.sha256("\n".join(f"{it.prompt}\t{it.answer}" for it in items).encode("utf-8")).hexdigest()
+    return {"finetune": to_dict(cfg), "n_items": len(items), "items_sha256": digest, "base": str(meta.get("path"))}
+
+
 def _finetune_stage(model: torch.nn.Module, tokenizer: Any, objective: str, items: list[EvalItem],
                     cfg: FinetuneConfig, run_dir: Path, meta: dict[str, Any], progress: bool, resume: bool,
                     ) -> torch.nn.Module:  # fmt: skip
     """Finetune (or, with ``resume``, reuse the finished run in ``run_dir`` made with the same settings)."""
     from probekit.checkpoint import latest_checkpoint, load_checkpoint
 
-    stage = {"finetune": to_dict(cfg), "n_items": len(items), "items_head": [it.prompt for it in items[:3]],
-             "base": str(meta.get("path"))}  # fmt: skip
+    stage = stage_record(cfg, items, meta)
     stage_file = run_dir / STAGE_FILE
     finished = resume and stage_file.exists() and (run_dir / "summary.json").exists()
     if finished and json.loads(stage_file.read_text(encoding="utf-8")) == json.loads(json.dumps(stage)):
@@ -341,7 +348,8 @@ def run_distract(
     builder = builder_for(dataset, cfg.distract)
     train = train_items(builder, dataset.split["train"], cfg.attrs)
     test = eval_items(builder, dataset.split["test"], cfg.attrs, cfg.kinds)
-    rewrite = rewrite_train_items(builder, dataset.split["train"], cfg.attrs) if "learned" in cfg.s2a else []
+    train_rewriter = "learned" in cfg.s2a and cfg.regenerator is None
+    rewrite = rewrite_train_items(builder, dataset.split["train"], cfg.attrs) if train_rewriter else []
     _check_items(tokenizer, train + test + rewrite, model.cfg.n_ctx, objective, dataset)
     if rewrite:
         check_fits([EvalItem(it.pid, it.attr, it.rewrite_prompt, it.rewrite_target) for it in rewrite], tokenizer,
@@ -359,9 +367,14 @@ def run_distract(
     # 2. the learned regenerator
     regens: dict[str, list[Regeneration]] = {"s2a_rule": [rule_regenerate(it.prompt) for it in test]}
     if "learned" in cfg.s2a:
-        rw_items = [EvalItem(it.pid, it.attr, it.rewrite_prompt, it.rewrite_target) for it in rewrite]
-        rw_model = _finetune_stage(model, tokenizer, objective, rw_items, cfg.rewrite_finetune,
-                                   out / "finetune_rewrite", meta, progress, resume)  # fmt: skip
+        if cfg.regenerator is not None:
+            rw_model, rw_tok, _ = load_checkpoint(cfg.regenerator, device=device)
+            if rw_tok.get_vocab() != tokenizer.get_vocab():
+                raise ValueError(f"regenerator {cfg.regenerator} has another tokenizer than {meta['path']}")
+        else:
+            rw_items = [EvalItem(it.pid, it.attr, it.rewrite_prompt, it.rewrite_target) for it in rewrite]
+            rw_model = _finetune_stage(model, tokenizer, objective, rw_items, cfg.rewrite_finetune,
+                                       out / "finetune_rewrite", meta, progress, resume)  # fmt: skip
         regens["s2a_learned"] = regenerate_learned(rw_model, tokenizer, objective, test, cfg.fallback,
                                                    cfg.batch_size, progress)  # fmt: skip
         del rw_model
