@@ -37,7 +37,8 @@ prefixes: the first sentence of a source person's entry up to its attribute valu
 target's name put in place of the source's (only entries whose first sentence names the person before the value
 qualify; in un-permuted data that sentence is always the birth date). Bio templates differ in length, so bio maps
 are drawn over position *labels* (``bos``, ``name_first``, ``name_middle``, ``name_last``, ``template``: the mean
-over the template tokens, ``last``).
+over the template tokens, ``last``). Every map also has a ``name_all`` row: the three name tokens patched at once
+(``TracePair.groups``), which shows whether the name's states at a layer carry everything the answer needs.
 
 Models are read causally (``attn_mode="causal"``, the rule for every probe in probekit): for an ABI model that is
 not how it answers (its answers are Part B spans), so its maps describe the causal reading only.
@@ -72,8 +73,6 @@ MODES: tuple[str, ...] = ("patch", "restore")
 CORRUPTIONS: tuple[str, ...] = ("noise", "swap")
 PROMPTS: tuple[str, ...] = ("qa", "bio")
 SPLITS: tuple[str, ...] = ("test", "train", "all")
-FIRST_METRICS: tuple[str, ...] = ("p_answer", "greedy_first")
-WHOLE_METRICS: tuple[str, ...] = ("logp_answer", "greedy_answer")
 BIO_SLOTS: tuple[str, ...] = ("bos", "name_first", "name_middle", "name_last", "template", "last")
 COLUMNS: tuple[str, ...] = (
     "model", "objective", "dataset", "prompts", "mode", "corruption", "attribute", "hook", "layer", "position",
@@ -117,10 +116,6 @@ class PatchConfig:
             raise ValueError("n_pairs and batch_size must be at least 1 and n_boot at least 0")
         if self.noise_scale <= 0:
             raise ValueError(f"noise_scale must be positive, got {self.noise_scale}")
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return FIRST_METRICS + (WHOLE_METRICS if self.whole_answer else ())
 
 
 # ---------------------------------------------------------------------------------------------------------------
