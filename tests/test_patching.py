@@ -241,6 +241,21 @@ def test_cli_patch_end_to_end(tiny_single, tmp_path: Path, capsys: pytest.Captur
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv[:-1], "--attributes", "height", "--overwrite"]) == 2
     assert "height" in capsys.readouterr().err
+    # the same checkpoint as a Hugging Face directory, through TransformerBridge: the same map
+    from probekit.checkpoint import load_checkpoint
+    from probekit.hf import export_llama
+
+    model, tok, _ = load_checkpoint(ckpt)
+    hf_dir = export_llama(model, tok, tmp_path / "hf")
+    hf_argv = ["patch", "--model", str(hf_dir), "--data", str(tiny_single.root), "--out", str(tmp_path / "hf_patch"),
+               "--all-pairs", "--pairs", "5", "--attributes", "major", "--bootstrap", "0", "--no-png"]  # fmt: skip
+    assert main(hf_argv) == 0
+    ours = df[(df["mode"] == "patch") & (df.attribute == "major") & (df.hook == "resid")]
+    theirs = pd.read_parquet(tmp_path / "hf_patch" / "results.parquet")
+    merged = ours.merge(theirs, on=["layer", "position", "metric"], suffixes=("", "_hf"))
+    assert len(merged) == len(theirs) > 0 and (merged["n_pairs_hf"] == 5).all()
+    p = merged[merged.metric == "p_answer"]
+    assert (p["value"] - p["value_hf"]).abs().max() < 1e-4  # the same pairs, the same probabilities
 
 
 def test_require_correct_tries_further_targets(tiny_single, monkeypatch: pytest.MonkeyPatch) -> None:
