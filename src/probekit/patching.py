@@ -40,8 +40,9 @@ are drawn over position *labels* (``bos``, ``name_first``, ``name_middle``, ``na
 over the template tokens, ``last``). Every map also has a ``name_all`` row: the three name tokens patched at once
 (``TracePair.groups``), which shows whether the name's states at a layer carry everything the answer needs.
 
-Models are read causally (``attn_mode="causal"``, the rule for every probe in probekit): for an ABI model that is
-not how it answers (its answers are Part B spans), so its maps describe the causal reading only.
+Models are read causally (``attn_mode="causal"``; right for NTP and BICO, whose inference is causal): an ABI model
+answers with a Part B span after a bidirectional Part A, so its maps describe its causal reading only (``probekit
+probe``'s ``abi`` reading has no patching counterpart yet).
 
 ``run_patching(model, dataset, cfg)`` returns the tidy table (``COLUMNS``): one row per (attribute, mode, hook,
 layer, position, metric) with the mean over pairs, a person-clustered bootstrap interval (clusters: the clean
