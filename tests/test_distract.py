@@ -288,6 +288,12 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
                                                       "--no-probes"]) == 0  # fmt: skip
     assert not (other / "finetune_rewrite").exists()
     assert "s2a_learned" in set(pd.read_parquet(other / "results.parquet")["regime"])
+    # ... and so do its regenerations: re-parsed, the same prompts and statuses
+    again = tmp_path / "again"
+    assert main(args[:7] + [str(again)] + args[8:] + ["--s2a", "learned", "--reuse-regenerations", str(other),
+                                                      "--no-probes"]) == 0  # fmt: skip
+    a, b = (pd.read_json(d / "regenerations.jsonl", lines=True) for d in (other, again))
+    assert a[["prompt", "status", "raw"]].equals(b[["prompt", "status", "raw"]])
     # bad settings and a dataset without the distractor vocabulary: one-line errors before any work
     assert main(args[:-1] + ["--no-png", "--s2a", "llm", "--overwrite"]) == 2
     assert "unknown regenerator" in capsys.readouterr().err

@@ -6,7 +6,8 @@
 # 3. probekit eval distract: the distractable QA finetuning, the learned regenerator, P_test under every
 #    distractor kind x (baseline, S2A rule, S2A learned, oracle), probes and hint patching (--resume reuses
 #    finished finetuning runs).
-# Copies the tables to experiments/distraction/results/ and the figures to figures/distraction/.
+# 4. regime 2 (config_hint95.yaml: hints right 95% of the time) with the same learned regenerator.
+# Copies the tables to experiments/distraction/results/{hint80,hint95}/ and the figures to figures/distraction/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-runs/distraction}"
@@ -20,9 +21,16 @@ else probekit --threads 1 train --config "$here/pretrain.yaml" --data "$out/data
 fi
 probekit --threads 1 eval distract --config "$here/config.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
   --name ntp_multi5_permute --out "$out/eval" --resume
-mkdir -p "$here/results" "$here/../../figures/distraction"
-for t in results gap regen probes patch_hint; do cp "$out/eval/$t.csv" "$here/results/"; done
-cp "$out/eval/eval_config.json" "$here/results/"
-cp "$out"/eval/*.html "$out"/eval/distract_*.csv "$out"/eval/probes_by_layer.csv "$out"/eval/patch_hint_*.csv \
-  "$here/../../figures/distraction/"
-cp "$out"/eval/*.png "$here/../../figures/distraction/" 2>/dev/null || echo "no PNG figures (is chromium installed?)"
+# regime 2: hints right 95% of the time, the same learned regenerator
+probekit --threads 1 eval distract --config "$here/config_hint95.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
+  --name ntp_multi5_permute_hint95 --out "$out/eval_hint95" --regenerator "$out/eval/finetune_rewrite" --resume
+mkdir -p "$here/results/hint80" "$here/results/hint95" "$here/../../figures/distraction"
+for r in hint80:eval hint95:eval_hint95; do
+  for t in results gap regen probes patch_hint; do cp "$out/${r#*:}/$t.csv" "$here/results/${r%%:*}/"; done
+  cp "$out/${r#*:}/eval_config.json" "$here/results/${r%%:*}/"
+done
+for r in hint80:eval hint95:eval_hint95; do
+  for f in "$out/${r#*:}"/distract_*.* "$out/${r#*:}"/probes_by_layer.* "$out/${r#*:}"/patch_hint_*.*; do
+    case "$f" in *.html|*.png|*.csv) cp "$f" "$here/../../figures/distraction/${r%%:*}_$(basename "$f")";; esac
+  done
+done

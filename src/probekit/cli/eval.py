@@ -216,6 +216,8 @@ def cmd_distract(args: argparse.Namespace) -> int:
         cfg.finetune.method = args.finetune
     if args.regenerator:
         cfg.regenerator = args.regenerator
+    if args.reuse_regenerations:
+        cfg.reuse_regenerations = args.reuse_regenerations
     if args.no_probes:
         cfg.probes = False
     if args.warmup_steps is not None:
@@ -377,6 +379,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--n-boot", type=int, help="bootstrap resamples of test people (default 1000)")
     d.add_argument("--regenerator", help="a finished regenerator checkpoint (e.g. OUT/finetune_rewrite of an earlier "
                                          "run) to use instead of finetuning one")  # fmt: skip
+    d.add_argument("--reuse-regenerations", metavar="DIR",
+                   help="re-parse the learned regenerations of an earlier run in DIR (same distractor settings and "
+                        "seed) instead of generating them again")  # fmt: skip
     d.add_argument("--no-probes", action="store_true", help="skip the probe readouts at the name and answer position")
     d.add_argument("--resume", action="store_true", help="continue in --out, reusing finished finetuning runs")
     _common(d)

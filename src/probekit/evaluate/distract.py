@@ -100,6 +100,7 @@ class DistractEvalConfig:
     s2a: tuple[str, ...] = S2A_CHOICES  # regenerators to evaluate: rule, learned
     rewrite_finetune: FinetuneConfig = field(default_factory=lambda: _ft(10.0))  # the learned regenerator
     regenerator: str | None = None  # a finished regenerator checkpoint to use instead of finetuning one
+    reuse_regenerations: str | None = None  # an earlier run's directory whose learned regenerations to re-parse
     kinds: tuple[str, ...] = KINDS
     attrs: tuple[str, ...] = ATTRIBUTES
     fallback: str = "original"  # malformed learned regeneration: original (answer the distracted prompt) | question
@@ -215,6 +216,34 @@ def regenerate_learned(model: torch.nn.Module, tokenizer: Any, objective: str, i
         if len(g) >= limit and r.status != "fallback":  # ran into the bound: the output may be cut short
             fb = parse_regeneration("", it.prompt, fallback)
             r = Regeneration(fb.context, fb.question, "fallback", "no end of text", text)
+        out.append(r)
+    return out
+
+
+def reuse_regenerations(run_dir: str | Path, items: Sequence[DistractItem], fallback: str) -> list[Regeneration]:
+    """The learned regenerations of an earlier ``run_distract`` output directory, re-parsed for ``items``.
+
+    Every item must have been regenerated there from exactly the same prompt (the same distractor settings, seed
+    and people); the regenerator is the earlier run's. Output cut at the length bound stays a fallback."""
+    from probekit.io import read_jsonl
+
+    run_dir = Path(run_dir)
+    for f in ("items.jsonl", "regenerations.jsonl"):
+        if not (run_dir / f).exists():
+            raise FileNotFoundError(f"{run_dir} holds no {f}; reuse the output directory of an earlier eval distract")
+    prompts = {(r["pid"], r["attr"], r["kind"]): r["prompt"] for r in read_jsonl(run_dir / "items.jsonl")}
+    raw = {(r["pid"], r["attr"], r["kind"]): r for r in read_jsonl(run_dir / "regenerations.jsonl")
+           if r["regime"] == "s2a_learned"}  # fmt: skip
+    out = []
+    for it in items:
+        key = (it.pid, it.attr, it.kind)
+        if key not in raw or prompts.get(key) != it.prompt:
+            raise ValueError(f"{run_dir} has no learned regeneration of the prompt of person {it.pid} ({it.attr}, "
+                             f"{it.kind}); reuse a run made with the same distractor settings and seed")  # fmt: skip
+        r = parse_regeneration(raw[key]["raw"], it.prompt, fallback)
+        if raw[key]["reason"] == "no end of text":
+            r = Regeneration(parse_regeneration("", it.prompt, fallback).context, r.question, "fallback",
+                             "no end of text", raw[key]["raw"])  # fmt: skip
         out.append(r)
     return out
 
@@ -348,7 +377,7 @@ def run_distract(
     builder = builder_for(dataset, cfg.distract)
     train = train_items(builder, dataset.split["train"], cfg.attrs)
     test = eval_items(builder, dataset.split["test"], cfg.attrs, cfg.kinds)
-    train_rewriter = "learned" in cfg.s2a and cfg.regenerator is None
+    train_rewriter = "learned" in cfg.s2a and cfg.regenerator is None and cfg.reuse_regenerations is None
     rewrite = rewrite_train_items(builder, dataset.split["train"], cfg.attrs) if train_rewriter else []
     _check_items(tokenizer, train + test + rewrite, model.cfg.n_ctx, objective, dataset)
     if rewrite:
@@ -366,7 +395,9 @@ def run_distract(
                                    progress, resume)  # fmt: skip
     # 2. the learned regenerator
     regens: dict[str, list[Regeneration]] = {"s2a_rule": [rule_regenerate(it.prompt) for it in test]}
-    if "learned" in cfg.s2a:
+    if "learned" in cfg.s2a and cfg.reuse_regenerations is not None:
+        regens["s2a_learned"] = reuse_regenerations(cfg.reuse_regenerations, test, cfg.fallback)
+    elif "learned" in cfg.s2a:
         if cfg.regenerator is not None:
             rw_model, rw_tok, _ = load_checkpoint(cfg.regenerator, device=device)
             if rw_tok.get_vocab() != tokenizer.get_vocab():
