@@ -23,7 +23,7 @@ probekit --threads 1 eval distract --config "$here/config.yaml" --checkpoint "$o
   --name ntp_multi5_permute --out "$out/eval" --resume
 # regime 2: hints right 95% of the time, the same learned regenerator
 probekit --threads 1 eval distract --config "$here/config_hint95.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
-  --name ntp_multi5_permute_hint95 --out "$out/eval_hint95" --regenerator "$out/eval/finetune_rewrite" --resume
+  --name ntp_multi5_permute_hint95 --out "$out/eval_hint95" --reuse-regenerations "$out/eval" --resume
 mkdir -p "$here/results/hint80" "$here/results/hint95" "$here/../../figures/distraction"
 for r in hint80:eval hint95:eval_hint95; do
   for t in results gap regen probes patch_hint; do cp "$out/${r#*:}/$t.csv" "$here/results/${r%%:*}/"; done

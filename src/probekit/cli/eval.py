@@ -10,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 
+from probekit.errors import UserError, UserFileExistsError
+
 EXAMPLES_QA = """examples:
   probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_ntp_full
   probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_lora --finetune lora \\
@@ -45,7 +47,7 @@ def _attrs(text: str | None) -> tuple[str, ...]:
     attrs = tuple(a.strip() for a in text.split(",") if a.strip())
     bad = [a for a in attrs if a not in ATTRIBUTES]
     if bad:
-        raise ValueError(f"--attrs: unknown attribute(s) {bad}; choose from {', '.join(ATTRIBUTES)} (or 'all')")
+        raise UserError(f"--attrs: unknown attribute(s) {bad}; choose from {', '.join(ATTRIBUTES)} (or 'all')")
     return attrs
 
 
@@ -95,8 +97,8 @@ def _output_dir(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if (not args.overwrite and out.is_dir() and any(out.iterdir()) and not (out / "results.parquet").exists()
             and ((out / "finetune").exists() or (out / "train").exists() or (out / "provenance.json").exists())):
-        raise FileExistsError(f"{out} holds an evaluation that was interrupted before it wrote results.parquet; "
-                              "re-run the same command with --overwrite to start it again (it is seeded)")  # fmt: skip
+        raise UserFileExistsError(f"{out} holds an evaluation that was interrupted before it wrote results.parquet; "
+                                  "re-run the same command with --overwrite to start it again (it is seeded)")  # fmt: skip
     return prepare_output_dir(out, args.overwrite)
 
 
@@ -122,13 +124,13 @@ def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
     checkpoint = args.checkpoint
     if getattr(args, "mixed", False):
         if checkpoint or not args.train_config:
-            raise ValueError("--mixed trains a new model: give --train-config (a TrainConfig YAML) and no --checkpoint")
+            raise UserError("--mixed trains a new model: give --train-config (a TrainConfig YAML) and no --checkpoint")
         cfg = _train_config(args.train_config, out, args.objective, args.data)
         result = mixed_train(cfg, args.bio_qa_ratio, overwrite=args.overwrite)
         print(f"mixed training: {result.steps} steps, loss {result.train_loss:.3f}, checkpoint {result.checkpoint}")
         checkpoint, ft.method = result.checkpoint, "none"
     elif not checkpoint:
-        raise ValueError("--checkpoint is required (a checkpoint or run directory from `probekit train`)")
+        raise UserError("--checkpoint is required (a checkpoint or run directory from `probekit train`)")
     overwrite = args.overwrite or getattr(args, "mixed", False)  # the output directory was checked above
     if kind == "qa":
         res = run_qa(checkpoint, args.data, out, ft, attrs, items_file=args.items, overwrite=overwrite, **common)
@@ -156,13 +158,13 @@ def cmd_reversal(args: argparse.Namespace) -> int:
     check_device(args.device)
     out = _output_dir(args)
     if bool(args.checkpoint) == bool(args.train_config):
-        raise ValueError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")
+        raise UserError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")
     checkpoint = args.checkpoint
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     data = load_reversal_dir(args.data)  # bad data fails here, before any training
     unknown = [t for t in tasks or () if t not in data.tasks]
     if unknown:
-        raise ValueError(f"--tasks: {unknown} not available in {args.data}; available: {data.tasks}")
+        raise UserError(f"--tasks: {unknown} not available in {args.data}; available: {data.tasks}")
     if args.train_config:
         cfg = _train_config(args.train_config, out, args.objective)
         result = train_reversal(data, cfg, overwrite=args.overwrite)
@@ -220,6 +222,8 @@ def cmd_distract(args: argparse.Namespace) -> int:
         cfg.reuse_regenerations = args.reuse_regenerations
     if args.no_probes:
         cfg.probes = False
+    if args.no_patching:
+        cfg.patching = False
     if args.warmup_steps is not None:
         cfg.finetune.warmup_steps = cfg.rewrite_finetune.warmup_steps = args.warmup_steps
     cfg.batch_size, cfg.distract.seed, cfg.seed = args.eval_batch_size, args.seed, args.seed
@@ -383,6 +387,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-parse the learned regenerations of an earlier run in DIR (same distractor settings and "
                         "seed) instead of generating them again")  # fmt: skip
     d.add_argument("--no-probes", action="store_true", help="skip the probe readouts at the name and answer position")
+    d.add_argument("--no-patching", action="store_true", help="skip patching right-hint states into wrong-hint runs")
     d.add_argument("--resume", action="store_true", help="continue in --out, reusing finished finetuning runs")
     _common(d)
     d.set_defaults(func=cmd_distract)
