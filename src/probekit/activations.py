@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from probekit.data.tokenizer import PAD_ID
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.objectives.ntp import pad_right
 from probekit.io import atomic_dir, atomic_write_json
 
@@ -76,12 +77,12 @@ def hook_points(
     points: list[HookPoint] = []
     for hook in hooks:
         if hook not in HOOK_FAMILIES:
-            raise ValueError(f"unknown hook {hook!r}; valid hooks are {list(HOOK_FAMILIES)}")
+            raise UserError(f"unknown hook {hook!r}; valid hooks are {list(HOOK_FAMILIES)}")
         n = n_layers + 1 if hook == "resid" else n_layers
         chosen = list(range(n)) if layers is None else list(layers)
         bad = [v for v in chosen if not 0 <= v < n]
         if bad:
-            raise ValueError(f"layers {bad} do not exist for hook {hook!r} on a {n_layers}-layer model (0..{n - 1})")
+            raise UserError(f"layers {bad} do not exist for hook {hook!r} on a {n_layers}-layer model (0..{n - 1})")
         for layer in chosen:
             if hook == "resid" and layer == n_layers:
                 name = f"blocks.{n_layers - 1}.hook_resid_post"
@@ -212,22 +213,22 @@ def _validate(
         raise ValueError(f"{len(sequences)} sequences but {positions.shape[0]} rows of positions")
     lengths = np.array([len(s) for s in sequences])
     if len(lengths) and lengths.min() < 1:
-        raise ValueError("empty sequence given; every sequence needs at least one token")
+        raise UserError("empty sequence given; every sequence needs at least one token")
     if len(lengths) and lengths.max() > dims.n_ctx:
         i = int(lengths.argmax())
-        raise ValueError(
+        raise UserError(
             f"sequence {i} has {lengths[i]} tokens but the model's context is {dims.n_ctx}; "
             "positions beyond the context cannot be read (use a model with a larger n_ctx or shorter inputs)"
         )
     if positions.size and (positions.min() < 0 or (positions >= lengths[:, None]).any()):
         bad = int(np.argwhere((positions < 0) | (positions >= lengths[:, None]))[0][0])
-        raise ValueError(f"sequence {bad}: a requested position {positions[bad].tolist()} is outside its "
-                         f"{lengths[bad]} tokens")  # fmt: skip
+        raise UserError(f"sequence {bad}: a requested position {positions[bad].tolist()} is outside its "
+                        f"{lengths[bad]} tokens")  # fmt: skip
     if len(sequences):
         top = max(max(s) for s in sequences)
         if top >= dims.vocab_size:
-            raise ValueError(f"token id {top} is outside the model's vocabulary of {dims.vocab_size}; "
-                             "the data was tokenized with a different tokenizer")  # fmt: skip
+            raise UserError(f"token id {top} is outside the model's vocabulary of {dims.vocab_size}; "
+                            "the data was tokenized with a different tokenizer")  # fmt: skip
 
 
 @torch.no_grad()
@@ -265,18 +266,18 @@ def collect_activations(
     hook_dict = model.hook_dict
     missing = [p.name for p in points if p.name not in hook_dict]
     if missing:
-        raise ValueError(f"the model has no hook(s) {missing}; is it a TransformerLens-hooked model?")
+        raise UserError(f"the model has no hook(s) {missing}; is it a TransformerLens-hooked model?")
     if storage not in ("memory", "disk"):
-        raise ValueError(f"unknown storage {storage!r}; use 'memory' or 'disk'")
+        raise UserError(f"unknown storage {storage!r}; use 'memory' or 'disk'")
     if storage == "disk" and out_dir is None:
-        raise ValueError("storage='disk' needs out_dir")
+        raise UserError("storage='disk' needs out_dir")
     if reading not in READINGS:
-        raise ValueError(f"unknown reading {reading!r}; valid readings are {list(READINGS)}")
+        raise UserError(f"unknown reading {reading!r}; valid readings are {list(READINGS)}")
     model.eval()
     ours = _is_hooked_lm(model)
     if reading == "abi" and not ours:
-        raise ValueError("the abi reading needs a probekit HookedLM (its attention modes); read Hugging Face models "
-                         "in the causal reading")  # fmt: skip
+        raise UserError("the abi reading needs a probekit HookedLM (its attention modes); read Hugging Face models "
+                        "in the causal reading")  # fmt: skip
     device = next(model.parameters()).device
     d = dims.d_model
     order = np.argsort([-len(s) for s in sequences], kind="stable")  # longest first: least padding
@@ -370,7 +371,8 @@ def load_activations(root: str | Path) -> Activations:
     root = Path(root)
     meta_file = root / META_FILE
     if not meta_file.exists():
-        raise FileNotFoundError(f"{root} holds no activations ({META_FILE} missing); collect them with storage='disk'")
+        raise UserFileNotFoundError(f"{root} holds no activations ({META_FILE} missing); "
+                                    "collect them with storage='disk'")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     data = [np.load(root / f, mmap_mode="r") for f in meta["files"]]
     return Activations([HookPoint(**p) for p in meta["points"]], list(meta["position_names"]), data, root)

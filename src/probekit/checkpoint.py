@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerFast
 
 from probekit.config import from_dict, to_dict
 from probekit.data.tokenizer import load_tokenizer, save_tokenizer
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def save_checkpoint(
     if cfg is None:
         raise ValueError("save_checkpoint expects a probekit HookedLM (a module with a `cfg` ModelConfig)")
     if cfg.vocab_size != len(tokenizer):
-        raise ValueError(
+        raise UserError(
             f"model vocab_size {cfg.vocab_size} does not match the tokenizer ({len(tokenizer)} tokens); "
             "a checkpoint must pair a model with the tokenizer it was trained with"
         )
@@ -133,12 +134,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory itself, or the latest checkpoint of a run directory."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `probekit train`")
+        raise UserFileNotFoundError(f"checkpoint {path} does not exist; train one with `probekit train`")
     if (path / WEIGHTS_FILE).exists() or (path / MODEL_CONFIG_FILE).exists():
         return path
     latest = latest_checkpoint(path)
     if latest is None:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{path} is neither a checkpoint (no {WEIGHTS_FILE}) nor a run directory with {CHECKPOINTS_SUBDIR}/step_*"
         )
     return latest
@@ -149,9 +150,9 @@ def _read_json(file: Path) -> dict[str, Any]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         hint = _fix_hint(file.parent)
-        raise ValueError(f"cannot read {file} ({_short(e)}); the checkpoint is corrupt: {hint}") from e
+        raise UserError(f"cannot read {file} ({_short(e)}); the checkpoint is corrupt: {hint}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{file} does not hold a JSON object; the checkpoint is corrupt: {_fix_hint(file.parent)}")
+        raise UserError(f"{file} does not hold a JSON object; the checkpoint is corrupt: {_fix_hint(file.parent)}")
     return data
 
 
@@ -162,7 +163,8 @@ def load_model_config(path: str | Path) -> Any:
     ckpt = resolve_checkpoint(path)
     file = ckpt / MODEL_CONFIG_FILE
     if not file.exists():
-        raise FileNotFoundError(f"checkpoint {ckpt} has no {MODEL_CONFIG_FILE}; it is incomplete: {_fix_hint(ckpt)}")
+        raise UserFileNotFoundError(f"checkpoint {ckpt} has no {MODEL_CONFIG_FILE}; "
+                                    f"it is incomplete: {_fix_hint(ckpt)}")
     return from_dict(ModelConfig, _read_json(file))
 
 
@@ -182,14 +184,14 @@ def load_checkpoint(
     ckpt = resolve_checkpoint(path)
     for name in (WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE):
         if not (ckpt / name).exists():
-            raise FileNotFoundError(f"checkpoint {ckpt} has no {name}; it is incomplete: {_fix_hint(ckpt)}")
+            raise UserFileNotFoundError(f"checkpoint {ckpt} has no {name}; it is incomplete: {_fix_hint(ckpt)}")
     cfg = load_model_config(ckpt)
     try:
         tokenizer = load_tokenizer(ckpt)
     except Exception as e:  # tokenizers raises its own exception types for malformed JSON
-        raise ValueError(f"cannot read {ckpt / TOKENIZER_FILE} ({_short(e)}); {_fix_hint(ckpt)}") from e
+        raise UserError(f"cannot read {ckpt / TOKENIZER_FILE} ({_short(e)}); {_fix_hint(ckpt)}") from e
     if cfg.vocab_size != len(tokenizer):
-        raise ValueError(
+        raise UserError(
             f"checkpoint {ckpt}: model vocab_size {cfg.vocab_size} does not match its tokenizer "
             f"({len(tokenizer)} tokens); the files come from different runs: {_fix_hint(ckpt)}"
         )
@@ -214,16 +216,16 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     ckpt = Path(path)
     weights = ckpt / WEIGHTS_FILE
     if not weights.exists():
-        raise FileNotFoundError(f"checkpoint {ckpt} has no {WEIGHTS_FILE}; it is incomplete: {_fix_hint(ckpt)}")
+        raise UserFileNotFoundError(f"checkpoint {ckpt} has no {WEIGHTS_FILE}; it is incomplete: {_fix_hint(ckpt)}")
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except Exception as e:  # SafetensorError, OSError, RuntimeError (shape mismatch) ...
-        raise ValueError(
+        raise UserError(
             f"cannot load weights {weights} ({_short(e)}); the file is corrupt or truncated: "
             f"{_fix_hint(ckpt)}"
         ) from e
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"weights {weights} do not fit the model in {ckpt / MODEL_CONFIG_FILE} (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}): {_fix_hint(ckpt)}"
         )
@@ -233,16 +235,16 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     """The ``trainer_state.pt`` of a checkpoint (tensors, numbers and lists only: loaded with weights_only)."""
     file = Path(path) / TRAINER_STATE_FILE
     if not file.exists():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"checkpoint {path} has no {TRAINER_STATE_FILE}, so training cannot resume from it; "
             "start a new run (or use it as init_from)"
         )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(
+        raise UserError(
             f"cannot read {file} ({_short(e)}); the file is corrupt or truncated: {_fix_hint(Path(path))}"
         ) from e
     if not isinstance(state, dict) or "step" not in state:
-        raise ValueError(f"{file} is not a probekit trainer state: {_fix_hint(Path(path))}")
+        raise UserError(f"{file} is not a probekit trainer state: {_fix_hint(Path(path))}")
     return state

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from probekit.errors import UserError
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_write_text
 
 T = TypeVar("T")
@@ -153,7 +153,7 @@ def load_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
+        raise UserFileNotFoundError(f"{what} file {path} does not exist")
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory; give the YAML/JSON file itself")
     try:

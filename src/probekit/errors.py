@@ -2,50 +2,35 @@
 
 ``UserError`` is a problem the user fixes (bad input, a missing file, a refused output directory); its message
 is one line that names the problem and the fix. It subclasses ``ValueError``, so library callers that catch
-``ValueError`` keep working.
+``ValueError`` keep working; ``UserFileNotFoundError`` and ``UserFileExistsError`` are also a
+``FileNotFoundError``/``FileExistsError`` for callers that catch those.
 
 The command line prints a user error as ``probekit: error: <message>`` and exits with 2; everything else is a
 bug and keeps its traceback. ``is_user_error`` decides: a ``UserError`` always is one, and so is an ``OSError``
-about a named path that is missing, forbidden, full or read-only; a ``ValueError``,
-``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError`` or ``IsADirectoryError`` is one only when
-probekit's own code raised it (the convention of every stage: ``raise ValueError("...; do this")`` is a message
-for the user). The same exception raised inside torch, pandas or another library is a bug (or a case probekit
-failed to check) and shows its traceback.
+about a named path that is missing, forbidden, full or read-only (wherever it surfaced). Nothing else is: a plain
+``ValueError``, ``KeyError``, ``TypeError``, ... is a bug (or a case probekit failed to check), whether probekit
+or a library raised it, so probekit's checks raise ``UserError`` and keep ``ValueError`` for broken invariants.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
-from types import TracebackType
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
                                   errno.EISDIR, errno.ENOSPC, errno.EROFS, errno.EDQUOT})  # fmt: skip
-_LEGACY_USER_TYPES = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 class UserError(ValueError):
     """A problem with the user's input or environment; the message says what is wrong and how to fix it."""
 
 
-def _innermost_file(tb: TracebackType | None) -> str | None:
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    return None if last is None else last.tb_frame.f_code.co_filename
+class UserFileNotFoundError(UserError, FileNotFoundError):
+    """A file or directory the user named (or must create first) does not exist."""
 
 
-def _in_probekit(filename: str | None) -> bool:
-    if not filename:
-        return False
-    try:
-        path = Path(filename).resolve()
-    except OSError:
-        return False
-    return path == _PACKAGE_DIR or _PACKAGE_DIR in path.parents
+class UserFileExistsError(UserError, FileExistsError):
+    """An output the user named already exists (and probekit will not replace it unasked)."""
 
 
 def is_user_error(e: BaseException) -> bool:
@@ -54,8 +39,6 @@ def is_user_error(e: BaseException) -> bool:
         return True
     if isinstance(e, OSError) and e.filename is not None and e.errno in _ENVIRONMENT_ERRNOS:
         return True  # a path that is missing, forbidden, full or read-only: the user's to fix wherever it surfaced
-    if isinstance(e, _LEGACY_USER_TYPES):
-        return _in_probekit(_innermost_file(e.__traceback__))
     return False
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from probekit.config import from_dict, to_dict
+from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
 from probekit.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -128,54 +129,54 @@ class ExperimentConfig:
 
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names) or len({m.name for m in self.models}) != len(self.models):
-            raise ValueError(f"experiment {self.name}: dataset and model names must be unique")
+            raise UserError(f"experiment {self.name}: dataset and model names must be unique")
         if self.seeds is not None:
             if (not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(self.seeds)
                     or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)):
-                raise ValueError(f"seeds must be a non-empty list of distinct non-negative integers, e.g. [0, 1, 2], "
-                                 f"got {self.seeds!r}")  # fmt: skip
+                raise UserError(f"seeds must be a non-empty list of distinct non-negative integers, e.g. [0, 1, 2], "
+                                f"got {self.seeds!r}")  # fmt: skip
         elif self.seed_data:
-            raise ValueError("seed_data: true needs a list of seeds (seeds: [0, 1, 2]); add one or drop seed_data")
+            raise UserError("seed_data: true needs a list of seeds (seeds: [0, 1, 2]); add one or drop seed_data")
         for d in self.datasets:
             aug = parse_augmentation(d.augmentation)
             if d.n_people < 1:
-                raise ValueError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
+                raise UserError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
             from probekit.data.integrity import check_memory
             from probekit.data.pools import LIMITABLE
 
             check_memory(d.n_people, aug.multi)
             bad = {k: v for k, v in d.pool_limits.items() if k not in LIMITABLE or v < 2}
             if bad:
-                raise ValueError(f"dataset {d.name!r}: pool_limits {bad}: only {', '.join(LIMITABLE)} can be "
-                                 "limited, each to at least 2 values")  # fmt: skip
+                raise UserError(f"dataset {d.name!r}: pool_limits {bad}: only {', '.join(LIMITABLE)} can be "
+                                "limited, each to at least 2 values")  # fmt: skip
         for m in self.models:
             if m.data not in names:
-                raise ValueError(f"model {m.name!r} trains on unknown dataset {m.data!r}; datasets: {names}")
+                raise UserError(f"model {m.name!r} trains on unknown dataset {m.data!r}; datasets: {names}")
             from_dict(TrainConfig, {**m.train, "data": "x", "out": "x"}).validate()
             if self.figures_layer is not None and not m.train.get("init_from"):
                 from probekit.model import ModelConfig
 
                 n_layers = dict(m.train.get("model") or {}).get("n_layers", ModelConfig.n_layers)
                 if not 0 <= self.figures_layer <= n_layers:
-                    raise ValueError(f"figures_layer {self.figures_layer}: model {m.name!r} has layers "
-                                     f"0..{n_layers} (0 = embeddings, {n_layers} = last block's output); "
-                                     "choose one of those")  # fmt: skip
+                    raise UserError(f"figures_layer {self.figures_layer}: model {m.name!r} has layers "
+                                    f"0..{n_layers} (0 = embeddings, {n_layers} = last block's output); "
+                                    "choose one of those")  # fmt: skip
         from_dict(ProbeSpec, {"name": self.name, **self.probe})
         for what, ev in (("qa", self.qa), ("inverse", self.inverse)):
             if ev is None:
                 continue
             unknown = sorted(set(ev.models) - {m.name for m in self.models})
             if unknown:
-                raise ValueError(f"{what}.models names unknown model(s) {unknown}; models: "
-                                 f"{[m.name for m in self.models]}")  # fmt: skip
+                raise UserError(f"{what}.models names unknown model(s) {unknown}; models: "
+                                f"{[m.name for m in self.models]}")  # fmt: skip
             from_dict(FinetuneConfig, ev.finetune)
         if self.inverse is not None:
             from probekit.data.pools import ATTRIBUTES
 
             bad = [a for a in self.inverse.attributes if a not in ATTRIBUTES]
             if bad or len(set(self.inverse.attributes)) != len(self.inverse.attributes):
-                raise ValueError(f"inverse.attributes {self.inverse.attributes}: choose distinct attributes from "
-                                 f"{list(ATTRIBUTES)} (empty: all six)")  # fmt: skip
+                raise UserError(f"inverse.attributes {self.inverse.attributes}: choose distinct attributes from "
+                                f"{list(ATTRIBUTES)} (empty: all six)")  # fmt: skip
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -185,7 +186,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     if path.is_dir():
         path = path / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"experiment config {path} does not exist")
+        raise UserFileNotFoundError(f"experiment config {path} does not exist")
     data = load_mapping(path, "experiment config")
     data.setdefault("name", path.parent.name if path.name == "config.yaml" else path.stem)
     return from_dict(ExperimentConfig, data)
@@ -507,7 +508,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     t0 = time.perf_counter()
     cfg.validate()  # everything is checked before the first file is written
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
+        raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
     out = Path(out).expanduser().resolve()  # absolute: runs record paths that work from any directory
     cfg_file = out / "experiment.json"
     _check_out(cfg, out)
@@ -552,12 +553,12 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; give a directory for the experiment")
+        raise UserFileExistsError(f"--out {out} is a file; give a directory for the experiment")
     cfg_file = out / "experiment.json"
     if not cfg_file.exists():
         if any(p for p in out.iterdir() if not p.name.startswith(".")):
-            raise FileExistsError(f"--out {out} is not empty and holds no probekit experiment (no experiment.json); "
-                                  "choose a new or empty directory")  # fmt: skip
+            raise UserFileExistsError(f"--out {out} is not empty and holds no probekit experiment "
+                                      "(no experiment.json); choose a new or empty directory")  # fmt: skip
         return
     try:
         old = json.loads(cfg_file.read_text(encoding="utf-8"))
@@ -570,9 +571,9 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
     if not started:
         return  # nothing was produced with the old config: the corrected one replaces it
     changed = sorted(k for k in set(new) | set(old or {}) if json.loads(json.dumps(new.get(k))) != (old or {}).get(k))
-    raise ValueError(f"{out} holds the outputs ({', '.join(started)}) of a different experiment config (changed: "
-                     f"{', '.join(changed) or 'unreadable experiment.json'}); choose another --out, or delete {out} "
-                     "to start again")  # fmt: skip
+    raise UserError(f"{out} holds the outputs ({', '.join(started)}) of a different experiment config (changed: "
+                    f"{', '.join(changed) or 'unreadable experiment.json'}); choose another --out, or delete {out} "
+                    "to start again")  # fmt: skip
 
 
 __all__ = ["DatasetSpec", "ModelSpec", "QASpec", "InverseSpec", "Run", "ExperimentConfig", "load_experiment",

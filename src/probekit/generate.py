@@ -25,17 +25,18 @@ from collections.abc import Sequence
 
 import torch
 from probekit.data.tokenizer import END_ID, EOS_ID, PAD_ID
+from probekit.errors import UserError
 from probekit.objectives import abi_generation_inputs
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, n_ctx: int | None, extra: int) -> None:
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; start every prompt with EOS_ID ({EOS_ID})")
         if n_ctx is not None and len(p) + extra + max_new_tokens > n_ctx:
-            raise ValueError(
+            raise UserError(
                 f"prompt {i} has {len(p)} tokens; with {max_new_tokens} new tokens it needs "
                 f"{len(p) + extra + max_new_tokens} positions but the model's context is n_ctx={n_ctx}: "
                 "shorten the prompt or lower max_new_tokens"
@@ -48,7 +49,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 def _chunks(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 

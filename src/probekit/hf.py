@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from probekit.config import from_dict, to_dict
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json
 from probekit.model import HookedLM, ModelConfig
 
@@ -63,7 +64,7 @@ def check_vocab(vocab_size: int, tokenizer: Any, where: str) -> None:
     """A tokenizer with more tokens than the checkpoint's vocabulary would produce out-of-range ids."""
     n_tok = len(tokenizer)
     if n_tok > vocab_size:
-        raise ValueError(
+        raise UserError(
             f"{where}: the tokenizer has {n_tok} tokens but the checkpoint's vocabulary has {vocab_size} rows; "
             "use the tokenizer the model was trained with (saved beside the checkpoint)"
         )
@@ -147,10 +148,10 @@ def export_llama(model: HookedLM, tokenizer: Any, out_dir: str | Path, overwrite
 def _read_llama_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{directory} has no config.json; point to a LlamaForCausalLM directory")
+        raise UserFileNotFoundError(f"{directory} has no config.json; point to a LlamaForCausalLM directory")
     hf = json.loads(path.read_text(encoding="utf-8"))
     if hf.get("model_type") != "llama":
-        raise ValueError(f"{path}: model_type is {hf.get('model_type')!r}, expected 'llama' (LlamaForCausalLM)")
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, expected 'llama' (LlamaForCausalLM)")
     n_heads = hf["num_attention_heads"]
     problems = []
     if hf.get("num_key_value_heads", n_heads) != n_heads:
@@ -166,7 +167,7 @@ def _read_llama_config(directory: Path) -> dict[str, Any]:
     if head_dim * n_heads != hf["hidden_size"]:
         problems.append("head_dim * num_attention_heads != hidden_size")
     if problems:
-        raise ValueError(f"{path}: unsupported Llama features for HookedLM: {'; '.join(problems)}")
+        raise UserError(f"{path}: unsupported Llama features for HookedLM: {'; '.join(problems)}")
     hf["_rope_theta"] = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
     return hf
 
@@ -180,7 +181,8 @@ def _load_safetensors(directory: Path) -> dict[str, Tensor]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         files = [directory / f for f in sorted(set(weight_map.values()))]
     else:
-        raise FileNotFoundError(f"{directory} has no model.safetensors (or sharded index); export it with safetensors")
+        raise UserFileNotFoundError(f"{directory} has no model.safetensors (or sharded index); "
+                                    "export it with safetensors")
     out: dict[str, Tensor] = {}
     for f in files:
         with safe_open(str(f), framework="pt") as sf:
@@ -204,7 +206,8 @@ def load_dir_tokenizer(directory: str | Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{directory}: no loadable tokenizer ({e}); save the tokenizer into the directory") from e
+        raise UserFileNotFoundError(f"{directory}: no loadable tokenizer ({e}); "
+                                    "save the tokenizer into the directory") from e
 
 
 def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
@@ -232,7 +235,7 @@ def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
     if extra is not None and not extra.get("tie_embeddings_untied_for_export", False):
         for k in derived:
             if k not in ("span_positions", "rope_theta", "norm_eps") and base.get(k) != derived[k]:
-                raise ValueError(f"{directory}: {EXTRA_JSON} says {k}={base.get(k)} but config.json says {derived[k]}")
+                raise UserError(f"{directory}: {EXTRA_JSON} says {k}={base.get(k)} but config.json says {derived[k]}")
     base.update(derived)
     if extra is not None and extra.get("tie_embeddings_untied_for_export"):
         base["tie_embeddings"] = False  # the exported lm_head is its own tensor now
@@ -246,7 +249,7 @@ def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
     missing = [n for n in sorted(expected) if hf_name(n) not in tensors]
     unknown = sorted(set(tensors) - {hf_name(n) for n in expected})
     if missing or unknown:
-        raise ValueError(
+        raise UserError(
             f"{directory}: weights do not match the config (missing {[hf_name(n) for n in missing][:5]}, "
             f"unexpected {unknown[:5]}); is this a LlamaForCausalLM checkpoint?"
         )
@@ -261,7 +264,7 @@ def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
         state["unembed.weight"] = state["embed.weight"]
     for n, p in model.state_dict().items():
         if tuple(state[n].shape) != tuple(p.shape):
-            raise ValueError(f"{directory}: tensor {hf_name(n)} has shape {tuple(state[n].shape)}, expected {tuple(p.shape)}")
+            raise UserError(f"{directory}: tensor {hf_name(n)} has shape {tuple(state[n].shape)}, expected {tuple(p.shape)}")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     tokenizer = load_dir_tokenizer(directory)
     check_vocab(cfg.vocab_size, tokenizer, f"import_llama({directory})")
@@ -275,9 +278,10 @@ def load_bridge(directory: str | Path, device: str = "cpu") -> Any:
     """
     directory = Path(directory)
     if not (directory / "config.json").exists():
-        raise FileNotFoundError(f"{directory} has no config.json; point to a Hugging Face model directory")
+        raise UserFileNotFoundError(f"{directory} has no config.json; point to a Hugging Face model directory")
     if not any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise FileNotFoundError(f"{directory} has no tokenizer files; save the tokenizer into it (export_llama does)")
+        raise UserFileNotFoundError(f"{directory} has no tokenizer files; "
+                                    "save the tokenizer into it (export_llama does)")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from transformer_lens.model_bridge import TransformerBridge

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from probekit.errors import UserError, UserFileExistsError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -140,7 +142,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or remove that line") from e
+                raise UserError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or remove that line") from e
     return rows
 
 
@@ -152,7 +154,8 @@ def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         if not overwrite:
-            raise FileExistsError(f"output directory {path} exists and is not empty; pass --overwrite to replace it")
+            raise UserFileExistsError(f"output directory {path} exists and is not empty; "
+                                      "pass --overwrite to replace it")
     return path
 
 

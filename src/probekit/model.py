@@ -45,6 +45,7 @@ from transformer_lens.hook_points import HookPoint
 
 from probekit import kernels
 from probekit.batch import IGNORE_INDEX
+from probekit.errors import UserError
 
 AttnMode = Literal["causal", "bico", "abi"]
 ATTN_MODES: tuple[str, ...] = ("causal", "bico", "abi")
@@ -77,19 +78,19 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_mlp", "n_ctx"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+                raise UserError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads != 0:
-            raise ValueError(
+            raise UserError(
                 f"ModelConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 f"choose n_heads dividing d_model (e.g. n_heads={_divisor_hint(self.d_model, self.n_heads)})"
             )
         if self.d_head % 2 != 0:
-            raise ValueError(
+            raise UserError(
                 f"ModelConfig: head size d_model/n_heads = {self.d_head} is odd, but rotary embeddings rotate "
                 "pairs of dimensions; choose d_model and n_heads so that d_model/n_heads is even"
             )
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_range <= 0:
-            raise ValueError("ModelConfig: rope_theta, norm_eps and init_range must be positive")
+            raise UserError("ModelConfig: rope_theta, norm_eps and init_range must be positive")
 
     @property
     def d_head(self) -> int:
@@ -387,7 +388,7 @@ class HookedLM(HookedRootModule):
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         if T > self.cfg.n_ctx:
-            raise ValueError(
+            raise UserError(
                 f"sequence length {T} exceeds the model's context n_ctx={self.cfg.n_ctx}; "
                 "use shorter sequences or a model with a larger n_ctx"
             )

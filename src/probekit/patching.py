@@ -67,6 +67,7 @@ from probekit.activations import HookPoint, hook_points, model_dims
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
 from probekit.data.tokenizer import EOS_ID, PAD_ID
+from probekit.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,17 @@ class PatchConfig:
             self.layers = tuple(int(v) for v in self.layers)
         bad = [a for a in self.attributes if a not in ATTRIBUTES]
         if bad or not self.attributes:
-            raise ValueError(f"attributes {list(self.attributes)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
+            raise UserError(f"attributes {list(self.attributes)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
         if not self.modes or any(m not in MODES for m in self.modes):
-            raise ValueError(f"modes {list(self.modes)}: choose one or more of {', '.join(MODES)}")
+            raise UserError(f"modes {list(self.modes)}: choose one or more of {', '.join(MODES)}")
         for name, value, valid in (("corruption", self.corruption, CORRUPTIONS), ("prompts", self.prompts, PROMPTS),
                                    ("split", self.split, SPLITS)):  # fmt: skip
             if value not in valid:
-                raise ValueError(f"{name} {value!r}: choose one of {', '.join(valid)}")
+                raise UserError(f"{name} {value!r}: choose one of {', '.join(valid)}")
         if self.n_pairs < 1 or self.batch_size < 1 or self.n_boot < 0:
-            raise ValueError("n_pairs and batch_size must be at least 1 and n_boot at least 0")
+            raise UserError("n_pairs and batch_size must be at least 1 and n_boot at least 0")
         if self.noise_scale <= 0:
-            raise ValueError(f"noise_scale must be positive, got {self.noise_scale}")
+            raise UserError(f"noise_scale must be positive, got {self.noise_scale}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,12 +176,12 @@ def check_aligned(pairs: Sequence[TracePair]) -> None:
     """Refuse pairs whose clean and corrupted runs do not align token by token (same length)."""
     for i, p in enumerate(pairs):
         if len(p.clean) != len(p.corrupt):
-            raise ValueError(
+            raise UserError(
                 f"pair {i}: the clean prompt has {len(p.clean)} tokens but the corrupted one {len(p.corrupt)}; "
                 "patching needs prompts that align token by token (same template, names of equal token length)"
             )
         if not p.answer:
-            raise ValueError(f"pair {i}: empty answer; every answer needs at least one token")
+            raise UserError(f"pair {i}: empty answer; every answer needs at least one token")
         if p.labels and len(p.labels) != len(p.clean):
             raise ValueError(f"pair {i}: {len(p.labels)} position labels for {len(p.clean)} positions")
         for what, qs in (("noise", p.noise), *((f"group {g!r}", q) for g, q in p.groups.items())):
@@ -249,9 +250,9 @@ def trace_pairs(
     (``greedy_answer``; None: not checked). Works for a ``HookedLM`` and a ``TransformerBridge``.
     """
     if not pairs:
-        raise ValueError("no pairs to trace")
+        raise UserError("no pairs to trace")
     if not points:
-        raise ValueError("no hook points to patch")
+        raise UserError("no hook points to patch")
     check_aligned(pairs)
     device = _device(model)
     n_ctx = model_dims(model).n_ctx
@@ -259,7 +260,7 @@ def trace_pairs(
     P = [len(p.clean) for p in pairs]
     T = max(len(p.clean) + (len(p.answer) if whole_answer else 0) for p in pairs)  # one padded width for all runs
     if T > n_ctx:
-        raise ValueError(f"prompt plus answer needs {T} tokens, over the model's context n_ctx={n_ctx}")
+        raise UserError(f"prompt plus answer needs {T} tokens, over the model's context n_ctx={n_ctx}")
 
     def rows(which: str) -> tuple[Tensor, Tensor]:  # token ids [N, T] and key mask [N, T]
         ids = torch.full((N, T), PAD_ID, dtype=torch.long)
@@ -400,9 +401,9 @@ def slot_layout(pairs: Sequence[TracePair], by: str) -> tuple[list[list[int]], l
         index = {s: i for i, s in enumerate(BIO_SLOTS)}
         bad = {lab for p in pairs for lab in p.labels if lab not in index}
         if bad:
-            raise ValueError(f"position labels {sorted(bad)} have no bio map slot; slots are {list(BIO_SLOTS)}")
+            raise UserError(f"position labels {sorted(bad)} have no bio map slot; slots are {list(BIO_SLOTS)}")
         return [[index[lab] for lab in p.labels] for p in pairs], [(s, s) for s in BIO_SLOTS]
-    raise ValueError(f"slot layout {by!r}: use 'position' or 'label'")
+    raise UserError(f"slot layout {by!r}: use 'position' or 'label'")
 
 
 def summarize(
@@ -502,7 +503,7 @@ def encode_prompt(tokenizer: Any, tpl: Template, name: str, start_id: int, qa: b
     n0, n1 = len(tpl.before), len(tpl.before) + len(name)
     in_name = [q for q, (a, b) in enumerate(offsets) if a < n1 and b > n0]
     if not in_name:
-        raise ValueError(f"the name {name!r} maps to no token in {text!r}")
+        raise UserError(f"the name {name!r} maps to no token in {text!r}")
     first, last = in_name[0], in_name[-1]
     answer_at = n1 + tpl.answer_from if tpl.answer_from >= 0 else None
     labels, tokens = ["bos"], ["<start>"]
@@ -641,8 +642,8 @@ def build_pairs(
         log.warning("%s/%s: %d candidate pairs dropped: their prompts do not align token by token (names of "
                     "different token lengths under this tokenizer)", attr, mode, counts["misaligned"])  # fmt: skip
         if not any(p is not None for p in pairs):
-            raise ValueError(f"no {attr} pair aligns token by token under this tokenizer: the two people's prompts "
-                             "have different lengths; patch a model with a word-level (probekit) tokenizer")  # fmt: skip
+            raise UserError(f"no {attr} pair aligns token by token under this tokenizer: the two people's prompts "
+                            "have different lengths; patch a model with a word-level (probekit) tokenizer")  # fmt: skip
     used = [p for p in pairs if p is not None][: cfg.n_pairs]  # in the sources' seeded order
     counts["used"] = len(used)
     return used, counts
@@ -726,7 +727,7 @@ def run_patching(pm: Any, dataset: Any, cfg: PatchConfig, progress: bool = False
                 "noise_positions": list(p.noise),
             })  # fmt: skip
     if not frames:
-        raise ValueError(
+        raise UserError(
             f"no usable pairs for any attribute ({counts}); with require_correct the model must answer the clean "
             "prompts right (first token): patch a trained/finetuned model, or pass --all-pairs"
         )

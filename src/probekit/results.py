@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_path
 
 COLUMNS: tuple[str, ...] = (
@@ -51,7 +52,7 @@ def make_table(rows: Iterable[dict[str, object]]) -> pd.DataFrame:
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"results table lacks column(s) {missing}; expected at least {list(COLUMNS)}")
+        raise UserError(f"results table lacks column(s) {missing}; expected at least {list(COLUMNS)}")
     known = COLUMNS + EXTRA_COLUMNS + STAT_COLUMNS
     for c in EXTRA_COLUMNS + STAT_COLUMNS:
         if c not in df.columns:
@@ -126,15 +127,15 @@ def read_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         if p.is_dir():
             p = p / RESULTS_PARQUET
         if not p.exists():
-            raise FileNotFoundError(f"results table {p} does not exist; run `probekit probe` first")
+            raise UserFileNotFoundError(f"results table {p} does not exist; run `probekit probe` first")
         if p.suffix == ".csv":
             frames.append(pd.read_csv(p))
         elif p.suffix == ".parquet":
             frames.append(pd.read_parquet(p))
         else:
-            raise ValueError(f"{p}: unknown results format {p.suffix!r}; use .parquet or .csv")
+            raise UserError(f"{p}: unknown results format {p.suffix!r}; use .parquet or .csv")
     if not frames:
-        raise ValueError("no results tables given")
+        raise UserError("no results tables given")
     return normalise(pd.concat(frames, ignore_index=True))
 
 

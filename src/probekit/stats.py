@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probekit.errors import UserError
+
 DEFAULT_N_BOOT = 1000
 DEFAULT_LEVEL = 0.95
 
@@ -36,9 +38,9 @@ def person_weights(n_people: int, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n_people] int counts: how often each person is drawn in each resample (each row sums to
     ``n_people``): a multinomial draw of ``n_people`` out of ``n_people`` with replacement."""
     if n_people < 1:
-        raise ValueError("a bootstrap needs at least one person")
+        raise UserError("a bootstrap needs at least one person")
     if n_boot < 1:
-        raise ValueError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
+        raise UserError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     return rng.multinomial(n_people, np.full(n_people, 1.0 / n_people), size=n_boot)
 
@@ -88,7 +90,7 @@ def person_bootstrap(
     replacement (``bootstrap_means``): the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the
     resampled means, each [F] (NaN for a statistic without rows)."""
     if not 0.0 < level < 1.0:
-        raise ValueError(f"the interval level must be in (0, 1), got {level}")
+        raise UserError(f"the interval level must be in (0, 1), got {level}")
     stats = bootstrap_means(values, pids, n_boot, seed, mask)  # [F, B]
     F = stats.shape[0]
     low, high = np.full(F, np.nan), np.full(F, np.nan)

@@ -50,6 +50,7 @@ from probekit.checkpoint import (
 )  # fmt: skip
 from probekit.config import from_dict, load_config, to_dict
 from probekit.data.tokenizer import load_tokenizer
+from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 from probekit.model import HookedLM, ModelConfig
 from probekit.objectives import compute_loss, get_objective
@@ -116,7 +117,7 @@ class TrainConfig:
                 try:
                     num = float(v)
                 except ValueError:
-                    raise ValueError(f"TrainConfig.{f.name} must be a number, got {v!r}") from None
+                    raise UserError(f"TrainConfig.{f.name} must be a number, got {v!r}") from None
                 setattr(self, f.name, int(num) if "int" in f.type and num.is_integer() else num)
 
     def validate(self) -> None:
@@ -165,7 +166,7 @@ class TrainConfig:
             except (ValueError, TypeError) as e:
                 errs.append(f"model: {e}")
         if errs:
-            raise ValueError("invalid training config: " + "; ".join(errs))
+            raise UserError("invalid training config: " + "; ".join(errs))
 
 
 @dataclass
@@ -262,7 +263,7 @@ class Trainer:
         dataset = None
         if source is None:
             if not cfg.data:
-                raise ValueError("TrainConfig.data is empty: set the dataset directory (or pass a source)")
+                raise UserError("TrainConfig.data is empty: set the dataset directory (or pass a source)")
             from probekit.data.store import load_dataset
 
             dataset = load_dataset(cfg.data)
@@ -272,13 +273,13 @@ class Trainer:
             init_model, init_tok, _ = load_checkpoint(cfg.init_from)
             tokenizer = self._same_vocab(tokenizer, init_tok, f"checkpoint {cfg.init_from}")
         if tokenizer is None:
-            raise ValueError("no tokenizer: set TrainConfig.data or init_from, or pass tokenizer=")
+            raise UserError("no tokenizer: set TrainConfig.data or init_from, or pass tokenizer=")
         self.tokenizer = tokenizer
         self.objective = get_objective(cfg.objective, tokenizer, **cfg.objective_settings)
         if source is None:
             source = bios_source(dataset, cfg.seq_len, cfg.seed, cfg.qa_mix, cfg.eval_windows, cfg.eval_holdout)
         elif cfg.qa_mix:
-            raise ValueError("qa_mix applies to the dataset's packed biographies; mix QA into your own source instead")
+            raise UserError("qa_mix applies to the dataset's packed biographies; mix QA into your own source instead")
         self.source = source
         self.dataset_name = dataset.name if dataset is not None else getattr(source, "name", None)
 
@@ -286,7 +287,7 @@ class Trainer:
         mcfg = self._model_config(init_model, model, need)
         if need > mcfg.n_ctx:
             fit = max((s for s in range(2, mcfg.n_ctx + 1) if self._input_len(s) <= mcfg.n_ctx), default=0)
-            raise ValueError(
+            raise UserError(
                 f"sequences too long for the context: objective {cfg.objective!r} makes inputs of up to {need} "
                 f"tokens from sequences of {source.max_len()} tokens, but the model's n_ctx is {mcfg.n_ctx}; "
                 f"set model.n_ctx >= {need} or use sequences of at most {fit} tokens (seq_len)"
@@ -294,20 +295,20 @@ class Trainer:
         if model is None:
             model = init_model if init_model is not None else HookedLM(mcfg)
         if model.cfg.vocab_size != len(tokenizer):
-            raise ValueError(f"model vocab_size {model.cfg.vocab_size} != tokenizer size {len(tokenizer)}")
+            raise UserError(f"model vocab_size {model.cfg.vocab_size} != tokenizer size {len(tokenizer)}")
 
         # cpu=True without CUDA so that torchrun / accelerate launch on CPU-only machines run data-parallel (gloo)
         self.accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
         world = self.accelerator.num_processes
         if cfg.batch_size % world:
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+            raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
         self.stream = DataStream(source)
         self.max_steps = self._budget_steps()
         if cfg.warmup_steps > self.max_steps:
             budget = "epochs" if cfg.epochs is not None else "tokens" if cfg.tokens is not None else "max_steps"
-            raise ValueError(f"warmup_steps {cfg.warmup_steps} exceeds the {self.max_steps} steps the {budget} "
-                             f"budget gives (the learning rate would never reach lr); set warmup_steps to at "
-                             f"most {self.max_steps} or raise the budget")  # fmt: skip
+            raise UserError(f"warmup_steps {cfg.warmup_steps} exceeds the {self.max_steps} steps the {budget} "
+                            f"budget gives (the learning rate would never reach lr); set warmup_steps to at "
+                            f"most {self.max_steps} or raise the budget")  # fmt: skip
         self.eval_items = source.eval_items(cfg.eval_windows) if cfg.eval_windows else []
 
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
@@ -340,17 +341,17 @@ class Trainer:
             if not overwrite and (self.out / TRAIN_CONFIG_FILE).exists():
                 ckpt = latest_checkpoint(self.out)
                 where = f"its last checkpoint is {ckpt.name}" if ckpt is not None else "it has no checkpoint yet"
-                raise FileExistsError(f"{self.out} already holds a training run ({where}); pass --resume to continue "
-                                      "it, or --overwrite to discard it and start again")  # fmt: skip
+                raise UserFileExistsError(f"{self.out} already holds a training run ({where}); pass --resume to "
+                                          "continue it, or --overwrite to discard it and start again")  # fmt: skip
             prepare_output_dir(self.out, overwrite)  # the old run is removed only once everything is validated
             return None
         saved = self.out / TRAIN_CONFIG_FILE
         if not saved.exists():
-            raise FileNotFoundError(f"cannot resume: {saved} does not exist (no run started in {self.out})")
+            raise UserFileNotFoundError(f"cannot resume: {saved} does not exist (no run started in {self.out})")
         old = to_dict(load_config(TrainConfig, saved))
         diffs = config_differences(old, to_dict(self.cfg))
         if diffs:
-            raise ValueError(
+            raise UserError(
                 f"cannot resume {self.out}: the config differs from the run's in " + "; ".join(diffs)
                 + " (use the original settings, or start a new run with another --out or --overwrite)"
             )
@@ -372,7 +373,7 @@ class Trainer:
                 tok, idx = diff[0]
                 how = (f"both have {len(new)} tokens, but the words or their ids differ, e.g. {tok!r} (id {idx}) "
                        "is in only one of them")  # fmt: skip
-            raise ValueError(
+            raise UserError(
                 f"the vocabulary of {what} does not match the tokenizer in use ({how}): a checkpoint can only be "
                 "trained further on data built with its own tokenizer"
             )
@@ -389,14 +390,14 @@ class Trainer:
             have = to_dict(given.cfg)
             diffs = [f"{k}: {v!r} (config) vs {have[k]!r} (model)" for k, v in self.cfg.model.items() if have[k] != v]
             if diffs:
-                raise ValueError("model settings differ from the model being trained: " + "; ".join(diffs)
-                                 + "; remove them from `model:` (they come from the checkpoint)")  # fmt: skip
+                raise UserError("model settings differ from the model being trained: " + "; ".join(diffs)
+                                + "; remove them from `model:` (they come from the checkpoint)")  # fmt: skip
             return given.cfg
         d = {"n_ctx": max(need, self._input_len(self.cfg.seq_len)), "seed": self.cfg.seed, **self.cfg.model}
         vocab = len(self.tokenizer)
         if d.get("vocab_size", vocab) != vocab:
-            raise ValueError(f"model.vocab_size {d['vocab_size']} does not match the tokenizer ({vocab} tokens); "
-                             "leave it out (it is taken from the tokenizer)")  # fmt: skip
+            raise UserError(f"model.vocab_size {d['vocab_size']} does not match the tokenizer ({vocab} tokens); "
+                            "leave it out (it is taken from the tokenizer)")  # fmt: skip
         d["vocab_size"] = vocab
         return from_dict(ModelConfig, d)  # ModelConfig.__post_init__ checks heads / head size
 

@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerFast
 
 from probekit.batch import IGNORE_INDEX, ModelBatch
 from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, PAD_ID, START_ID
+from probekit.errors import UserError
 
 EVAL_EPOCH = 1_000_003  # the eval set is drawn as if it were this (never trained) epoch: disjoint random stream
 
@@ -129,7 +130,7 @@ class Corpus:
 def pack_stream(stream: np.ndarray, seq_len: int) -> np.ndarray:
     """Cut a token stream into windows [n, seq_len] of exactly ``seq_len`` (the last one wraps to the start)."""
     if len(stream) == 0:
-        raise ValueError("nothing to pack: the corpus has no tokens")
+        raise UserError("nothing to pack: the corpus has no tokens")
     n = math.ceil(len(stream) / seq_len)
     return stream[np.arange(n * seq_len) % len(stream)].reshape(n, seq_len)
 
@@ -176,13 +177,13 @@ class PackedSource:
         name: str = "packed",
     ) -> None:
         if seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+            raise UserError(f"seq_len must be >= 2, got {seq_len}")
         if not sequences:
-            raise ValueError("PackedSource needs at least one sequence")
+            raise UserError("PackedSource needs at least one sequence")
         if not 0.0 <= extra_fraction < 1.0:
-            raise ValueError(f"qa_mix must be in [0, 1), got {extra_fraction}")
+            raise UserError(f"qa_mix must be in [0, 1), got {extra_fraction}")
         if extra_fraction > 0 and not extra:
-            raise ValueError("qa_mix > 0 but there are no QA sequences to mix in (P_train has no QA items)")
+            raise UserError("qa_mix > 0 but there are no QA sequences to mix in (P_train has no QA items)")
         self.name, self.seq_len, self.seed = name, seq_len, seed
         self.sequences = Corpus(sequences)  # the biographies, stored flat
         self.extra = [list(q) for q in extra]  # the QA sequences that can be mixed in
@@ -193,7 +194,7 @@ class PackedSource:
             n_used = int(np.searchsorted(np.cumsum(self.sequences.lens[order]), eval_windows * seq_len)) + 1
             if holdout:
                 if n_used >= len(self.sequences):
-                    raise ValueError(
+                    raise UserError(
                         f"eval_holdout: {eval_windows} eval windows of {seq_len} tokens need the whole corpus; "
                         "lower eval_windows or set eval_holdout: false"
                     )
@@ -237,7 +238,7 @@ class ItemSource:
         self, items: Sequence[ItemLike], seed: int, eval: Sequence[ItemLike] | None = None, name: str = "items"
     ) -> None:
         if not items:
-            raise ValueError("ItemSource needs at least one item")
+            raise UserError("ItemSource needs at least one item")
         self.items, self.seed, self.name = [as_item(it) for it in items], seed, name
         self._eval = [as_item(it) for it in eval] if eval is not None else None
 
@@ -269,7 +270,7 @@ def qa_answer_items(dataset: Any, pids: Sequence[int] | None = None, loss_on_eos
     keep = set(dataset.split["train"] if pids is None else pids)
     qa = [q for q in dataset.qa if q.pid in keep]
     if not qa:
-        raise ValueError("no QA items for the requested people")
+        raise UserError("no QA items for the requested people")
     tok = dataset.tokenizer
     prompts = tok([q.prompt for q in qa], add_special_tokens=False)["input_ids"]
     answers = tok([q.answer for q in qa], add_special_tokens=False)["input_ids"]
@@ -308,7 +309,7 @@ class DataStream:
         items = self._epoch()
         self.epoch_size = len(items)  # the same every epoch
         if self.epoch_size == 0:
-            raise ValueError(f"data source {source.name!r} yields no items")
+            raise UserError(f"data source {source.name!r} yields no items")
         self.epoch_tokens = items.array.size if isinstance(items, Windows) else sum(len(it.ids) for it in items)
 
     def seek(self, epoch: int, offset: int) -> None:

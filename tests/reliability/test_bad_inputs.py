@@ -1,5 +1,6 @@
 """Bad input across every subcommand: one line ``probekit: error: ...`` naming the problem, exit status 2, no
-traceback, and nothing written. Bugs (exceptions from libraries) still show their traceback."""
+traceback, and nothing written. Bugs (any exception but a ``UserError`` or a user's path problem) keep their
+traceback."""
 
 from __future__ import annotations
 
@@ -293,6 +294,41 @@ def test_bugs_keep_their_traceback(monkeypatch) -> None:
 
     assert is_user_error(PermissionError(errno.EACCES, "Permission denied", "/out"))  # a path problem, wherever raised
     assert not is_user_error(OSError(errno.EIO, "I/O error"))
+
+
+def test_a_plain_value_error_inside_probekit_is_a_bug_with_a_traceback(monkeypatch, tmp_path: Path, capsys) -> None:
+    """Only ``UserError`` is one line: a plain ValueError from a broken invariant in probekit's own code (here
+    the bootstrap's shape check, reached from ``probekit plot``) propagates with its traceback, while a
+    ``UserError`` raised at the same spot stays one line with exit status 2."""
+    import traceback
+
+    import numpy as np
+
+    import probekit.results as results_mod
+    from probekit.errors import UserFileNotFoundError
+
+    def buggy_read(paths):  # an internal invariant broken by a bug, not by the user's input
+        from probekit.stats import bootstrap_means
+
+        return bootstrap_means(np.zeros((1, 3)), np.zeros(2), 10)
+
+    monkeypatch.setattr(results_mod, "read_results", buggy_read)
+    out = tmp_path / "figs"
+    with pytest.raises(ValueError) as info:
+        main(["plot", "--results", "x.csv", "--out", str(out)])
+    assert not isinstance(info.value, UserError) and not is_user_error(info.value)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert frames[-1].filename.endswith("stats.py")  # raised inside probekit, and still not a one-line error
+    assert "probekit: error:" not in capsys.readouterr().err
+
+    def user_read(paths):
+        raise UserFileNotFoundError("results table x.csv does not exist; run `probekit probe` first")
+
+    monkeypatch.setattr(results_mod, "read_results", user_read)
+    assert main(["plot", "--results", "x.csv", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["probekit: error: results table x.csv does not exist; run `probekit probe` first"]
+    assert isinstance(UserFileNotFoundError("x"), FileNotFoundError) and is_user_error(UserFileNotFoundError("x"))
 
 
 def test_corrected_experiment_replaces_a_config_that_produced_nothing(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """The ``probekit`` command line: one subcommand module per pipeline stage.
 
 Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)``, which adds its subcommand and sets
-``func(args) -> int`` as the handler. Errors that are the user's to fix (``probekit.errors.UserError``, and the
-``ValueError``/``FileNotFoundError``/``FileExistsError`` probekit's own code raises: see ``probekit.errors``) are
-printed as one line ``probekit: error: ...`` with exit code 2, before any work starts; any other exception is a
-bug and keeps its traceback.
+``func(args) -> int`` as the handler. Errors that are the user's to fix (``probekit.errors.UserError``, and an
+``OSError`` about a named path that is missing, forbidden, full or read-only: see ``probekit.errors``) are printed
+as one line ``probekit: error: ...`` with exit code 2, before any work starts; any other exception (a plain
+``ValueError``, ``KeyError``, ...) is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except Exception as e:
         if not is_user_error(e):
-            raise  # a bug: keep the traceback
+            raise  # a bug (anything but a UserError or a user's path problem): keep the traceback
         print(f"probekit: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from probekit.data.pools import LIMITABLE, POOL_FILES
+from probekit.errors import UserError, UserFileNotFoundError
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -15,7 +16,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
-            raise ValueError(f"{what} {item!r} must look like NAME=VALUE")
+            raise UserError(f"{what} {item!r} must look like NAME=VALUE")
         out[key] = value
     return out
 
@@ -25,10 +26,10 @@ def _pool_files(args: argparse.Namespace) -> dict[str, str]:
     if args.pools_dir:
         root = Path(args.pools_dir)
         if not root.is_dir():
-            raise FileNotFoundError(f"--pools-dir {root} is not a directory")
+            raise UserFileNotFoundError(f"--pools-dir {root} is not a directory")
         files.update({name: str(root / rel) for name, rel in POOL_FILES.items() if (root / rel).exists()})
         if not files:
-            raise ValueError(f"--pools-dir {root} holds none of the pool files ({', '.join(POOL_FILES.values())})")
+            raise UserError(f"--pools-dir {root} holds none of the pool files ({', '.join(POOL_FILES.values())})")
     files.update(_pairs(args.pool, "--pool"))
     return files
 
@@ -45,7 +46,7 @@ def cmd_bios(args: argparse.Namespace) -> int:
     limits = {}
     for k, v in _pairs(args.pool_limit, "--pool-limit").items():
         if not v.strip().isdigit():
-            raise ValueError(f"--pool-limit {k}={v}: the limit must be a whole number of values, e.g. {k}=20")
+            raise UserError(f"--pool-limit {k}={v}: the limit must be a whole number of values, e.g. {k}=20")
         limits[k] = int(v)
     t0 = time.perf_counter()
     ds = build_dataset(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from probekit.errors import UserError
+
 EXAMPLES = """examples:
   probekit patch --model evals/qa_ntp/finetune --data data/multi5_permute --out patch/qa_ntp
   probekit patch --model runs/ntp --data data/multi5_permute --out patch/bio --prompts bio --mode patch,restore
@@ -23,7 +25,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in _list(text))
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 0,2,4") from None
+        raise UserError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 0,2,4") from None
 
 
 def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]

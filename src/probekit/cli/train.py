@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from probekit.errors import UserError
+
 EXAMPLES = """examples:
   probekit train --config experiments/configs/ntp_small.yaml --data data/single --out runs/ntp_single
   probekit train --config experiments/configs/ntp_small.yaml --objective bico --steps 2000 --out runs/bico
@@ -24,12 +26,12 @@ def _set(d: dict[str, Any], dotted: str, raw: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        raise ValueError(f"--set {dotted}={raw}: the value is not valid YAML; quote it, "
-                         f"e.g. --set '{dotted}=\"...\"'") from None
+        raise UserError(f"--set {dotted}={raw}: the value is not valid YAML; quote it, "
+                        f"e.g. --set '{dotted}=\"...\"'") from None
     for k in keys[:-1]:
         sub = d.setdefault(k, {})
         if not isinstance(sub, dict):
-            raise ValueError(f"--set {dotted}: {k!r} is not a mapping")
+            raise UserError(f"--set {dotted}: {k!r} is not a mapping")
         d = sub
     d[keys[-1]] = value
 
@@ -46,9 +48,9 @@ def build_config(args: argparse.Namespace) -> Any:
     elif args.resume and args.out and (Path(args.out) / TRAIN_CONFIG_FILE).exists():
         data = load_mapping(Path(args.out) / TRAIN_CONFIG_FILE, "the run's saved config")
     else:
-        raise ValueError("--config is required (except with --resume of an existing --out run)")
+        raise UserError("--config is required (except with --resume of an existing --out run)")
     if not isinstance(data, dict):
-        raise ValueError(f"config {args.config} must be a mapping of settings")
+        raise UserError(f"config {args.config} must be a mapping of settings")
     for key, value in (("data", args.data), ("objective", args.objective), ("out", args.out), ("seed", args.seed),
                        ("batch_size", args.batch_size), ("lr", args.lr)):  # fmt: skip
         if value is not None:
@@ -60,7 +62,7 @@ def build_config(args: argparse.Namespace) -> Any:
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r} must look like KEY=VALUE (e.g. model.n_layers=2)")
+            raise UserError(f"--set {item!r} must look like KEY=VALUE (e.g. model.n_layers=2)")
         _set(data, key, raw)
     from probekit.train import TrainConfig
 

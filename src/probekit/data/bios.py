@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from probekit.data.pools import ATTRIBUTES, DAYS, MONTHS, YEARS, Pools, Template
+from probekit.errors import UserError
 
 AUGMENTATIONS: tuple[str, ...] = ("single", "multiM", "permute", "fullname")
 PRONOUNS: dict[str, dict[str, str]] = {
@@ -76,7 +77,7 @@ def parse_augmentation(spec: str) -> Augmentation:
     multi, permute, fullname = 1, False, False
     parts = [p.strip() for p in spec.split("+") if p.strip()]
     if not parts:
-        raise ValueError(f"empty augmentation {spec!r}; valid parts: {', '.join(AUGMENTATIONS)} (e.g. multi5+permute)")
+        raise UserError(f"empty augmentation {spec!r}; valid parts: {', '.join(AUGMENTATIONS)} (e.g. multi5+permute)")
     for p in parts:
         if p == "single":
             continue
@@ -87,9 +88,9 @@ def parse_augmentation(spec: str) -> Augmentation:
         elif p.startswith("multi") and p[5:].isdigit():
             multi = int(p[5:])
             if multi < 1:
-                raise ValueError(f"augmentation {p!r}: M must be at least 1 (multi0 gives no biographies)")
+                raise UserError(f"augmentation {p!r}: M must be at least 1 (multi0 gives no biographies)")
         else:
-            raise ValueError(
+            raise UserError(
                 f"unknown augmentation {p!r} in {spec!r}; valid parts: single, multiM (M >= 1, e.g. multi5), "
                 "permute, fullname, joined with '+'"
             )
@@ -100,9 +101,9 @@ def generate_people(n: int, pools: Pools, seed: int) -> list[Person]:
     """N people with unique full names and uniformly drawn attributes (company city follows the company)."""
     space = pools.name_space
     if n < 1:
-        raise ValueError(f"number of people must be at least 1, got {n}")
+        raise UserError(f"number of people must be at least 1, got {n}")
     if n > space:
-        raise ValueError(
+        raise UserError(
             f"N={n} exceeds the {space:,} unique full names the name pools allow "
             f"({len(pools.first_names)} x {len(pools.middle_names)} x {len(pools.last_names)}); "
             "lower N or give larger name pools"

@@ -40,6 +40,7 @@ from typing import Any
 from probekit.data.bios import Person, _render
 from probekit.data.pools import ATTRIBUTES, Pools, load_pools
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
+from probekit.errors import UserError
 
 KINDS: tuple[str, ...] = ("clean", "irrelevant", "hint_right", "hint_wrong", "refute_right")
 SUGGEST = "I think the answer is {value}, but I'm not sure."
@@ -130,11 +131,11 @@ class DistractConfig:
         for name in ("relevant_prob", "context_ratio", "hint_ratio", "hint_accuracy"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"distract {name} must be in [0, 1], got {v}")
+                raise UserError(f"distract {name} must be in [0, 1], got {v}")
         if self.n_irrelevant < 1:
-            raise ValueError(f"distract n_irrelevant must be >= 1, got {self.n_irrelevant}")
+            raise UserError(f"distract n_irrelevant must be >= 1, got {self.n_irrelevant}")
         if self.train_variants < 1:
-            raise ValueError(f"distract train_variants must be >= 1, got {self.train_variants}")
+            raise UserError(f"distract train_variants must be >= 1, got {self.train_variants}")
 
 
 class ContextBuilder:
@@ -143,7 +144,7 @@ class ContextBuilder:
     def __init__(self, people: Sequence[Person], values: dict[str, list[str]], cfg: DistractConfig,
                  templates: Pools | None = None) -> None:  # fmt: skip
         if len(people) < 2:
-            raise ValueError("distractor contexts need at least two people (irrelevant sentences are about others)")
+            raise UserError("distractor contexts need at least two people (irrelevant sentences are about others)")
         self.people = list(people)
         self.by_pid = {p.pid: p for p in self.people}
         self.values = values
@@ -151,7 +152,7 @@ class ContextBuilder:
         self.templates = (templates or load_pools()).templates
         for a in ATTRIBUTES:
             if len(set(values.get(a, []))) < 2:
-                raise ValueError(f"attribute {a} has fewer than two values; a wrong hint needs another value")
+                raise UserError(f"attribute {a} has fewer than two values; a wrong hint needs another value")
 
     def rng(self, *parts: Any) -> random.Random:
         return random.Random("|".join(map(str, (self.cfg.seed, *parts))))
@@ -211,7 +212,7 @@ def eval_items(builder: ContextBuilder, pids: Sequence[int], attrs: Sequence[str
     attribute) are drawn once and shared by its kinds, so kinds differ only in their distractor."""
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
-        raise ValueError(f"distractor kinds {list(kinds)}: choose a non-empty subset of {', '.join(KINDS)}")
+        raise UserError(f"distractor kinds {list(kinds)}: choose a non-empty subset of {', '.join(KINDS)}")
     items: list[DistractItem] = []
     for pid in pids:
         person = builder.by_pid[pid]
@@ -292,8 +293,8 @@ def known_templates(tokenizer: Any, pools: Pools, person: Person) -> Pools:
         kept[attr] = [t for t in templates
                       if not unknown_words(tokenizer, [_render(t, person.attrs[attr], _as_name(person), attr, 0, [])])]
         if not kept[attr]:
-            raise ValueError(f"the tokenizer knows none of the {attr} templates; build the dataset with the built-in "
-                             "templates")  # fmt: skip
+            raise UserError(f"the tokenizer knows none of the {attr} templates; build the dataset with the built-in "
+                            "templates")  # fmt: skip
     return dataclasses.replace(pools, templates=kept)
 
 
@@ -387,7 +388,7 @@ def parse_regeneration(text: str, original_prompt: str, fallback: str = "origina
     alone (all context dropped).
     """
     if fallback not in FALLBACKS:
-        raise ValueError(f"unknown fallback {fallback!r}; choose one of {FALLBACKS}")
+        raise UserError(f"unknown fallback {fallback!r}; choose one of {FALLBACKS}")
     orig = split_question(original_prompt)
     if orig is None:
         raise ValueError(f"prompt does not end with a bioS question: {original_prompt[-80:]!r}")

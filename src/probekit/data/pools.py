@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from probekit.errors import UserError, UserFileNotFoundError
+
 ATTRIBUTES: tuple[str, ...] = ("birth_date", "birth_city", "university", "major", "company", "company_city")
 MONTHS: tuple[str, ...] = (
     "January", "February", "March", "April", "May", "June",
@@ -64,15 +66,15 @@ class Template:
 def parse_template(text: str, where: str) -> Template:
     slots = _SLOT_RE.findall(text)
     if slots.count("value") != 1:
-        raise ValueError(f"{where}: template {text!r} must contain the value slot {{value}} exactly once")
+        raise UserError(f"{where}: template {text!r} must contain the value slot {{value}} exactly once")
     subject = [s for s in slots if s != "value"]
     if len(subject) != 1 or subject[0] not in SLOTS:
-        raise ValueError(
+        raise UserError(
             f"{where}: template {text!r} must contain exactly one subject slot out of "
             f"{', '.join('{' + s + '}' for s in SLOTS)}"
         )
     if text.count("{") != 2 or text.count("}") != 2:
-        raise ValueError(f"{where}: template {text!r} has stray braces")
+        raise UserError(f"{where}: template {text!r} has stray braces")
     return Template(text=text, subject_slot=subject[0], parts=tuple(_SLOT_RE.split(text)))
 
 
@@ -105,7 +107,7 @@ class Pools:
         lists = {"birth_city": self.birth_cities, "university": self.universities, "major": self.majors,
                  "company": self.companies}  # fmt: skip
         if attr not in lists:
-            raise ValueError(f"unknown attribute {attr!r}; valid: {', '.join(ATTRIBUTES)}")
+            raise UserError(f"unknown attribute {attr!r}; valid: {', '.join(ATTRIBUTES)}")
         return list(lists[attr])
 
     @property
@@ -120,10 +122,10 @@ class Pools:
                          "company": "companies"}  # fmt: skip
         for attr, k in sorted(limits.items()):
             if attr not in attr_to_field:
-                raise ValueError(f"pool limit for {attr!r}: only {', '.join(LIMITABLE)} can be limited")
+                raise UserError(f"pool limit for {attr!r}: only {', '.join(LIMITABLE)} can be limited")
             full = getattr(self, attr_to_field[attr])
             if not 2 <= k <= len(full):
-                raise ValueError(f"pool limit {attr}={k}: must be between 2 and the pool size {len(full)}")
+                raise UserError(f"pool limit {attr}={k}: must be between 2 and the pool size {len(full)}")
             setattr(out, attr_to_field[attr], rng.sample(full, k))
         return out
 
@@ -142,31 +144,31 @@ def load_pools(overrides: Mapping[str, str | Path] | None = None) -> Pools:
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(POOL_FILES))
     if unknown:
-        raise ValueError(f"unknown pool name(s) {unknown}; valid names: {', '.join(POOL_FILES)}")
+        raise UserError(f"unknown pool name(s) {unknown}; valid names: {', '.join(POOL_FILES)}")
     raw: dict[str, list[str]] = {}
     checksums: dict[str, str] = {}
     for name, rel in POOL_FILES.items():
         if name in overrides:
             path = Path(overrides[name])
             if path.is_dir():
-                raise ValueError(f"pool file for {name!r} is a directory: {path}; give the text file itself "
-                                 f"(or use --pools-dir {path} for a directory of pool files)")  # fmt: skip
+                raise UserError(f"pool file for {name!r} is a directory: {path}; give the text file itself "
+                                f"(or use --pools-dir {path} for a directory of pool files)")  # fmt: skip
             if not path.is_file():
-                raise FileNotFoundError(f"pool file for {name!r} not found: {path}")
+                raise UserFileNotFoundError(f"pool file for {name!r} not found: {path}")
             try:  # utf-8-sig: a byte-order mark (Windows editors) is not part of the first line
                 text = path.read_text(encoding="utf-8-sig")
             except UnicodeDecodeError as e:
-                raise ValueError(f"pool file for {name!r} ({path}) is not UTF-8 text (byte {e.start}); "
-                                 "save it as UTF-8") from None  # fmt: skip
+                raise UserError(f"pool file for {name!r} ({path}) is not UTF-8 text (byte {e.start}); "
+                                "save it as UTF-8") from None  # fmt: skip
             where = str(path)
         else:
             text, where = _builtin_text(rel), f"built-in {rel}"
         lines = _read_lines(text)
         if not lines:
-            raise ValueError(f"pool {name!r} ({where}) is empty; give at least one entry per line")
+            raise UserError(f"pool {name!r} ({where}) is empty; give at least one entry per line")
         if len(set(lines)) != len(lines):
             dup = next(x for x in lines if lines.count(x) > 1)
-            raise ValueError(f"pool {name!r} ({where}) repeats the entry {dup!r}; entries must be unique")
+            raise UserError(f"pool {name!r} ({where}) repeats the entry {dup!r}; entries must be unique")
         raw[name] = lines
         checksums[name] = hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
@@ -174,14 +176,14 @@ def load_pools(overrides: Mapping[str, str | Path] | None = None) -> Pools:
     for ln in raw["first_names"]:
         name, _, gender = ln.partition("\t")
         if gender and gender.strip() not in ("female", "male"):
-            raise ValueError(f"first_names: gender of {name!r} must be 'female' or 'male', got {gender!r}")
+            raise UserError(f"first_names: gender of {name!r} must be 'female' or 'male', got {gender!r}")
         first.append(name.strip())
         genders.append(gender.strip() or None)
     companies, company_city = [], {}
     for ln in raw["companies"]:
         name, _, city = ln.partition("\t")
         if not city.strip():
-            raise ValueError(
+            raise UserError(
                 f"companies: company {name.strip()!r} has no headquarters city; write 'Company<TAB>City, ST'"
             )
         companies.append(name.strip())

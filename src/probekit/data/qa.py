@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from probekit.data.bios import Person
 from probekit.data.pools import ATTRIBUTES
+from probekit.errors import UserError
 
 QUESTIONS: dict[str, str] = {
     "birth_date": "What is the birth date of {name}?",
@@ -56,10 +57,10 @@ def qa_items(people: Sequence[Person]) -> list[QAItem]:
 def inverse_prompt(person: Person, attrs: Sequence[str] = ATTRIBUTES) -> str:
     """Attributes -> name: ``Who was born on ..., studied at ... and worked for ...? Answer:``."""
     if not attrs:
-        raise ValueError("inverse prompt needs at least one attribute")
+        raise UserError("inverse prompt needs at least one attribute")
     bad = [a for a in attrs if a not in INVERSE_CLAUSES]
     if bad:
-        raise ValueError(f"unknown attribute(s) {bad}; valid: {', '.join(ATTRIBUTES)}")
+        raise UserError(f"unknown attribute(s) {bad}; valid: {', '.join(ATTRIBUTES)}")
     clauses = [INVERSE_CLAUSES[a].format(person.attrs[a]) for a in attrs]
     body = clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
     return f"Who {body}? {ANSWER_MARK}"

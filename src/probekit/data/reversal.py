@@ -40,6 +40,7 @@ from transformers import PreTrainedTokenizerFast
 
 from probekit.config import to_dict
 from probekit.data.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 
 GROUPS: tuple[str, ...] = ("p2d", "d2p", "both")
@@ -205,18 +206,18 @@ class ReversalConfig:
 
     def __post_init__(self) -> None:
         if self.n_per_group < 1:
-            raise ValueError(f"n_per_group must be >= 1, got {self.n_per_group}")
+            raise UserError(f"n_per_group must be >= 1, got {self.n_per_group}")
         if self.n_train_templates < 1 or self.n_test_templates < 1:
-            raise ValueError("n_train_templates and n_test_templates must both be >= 1")
+            raise UserError("n_train_templates and n_test_templates must both be >= 1")
         avail = min(len(P2D_TEMPLATES), len(D2P_TEMPLATES))
         if self.n_train_templates + self.n_test_templates > avail:
-            raise ValueError(
+            raise UserError(
                 f"n_train_templates + n_test_templates = {self.n_train_templates + self.n_test_templates} exceeds the "
                 f"{avail} templates per direction; lower one of them (test templates must be held out)"
             )
         n = 3 * self.n_per_group
         if n > len(FIRST_NAMES) * len(LAST_NAMES) or n > len(ROLES) * len(DEEDS) * len(PLACES):
-            raise ValueError(f"n_per_group={self.n_per_group} is more people than the name/description pools allow")
+            raise UserError(f"n_per_group={self.n_per_group} is more people than the name/description pools allow")
 
 
 @dataclass(frozen=True)
@@ -310,10 +311,10 @@ class ReversalData:
     def task(self, name: str) -> list[PromptCompletion]:
         """Rows of a test task (``N2D``, ``D2N``, ``N2D-reverse``, ``D2N-reverse``, ``both``)."""
         if name not in TASK_FILES:
-            raise ValueError(f"unknown reversal task {name!r}; choose from {sorted(TASK_FILES)}")
+            raise UserError(f"unknown reversal task {name!r}; choose from {sorted(TASK_FILES)}")
         stem = TASK_FILES[name]
         if stem not in self.files:
-            raise FileNotFoundError(f"{self.root}: task {name} needs {stem}.jsonl, which is missing")
+            raise UserFileNotFoundError(f"{self.root}: task {name} needs {stem}.jsonl, which is missing")
         return self.files[stem]
 
     @property
@@ -364,14 +365,14 @@ def _read_rows(path: Path) -> list[PromptCompletion]:
     out = []
     for k, r in enumerate(rows, start=1):
         if not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
-            raise ValueError(f"{path}: record {k} must be an object with string fields 'prompt' and 'completion'")
+            raise UserError(f"{path}: record {k} must be an object with string fields 'prompt' and 'completion'")
         if not r["completion"].strip():
-            raise ValueError(f"{path}: record {k} has an empty completion; every row needs a non-empty target")
+            raise UserError(f"{path}: record {k} has an empty completion; every row needs a non-empty target")
         if not r["prompt"].strip():
-            raise ValueError(f"{path}: record {k} has an empty prompt")
+            raise UserError(f"{path}: record {k} has an empty prompt")
         out.append(PromptCompletion(r["prompt"], r["completion"]))
     if not out:
-        raise ValueError(f"{path} holds no rows")
+        raise UserError(f"{path} holds no rows")
     return out
 
 
@@ -383,14 +384,14 @@ def load_reversal_dir(path: str | Path) -> ReversalData:
     """
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"reversal data directory {root} does not exist; make one with `probekit data reversal --out DIR`"
         )
     stems = set(TASK_FILES.values()) | set(TRAIN_FILES) | {"all_prompts_train"}
     files = {p.stem: _read_rows(p) for p in sorted(root.glob("*.jsonl")) if p.stem in stems}
     missing = [TASK_FILES[t] + ".jsonl" for t in REQUIRED_TASKS if TASK_FILES[t] not in files]
     if missing:
-        raise FileNotFoundError(f"{root} lacks test file(s) {missing}; it is not a reversal-curse data directory")
+        raise UserFileNotFoundError(f"{root} lacks test file(s) {missing}; it is not a reversal-curse data directory")
     if (root / "tokenizer.json").exists():
         tok = load_tokenizer(root)
     else:

@@ -32,6 +32,7 @@ from probekit.data.bios import Entry, Person, Span, generate_people, parse_augme
 from probekit.data.pools import ATTRIBUTES, POOL_FILES, Pools, birth_dates, load_pools
 from probekit.data.qa import QAItem, inverse_prompt, qa_items, split_people
 from probekit.data.tokenizer import WordCounter, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_counts
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json, atomic_write_text, prepare_output_dir, read_jsonl
 
 GENERATOR_VERSION = 1
@@ -45,7 +46,7 @@ class PoolValues:
 
     def values(self, attr: str) -> list[str]:
         if attr not in self.lists:
-            raise ValueError(f"unknown attribute {attr!r}; valid: {', '.join(ATTRIBUTES)}")
+            raise UserError(f"unknown attribute {attr!r}; valid: {', '.join(ATTRIBUTES)}")
         return self.lists[attr]
 
 
@@ -344,10 +345,10 @@ def load_dataset(path: str | Path) -> BioDataset:
     """Load a dataset directory written by ``build_dataset``."""
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory {root} does not exist; create it with `probekit data bios`")
+        raise UserFileNotFoundError(f"dataset directory {root} does not exist; create it with `probekit data bios`")
     missing = [f for f in REQUIRED_FILES if not (root / f).exists()]
     if missing:
-        raise FileNotFoundError(f"{root} is not a complete probekit dataset (missing {', '.join(missing)})")
+        raise UserFileNotFoundError(f"{root} is not a complete probekit dataset (missing {', '.join(missing)})")
     from probekit.data.integrity import check_dataset, read_json, rows_of
 
     manifest = read_json(root / "manifest.json")
@@ -356,7 +357,7 @@ def load_dataset(path: str | Path) -> BioDataset:
                                       r["attrs"]))  # fmt: skip
     bios = _read_rows(root / "bios.jsonl")
     if any("spans" not in r for r in bios):
-        raise ValueError(f"{root / 'bios.jsonl'}: entries have no character spans; regenerate the dataset")
+        raise UserError(f"{root / 'bios.jsonl'}: entries have no character spans; regenerate the dataset")
     spans = _span_maker()
     entries = rows_of(root / "bios.jsonl", bios, lambda r: Entry(r["pid"], r["idx"], r["text"], tuple(r["order"]),
                                                                 [spans(s) for s in r["spans"]]))  # fmt: skip

@@ -21,6 +21,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from probekit.errors import UserError, UserFileNotFoundError
+
 PAD = "<pad>"
 EOS = "<|endoftext|>"
 UNK = "<unk>"
@@ -111,7 +113,7 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     )
     for name, idx in zip(SPECIAL_TOKENS, range(6)):
         if fast.convert_tokens_to_ids(name) != idx:
-            raise ValueError(f"tokenizer has {name!r} at id {fast.convert_tokens_to_ids(name)}, expected {idx}")
+            raise UserError(f"tokenizer has {name!r} at id {fast.convert_tokens_to_ids(name)}, expected {idx}")
     return fast
 
 
@@ -125,7 +127,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"no tokenizer.json at {path}; build one with `probekit data bios`")
+        raise UserFileNotFoundError(f"no tokenizer.json at {path}; build one with `probekit data bios`")
     try:
         tok = Tokenizer.from_file(str(file))
     except Exception as e:  # the tokenizers library raises its own Exception type for every parse problem

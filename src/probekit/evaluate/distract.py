@@ -64,6 +64,7 @@ from probekit.data.distract import (
     unknown_words,
 )
 from probekit.data.pools import ATTRIBUTES
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.evaluate.figures import results_frame, write_figure, write_table
 from probekit.evaluate.qa import (
     EvalItem,
@@ -117,17 +118,17 @@ class DistractEvalConfig:
         self.attrs = tuple(self.attrs)
         bad = [s for s in self.s2a if s not in S2A_CHOICES]
         if bad:
-            raise ValueError(f"--s2a: unknown regenerator(s) {bad}; choose from {', '.join(S2A_CHOICES)}")
+            raise UserError(f"--s2a: unknown regenerator(s) {bad}; choose from {', '.join(S2A_CHOICES)}")
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
-            raise ValueError(f"distractor kinds {list(self.kinds)}: choose a non-empty subset of {', '.join(KINDS)}")
+            raise UserError(f"distractor kinds {list(self.kinds)}: choose a non-empty subset of {', '.join(KINDS)}")
         bad = [a for a in self.attrs if a not in ATTRIBUTES]
         if bad or not self.attrs:
-            raise ValueError(f"attributes {list(self.attrs)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
+            raise UserError(f"attributes {list(self.attrs)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
         if self.fallback not in FALLBACKS:
-            raise ValueError(f"fallback {self.fallback!r}: choose one of {FALLBACKS}")
+            raise UserError(f"fallback {self.fallback!r}: choose one of {FALLBACKS}")
         if self.n_boot < 0 or not 0 < self.ci_level < 1:
-            raise ValueError("n_boot must be >= 0 and ci_level in (0, 1)")
+            raise UserError("n_boot must be >= 0 and ci_level in (0, 1)")
 
     @property
     def regimes(self) -> tuple[str, ...]:
@@ -206,8 +207,8 @@ def regenerate_learned(model: torch.nn.Module, tokenizer: Any, objective: str, i
     limit = max(len(p) for p in prompts) + 2
     limit = min(limit, model.cfg.n_ctx - 1 - max(len(p) for p in prompts))
     if limit < 1:
-        raise ValueError(f"rewrite prompts of {max(len(p) for p in prompts)} tokens leave no room to generate "
-                         f"in the model's context n_ctx={model.cfg.n_ctx}")  # fmt: skip
+        raise UserError(f"rewrite prompts of {max(len(p) for p in prompts)} tokens leave no room to generate "
+                        f"in the model's context n_ctx={model.cfg.n_ctx}")  # fmt: skip
     gen = generate_answers(model, objective, prompts, limit, batch_size, progress, desc="regenerate")
     out = []
     for it, g in zip(items, gen):
@@ -230,7 +231,8 @@ def reuse_regenerations(run_dir: str | Path, items: Sequence[DistractItem], fall
     run_dir = Path(run_dir)
     for f in ("items.jsonl", "regenerations.jsonl"):
         if not (run_dir / f).exists():
-            raise FileNotFoundError(f"{run_dir} holds no {f}; reuse the output directory of an earlier eval distract")
+            raise UserFileNotFoundError(f"{run_dir} holds no {f}; "
+                                        "reuse the output directory of an earlier eval distract")
     prompts = {(r["pid"], r["attr"], r["kind"]): r["prompt"] for r in read_jsonl(run_dir / "items.jsonl")}
     raw = {(r["pid"], r["attr"], r["kind"]): r for r in read_jsonl(run_dir / "regenerations.jsonl")
            if r["regime"] == "s2a_learned"}  # fmt: skip
@@ -238,8 +240,8 @@ def reuse_regenerations(run_dir: str | Path, items: Sequence[DistractItem], fall
     for it in items:
         key = (it.pid, it.attr, it.kind)
         if key not in raw or prompts.get(key) != it.prompt:
-            raise ValueError(f"{run_dir} has no learned regeneration of the prompt of person {it.pid} ({it.attr}, "
-                             f"{it.kind}); reuse a run made with the same distractor settings and seed")  # fmt: skip
+            raise UserError(f"{run_dir} has no learned regeneration of the prompt of person {it.pid} ({it.attr}, "
+                            f"{it.kind}); reuse a run made with the same distractor settings and seed")  # fmt: skip
         r = parse_regeneration(raw[key]["raw"], it.prompt, fallback)
         if raw[key]["reason"] == "no end of text":
             r = Regeneration(parse_regeneration("", it.prompt, fallback).context, r.question, "fallback",
@@ -252,7 +254,7 @@ def _check_items(tokenizer: Any, items: Sequence[DistractItem], n_ctx: int, obje
     texts = [it.rewrite_prompt + " " + it.rewrite_target for it in items]
     unknown = unknown_words(tokenizer, texts)
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"the tokenizer of {dataset.root} does not know the distractor words {unknown[:8]}; build the dataset "
             "with `probekit data bios --distract-vocab` (build_dataset(extra_vocab=DISTRACT_VOCAB))"
         )
@@ -318,7 +320,7 @@ def distract_figure(table: pd.DataFrame, metric: str = "exact_match", title: str
 
     data = table[(table["metric"] == metric) & (table["attr"] == "overall")].copy()
     if data.empty:
-        raise ValueError(f"no overall rows with metric {metric!r} to plot")
+        raise UserError(f"no overall rows with metric {metric!r} to plot")
     kinds = list(dict.fromkeys(data["task"]))
     fig = go.Figure()
     for regime, g in data.groupby("regime", sort=False):
@@ -368,12 +370,12 @@ def run_distract(
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
     objective = model_objective(meta, objective)
     if objective == "abi":
-        raise ValueError("distraction evaluation needs a causal reading (ntp or bico checkpoints); ABI answers as a "
-                         "blank span and has no prompt-prefix context")  # fmt: skip
+        raise UserError("distraction evaluation needs a causal reading (ntp or bico checkpoints); ABI answers as a "
+                        "blank span and has no prompt-prefix context")  # fmt: skip
     dataset = load_dataset(data)
     if dataset.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"checkpoint {meta['path']} was trained with a different tokenizer than dataset "
-                         f"{dataset.root}; evaluate a model on the dataset it was trained on")  # fmt: skip
+        raise UserError(f"checkpoint {meta['path']} was trained with a different tokenizer than dataset "
+                        f"{dataset.root}; evaluate a model on the dataset it was trained on")  # fmt: skip
     builder = builder_for(dataset, cfg.distract)
     train = train_items(builder, dataset.split["train"], cfg.attrs)
     test = eval_items(builder, dataset.split["test"], cfg.attrs, cfg.kinds)
@@ -401,7 +403,7 @@ def run_distract(
         if cfg.regenerator is not None:
             rw_model, rw_tok, _ = load_checkpoint(cfg.regenerator, device=device)
             if rw_tok.get_vocab() != tokenizer.get_vocab():
-                raise ValueError(f"regenerator {cfg.regenerator} has another tokenizer than {meta['path']}")
+                raise UserError(f"regenerator {cfg.regenerator} has another tokenizer than {meta['path']}")
         else:
             rw_items = [EvalItem(it.pid, it.attr, it.rewrite_prompt, it.rewrite_target) for it in rewrite]
             rw_model = _finetune_stage(model, tokenizer, objective, rw_items, cfg.rewrite_finetune,
@@ -681,7 +683,7 @@ def patch_hints(model: torch.nn.Module, tokenizer: Any, items: Sequence[Distract
     pairs = [p for d in by_key.values() if len(d) == 2
              for p in [hint_pair(tokenizer, d["hint_right"], d["hint_wrong"])] if p is not None]  # fmt: skip
     if not pairs:
-        raise ValueError("no aligned right/wrong hint pairs to patch (values of equal token length are needed)")
+        raise UserError("no aligned right/wrong hint pairs to patch (values of equal token length are needed)")
     points = hook_points(int(model.cfg.n_layers))
     res = trace_pairs(model, pairs, points, seed=seed, batch_size=batch_size)
     index = {s: i for i, s in enumerate(HINT_SLOTS)}

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows))
     missing = [c for c in RESULT_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"results rows lack column(s) {missing}; every row needs {list(RESULT_COLUMNS)}")
+        raise UserError(f"results rows lack column(s) {missing}; every row needs {list(RESULT_COLUMNS)}")
     extra = [c for c in df.columns if c not in RESULT_COLUMNS]
     df = df[list(RESULT_COLUMNS) + extra]
     return df.astype({"value": float, "n": int})
@@ -66,13 +67,13 @@ def accuracy_figure(
 
     data = df[df["metric"] == metric].copy()
     if data.empty:
-        raise ValueError(f"no rows with metric {metric!r} to plot; metrics present: {sorted(df['metric'].unique())}")
+        raise UserError(f"no rows with metric {metric!r} to plot; metrics present: {sorted(df['metric'].unique())}")
     data["series"] = data["model"].astype(str) + " (" + data["objective"].astype(str) + ")"
     for col in SERIES_EXTRAS:  # e.g. P_test and P_train bars side by side
         if col in data.columns and data[col].nunique() > 1:
             data["series"] += ", " + data[col].astype(str)
     if data.duplicated(["series", "task"]).any():
-        raise ValueError(f"several {metric} rows for the same model, objective and task; tell them apart by a column")
+        raise UserError(f"several {metric} rows for the same model, objective and task; tell them apart by a column")
     tasks = list(dict.fromkeys(data["task"]))
     fig = go.Figure()
     for series, g in data.groupby("series", sort=False):
@@ -150,10 +151,10 @@ def read_eval_results(paths: Iterable[str | Path]) -> pd.DataFrame:
     for p in map(Path, paths):
         file = p / "results.parquet" if p.is_dir() else p
         if not file.exists():
-            raise FileNotFoundError(f"no evaluation results at {p} (expected results.parquet from `probekit eval`)")
+            raise UserFileNotFoundError(f"no evaluation results at {p} (expected results.parquet from `probekit eval`)")
         frames.append(pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file))
     if not frames:
-        raise ValueError("no result tables given")
+        raise UserError("no result tables given")
     return results_frame(pd.concat(frames, ignore_index=True).to_dict("records"))
 
 

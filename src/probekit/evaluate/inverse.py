@@ -14,6 +14,7 @@ from typing import Any
 
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.qa import inverse_prompt
+from probekit.errors import UserError
 from probekit.evaluate.qa import EvalItem, ExtractionResult, FinetuneConfig, check_pids, run_extraction
 
 
@@ -26,7 +27,7 @@ def inverse_items(dataset: Any, pids: Sequence[int], attrs: Sequence[str] = ATTR
     """One attributes -> name item per person in ``pids`` (unknown pids or attributes raise ``ValueError``)."""
     bad = [a for a in attrs if a not in ATTRIBUTES]
     if bad or not attrs or len(set(attrs)) != len(attrs):
-        raise ValueError(f"inverse attributes {list(attrs)}: choose distinct attributes from {', '.join(ATTRIBUTES)}")
+        raise UserError(f"inverse attributes {list(attrs)}: choose distinct attributes from {', '.join(ATTRIBUTES)}")
     check_pids(dataset, pids)
     task = inverse_task_name(attrs)
     people = [dataset.person(pid) for pid in pids]

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from probekit.config import to_dict
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.tokenizer import EOS_ID
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.evaluate.figures import results_frame, write_results
 from probekit.evaluate.scoring import first_token_match, ids_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
@@ -85,15 +86,15 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"finetune method {self.method!r}: choose one of {METHODS}")
+            raise UserError(f"finetune method {self.method!r}: choose one of {METHODS}")
         if self.objective is not None and self.objective not in OBJECTIVES:
-            raise ValueError(f"finetune objective {self.objective!r}: choose one of {OBJECTIVES}")
+            raise UserError(f"finetune objective {self.objective!r}: choose one of {OBJECTIVES}")
         if self.lora_rank < 1 or self.embed_rank < 0:
-            raise ValueError("lora_rank must be >= 1 and embed_rank >= 0")
+            raise UserError("lora_rank must be >= 1 and embed_rank >= 0")
         if self.epochs is None and self.max_steps is None:
-            raise ValueError("set epochs or max_steps for finetuning")
+            raise UserError("set epochs or max_steps for finetuning")
         if not self.lora_targets:
-            raise ValueError("lora_targets is empty; e.g. ('q_proj', 'v_proj')")
+            raise UserError("lora_targets is empty; e.g. ('q_proj', 'v_proj')")
 
     @property
     def learning_rate(self) -> float:
@@ -119,7 +120,7 @@ def qa_eval_items(dataset: Any, pids: Sequence[int], attrs: Sequence[str] = ATTR
     """The QA items of ``pids`` for ``attrs`` (dataset order). Unknown pids or attributes raise ``ValueError``."""
     bad_attrs = [a for a in attrs if a not in ATTRIBUTES]
     if bad_attrs or not attrs:
-        raise ValueError(f"attributes {list(attrs)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
+        raise UserError(f"attributes {list(attrs)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
     check_pids(dataset, pids)
     want, attr_set = set(pids), set(attrs)
     return [EvalItem(q.pid, q.attr, q.prompt, q.answer) for q in dataset.qa if q.pid in want and q.attr in attr_set]
@@ -130,12 +131,12 @@ def read_items(path: str | Path) -> list[EvalItem]:
     items = []
     for k, r in enumerate(read_jsonl(path), start=1):
         if not isinstance(r, dict) or not {"pid", "attr", "prompt", "answer"} <= set(r):
-            raise ValueError(f"{path}: record {k} needs the fields pid, attr, prompt and answer")
+            raise UserError(f"{path}: record {k} needs the fields pid, attr, prompt and answer")
         if not str(r["answer"]).strip():
-            raise ValueError(f"{path}: record {k} has an empty answer")
+            raise UserError(f"{path}: record {k} has an empty answer")
         items.append(EvalItem(int(r["pid"]), str(r["attr"]), str(r["prompt"]), str(r["answer"])))
     if not items:
-        raise ValueError(f"{path} holds no items")
+        raise UserError(f"{path} holds no items")
     return items
 
 
@@ -151,7 +152,7 @@ def check_pids(dataset: Any, pids: Sequence[int]) -> None:
     known = {p.pid for p in dataset.people}
     missing = sorted(set(pids) - known)
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{len(missing)} person id(s) are not in dataset {dataset.root} (e.g. {missing[:5]}); evaluate with "
             "the dataset the items were made from"
         )
@@ -165,7 +166,7 @@ def encode_items(tokenizer: Any, items: Sequence[EvalItem]) -> tuple[list[list[i
     answers = tokenizer([it.answer for it in items], add_special_tokens=False)["input_ids"]
     for it, a in zip(items, answers):
         if not a:
-            raise ValueError(f"item for person {it.pid} ({it.task}) has an empty answer; every answer needs a token")
+            raise UserError(f"item for person {it.pid} ({it.task}) has an empty answer; every answer needs a token")
     return [list(p) for p in prompts], [list(a) for a in answers]
 
 
@@ -181,7 +182,7 @@ def check_fits(items: Sequence[EvalItem], tokenizer: Any, n_ctx: int, objective:
     longest = max(len(a) for a in answers)
     for it, p in zip(items, prompts):
         if len(p) + longest + extra > n_ctx:
-            raise ValueError(
+            raise UserError(
                 f"prompt for person {it.pid} ({it.task}) needs {len(p) + longest + extra} tokens with its answer, "
                 f"over the model's context n_ctx={n_ctx}: {it.prompt[:80]!r}; use a model with a larger n_ctx "
                 "or fewer attributes in the prompt"
@@ -199,7 +200,7 @@ def _peft_model(model: torch.nn.Module, cfg: FinetuneConfig) -> Any:
     rank_pattern: dict[str, int] = {}
     if cfg.embed_rank:
         if model.cfg.tie_embeddings:
-            raise ValueError("embed_rank > 0 needs untied embeddings: merging would also change the output layer")
+            raise UserError("embed_rank > 0 needs untied embeddings: merging would also change the output layer")
         targets.append("embed")
         rank_pattern["embed"] = cfg.embed_rank
     lcfg = LoraConfig(
@@ -237,7 +238,7 @@ def finetune(
     if cfg.method == "none":
         raise ValueError("finetune called with method 'none'")
     if not items:
-        raise ValueError("no finetuning items (P_train is empty for these settings)")
+        raise UserError("no finetuning items (P_train is empty for these settings)")
     run_dir = Path(run_dir)
     ft_objective = cfg.objective or objective
     check_fits(items, tokenizer, model.cfg.n_ctx, ft_objective)
@@ -299,7 +300,7 @@ def load_adapter(checkpoint: str | Path, adapter: str | Path, device: str = "cpu
     from probekit.checkpoint import load_checkpoint
 
     if not (Path(adapter) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter} holds no adapter_config.json; write one with save_adapter=True")
+        raise UserFileNotFoundError(f"{adapter} holds no adapter_config.json; write one with save_adapter=True")
     model, tok, meta = load_checkpoint(checkpoint, device=device)
     return PeftModel.from_pretrained(model, str(adapter)).eval(), tok, meta
 
@@ -405,7 +406,7 @@ def model_objective(meta: dict[str, Any], override: str | None = None) -> str:
     """The objective a checkpoint was trained with (``override`` for models saved outside the trainer)."""
     objective = override or meta.get("objective")
     if objective not in OBJECTIVES:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {meta.get('path')} does not say which objective trained it (got {objective!r}); "
             f"pass the objective explicitly (one of {OBJECTIVES})"
         )
@@ -448,14 +449,14 @@ def run_extraction(
     objective = model_objective(meta, objective)
     dataset = load_dataset(data)
     if dataset.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
+        raise UserError(
             f"checkpoint {meta['path']} was trained with a different tokenizer than dataset {dataset.root}; "
             "evaluate a model on the dataset it was trained on"
         )
     train_items = make_items(dataset, dataset.split["train"])
     test_items = make_items(dataset, dataset.split["test"])
     if not test_items:
-        raise ValueError(f"no {kind} items for P_test of {dataset.root}")
+        raise UserError(f"no {kind} items for P_test of {dataset.root}")
     modes = {objective, finetune_cfg.objective or objective}
     for items in (train_items, test_items):
         check_fits(items, tokenizer, model.cfg.n_ctx, "abi" if "abi" in modes else objective)
@@ -517,9 +518,9 @@ def parse_ratio(ratio: str | float) -> float:
         try:
             share = float(qa) / (float(bio) + float(qa)) if sep else float(bio)
         except (ValueError, ZeroDivisionError):
-            raise ValueError(f"bio:QA ratio {ratio!r} must look like 2:8 (or a QA share such as 0.8)") from None
+            raise UserError(f"bio:QA ratio {ratio!r} must look like 2:8 (or a QA share such as 0.8)") from None
     if not 0 < share < 1:
-        raise ValueError(f"bio:QA ratio {ratio!r} gives a QA share of {share}; it must be strictly between 0 and 1")
+        raise UserError(f"bio:QA ratio {ratio!r} gives a QA share of {share}; it must be strictly between 0 and 1")
     return share
 
 

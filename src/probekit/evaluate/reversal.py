@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from probekit.data.reversal import TASK_FILES, ReversalData, load_reversal_dir
 from probekit.data.tokenizer import EOS_ID
+from probekit.errors import UserError
 from probekit.evaluate.figures import results_frame, write_results
 from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import completion_logprobs, normalize_text, paired_test, text_exact_match
@@ -71,9 +72,9 @@ def check_tasks_fit(data: ReversalData, tasks: Sequence[str], tokenizer: Any, n_
         longest = max(len(c) for c in comps)
         for k, (r, p, c) in enumerate(zip(rows, prompts, comps), start=1):
             if not c:
-                raise ValueError(f"{task} ({TASK_FILES[task]}.jsonl) record {k}: the completion has no tokens")
+                raise UserError(f"{task} ({TASK_FILES[task]}.jsonl) record {k}: the completion has no tokens")
             if len(p) + longest + extra > n_ctx:
-                raise ValueError(
+                raise UserError(
                     f"{task} ({TASK_FILES[task]}.jsonl) record {k}: the prompt needs {len(p) + longest + extra} "
                     f"tokens with its completion, over the model's context n_ctx={n_ctx}: {r.prompt[:80]!r}"
                 )
@@ -148,7 +149,7 @@ def reversal_source(data: ReversalData, seed: int = 0) -> Any:
 
     texts = data.train_texts()
     if not texts:
-        raise ValueError(f"{data.root} has no training rows (*_prompts_train.jsonl)")
+        raise UserError(f"{data.root} has no training rows (*_prompts_train.jsonl)")
     ids = _encode(data.tokenizer, texts)
     name = f"reversal:{Path(str(data.root)).name}" if data.root else "reversal"
     return ItemSource([TrainItem([EOS_ID, *s]) for s in ids], seed=seed, name=name)
@@ -202,12 +203,12 @@ def run_reversal(
     data = _load(data_dir)
     unknown = [t for t in tasks or () if t not in data.tasks]
     if unknown:
-        raise ValueError(f"task(s) {unknown} not available in {data.root}; available: {data.tasks}")
+        raise UserError(f"task(s) {unknown} not available in {data.root}; available: {data.tasks}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
     objective = model_objective(meta, objective)
     if tokenizer.get_vocab() != data.tokenizer.get_vocab():
-        raise ValueError(
+        raise UserError(
             f"checkpoint {meta['path']} has a different vocabulary than {data.root}; evaluate a model trained on "
             "this data (or train one first: `probekit eval reversal --data DIR --train-config CFG.yaml --out OUT`)"
         )

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from probekit.data.tokenizer import END_ID, EOS_ID, PAD_ID
+from probekit.errors import UserError
 from probekit.objectives import abi_generation_inputs
 
 STOP_IDS: frozenset[int] = frozenset({EOS_ID, END_ID})
@@ -47,14 +48,14 @@ def truncate_at_stop(ids: Sequence[int], stop_ids: frozenset[int] = STOP_IDS) ->
 def ids_exact_match(generated: Sequence[int], target: Sequence[int], stop_ids: frozenset[int] = STOP_IDS) -> bool:
     """Whole-answer exact match on token ids: generated ids up to the first stop token == ``target``."""
     if len(target) == 0:
-        raise ValueError("empty target: an answer must have at least one token")
+        raise UserError("empty target: an answer must have at least one token")
     return truncate_at_stop(generated, stop_ids) == [int(t) for t in target]
 
 
 def first_token_match(generated: Sequence[int], target: Sequence[int]) -> bool:
     """The first generated token equals the answer's first token."""
     if len(target) == 0:
-        raise ValueError("empty target: an answer must have at least one token")
+        raise UserError("empty target: an answer must have at least one token")
     return len(generated) > 0 and int(generated[0]) == int(target[0])
 
 
@@ -67,7 +68,7 @@ def text_exact_match(generated: str, target: str) -> bool:
     """Reversal-curse rule: the completion starts with the target (case-insensitive, whitespace-normalised)."""
     t = normalize_text(target)
     if not t:
-        raise ValueError("empty target: a completion to match must contain non-whitespace text")
+        raise UserError("empty target: a completion to match must contain non-whitespace text")
     return normalize_text(generated).startswith(t)
 
 
@@ -120,10 +121,10 @@ def completion_logprobs(
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     for k, (p, c) in enumerate(zip(prompts, completions)):
         if len(c) == 0:
-            raise ValueError(f"item {k}: empty completion; every item needs at least one target token")
+            raise UserError(f"item {k}: empty completion; every item needs at least one target token")
         need = len(p) + len(c) + (3 + len(abi_suffix) if objective == "abi" else 1)
         if n_ctx is not None and need > n_ctx:
-            raise ValueError(f"item {k}: prompt + completion is {need} tokens, over the model's context n_ctx={n_ctx}")
+            raise UserError(f"item {k}: prompt + completion is {need} tokens, over the model's context n_ctx={n_ctx}")
     device = next(model.parameters()).device
     out = [0.0] * len(prompts)
     if objective == "abi":  # rows of one ABI batch need equal completion lengths: group by length
@@ -207,12 +208,12 @@ def paired_test(
     fewer than two pairs give p = nan.
     """
     if method not in ("wilcoxon", "ttest", "permutation"):
-        raise ValueError(f"unknown test {method!r}; choose wilcoxon, ttest or permutation")
+        raise UserError(f"unknown test {method!r}; choose wilcoxon, ttest or permutation")
     if alternative not in ("two-sided", "greater", "less"):
-        raise ValueError(f"unknown alternative {alternative!r}; choose two-sided, greater or less")
+        raise UserError(f"unknown alternative {alternative!r}; choose two-sided, greater or less")
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape:
-        raise ValueError(f"paired samples differ in length: {len(x)} vs {len(y)}")
+        raise UserError(f"paired samples differ in length: {len(x)} vs {len(y)}")
     d = x - y
     n = len(d)
     if n < 2:

@@ -18,6 +18,7 @@ from dataclasses import fields
 from typing import Any
 
 from probekit.config import from_dict
+from probekit.errors import UserError
 from probekit.objectives.abi import ABIObjective, abi_generation_inputs, reconstruct
 from probekit.objectives.bico import BICOObjective
 from probekit.objectives.ntp import SPECIAL_IDS, NTPObjective, Objective, compute_loss
@@ -34,13 +35,13 @@ def get_objective(name: str, tokenizer: Any = None, **settings: Any) -> Objectiv
     the fixed ids the objectives use (PAD 0, EOS 1, UNK 2, MASK 3, START 4, END 5).
     """
     if name not in _CLASSES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+        raise UserError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
     if tokenizer is not None:
         check_special_ids(tokenizer)
     valid = sorted(f.name for f in fields(_CLASSES[name]) if f.name != "name")
     unknown = sorted(set(settings) - set(valid))
     if unknown:
-        raise ValueError(f"objective {name!r}: unknown setting(s) {unknown}; valid settings are {valid}")
+        raise UserError(f"objective {name!r}: unknown setting(s) {unknown}; valid settings are {valid}")
     return from_dict(_CLASSES[name], dict(settings))  # type: ignore[no-any-return]
 
 
@@ -49,7 +50,7 @@ def check_special_ids(tokenizer: Any) -> None:
     for expected, tok in zip(SPECIAL_IDS, _SPECIAL_NAMES):
         got = tokenizer.get(tok) if isinstance(tokenizer, Mapping) else tokenizer.convert_tokens_to_ids(tok)
         if got != expected:
-            raise ValueError(
+            raise UserError(
                 f"tokenizer has {tok!r} at id {got}, but the objectives need it at {expected}; "
                 "build the tokenizer with probekit.data.tokenizer.build_tokenizer"
             )

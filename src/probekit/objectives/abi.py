@@ -27,6 +27,7 @@ import torch
 
 from probekit.batch import IGNORE_INDEX, ModelBatch
 from probekit.data.tokenizer import END_ID, MASK_ID, PAD_ID, START_ID
+from probekit.errors import UserError
 from probekit.objectives.ntp import check_sequences, maskable, pad_right
 
 
@@ -38,9 +39,9 @@ class ABIObjective:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 0.5:
-            raise ValueError(f"mask_ratio must be in (0, 0.5) so spans fit with gaps between them, got {self.mask_ratio}")
+            raise UserError(f"mask_ratio must be in (0, 0.5) so spans fit with gaps between them, got {self.mask_ratio}")
         if self.span_lambda <= 0:
-            raise ValueError(f"span_lambda must be positive, got {self.span_lambda}")
+            raise UserError(f"span_lambda must be positive, got {self.span_lambda}")
 
     def max_input_len(self, seq_len: int) -> int:
         """Longest model input ``build`` makes from sequences of at most ``seq_len`` tokens (2 extra per span)."""

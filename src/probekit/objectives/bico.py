@@ -19,6 +19,7 @@ import torch
 
 from probekit.batch import IGNORE_INDEX, ModelBatch
 from probekit.data.tokenizer import PAD_ID, UNK_ID
+from probekit.errors import UserError
 from probekit.objectives.ntp import check_sequences, maskable, ntp_batch, pad_right
 
 PLACEHOLDER_ID = UNK_ID
@@ -32,9 +33,9 @@ class BICOObjective:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.bico_prob <= 1.0:
-            raise ValueError(f"bico_prob must be in [0, 1], got {self.bico_prob}")
+            raise UserError(f"bico_prob must be in [0, 1], got {self.bico_prob}")
         if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise UserError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
     def max_input_len(self, seq_len: int) -> int:
         return seq_len

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from probekit.activations import _is_hooked_lm, _Stop, hook_points, model_dims, padded_batch, run_causal
+from probekit.errors import UserError
 from probekit.probes.engine import ProbeFit, _base_fit, _map_labels
 from probekit.probes.tasks import ProbeTaskSet
 
@@ -59,13 +60,13 @@ class EmbedProbeConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"embed probe {name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"embed probe {name} must be >= 1, got {getattr(self, name)}")
         if self.rank < 0:
-            raise ValueError(f"embed probe rank must be >= 0 (0 = the paper's), got {self.rank}")
+            raise UserError(f"embed probe rank must be >= 0 (0 = the paper's), got {self.rank}")
         if self.select not in ("per_head", "mean"):
-            raise ValueError(f"embed probe select must be 'per_head' or 'mean', got {self.select!r}")
+            raise UserError(f"embed probe select must be 'per_head' or 'mean', got {self.select!r}")
         if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(f"embed probe needs lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+            raise UserError(f"embed probe needs lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
 
 class LowRankEmbedding(nn.Module):
@@ -133,7 +134,7 @@ def train_embed_probe(
     epoch."""
     cfg = cfg or EmbedProbeConfig()
     if "hook_embed" not in model.hook_dict:
-        raise ValueError("the embedding-update probe needs a model with a 'hook_embed' hook (a probekit HookedLM)")
+        raise UserError("the embedding-update probe needs a model with a 'hook_embed' hook (a probekit HookedLM)")
     dims = model_dims(model)
     rank = cfg.rank or PAPER_RANK[task.kind]
     read = hook_points(dims.n_layers, ["resid"], [dims.n_layers])[0].name  # the last layer's output

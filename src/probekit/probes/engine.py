@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probekit.errors import UserError
 from probekit.probes.solver import Problem, lbfgs, predict
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,14 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"unknown probe engine {self.backend!r}; valid engines are {list(BACKENDS)}")
+            raise UserError(f"unknown probe engine {self.backend!r}; valid engines are {list(BACKENDS)}")
         self.l2_grid = tuple(float(v) for v in self.l2_grid)
         if not self.l2_grid or any(v <= 0 for v in self.l2_grid):
-            raise ValueError(f"l2_grid must be a non-empty list of positive numbers, got {list(self.l2_grid)}")
+            raise UserError(f"l2_grid must be a non-empty list of positive numbers, got {list(self.l2_grid)}")
         if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+            raise UserError(f"max_iter must be >= 1, got {self.max_iter}")
         if self.l2_rule not in L2_RULES:
-            raise ValueError(f"unknown l2_rule {self.l2_rule!r}; valid rules are {list(L2_RULES)}")
+            raise UserError(f"unknown l2_rule {self.l2_rule!r}; valid rules are {list(L2_RULES)}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.activations import collect_activations, estimate_bytes, hook_points, model_dims
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.probes.embed_probe import HOOK_NAME as EMBED_HOOK
 from probekit.probes.embed_probe import train_embed_probe
 from probekit.probes.engine import ProbeFit, run_probes
@@ -74,7 +75,7 @@ def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = N
     ``architectures``; loaded through TransformerBridge)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"model directory {path} does not exist")
+        raise UserFileNotFoundError(f"model directory {path} does not exist")
     if _is_hf_dir(path):
         from probekit.hf import load_bridge, load_dir_tokenizer
 
@@ -105,7 +106,7 @@ def random_init_like(target: ProbeModel, seed: int = 12345) -> ProbeModel:
         from transformer_lens.model_bridge import TransformerBridge
 
         if target.source is None:
-            raise ValueError("a random-init control of a Hugging Face model needs its directory")
+            raise UserError("a random-init control of a Hugging Face model needs its directory")
         torch.manual_seed(seed)
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(target.source))).eval()
         device = next(target.model.parameters()).device
@@ -120,13 +121,13 @@ def check_compatible(target: ProbeModel, ds: Any) -> None:
     ds_vocab = ds.tokenizer.get_vocab()
     if target.tokenizer is not None and target.tokenizer.get_vocab() != ds_vocab:
         a, b = set(target.tokenizer.get_vocab().items()), set(ds_vocab.items())
-        raise ValueError(
+        raise UserError(
             f"model {target.name} and dataset {ds.root} use different tokenizers ({len(a - b)} model tokens and "
             f"{len(b - a)} dataset tokens differ); probe a model with the dataset it was trained on"
         )
     if len(ds.tokenizer) > dims.vocab_size:
-        raise ValueError(f"dataset tokenizer has {len(ds.tokenizer)} tokens but model {target.name} only "
-                         f"{dims.vocab_size}; probe a model with the dataset it was trained on")  # fmt: skip
+        raise UserError(f"dataset tokenizer has {len(ds.tokenizer)} tokens but model {target.name} only "
+                        f"{dims.vocab_size}; probe a model with the dataset it was trained on")  # fmt: skip
 
 
 def build_tasks(spec: ProbeSpec, ds: Any) -> list[ProbeTaskSet]:
@@ -148,7 +149,7 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
     for m in models:
         dims = model_dims(m.model)
         if spec.embed_probe is not None and "hook_embed" not in m.model.hook_dict:
-            raise ValueError(
+            raise UserError(
                 f"spec {spec.name!r} asks for the embedding-update probe, but model {m.name} has no 'hook_embed' "
                 "hook to add the update at; drop embed_probe from the spec for this model"
             )
@@ -157,7 +158,7 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
         for t in tasks:
             longest = max(len(s) for s in t.sequences)
             if longest > dims.n_ctx:
-                raise ValueError(
+                raise UserError(
                     f"{t.kind.upper()}-probe inputs reach {longest} tokens but model {m.name} has a context of "
                     f"{dims.n_ctx}: positions beyond the context cannot be read; use a model with a larger n_ctx"
                 )

@@ -43,6 +43,7 @@ import yaml
 
 from probekit.config import from_dict
 from probekit.data.pools import ATTRIBUTES
+from probekit.errors import UserError, UserFileNotFoundError
 from probekit.probes.embed_probe import EmbedProbeConfig
 from probekit.probes.engine import BACKENDS, EngineConfig
 
@@ -59,10 +60,10 @@ def _names(value: Any, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{what} must be 'all' or a non-empty list of {list(valid)}, got {value!r}")
+        raise UserError(f"{what} must be 'all' or a non-empty list of {list(valid)}, got {value!r}")
     bad = [v for v in value if v not in valid]
     if bad:
-        raise ValueError(f"unknown {what} {bad}; valid {what} are {list(valid)} (or 'all')")
+        raise UserError(f"unknown {what} {bad}; valid {what} are {list(valid)} (or 'all')")
     return tuple(dict.fromkeys(value))
 
 
@@ -106,9 +107,9 @@ class ProbeSpec:
         self.targets = _names(self.targets, TARGET_KINDS, "targets")
         self.hooks = _names(self.hooks, HOOKS, "hooks")
         if self.engine not in BACKENDS:
-            raise ValueError(f"unknown engine {self.engine!r}; valid engines are {list(BACKENDS)}")
+            raise UserError(f"unknown engine {self.engine!r}; valid engines are {list(BACKENDS)}")
         if self.storage not in STORAGE:
-            raise ValueError(f"unknown storage {self.storage!r}; valid storage modes are {list(STORAGE)}")
+            raise UserError(f"unknown storage {self.storage!r}; valid storage modes are {list(STORAGE)}")
         if self.layers != "all":
             layers = [self.layers] if isinstance(self.layers, int) else self.layers
             if (
@@ -116,32 +117,32 @@ class ProbeSpec:
                 or not layers
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)
             ):
-                raise ValueError(
+                raise UserError(
                     f"layers must be 'all' or a non-empty list of non-negative integers, got {self.layers!r}"
                 )
             self.layers = tuple(sorted(set(layers)))
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("batch_size", "max_iter"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not isinstance(self.bootstrap, int) or isinstance(self.bootstrap, bool) or self.bootstrap < 0:
-            raise ValueError(f"bootstrap must be a non-negative integer (0 = no intervals), got {self.bootstrap!r}")
+            raise UserError(f"bootstrap must be a non-negative integer (0 = no intervals), got {self.bootstrap!r}")
         if not isinstance(self.ci_level, (int, float)) or not 0.0 < float(self.ci_level) < 1.0:
-            raise ValueError(f"ci_level must be a number in (0, 1), e.g. 0.95, got {self.ci_level!r}")
+            raise UserError(f"ci_level must be a number in (0, 1), e.g. 0.95, got {self.ci_level!r}")
         if self.readings != "auto":
             from probekit.activations import READINGS
 
             self.readings = _names(self.readings, READINGS, "readings")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
                                          or self.threads < 1):  # fmt: skip
-            raise ValueError(f"threads must be a positive integer or null (the process's count), got {self.threads!r}")
+            raise UserError(f"threads must be a positive integer or null (the process's count), got {self.threads!r}")
         if not isinstance(self.control_task, bool):
-            raise ValueError(f"control_task must be true or false, got {self.control_task!r}")
+            raise UserError(f"control_task must be true or false, got {self.control_task!r}")
         for name in ("entries_per_person", "max_people"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or null, got {v!r}")
+                raise UserError(f"{name} must be a positive integer or null, got {v!r}")
         self.engine_config()  # validates the L2 grid
         if isinstance(self.embed_probe, dict):
             self.embed_probe = from_dict(EmbedProbeConfig, self.embed_probe)
@@ -162,7 +163,7 @@ class ProbeSpec:
             return list(range(n_points))
         bad = [v for v in self.layers if v >= n_points]
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"spec {self.name!r}: layers {bad} do not exist for hook {hook!r} on a {n_layers}-layer model "
                 f"(valid: 0..{n_points - 1})"
             )
@@ -173,15 +174,15 @@ def load_spec(path: str | Path) -> ProbeSpec:
     """Read and validate a probe spec YAML file (the file name gives the default ``name``)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"probe spec {path} does not exist; see probes/default.yaml for an example")
+        raise UserFileNotFoundError(f"probe spec {path} does not exist; see probes/default.yaml for an example")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"probe spec {path} is not valid YAML: {e}") from e
+        raise UserError(f"probe spec {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"probe spec {path} must be a mapping of settings, got {type(data).__name__}")
+        raise UserError(f"probe spec {path} must be a mapping of settings, got {type(data).__name__}")
     data.setdefault("name", path.stem)
     try:
         return from_dict(ProbeSpec, data)
     except ValueError as e:
-        raise ValueError(f"probe spec {path}: {e}") from e
+        raise UserError(f"probe spec {path}: {e}") from e

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probekit.data.tokenizer import EOS_ID, char_span_to_token_span, encode_with_offsets
+from probekit.errors import UserError
 from probekit.probes.engine import Split
 
 NAME_POSITION = "name"
@@ -61,9 +62,9 @@ def people_split(ds: object, val_fraction: float = 0.2, seed: int = 0, max_peopl
     train = sorted(int(p) for p in ds.split["train"])  # type: ignore[attr-defined]
     test = sorted(int(p) for p in ds.split["test"])  # type: ignore[attr-defined]
     if set(train) & set(test):
-        raise ValueError("the dataset's split puts some people in both P_train and P_test; regenerate it")
+        raise UserError("the dataset's split puts some people in both P_train and P_test; regenerate it")
     if not train or not test:
-        raise ValueError(f"the dataset's split needs people on both sides (train {len(train)}, test {len(test)})")
+        raise UserError(f"the dataset's split needs people on both sides (train {len(train)}, test {len(test)})")
     if max_people is not None and max_people < len(train) + len(test):
         n_train = max(2, round(max_people * len(train) / (len(train) + len(test))))
         n_test = max(1, max_people - n_train)
@@ -92,7 +93,7 @@ def _value_class(classes: dict[str, dict[str, int]], attr: str, value: str) -> i
     try:
         return classes[attr][value]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"{attr} value {value!r} is not in the dataset's pool (pools.json); the dataset is inconsistent, "
             "regenerate it"
         ) from None
@@ -140,7 +141,7 @@ def build_p_tasks(
     entries, all if None); read positions before each attribute in ``positions``; labels for every
     (attribute, target) pair."""
     if not positions or not attributes or not targets:
-        raise ValueError("P-probing needs at least one position, one attribute and one target")
+        raise UserError("P-probing needs at least one position, one attribute and one target")
     wanted = set(people.train) | set(people.test)
     tok = ds.tokenizer  # type: ignore[attr-defined]
     classes = _value_classes(ds, attributes)
@@ -156,7 +157,7 @@ def build_p_tasks(
         try:
             spans = {a: (e.first_span(a).start, e.first_span(a).end) for a in need}
         except KeyError as err:
-            raise ValueError(
+            raise UserError(
                 f"biography entry {e.idx} of person {e.pid} has no character span for an attribute ({err}); "
                 "P-probing needs a dataset with attribute spans (regenerate it with `probekit data bios`)"
             ) from None
@@ -168,14 +169,14 @@ def build_p_tasks(
         for k, (a, t) in enumerate(keys):
             labels[k].append(seq[read[a] + 1] if t == "first_token" else _value_class(classes, a, person.attrs[a]))
     if not seqs:
-        raise ValueError("no biography entries for the chosen people; is the dataset empty?")
+        raise UserError("no biography entries for the chosen people; is the dataset empty?")
     return _finish("p", seqs, pos, list(positions), pids, keys, labels, people)
 
 
 def build_q_tasks(ds: object, people: PeopleSplit, attributes: Sequence[str], targets: Sequence[str]) -> ProbeTaskSet:
     """Q-probe rows: one per person of the split, ``[EOS] + ids(full_name)`` read at the last name token."""
     if not attributes or not targets:
-        raise ValueError("Q-probing needs at least one attribute and one target")
+        raise UserError("Q-probing needs at least one attribute and one target")
     tok = ds.tokenizer  # type: ignore[attr-defined]
     classes = _value_classes(ds, attributes)
     keys = [(a, t) for a in attributes for t in targets]
