@@ -21,7 +21,9 @@ every other round, so drift in machine load hits all of them alike):
    ``torch.mm`` timed in the same rounds.
 
 Each figure is the median over all timed steps (the fastest step in brackets: the least disturbed one on a shared
-machine). On a GPU, ``--precision bf16`` autocasts both models (the fast path applies to float32 on CPU only).
+machine). Steps are timed in CPU seconds of this process by default (``--clock cpu``, ``time.process_time``):
+on a machine whose cores other jobs share, wall time mostly measures how long the step waited for a core, CPU
+time what it cost (at 2 threads it also counts the threads' spin-waiting; ``--clock wall`` on an idle machine). On a GPU, ``--precision bf16`` autocasts both models (the fast path applies to float32 on CPU only).
 """
 
 from __future__ import annotations
@@ -46,15 +48,18 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+CLOCK: Callable[[], float] = time.process_time
+
+
 def _time(step: Callable[[int], None], n: int, start: int) -> list[float]:
-    """Seconds of each of ``n`` steps."""
+    """Seconds of each of ``n`` steps on ``CLOCK``."""
     out = []
     for i in range(n):
         _sync()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         step(start + i)
         _sync()
-        out.append(time.perf_counter() - t0)
+        out.append(CLOCK() - t0)
     return out
 
 
@@ -79,11 +84,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave torch's default)")
     ap.add_argument("--precision", choices=("no", "bf16"), default="no")
     ap.add_argument("--no-bico", action="store_true", help="skip the BICO contenders")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: CPU seconds of this process (time.process_time; not inflated by other processes "
+                         "waiting for the same cores), wall: elapsed time (use on an idle machine or a GPU)")  # fmt: skip
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}, precision {args.precision}, batch {args.batch} x {args.seq_len} tokens, "
-          f"vocab {args.vocab}")  # fmt: skip
+          f"vocab {args.vocab}, clock {args.clock}")  # fmt: skip
     for shape in args.shapes.split(","):
         layers, width = (int(x) for x in shape.lower().split("x"))
         run_shape(args, layers, width)
