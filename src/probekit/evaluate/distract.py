@@ -299,12 +299,13 @@ def summarize(records: pd.DataFrame, cfg: DistractEvalConfig, model_name: str, o
                     continue
                 acc = {r: float(np.mean(vals[f"{r}|exact_match"])) for r in ("baseline", regime, "oracle")}
                 gap = acc["oracle"] - acc["baseline"]
-                closed = (acc[regime] - acc["baseline"]) / gap if gap else float("nan")
+                # only a distractor that lowers accuracy leaves a gap to close; otherwise the share is undefined
+                closed = (acc[regime] - acc["baseline"]) / gap if gap > 0 else float("nan")
                 lo = hi = float("nan")
-                if boot is not None:  # paired: baseline, S2A and oracle on the same resamples of people
+                if boot is not None and gap > 0:  # paired: baseline, S2A and oracle on the same resamples of people
                     b, s, o = (boot[keys.index(f"{r}|exact_match")] for r in ("baseline", regime, "oracle"))
                     with np.errstate(invalid="ignore", divide="ignore"):
-                        samples = np.where(o - b != 0, (s - b) / (o - b), np.nan)
+                        samples = np.where(o - b > 0, (s - b) / (o - b), np.nan)
                     lo, hi = percentile_ci(samples, cfg.ci_level)
                 gap_rows.append({**base, "task": kind, "regime": regime, "baseline": acc["baseline"],
                                  "s2a": acc[regime], "oracle": acc["oracle"], "gap": gap, "gap_closed": closed,
