@@ -113,8 +113,15 @@ def use_fast_path(cfg: ModelConfig | None, x: Tensor) -> bool:
         and cfg.fast_path
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
+        and not _cpu_autocast()
     )
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_cpu_enabled())
 
 
 def is_hooked(hook: HookPoint) -> bool:
