@@ -6,7 +6,7 @@
 # 3. probekit eval distract: the distractable QA finetuning, the learned regenerator, P_test under every
 #    distractor kind x (baseline, S2A rule, S2A learned, oracle), probes and hint patching (--resume reuses
 #    finished finetuning runs).
-# 4. regime 2 (config_hint95.yaml: hints right 95% of the time) with the same learned regenerator.
+# 4. regime 2 (distract_hint95.yaml: hints right 95% of the time) with the same learned regenerator.
 # Copies the tables to experiments/distraction/results/{hint80,hint95}/ and the figures to figures/distraction/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,10 +19,10 @@ if [ -f "$out/pretrain/summary.json" ]; then :
 elif [ -d "$out/pretrain/checkpoints" ]; then probekit --threads 1 train --out "$out/pretrain" --resume --no-progress
 else probekit --threads 1 train --config "$here/pretrain.yaml" --data "$out/data" --out "$out/pretrain" --no-progress
 fi
-probekit --threads 1 eval distract --config "$here/config.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
+probekit --threads 1 eval distract --config "$here/distract.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
   --name ntp_multi5_permute --out "$out/eval" --resume
 # regime 2: hints right 95% of the time, the same learned regenerator
-probekit --threads 1 eval distract --config "$here/config_hint95.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
+probekit --threads 1 eval distract --config "$here/distract_hint95.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
   --name ntp_multi5_permute_hint95 --out "$out/eval_hint95" --reuse-regenerations "$out/eval" --resume
 mkdir -p "$here/results/hint80" "$here/results/hint95" "$here/../../figures/distraction"
 for r in hint80:eval hint95:eval_hint95; do
