@@ -75,7 +75,11 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pct(x: float) -> str:
-    return "" if pd.isna(x) else f"{100 * x:.0f}"
+    """A cell label in %, rounded ("-0" shown as "0")."""
+    if pd.isna(x):
+        return ""
+    text = f"{100 * x:.0f}"
+    return "0" if text == "-0" else text
 
 
 def _grid(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str], value: str) -> np.ndarray:
@@ -194,7 +198,7 @@ def q_by_layer(df: pd.DataFrame, model: str, target: str, hook: str = "resid", c
         color = palette[i % len(palette)]
         if not several and m["ci_low"].notna().all():  # the interval as a band under the line
             fig.add_trace(go.Scatter(x=list(m.index) + list(m.index[::-1]),
-                                     y=list(m["ci_high"]) + list(m["ci_low"][::-1]), fill="toself",
+                                     y=list(m["ci_high"]) + list(m["ci_low"][::-1]), fill="toself", mode="lines",
                                      fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
                                      legendgroup=attr, showlegend=False))  # fmt: skip
         fig.add_trace(go.Scatter(x=m.index, y=m["accuracy"], mode="lines+markers", name=attr,
@@ -211,12 +215,17 @@ def q_by_layer(df: pd.DataFrame, model: str, target: str, hook: str = "resid", c
             fig.add_trace(go.Scatter(x=m.index, y=m["control_accuracy"], mode="lines", name=f"{attr} control task",
                                      line={"color": color, "dash": "dot", "width": 1}, legendgroup=attr,
                                      showlegend=False))  # fmt: skip
-    extra = ", dotted: control task" if control and sub["control_accuracy"].notna().any() else ""
-    band = "points: seeds" if several else "band: 95% interval" if sub["ci_low"].notna().any() else ""
-    fig.update_layout(title=f"Q-probe accuracy at the last name token ({target}{_seeds_note(sub)}) - {model}",
-                      xaxis_title="layer",
-                      yaxis_title=f"test accuracy (dashed: majority baseline{extra}{'; ' + band if band else ''})",
-                      yaxis_range=[0, 1.02], width=760, height=480)  # fmt: skip
+    notes = ["dashed: majority baseline"]
+    if control and sub["control_accuracy"].notna().any():
+        notes.append("dotted: control task")
+    if several:
+        notes.append("points: seeds")
+    elif sub["ci_low"].notna().any():
+        notes.append("band: 95% person-bootstrap interval")
+    fig.update_layout(title=f"Q-probe accuracy at the last name token ({target}{_seeds_note(sub)}) - {model}"
+                            f"<br><sup>{'; '.join(notes)}</sup>",
+                      xaxis_title="layer", yaxis_title="test accuracy", yaxis_range=[0, 1.02], width=760,
+                      height=480)  # fmt: skip
     return Figure(f"q_layers_{slug(model)}_{target}", fig, sub)
 
 
