@@ -16,7 +16,16 @@ def _report(res: ExperimentResult) -> None:
     print(f"done in {time.strftime('%M:%S', time.gmtime(res.seconds))} (mm:ss)")
 
 
+def _check_jobs(jobs: int) -> None:
+    """``--jobs`` is checked before anything is printed or written."""
+    from probekit.errors import UserError
+
+    if jobs < 1:
+        raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    _check_jobs(args.jobs)
     cfg = demo_config()
     print(f"probekit demo: {cfg.notes}\nwriting to {args.out} (re-run the same command to resume)")
     _report(run_experiment(cfg, args.out, figures_out=args.figures_out, png=not args.no_png, jobs=args.jobs))
@@ -24,6 +33,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_jobs(args.jobs)
     cfg = load_experiment(args.config)
     out = args.out or f"runs/{cfg.name}"
     print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
