@@ -44,11 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "demo",
-        help="the whole pipeline with built-in defaults (about 5 min on 2 CPU cores)",
+        help="the whole pipeline with built-in defaults (about 6 min on 2 idle CPU cores)",
         description=(
             "Generate bioS single and multi5+permute data (400 people), train a 4-layer NTP model on each, P- and "
-            "Q-probe every layer (with a random-init control), and write the results table, figures and a "
-            "summary. Interrupted? Run the same command again: finished stages are skipped and training resumes."
+            "Q-probe every layer (with a random-init control, control tasks and 95% intervals), and write the "
+            "results table, figures and a summary. Interrupted? Run the same command again: finished stages are "
+            "skipped and training resumes."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
