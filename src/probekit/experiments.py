@@ -480,8 +480,6 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
 def _eval_summary(table: pd.DataFrame, title: str) -> list[str]:
     """Exact match on P_test per model and task, with intervals (one seed) or mean ± sd (several)."""
     view = table[(table["split"] == "test") & (table["metric"] == "exact_match")]
-    if "seed" not in view.columns:
-        view = view.assign(seed=0)
     for c in ("ci_low", "ci_high"):
         if c not in view.columns:
             view = view.assign(**{c: float("nan")})

@@ -68,6 +68,7 @@ from probekit.data.pools import ATTRIBUTES
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
 from probekit.data.tokenizer import EOS_ID, PAD_ID
 from probekit.errors import UserError
+from probekit.stats import person_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -370,22 +371,10 @@ def cluster_bootstrap(
     values: np.ndarray, clusters: Sequence[int], n_boot: int, seed: int, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile intervals of column means of ``values`` [N, F] (NaN = missing), resampling clusters (people) with
-    replacement, all rows of a drawn cluster together. Returns (low [F], high [F]); NaN when ``n_boot`` is 0."""
-    N, F = values.shape
-    if n_boot == 0 or N == 0:
-        return np.full(F, np.nan), np.full(F, np.nan)
-    ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
-    C = len(ids)
-    ok = ~np.isnan(values)
-    sums, counts = np.zeros((C, F)), np.zeros((C, F))
-    np.add.at(sums, inv, np.where(ok, values, 0.0))
-    np.add.at(counts, inv, ok.astype(float))
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(C, np.full(C, 1.0 / C), size=n_boot).astype(float)  # [B, C]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = (w @ sums) / (w @ counts)  # [B, F]
-        a = (1 - level) / 2
-        return np.nanquantile(means, a, axis=0), np.nanquantile(means, 1 - a, axis=0)
+    replacement, all rows of a drawn cluster together (``probekit.stats.person_bootstrap`` on the columns).
+    Returns (low [F], high [F]); NaN when ``n_boot`` is 0."""
+    iv = person_bootstrap(np.asarray(values, dtype=np.float64).T, np.asarray(clusters), n_boot, level, seed)
+    return iv.low, iv.high
 
 
 def slot_layout(pairs: Sequence[TracePair], by: str) -> tuple[list[list[int]], list[tuple[str, str]]]:

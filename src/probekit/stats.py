@@ -52,13 +52,15 @@ def bootstrap_means(
     of the people ``pids`` [N] (NaN where a resample drew none of a statistic's people).
 
     ``mask`` [F, N] (bool, optional) marks the rows each statistic uses (e.g. QA items of one attribute); rows
-    outside it are ignored, and a person with no rows in a statistic's mask contributes nothing to it.
+    outside it, and NaN values, are ignored, and a person with no rows left in a statistic contributes nothing to it.
     """
     v = np.atleast_2d(np.asarray(values, dtype=np.float64))  # [F, N]
     pids = np.asarray(pids)
     if pids.ndim != 1 or pids.shape[0] != v.shape[1]:
         raise ValueError(f"pids must be [N] with N = {v.shape[1]} rows, got shape {pids.shape}")
-    m = np.ones_like(v, dtype=bool) if mask is None else np.broadcast_to(np.asarray(mask, dtype=bool), v.shape)
+    m = ~np.isnan(v)
+    if mask is not None:
+        m &= np.broadcast_to(np.asarray(mask, dtype=bool), v.shape)
     F = v.shape[0]
     if v.shape[1] == 0:
         return np.full((F, n_boot), np.nan)
@@ -88,9 +90,12 @@ def person_bootstrap(
 ) -> Interval:
     """Percentile intervals of the mean of ``values`` [F, N] over rows, resampling the people ``pids`` [N] with
     replacement (``bootstrap_means``): the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the
-    resampled means, each [F] (NaN for a statistic without rows)."""
+    resampled means, each [F] (NaN for a statistic without rows, and everywhere when ``n_boot`` is 0)."""
     if not 0.0 < level < 1.0:
         raise UserError(f"the interval level must be in (0, 1), got {level}")
+    if n_boot == 0:
+        F = np.atleast_2d(np.asarray(values)).shape[0]
+        return Interval(np.full(F, np.nan), np.full(F, np.nan))
     stats = bootstrap_means(values, pids, n_boot, seed, mask)  # [F, B]
     F = stats.shape[0]
     low, high = np.full(F, np.nan), np.full(F, np.nan)

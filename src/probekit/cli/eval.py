@@ -80,12 +80,12 @@ def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> N
     t = table[table["metric"].isin(metrics)]
     keys = ("model", "objective", "split", "finetune", "kind")
     index = [c for c in keys if c in t.columns and t[c].nunique() > 1] + ["task"]
-    cells = t.assign(cell=[f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "")
-                           for v, lo, hi in zip(t["value"], t.get("ci_low", t["value"] * float("nan")),
-                                                t.get("ci_high", t["value"] * float("nan")))])  # fmt: skip
+    has_ci = "ci_low" in t.columns
+    cells = t.assign(cell=[f"{r.value:.3f}" + (f" [{r.ci_low:.3f}, {r.ci_high:.3f}]" if has_ci and pd.notna(r.ci_low)
+                                               else "") for r in t.itertuples()])  # fmt: skip
     wide = cells.pivot_table(index=index, columns="metric", values="cell", aggfunc="first", sort=False)
     wide["n"] = t.groupby(index, sort=False)["n"].max()
-    print("value [95% person-bootstrap interval]" if "ci_low" in t.columns else "")
+    print("value [95% person-bootstrap interval]" if has_ci else "")
     print(wide.to_string())
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix in (".parquet", ".csv", ".png"))[:2000])
 

@@ -282,7 +282,7 @@ def summarize(records: pd.DataFrame, cfg: DistractEvalConfig, model_name: str, o
             pids = ad[ad["regime"] == "baseline"].sort_values(["pid", "attr"])["pid"].to_numpy()  # [N]
             keys = list(vals)
             V = np.stack([vals[k] for k in keys])  # [F, N]
-            boot = (bootstrap_means(np.nan_to_num(V), pids, cfg.n_boot, cfg.seed, mask=~np.isnan(V))  # [F, B]
+            boot = (bootstrap_means(V, pids, cfg.n_boot, cfg.seed)  # [F, B]; NaN values are left out
                     if cfg.n_boot else None)  # fmt: skip
             for i, key in enumerate(keys):
                 regime, metric = key.split("|")

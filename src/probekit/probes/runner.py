@@ -234,7 +234,8 @@ def probe_stats(
         both = [i for i in live if controls[i].test_correct is not None]
         if both:
             ctrl = np.stack([controls[i].test_correct for i in both]).astype(np.float64)  # [F', n_test]
-            diff = acc[[live.index(i) for i in both]] - ctrl
+            row = {i: j for j, i in enumerate(live)}  # fit index -> its row of acc
+            diff = acc[[row[i] for i in both]] - ctrl
             sv = person_bootstrap(diff, pids, spec.bootstrap, spec.ci_level, spec.seed)
             for j, i in enumerate(both):
                 out[i]["selectivity_ci_low"], out[i]["selectivity_ci_high"] = float(sv.low[j]), float(sv.high[j])
