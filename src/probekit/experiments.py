@@ -26,7 +26,7 @@ import pandas as pd
 
 from probekit.config import from_dict, to_dict
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
-from probekit.io import atomic_write_json, atomic_write_text
+from probekit.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ class ExperimentConfig:
     datasets: list[DatasetSpec]
     models: list[ModelSpec]
     probe: dict[str, Any] = field(default_factory=dict)  # ProbeSpec fields
+    # a second probe spec for the paper's embedding-update probe (ProbeSpec fields with an ``embed_probe``
+    # section); its rows (hook ``embed_update``) go to ``embed_update/results.parquet``
+    embed_probe: dict[str, Any] | None = None
     control_random: bool = True  # also probe a randomly initialised model of each shape
     qa: QASpec | None = None
     inverse: InverseSpec | None = None  # inverse search on P_test after finetuning on P_train's inverse prompts
@@ -162,6 +165,11 @@ class ExperimentConfig:
                                     f"0..{n_layers} (0 = embeddings, {n_layers} = last block's output); "
                                     "choose one of those")  # fmt: skip
         from_dict(ProbeSpec, {"name": self.name, **self.probe})
+        if self.embed_probe is not None:
+            espec = from_dict(ProbeSpec, {"name": f"{self.name}_embed_update", **self.embed_probe})
+            if espec.embed_probe is None:
+                raise UserError("embed_probe: give the paper's probe settings under embed_probe.embed_probe "
+                                "(e.g. {rank: 0, epochs: 20}); see probes/embed_update.yaml")  # fmt: skip
         for what, ev in (("qa", self.qa), ("inverse", self.inverse)):
             if ev is None:
                 continue
@@ -222,7 +230,7 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as written to ``experiment.json`` and compared on resume. Settings added after a run was
     started are left out while they keep their defaults, so such runs still resume."""
     rec = to_dict(cfg)
-    for key, default in (("seeds", None), ("seed_data", False)):
+    for key, default in (("seeds", None), ("seed_data", False), ("embed_probe", None)):
         if rec.get(key) == default:
             rec.pop(key, None)
     return rec
@@ -351,67 +359,166 @@ def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progre
     return runs
 
 
-def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path],
-                 progress: bool) -> pd.DataFrame:  # fmt: skip
+def _probe_one(spec_dict: dict[str, Any], data_dir: Path, model_dir: Path, name: str, control_random: bool,
+               dest: Path, seed: int, only_hook: str | None, command: list[str] | None = None) -> None:  # fmt: skip
+    """Probe one trained model (and its random-init control) with one spec into ``dest``: ``results.parquet``
+    and ``q_people.parquet`` (per-test-person Q-probe correctness, for comparisons across models); ``only_hook``
+    keeps only that hook's rows (the embedding-update spec, whose frozen probes the main spec already has). A
+    top-level function so a worker process can run it."""
+    from probekit import provenance as prov
     from probekit.data.store import load_dataset
-    from probekit.probes.runner import check_compatible, load_probe_model, random_init_like, run_spec
+    from probekit.io import atomic_path
+    from probekit.probes.runner import (
+        check_compatible,
+        load_probe_model,
+        random_init_like,
+        run_spec,
+    )
     from probekit.probes.spec import ProbeSpec
-    from probekit.results import read_results, write_results
+    from probekit.results import write_results
 
-    spec = from_dict(ProbeSpec, {"name": cfg.name, **cfg.probe})
-    tables = []
+    if command is not None:
+        prov.set_command_line(command)
+    spec = from_dict(ProbeSpec, spec_dict)
+    ds = load_dataset(data_dir)
+    target = load_probe_model(model_dir, name=name)
+    check_compatible(target, ds)
+    models = [target] + ([random_init_like(target)] if control_random else [])
+    people: list[dict[str, Any]] = []
+    df = run_spec(spec, ds, models, progress=command is None, q_people=people)
+    if only_hook is not None:
+        df = df[df["hook"] == only_hook].reset_index(drop=True)
+        people = [p for p in people if p["hook"] == only_hook]
+    df["seed"] = seed  # also for tables of checkpoints that do not record their seed
+    rec = prov.record(inputs={"model": prov.weights_file(model_dir), "data": data_dir},
+                      seeds={"probe": spec.seed, "train": seed})  # fmt: skip
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest / "q_people.parquet") as tmp:
+        pd.DataFrame(people).assign(seed=seed).to_parquet(tmp, index=False)
+    write_results(df, dest, provenance=rec)
+    _mark_done(dest)
+
+
+def _in_pool(todo: list[tuple[str, Any, tuple[Any, ...]]], jobs: int, progress: bool = True) -> None:
+    """Run ``fn(*args)`` for each ``(label, fn, args)``: in ``jobs`` worker processes (one torch thread each; the
+    last argument of each call, the parent's command line, is filled in) or, with ``jobs`` 1, here in order."""
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        from probekit.provenance import command_line
+
+        cmd = command_line()
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init) as pool:  # fmt: skip
+            futures = [(label, pool.submit(fn, *args, cmd)) for label, fn, args in todo]
+            for label, fut in tqdm(futures, desc="models", unit="model", disable=not progress):
+                fut.result()
+                log.info(f"  {label} done")
+    else:
+        for _, fn, args in todo:
+            fn(*args, None)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path],
+                 progress: bool, jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame | None]:  # fmt: skip
+    """Probe every run with the experiment's spec (into ``probes/<run>``) and, when configured, the paper's
+    embedding-update probe (``probes/<run>/embed_update``); ``jobs`` > 1 probes that many models at once.
+    Returns the frozen-probe table and the embedding-update table (None when not configured)."""
+    from probekit.results import read_results
+
+    specs = [("probes", {"name": cfg.name, **cfg.probe}, "")]
+    if cfg.embed_probe is not None:
+        # the paper's probe reads causally; the frozen probes this spec also fits are left out of its table
+        spec_e = {"name": f"{cfg.name}_embed_update", "readings": ["causal"], **cfg.embed_probe}
+        specs.append(("embed_update", spec_e, "embed_update"))
+    todo = []
+    for what, spec_dict, sub in specs:
+        for r in cfg.runs():
+            dest = out / "probes" / r.key / sub
+            if not _done(dest):
+                log.info(f"[probe] {r.key}: {what} on {cfg.data_key(r)}")
+                args = (spec_dict, data[cfg.data_key(r)], runs[r.key], r.model.name, cfg.control_random, dest,
+                        r.train_seed, "embed_update" if sub else None)  # fmt: skip
+                todo.append((f"{what} {r.key}", _probe_one, args))
+    _in_pool(todo, jobs, progress)
+    tables: dict[str, list[pd.DataFrame]] = {"": [], "embed_update": []}
+    for _, _, sub in specs:
+        for r in cfg.runs():
+            table = read_results(out / "probes" / r.key / sub / "results.parquet")
+            table["seed"] = table["seed"].fillna(r.train_seed)  # tables written before the seed column existed
+            tables[sub].append(table)
+    embed = pd.concat(tables["embed_update"], ignore_index=True) if tables["embed_update"] else None
+    return pd.concat(tables[""], ignore_index=True), embed
+
+
+def q_people_table(cfg: ExperimentConfig, out: Path, keys: list[str] | None = None) -> pd.DataFrame:
+    """The per-test-person Q-probe correctness (frozen and embedding-update probes) of every run (or of the run
+    ``keys``), with run keys."""
+    parts = []
     for r in cfg.runs():
-        m, dest, dkey = r.model, out / "probes" / r.key, cfg.data_key(r)
-        if not _done(dest):
-            ds = load_dataset(data[dkey])
-            target = load_probe_model(runs[r.key], name=m.name)
-            check_compatible(target, ds)
-            models = [target] + ([random_init_like(target)] if cfg.control_random else [])
-            log.info(f"[probe] {r.key}: {', '.join(k.upper() for k in spec.kinds)}-probes on {dkey}")
-            df = run_spec(spec, ds, models, progress=progress)
-            df["seed"] = r.train_seed  # also for tables of checkpoints that do not record their seed
-            from probekit import provenance as prov
+        if keys is not None and r.key not in keys:
+            continue
+        for sub in ("", "embed_update"):
+            f = out / "probes" / r.key / sub / "q_people.parquet"
+            if f.exists():
+                parts.append(pd.read_parquet(f).assign(run=r.key, dataset=r.model.data))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
-            rec = prov.record(inputs={"model": prov.weights_file(runs[r.key]), "data": data[dkey]},
-                              seeds={"probe": spec.seed, "train": r.train_seed})  # fmt: skip
-            write_results(df, dest, provenance=rec)
-            _mark_done(dest)
-        table = read_results(dest / "results.parquet")
-        table["seed"] = table["seed"].fillna(r.train_seed)  # tables written before the seed column existed
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True)
+
+def _eval_one(kind: str, model_dir: Path, data_dir: Path, dest: Path, finetune: dict[str, Any], name: str,
+              attrs: tuple[str, ...] | None, png: bool, command: list[str] | None = None) -> None:  # fmt: skip
+    """Finetune one model on P_train items and answer P_test (and P_train) items: QA extraction (``kind`` "qa")
+    or inverse search ("inverse"). A top-level function so a worker process can run it."""
+    from probekit.evaluate.inverse import run_inverse
+    from probekit.evaluate.qa import FinetuneConfig, run_qa
+    from probekit.provenance import set_command_line
+
+    if command is not None:
+        set_command_line(command)
+    fcfg = from_dict(FinetuneConfig, finetune)
+    kw: dict[str, Any] = {"model_name": name, "eval_train": True, "progress": command is None, "overwrite": True,
+                          "png": png}  # fmt: skip
+    if kind == "qa":
+        run_qa(model_dir, data_dir, dest, fcfg, **kw)
+    elif attrs:
+        run_inverse(model_dir, data_dir, dest, fcfg, attrs=attrs, **kw)
+    else:
+        run_inverse(model_dir, data_dir, dest, fcfg, **kw)
+    _mark_done(dest)
 
 
 def _stage_eval(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path], progress: bool,
-                kind: str, png: bool = True) -> pd.DataFrame | None:  # fmt: skip
+                kind: str, png: bool = True, jobs: int = 1) -> pd.DataFrame | None:  # fmt: skip
     """QA extraction (``kind="qa"``) or inverse search (``"inverse"``) for every run the stage names: finetune
-    on P_train items, answer P_test (and P_train) items; returns the tables with a ``seed`` column."""
+    on P_train items, answer P_test (and P_train) items; ``jobs`` > 1 evaluates that many models at once.
+    Returns the tables with a ``seed`` column."""
     ev = cfg.qa if kind == "qa" else cfg.inverse
     if ev is None:
         return None
-    from probekit.evaluate.inverse import run_inverse
-    from probekit.evaluate.qa import FinetuneConfig, run_qa
-
-    fcfg = from_dict(FinetuneConfig, ev.finetune)
-    tables = []
-    for r in cfg.runs():
-        m = r.model
-        if ev.models and m.name not in ev.models:
-            continue
+    chosen = [r for r in cfg.runs() if not ev.models or r.model.name in ev.models]
+    attrs = tuple(ev.attributes) if isinstance(ev, InverseSpec) and ev.attributes else None
+    todo = []
+    for r in chosen:
         dest = out / kind / r.key
         if not _done(dest):
             what = "QAs" if kind == "qa" else "inverse prompts (attributes -> name)"
-            log.info(f"[{kind}] {r.key}: finetune ({fcfg.method}) on P_train {what}, answer P_test")
-            args = (runs[r.key], data[cfg.data_key(r)], dest, fcfg)
-            kw: dict[str, Any] = {"model_name": m.name, "eval_train": True, "progress": progress, "overwrite": True,
-                                  "png": png}  # fmt: skip
-            if kind == "qa":
-                run_qa(*args, **kw)
-            else:
-                attrs = tuple(ev.attributes) if isinstance(ev, InverseSpec) and ev.attributes else None
-                run_inverse(*args, **({"attrs": attrs} if attrs else {}), **kw)
-            _mark_done(dest)
-        table = pd.read_csv(dest / "results.csv")
+            log.info(f"[{kind}] {r.key}: finetune ({ev.finetune.get('method', 'full')}) on P_train {what}, "
+                     "answer P_test")  # fmt: skip
+            args = (kind, runs[r.key], data[cfg.data_key(r)], dest, ev.finetune, r.model.name, attrs, png)
+            todo.append((f"{kind} {r.key}", _eval_one, args))
+    _in_pool(todo, jobs, progress)
+    tables = []
+    for r in chosen:
+        table = pd.read_csv(out / kind / r.key / "results.csv")
         table["seed"] = r.train_seed
         tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else None
@@ -437,7 +544,8 @@ def _best_per_seed(g: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
     return g.loc[g.groupby(seeds)[column].idxmax()]
 
 
-def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFrame | None = None) -> str:
+def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFrame | None = None,
+              embed: pd.DataFrame | None = None) -> str:  # fmt: skip
     """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the birth-date
     position (the token before the birth date: right after the name in ``single`` order, anywhere under
     ``permute``), Q-probe accuracy at the name (and its selectivity against the control task, when run), each at
@@ -471,10 +579,36 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
                      f"target = {target}:")  # fmt: skip
         lines.append(pd.DataFrame(rows).fillna("-").to_string(index=False))
         lines.append("")
+    if embed is not None and not embed.empty:
+        lines += _embed_summary(embed)
     for table, title in ((qa, "QA extraction"), (inverse, "Inverse search (attributes -> full name)")):
         if table is not None and not table.empty:
             lines += _eval_summary(table, title)
     return "\n".join(lines)
+
+
+def _embed_summary(embed: pd.DataFrame) -> list[str]:
+    """The paper's embedding-update probe (last layer): Q at the name and P at each attribute's own position."""
+    from probekit.results import normalise
+
+    ok = normalise(embed)
+    ok = ok[ok["status"] == "ok"]
+    lines = []
+    for target, g0 in ok.groupby("target_kind", sort=False):
+        rows = []
+        for (model, attr), g in g0.groupby(["model", "attribute"], sort=False):
+            p, q = g[(g["probe_kind"] == "p") & (g["position"] == attr)], g[g["probe_kind"] == "q"]
+            rec: dict[str, Any] = {"model": model, "attribute": attr}
+            for col, part in (("P own pos", p), ("Q name", q)):
+                rec[col] = _cell(part["accuracy"].tolist(), part["ci_low"].tolist(), part["ci_high"].tolist())
+            if len(q) and q["selectivity"].notna().any():
+                rec["Q selectivity"] = _cell(q["selectivity"].tolist(), q["selectivity_ci_low"].tolist(),
+                                             q["selectivity_ci_high"].tolist())  # fmt: skip
+            rec["baseline"] = f"{100 * g['baseline'].max():.1f}"
+            rows.append(rec)
+        lines += [f"Embedding-update probe (the paper's; last layer), % on P_test [95% interval], target = {target}:",
+                  pd.DataFrame(rows).fillna("-").to_string(index=False), ""]  # fmt: skip
+    return lines
 
 
 def _eval_summary(table: pd.DataFrame, title: str) -> list[str]:
@@ -491,6 +625,58 @@ def _eval_summary(table: pd.DataFrame, title: str) -> list[str]:
             pd.DataFrame(cells).T.fillna("-").to_string(), ""]
 
 
+def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, embed: pd.DataFrame | None,
+                      qa: pd.DataFrame | None, inverse: pd.DataFrame | None, layer: int | None = None,
+                      png: bool = True, provenance: dict | None = None, control: bool = True,
+                      figures_dir: Path | None = None) -> tuple[Any, pd.DataFrame | None]:  # fmt: skip
+    """Every figure of an experiment from its tables: each model's probe figures (``probekit.plots``) and, with
+    two or more trained models, the comparison across them (``probekit.compare``: P grids and Q profiles side
+    by side, storage at the name against QA and inverse search with correlations, extraction per model). The
+    comparison's tables go to ``<out>/comparison/`` (``points.csv``, ``correlations.csv``). Returns the render
+    report and the correlations (None without a comparison). ``probekit plot --experiment`` calls this too."""
+    from probekit import compare
+    from probekit.plots import build_figures, check_layer, write_figures
+
+    layer = cfg.figures_layer if layer is None else layer
+    check_layer(probe, layer)
+    figures = build_figures(probe, layer, control)
+    corr = None
+    both = pd.concat([probe, embed], ignore_index=True) if embed is not None else probe
+    if len(compare.trained_models(both)) >= 2:
+        keys = [(r.key, r.model.name) for r in cfg.runs()]
+        if cfg.seeds is not None and len(cfg.seeds) > 1:  # the comparison takes each model's first seed
+            first = cfg.seeds[0]
+            keys = [(r.key, r.model.name) for r in cfg.runs() if r.seed == first]
+            both = both[both["seed"] == first]
+        points = compare.storage_points(both, q_people_table(cfg, out, [k for k, _ in keys]),
+                                        compare.load_eval_predictions(out, "qa", keys),
+                                        compare.load_eval_predictions(out, "inverse", keys))  # fmt: skip
+        corr = compare.correlations(points, seed=int(cfg.probe.get("seed", 0)))
+        (out / "comparison").mkdir(parents=True, exist_ok=True)
+        for name, table in (("points", points.table), ("correlations", corr)):
+            with atomic_path(out / "comparison" / f"{name}.csv") as tmp:
+                table.to_csv(tmp, index=False)
+        figures += compare.comparison_figures(both, points, corr, qa, inverse, layer)
+    report = write_figures(figures, figures_dir or out / "figures", png, provenance)
+    return report, corr
+
+
+def load_experiment_tables(out: Path) -> tuple[ExperimentConfig, pd.DataFrame, pd.DataFrame | None,
+                                               pd.DataFrame | None, pd.DataFrame | None]:  # fmt: skip
+    """An experiment's config and tables from its output directory (for re-rendering its figures)."""
+    from probekit.results import read_results
+
+    rec = out / "experiment.json"
+    if not rec.exists() or not (out / "results.parquet").exists():
+        raise UserFileNotFoundError(f"{out} holds no finished experiment (experiment.json and results.parquet); "
+                                    "run `probekit run` into it first")  # fmt: skip
+    cfg = from_dict(ExperimentConfig, json.loads(rec.read_text()))
+    probe = read_results(out / "results.parquet")
+    embed = read_results(out / "embed_update" / "results.parquet") if (out / "embed_update").exists() else None
+    qa, inverse = (pd.read_csv(out / f"{n}.csv") if (out / f"{n}.csv").exists() else None for n in ("qa", "inverse"))
+    return cfg, probe, embed, qa, inverse
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True,
                    figures_out: str | Path | None = None, png: bool = True, jobs: int = 1) -> ExperimentResult:  # fmt: skip
     """Run (or continue) every stage of ``cfg`` into ``out``; returns the tables, figures and summary.
@@ -498,10 +684,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     ``jobs`` > 1 trains up to that many models at once in worker processes (one torch thread each): on a
     small-CPU machine two single-thread trainings finish sooner than two consecutive two-thread ones.
     """
-    from probekit.plots import render_figures
-    from probekit.results import write_results
-
     from probekit import provenance as prov
+    from probekit.results import write_results
 
     t0 = time.perf_counter()
     cfg.validate()  # everything is checked before the first file is written
@@ -518,18 +702,28 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     prov.append_session(out, prov.record(seeds=seeds, jobs=jobs))
     data = _stage_data(cfg, out)
     runs = _stage_train(cfg, out, data, progress, jobs)
-    probe = _stage_probe(cfg, out, data, runs, progress)
-    qa = _stage_eval(cfg, out, data, runs, progress, "qa", png)
-    inverse = _stage_eval(cfg, out, data, runs, progress, "inverse", png)
+    probe, embed = _stage_probe(cfg, out, data, runs, progress, jobs)
+    qa = _stage_eval(cfg, out, data, runs, progress, "qa", png, jobs)
+    inverse = _stage_eval(cfg, out, data, runs, progress, "inverse", png, jobs)
     inputs = {**{f"data/{k}": v for k, v in data.items()},
               **{f"probes/{r.key}": out / "probes" / r.key / "results.parquet" for r in cfg.runs()}}  # fmt: skip
     rec = prov.record(inputs=inputs, seeds=seeds)
     write_results(probe, out, provenance=rec)
+    if embed is not None:
+        write_results(embed, out / "embed_update", provenance=rec)
+    for name, table in (("qa", qa), ("inverse", inverse)):
+        if table is not None:
+            with atomic_path(out / f"{name}.csv") as tmp:
+                table.to_csv(tmp, index=False)
     fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(out / "results.parquet")}}
-    report = render_figures(probe, out / "figures", layer=cfg.figures_layer, png=png, provenance=fig_rec)
+    report, corr = render_experiment(cfg, out, probe, embed, qa, inverse, png=png, provenance=fig_rec)
     if report.png_error:
         log.warning(report.png_error)
-    summary = summarize(probe, qa, inverse)
+    summary = summarize(probe, qa, inverse, embed)
+    if corr is not None:
+        from probekit.compare import correlation_summary
+
+        summary += "\n" + "\n".join(correlation_summary(corr))
     seconds = time.perf_counter() - t0
     atomic_write_text(out / "summary.txt", summary + "\n")
     files = list(report.files)
@@ -574,5 +768,15 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
                     "to start again")  # fmt: skip
 
 
-__all__ = ["DatasetSpec", "ModelSpec", "QASpec", "InverseSpec", "Run", "ExperimentConfig", "load_experiment",
-           "demo_config", "run_experiment", "summarize"]  # fmt: skip
+__all__ = [
+    "DatasetSpec",
+    "ExperimentConfig",
+    "InverseSpec",
+    "ModelSpec",
+    "QASpec",
+    "Run",
+    "demo_config",
+    "load_experiment",
+    "run_experiment",
+    "summarize",
+]  # fmt: skip

@@ -8,10 +8,16 @@ from pathlib import Path
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from probekit import provenance as prov
+    from probekit.errors import UserError
     from probekit.plots import check_layer, render_figures
     from probekit.results import RESULTS_PARQUET, read_provenance, read_results
 
+    if (args.results is None) == (args.experiment is None):
+        raise UserError("give either --results TABLE... (probe figures) or --experiment DIR (an experiment's "
+                        "figures, comparisons across its models included)")  # fmt: skip
     _check_figures_dir(Path(args.out))
+    if args.experiment is not None:
+        return _plot_experiment(args)
     df = read_results(args.results)
     check_layer(df, args.layer)
     tables = [Path(r) / RESULTS_PARQUET if Path(r).is_dir() else Path(r) for r in args.results]
@@ -25,6 +31,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     print(f"rendered {len(names)} figures from {len(df)} probe results into {args.out}:")
     for n in names:
         print(f"  {n}")
+    if report.png_error:
+        print(f"warning: {report.png_error}")
+    return 0
+
+
+def _plot_experiment(args: argparse.Namespace) -> int:
+    """Every figure of a finished experiment from its tables (``probekit.experiments.render_experiment``)."""
+    from probekit import provenance as prov
+    from probekit.experiments import load_experiment_tables, render_experiment
+
+    run = Path(args.experiment).resolve()
+    cfg, probe, embed, qa, inverse = load_experiment_tables(run)
+    rec = prov.record(inputs={"results": run / "results.parquet"})
+    report, corr = render_experiment(cfg, run, probe, embed, qa, inverse, layer=args.layer, png=not args.no_png,
+                                     provenance=rec, control=not args.no_control, figures_dir=Path(args.out))  # fmt: skip
+    names = sorted({p.stem for p in report.files})
+    print(f"rendered {len(names)} figures of experiment {cfg.name} into {args.out}"
+          + (f" (comparison tables in {run / 'comparison'})" if corr is not None else ""))  # fmt: skip
     if report.png_error:
         print(f"warning: {report.png_error}")
     return 0
@@ -54,10 +78,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "plot",
         help="re-render probe figures from results tables",
         description="Draw every probe figure (HTML, PNG and the CSV data) from one or more results tables; "
-        "several tables (models) give side-by-side comparison figures too.",
+        "several tables (models) give side-by-side comparison figures too. --experiment DIR re-renders a finished "
+        "experiment's figures, with the comparison across objectives (P grids, Q profiles, storage vs extraction "
+        "scatter with correlations, extraction bars).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--results", nargs="+", required=True, help="results.parquet/.csv files or probe output dirs")
+    p.add_argument("--results", nargs="+", help="results.parquet/.csv files or probe output dirs")
+    p.add_argument("--experiment", help="an experiment's output directory (probekit run): all its figures, the "
+                   "comparison across its models included")  # fmt: skip
     p.add_argument("--out", required=True, help="directory for the figures")
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip

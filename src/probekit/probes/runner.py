@@ -21,8 +21,8 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probekit.activations import collect_activations, estimate_bytes, hook_points, model_dims
+from probekit.activations import (
+    collect_activations,
+    estimate_bytes,
+    hook_points,
+    model_dims,
+)
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.probes.embed_probe import HOOK_NAME as EMBED_HOOK
 from probekit.probes.embed_probe import train_embed_probe
 from probekit.probes.engine import ProbeFit, run_probes
 from probekit.probes.spec import ProbeSpec
-from probekit.probes.tasks import ProbeTaskSet, build_p_tasks, build_q_tasks, control_labels, people_split
+from probekit.probes.tasks import (
+    ProbeTaskSet,
+    build_p_tasks,
+    build_q_tasks,
+    control_labels,
+    people_split,
+)
 from probekit.results import make_table
 from probekit.stats import person_bootstrap
 
@@ -102,8 +113,8 @@ def random_init_like(target: ProbeModel, seed: int = 12345) -> ProbeModel:
         cfg = dataclasses.replace(target.model.cfg, seed=seed)
         model = HookedLM(cfg).to(next(target.model.parameters()).device).eval()
     else:
-        from transformers import AutoConfig, AutoModelForCausalLM
         from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         if target.source is None:
             raise UserError("a random-init control of a Hugging Face model needs its directory")
@@ -166,7 +177,7 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
 
 def _embed_rows(
     spec: ProbeSpec, m: ProbeModel, t: ProbeTaskSet, dataset_name: str, progress: bool,
-    logs: list[dict[str, Any]] | None,
+    logs: list[dict[str, Any]] | None, people: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Results rows of the paper's embedding-update probe on task set ``t`` (hook ``embed_update``, last layer);
     its training log (per-epoch loss and validation accuracy) is appended to ``logs``."""
@@ -189,6 +200,8 @@ def _embed_rows(
     engine = f"embed_update_r{ranks[0]}"
     fits = results[0]
     stats = probe_stats(fits, results[1] if len(results) > 1 else None, t, spec)
+    if people is not None and t.kind == "q":
+        people += person_rows(m, t, fits, EMBED_HOOK, layer, "causal")
     return [{**_row(m, dataset_name, t, f, EMBED_HOOK, layer, t.position_names[f.group], engine), **st}
             for f, st in zip(fits, stats)]  # fmt: skip
 
@@ -242,6 +255,24 @@ def probe_stats(
     return out
 
 
+def person_rows(
+    m: ProbeModel, t: ProbeTaskSet, fits: list[ProbeFit], hook: str, layer: int, reading: str
+) -> list[dict[str, Any]]:
+    """Per-test-person correctness of Q-probe fits (one row per fit x P_test person): what lets a comparison
+    resample people jointly across probes and evaluations (``probekit.compare``). Q task sets have one row per
+    person, so a fit's ``test_correct`` lines up with the task's test pids."""
+    pids = t.pids[t.split.test]  # [n_test]
+    rows = []
+    for f in fits:
+        if f.test_correct is None:
+            continue
+        attr, target = t.label_keys[f.label]
+        head = {"model": m.name, "objective": m.objective, "reading": reading, "hook": hook, "layer": layer,
+                "attribute": attr, "target_kind": target}  # fmt: skip
+        rows += [{**head, "pid": int(pid), "correct": bool(ok)} for pid, ok in zip(pids, f.test_correct)]
+    return rows
+
+
 def _row(
     m: ProbeModel, dataset_name: str, t: ProbeTaskSet, f: ProbeFit, hook: str, layer: int, position: str,
     engine: str,
@@ -266,18 +297,20 @@ def run_spec(
     work_dir: str | Path | None = None,
     progress: bool = True,
     embed_logs: list[dict[str, Any]] | None = None,
+    q_people: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Probe every model with ``spec`` on ``ds``; returns the tidy results table (``probekit.results``).
 
     ``engine`` overrides ``spec.engine``. Activations go to memory or, when ``spec.storage`` says so (or auto
     and larger than ``spec.memory_limit_mb``), to float16 memmaps in ``work_dir`` (a temp dir if None), deleted
-    after each task set. ``embed_logs`` (a list) collects the embedding-update probe's training logs.
+    after each task set. ``embed_logs`` (a list) collects the embedding-update probe's training logs;
+    ``q_people`` (a list) collects every Q-probe's per-test-person correctness (``person_rows``).
     """
     ecfg = spec.engine_config(engine)
     tasks = build_tasks(spec, ds)
     validate_run(spec, tasks, models)
     with fixed_threads(spec.threads):
-        return _run_spec(spec, ds, models, ecfg, tasks, work_dir, progress, embed_logs)
+        return _run_spec(spec, ds, models, ecfg, tasks, work_dir, progress, embed_logs, q_people)
 
 
 @contextlib.contextmanager
@@ -295,6 +328,7 @@ def fixed_threads(n: int | None) -> Iterator[None]:
 def _run_spec(
     spec: ProbeSpec, ds: Any, models: list[ProbeModel], ecfg: Any, tasks: list[ProbeTaskSet],
     work_dir: str | Path | None, progress: bool, embed_logs: list[dict[str, Any]] | None,
+    q_people: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """``run_spec`` after its checks (inside its thread setting)."""
     rows: list[dict[str, Any]] = []
@@ -335,10 +369,14 @@ def _run_spec(
                     point, position = acts.group(f.group)
                     rows.append({**_row(m, dataset_name, t, f, point.hook, point.layer, position, mcfg.backend),
                                  **st, "reading": reading})  # fmt: skip
+                if q_people is not None and t.kind == "q":
+                    for f in real:
+                        point, _ = acts.group(f.group)
+                        q_people += person_rows(m, t, [f], point.hook, point.layer, reading)
                 del acts
                 shutil.rmtree(act_dir, ignore_errors=True)
                 if spec.embed_probe is not None and reading == "causal":  # the paper's probe reads causally
-                    rows += _embed_rows(spec, m, t, dataset_name, progress, embed_logs)
+                    rows += _embed_rows(spec, m, t, dataset_name, progress, embed_logs, q_people)
     finally:
         if work_dir is None:
             shutil.rmtree(tmp_root, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""The objectives experiment (experiments/objectives/config.yaml) shrunk to seconds: every stage runs for NTP, ABI
+and BICO models and every table and comparison figure is written (pipeline, not science)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from probekit.config import from_dict, to_dict
+from probekit.experiments import ExperimentConfig, load_experiment, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 160}
+
+
+def quick_objectives_config() -> ExperimentConfig:
+    """The shipped config with its scale cut down (people, model, steps, resamples); everything else as shipped."""
+    rec = to_dict(load_experiment(ROOT / "experiments" / "objectives"))
+    for d in rec["datasets"]:
+        d["n_people"] = 40
+        d["pool_limits"] = {k: 4 for k in d["pool_limits"]}
+    for m in rec["models"]:
+        t = copy.deepcopy(m["train"])
+        t.pop("tokens", None)
+        t.update(model=TINY_MODEL, seq_len=64, batch_size=8, max_steps=6, warmup_steps=2, save_every=3, log_every=3)
+        m["train"] = t
+    rec["probe"].update(l2_grid=[0.01], max_iter=10, bootstrap=30)
+    rec["embed_probe"].update(l2_grid=[0.01], max_iter=10, bootstrap=30)
+    rec["embed_probe"]["embed_probe"].update(epochs=1, patience=1)
+    ft = {"method": "full", "max_steps": 2, "batch_size": 8, "warmup_steps": 1}
+    rec["qa"]["finetune"] = ft
+    rec["inverse"]["finetune"] = ft
+    return from_dict(ExperimentConfig, rec)
+
+
+def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Path) -> None:
+    cfg = quick_objectives_config()
+    assert {m.train["objective"] for m in cfg.models} == {"ntp", "abi", "bico"} and len(cfg.models) == 6
+    out = tmp_path / "objectives"
+    res = run_experiment(cfg, out, progress=False, png=False, jobs=2)
+    probe = res.probe_table
+    names = [m.name for m in cfg.models]
+    assert set(probe["model"]) == set(names) | {f"{n} (random init)" for n in names}
+    # the ABI models are read both ways; the others causally only
+    readings = {m: set(g["reading"]) for m, g in probe.groupby("model")}
+    assert readings["abi_single"] == {"abi", "causal"} and readings["ntp_single"] == readings["bico_single"] == {"causal"}
+    embed = pd.read_parquet(out / "embed_update" / "results.parquet")
+    assert set(embed["hook"]) == {"embed_update"} and set(embed["model"]) == set(probe["model"])
+    for kind in ("qa", "inverse"):
+        table = pd.read_csv(out / f"{kind}.csv")
+        assert set(table["model"]) == set(names), kind
+        assert {"ci_low", "ci_high"} <= set(table.columns)
+    points = pd.read_csv(out / "comparison" / "points.csv")
+    # one point per trained model x attribute x storage measure (frozen first token, whole value, embedding
+    # update) wherever the Q-probe was fitted (a whole birth date is one class per person: no probe)
+    q = pd.concat([probe, embed])
+    q = q[(q["probe_kind"] == "q") & (q["status"] == "ok") & ~q["model"].str.contains("random init")]
+    q = q[(q["reading"] == "abi") == (q["objective"] == "abi")]
+    assert len(points) == len(q.drop_duplicates(["model", "hook", "target_kind", "attribute"])) > 6 * 6 * 2
+    assert set(points.loc[points["objective"] == "abi", "reading"]) == {"abi"}
+    corr = pd.read_csv(out / "comparison" / "correlations.csv")
+    assert set(corr["versus"]) == {"qa", "inverse"} and set(corr["method"]) == {"pearson", "spearman"}
+    finite = corr.dropna(subset=["r"])
+    assert ((finite["ci_low"] <= finite["r"] + 1e-9) | finite["ci_low"].isna()).all()
+    figs = {f.stem for f in res.figures if f.suffix == ".html"}
+    for stem in ("compare_objectives_p_first_token", "compare_objectives_q_first_token", "compare_storage_scatter",
+                 "compare_objectives_extraction"):
+        assert stem in figs and (out / "figures" / f"{stem}.csv").exists(), stem
+    assert "Storage at the name vs extraction" in res.summary and "Embedding-update probe" in res.summary
+    # resuming redoes nothing and gives the same tables
+    again = run_experiment(cfg, out, progress=False, png=False, jobs=2)
+    assert again.probe_table.equals(probe)
+    assert np.allclose(pd.read_csv(out / "comparison" / "correlations.csv")["r"].fillna(9), corr["r"].fillna(9))
+    # `probekit plot --experiment` re-renders the same figures, comparisons included, from the tables
+    from probekit.cli import main
+
+    figs_dir = tmp_path / "replot"
+    assert main(["plot", "--experiment", str(out), "--out", str(figs_dir), "--no-png"]) == 0
+    assert {p.stem for p in figs_dir.glob("*.html")} == figs
+    assert main(["plot", "--out", str(figs_dir)]) == 2  # neither --results nor --experiment
