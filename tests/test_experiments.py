@@ -17,6 +17,7 @@ def tiny_config(**kw):
         datasets=[{"name": "s", "n_people": 40, "augmentation": "single", "pool_limits": {"major": 5}}],
         models=[{"name": "m", "data": "s", "train": TINY_TRAIN}],
         probe={"kinds": ["p", "q"], "targets": ["first_token"], "l2_grid": [0.01], "max_iter": 20},
+        reversal=None,  # the demo's reversal stage trains two models for minutes
     )
     base.update(kw)
     return demo_config(**base)
@@ -100,3 +101,20 @@ def test_qa_and_inverse_search_are_stages(tmp_path: Path) -> None:
         tiny_config(inverse={"attributes": ["shoe_size"]})
     with pytest.raises(ValueError, match="inverse.models"):
         tiny_config(inverse={"models": ["nope"]})
+
+
+def test_reversal_stage_trains_and_evaluates_each_objective(tmp_path: Path) -> None:
+    tiny = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 64}, "seq_len": 48,
+            "batch_size": 16, "max_steps": 4, "warmup_steps": 1, "save_every": 2, "seed": 0}  # fmt: skip
+    rv = {"objectives": ["ntp", "bico"], "data": {"n_per_group": 4, "n_train_templates": 3, "n_test_templates": 2},
+          "train": tiny}  # fmt: skip
+    cfg = tiny_config(control_random=False, probe={"kinds": ["q"], "targets": ["first_token"], "l2_grid": [0.01],
+                                                   "max_iter": 10, "bootstrap": 20}, reversal=rv)  # fmt: skip
+    res = run_experiment(cfg, tmp_path / "rv", progress=False, png=False)
+    t = res.reversal_table
+    assert t is not None and set(t["model"]) == {"ntp", "bico"}
+    assert {"N2D", "D2N", "N2D-reverse", "D2N-reverse"} <= set(t["task"])
+    assert (tmp_path / "rv" / "reversal.csv").exists() and "Reversal curse" in res.summary
+    assert any(f.stem == "reversal_exact_match" for f in res.figures)
+    with pytest.raises(ValueError, match="reversal.objectives"):
+        tiny_config(reversal={"objectives": ["mlm"]})

@@ -62,6 +62,16 @@ class InverseSpec:
     attributes: list[str] = field(default_factory=list)  # the attributes in the prompt; empty = all six
 
 
+@dataclass
+class ReversalSpec:
+    """The reversal curse (METHODS 2-3) as a stage: one model per objective trained from scratch on the same
+    fictitious name <-> description facts (``probekit data reversal``), evaluated on N2D, D2N and their reverses."""
+
+    objectives: list[str] = field(default_factory=lambda: ["ntp", "bico"])
+    data: dict[str, Any] = field(default_factory=dict)  # ReversalConfig fields (n_per_group, templates, seed)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; objective is set per model
+
+
 @dataclass(frozen=True)
 class Run:
     """One model trained with one seed (``seed`` None: the seed of the model's train section)."""
@@ -96,6 +106,7 @@ class ExperimentConfig:
     control_random: bool = True  # also probe a randomly initialised model of each shape
     qa: QASpec | None = None
     inverse: InverseSpec | None = None  # inverse search on P_test after finetuning on P_train's inverse prompts
+    reversal: ReversalSpec | None = None  # the reversal curse per objective, on its own fictitious-people data
     figures_layer: int | None = None  # layer of the position x attribute grids (None = last)
     notes: str = ""
     # seeds as an axis: train every model once per seed (its train.seed replaced); None = one run per model with
@@ -110,6 +121,8 @@ class ExperimentConfig:
             self.qa = from_dict(QASpec, self.qa)
         if isinstance(self.inverse, dict):
             self.inverse = from_dict(InverseSpec, self.inverse)
+        if isinstance(self.reversal, dict):
+            self.reversal = from_dict(ReversalSpec, self.reversal)
         self.validate()
 
     def runs(self) -> list[Run]:
@@ -178,6 +191,16 @@ class ExperimentConfig:
                 raise UserError(f"{what}.models names unknown model(s) {unknown}; models: "
                                 f"{[m.name for m in self.models]}")  # fmt: skip
             from_dict(FinetuneConfig, ev.finetune)
+        if self.reversal is not None:
+            from probekit.data.reversal import ReversalConfig
+            from probekit.evaluate.qa import OBJECTIVES
+
+            bad = [o for o in self.reversal.objectives if o not in OBJECTIVES]
+            if bad or not self.reversal.objectives or len(set(self.reversal.objectives)) != len(self.reversal.objectives):
+                raise UserError(f"reversal.objectives {self.reversal.objectives}: choose distinct objectives from "
+                                f"{list(OBJECTIVES)}")  # fmt: skip
+            from_dict(ReversalConfig, self.reversal.data)
+            from_dict(TrainConfig, {**self.reversal.train, "data": "x", "out": "x"}).validate()
         if self.inverse is not None:
             from probekit.data.pools import ATTRIBUTES
 
@@ -203,7 +226,8 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 # The main job: the README's first command runs this, within 15 minutes on 2 CPU cores.
 DEMO = {
     "name": "demo",
-    "notes": "bioS single vs multi5+permute, NTP, 4x128 Llama-shaped model, P- and Q-probes at every layer.",
+    "notes": "bioS single vs multi5+permute, NTP, 4x128 Llama-shaped model, P- and Q-probes at every layer; "
+             "the reversal curse under NTP vs BICO.",
     "datasets": [
         {"name": "single", "n_people": 400, "augmentation": "single", "seed": 0,
          "pool_limits": {"birth_city": 20, "university": 20, "major": 20, "company": 20}},
@@ -223,6 +247,12 @@ DEMO = {
     "probe": {"kinds": ["p", "q"], "targets": ["first_token", "value"], "l2_grid": [0.001, 0.01, 0.1],
               "max_iter": 60, "control_task": True},
     "control_random": True,
+    # the clearest contrast between objectives that fits the demo: the reversal curse under NTP, lifted by BICO
+    # (experiments/reversal_objectives at the same settings, without ABI)
+    "reversal": {"objectives": ["ntp", "bico"], "data": {"seed": 0}, "train": {
+        "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_mlp": 512, "n_ctx": 64}, "seq_len": 48,
+        "batch_size": 64, "epochs": 25, "lr": 0.001, "min_lr": 0.0001, "warmup_steps": 100, "weight_decay": 0.1,
+        "save_every": 500, "log_every": 25, "seed": 0}},
 }  # fmt: skip
 
 
@@ -230,7 +260,7 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as written to ``experiment.json`` and compared on resume. Settings added after a run was
     started are left out while they keep their defaults, so such runs still resume."""
     rec = to_dict(cfg)
-    for key, default in (("seeds", None), ("seed_data", False), ("embed_probe", None)):
+    for key, default in (("seeds", None), ("seed_data", False), ("embed_probe", None), ("reversal", None)):
         if rec.get(key) == default:
             rec.pop(key, None)
     return rec
@@ -251,6 +281,7 @@ class ExperimentResult:
     summary: str
     seconds: float
     inverse_table: pd.DataFrame | None = None
+    reversal_table: pd.DataFrame | None = None
 
 
 def _done(path: Path) -> bool:
@@ -524,6 +555,67 @@ def _stage_eval(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: d
     return pd.concat(tables, ignore_index=True) if tables else None
 
 
+def _reversal_one(data_dir: Path, train: dict[str, Any], objective: str, dest: Path, png: bool,
+                  command: list[str] | None = None) -> None:  # fmt: skip
+    """Train one model of ``objective`` on the reversal facts and evaluate it (a worker process can run it)."""
+    from probekit.evaluate.reversal import run_reversal, train_reversal
+    from probekit.provenance import set_command_line
+    from probekit.train import TrainConfig
+
+    if command is not None:
+        set_command_line(command)
+    model_dir = dest / "model"
+    tc = from_dict(TrainConfig, {**train, "objective": objective, "data": str(data_dir), "out": str(model_dir)})
+    resume = (model_dir / "checkpoints").exists()
+    result = train_reversal(data_dir, tc, progress=command is None, overwrite=not resume, resume=resume)
+    run_reversal(result.checkpoint, data_dir, dest / "eval", model_name=objective, progress=command is None,
+                 overwrite=True, png=png)  # fmt: skip
+    _mark_done(dest)
+
+
+def _stage_reversal(cfg: ExperimentConfig, out: Path, progress: bool, png: bool, jobs: int) -> pd.DataFrame | None:
+    """The reversal stage: data, then one model per objective trained and evaluated (``jobs`` at once)."""
+    rv = cfg.reversal
+    if rv is None:
+        return None
+    from probekit.data.reversal import ReversalConfig, make_reversal_dataset
+
+    data_dir = out / "reversal" / "data"
+    if not (data_dir / "manifest.json").exists():
+        log.info("[reversal] data: fictitious people, name <-> description facts")
+        make_reversal_dataset(data_dir, from_dict(ReversalConfig, rv.data), overwrite=True)
+    todo = []
+    for obj in rv.objectives:
+        dest = out / "reversal" / obj
+        if not _done(dest):
+            log.info(f"[reversal] {obj}: train on the facts, evaluate N2D, D2N and their reverses")
+            todo.append((f"reversal {obj}", _reversal_one, (data_dir, rv.train, obj, dest, png)))
+    _in_pool(todo, jobs, progress)
+    return pd.concat([pd.read_csv(out / "reversal" / o / "eval" / "results.csv") for o in rv.objectives],
+                     ignore_index=True)  # fmt: skip
+
+
+def reversal_figure(table: pd.DataFrame) -> Any:
+    """Exact match per reversal task, one bar group per objective, with 95% person-bootstrap intervals."""
+    import plotly.graph_objects as go
+
+    from probekit.compare import OBJECTIVE_COLORS
+    from probekit.plots import Figure
+
+    v = table[table["metric"] == "exact_match"]
+    if v.empty:
+        return None
+    fig = go.Figure()
+    for model, g in v.groupby("model", sort=False):
+        fig.add_trace(go.Bar(x=g["task"], y=g["value"], name=str(model), text=[f"{100 * x:.0f}" for x in g["value"]],
+                             textposition="outside", marker={"color": OBJECTIVE_COLORS.get(str(model), "#7f7f7f")},
+                             error_y={"type": "data", "symmetric": False, "array": g["ci_high"] - g["value"],
+                                      "arrayminus": g["value"] - g["ci_low"]}))  # fmt: skip
+    fig.update_layout(title="Reversal curse: exact match per task and objective (95% person-bootstrap intervals)",
+                      barmode="group", yaxis_range=[0, 1.1], yaxis_title="exact match", width=820, height=460)  # fmt: skip
+    return Figure("reversal_exact_match", fig, v)
+
+
 def _cell(values: list[float], lows: list[float], highs: list[float]) -> str:
     """One summary cell in %: ``acc [low, high]`` (bootstrap interval over test people) for one seed, ``mean ± sd
     (n seeds)`` over several."""
@@ -545,7 +637,7 @@ def _best_per_seed(g: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
 
 
 def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFrame | None = None,
-              embed: pd.DataFrame | None = None) -> str:  # fmt: skip
+              embed: pd.DataFrame | None = None, reversal: pd.DataFrame | None = None) -> str:  # fmt: skip
     """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the birth-date
     position (the token before the birth date: right after the name in ``single`` order, anywhere under
     ``permute``), Q-probe accuracy at the name (and its selectivity against the control task, when run), each at
@@ -584,6 +676,9 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
     for table, title in ((qa, "QA extraction"), (inverse, "Inverse search (attributes -> full name)")):
         if table is not None and not table.empty:
             lines += _eval_summary(table, title)
+    if reversal is not None and not reversal.empty:
+        lines += _eval_summary(reversal.assign(split="test"), "Reversal curse (fictitious people)",
+                               "after training on the facts")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -611,7 +706,7 @@ def _embed_summary(embed: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _eval_summary(table: pd.DataFrame, title: str) -> list[str]:
+def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning on P_train") -> list[str]:
     """Exact match on P_test per model and task, with intervals (one seed) or mean ± sd (several)."""
     view = table[(table["split"] == "test") & (table["metric"] == "exact_match")]
     for c in ("ci_low", "ci_high"):
@@ -621,7 +716,8 @@ def _eval_summary(table: pd.DataFrame, title: str) -> list[str]:
     for (model, task), g in view.groupby(["model", "task"], sort=False):
         cells.setdefault(str(model), {})[str(task)] = _cell(g["value"].tolist(), g["ci_low"].tolist(),
                                                              g["ci_high"].tolist())  # fmt: skip
-    return [f"{title} on P_test (exact match % [95% person-bootstrap interval], after finetuning on P_train):",
+    where = "" if how != "after finetuning on P_train" else " on P_test"
+    return [f"{title}{where} (exact match % [95% person-bootstrap interval], {how}):",
             pd.DataFrame(cells).T.fillna("-").to_string(), ""]
 
 
@@ -657,6 +753,9 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
             with atomic_path(out / "comparison" / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
         figures += compare.comparison_figures(both, points, corr, qa, inverse, layer)
+    if (out / "reversal.csv").exists():
+        fig = reversal_figure(pd.read_csv(out / "reversal.csv"))
+        figures += [fig] if fig is not None else []
     report = write_figures(figures, figures_dir or out / "figures", png, provenance)
     return report, corr
 
@@ -705,13 +804,14 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     probe, embed = _stage_probe(cfg, out, data, runs, progress, jobs)
     qa = _stage_eval(cfg, out, data, runs, progress, "qa", png, jobs)
     inverse = _stage_eval(cfg, out, data, runs, progress, "inverse", png, jobs)
+    reversal = _stage_reversal(cfg, out, progress, png, jobs)
     inputs = {**{f"data/{k}": v for k, v in data.items()},
               **{f"probes/{r.key}": out / "probes" / r.key / "results.parquet" for r in cfg.runs()}}  # fmt: skip
     rec = prov.record(inputs=inputs, seeds=seeds)
     write_results(probe, out, provenance=rec)
     if embed is not None:
         write_results(embed, out / "embed_update", provenance=rec)
-    for name, table in (("qa", qa), ("inverse", inverse)):
+    for name, table in (("qa", qa), ("inverse", inverse), ("reversal", reversal)):
         if table is not None:
             with atomic_path(out / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
@@ -719,7 +819,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     report, corr = render_experiment(cfg, out, probe, embed, qa, inverse, png=png, provenance=fig_rec)
     if report.png_error:
         log.warning(report.png_error)
-    summary = summarize(probe, qa, inverse, embed)
+    summary = summarize(probe, qa, inverse, embed, reversal)
     if corr is not None:
         from probekit.compare import correlation_summary
 
@@ -734,10 +834,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
             if f.suffix in (".png", ".csv"):
                 shutil.copyfile(f, dest / f.name)
         shutil.copyfile(out / "figures" / prov.PROVENANCE_FILE, dest / prov.PROVENANCE_FILE)  # what made them
-    return ExperimentResult(out, probe, qa, files, summary, seconds, inverse)
+    return ExperimentResult(out, probe, qa, files, summary, seconds, inverse, reversal)
 
 
-_STAGE_DIRS = ("data", "models", "probes", "qa", "figures")
+_STAGE_DIRS = ("data", "models", "probes", "qa", "inverse", "reversal", "figures")
 
 
 def _check_out(cfg: ExperimentConfig, out: Path) -> None:

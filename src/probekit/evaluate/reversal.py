@@ -160,13 +160,14 @@ def _load(data: str | Path | ReversalData) -> ReversalData:
 
 
 def train_reversal(
-    data_dir: str | Path | ReversalData, train_cfg: Any, progress: bool = True, overwrite: bool = False
+    data_dir: str | Path | ReversalData, train_cfg: Any, progress: bool = True, overwrite: bool = False,
+    resume: bool = False,
 ) -> Any:
     """Train a model from scratch (or from ``train_cfg.init_from``) on the directory's training facts.
 
     ``data_dir``: the directory (or its loaded ``ReversalData``). ``train_cfg`` is a ``TrainConfig`` (its ``data``
-    is set to the directory; ``objective`` picks NTP, ABI or BICO). Returns the trainer's ``TrainResult``; its
-    checkpoint carries the data's tokenizer.
+    is set to the directory; ``objective`` picks NTP, ABI or BICO); ``resume`` continues from the run's last
+    checkpoint. Returns the trainer's ``TrainResult``; its checkpoint carries the data's tokenizer.
     """
     import copy
 
@@ -175,7 +176,8 @@ def train_reversal(
     data = _load(data_dir)
     cfg = copy.deepcopy(train_cfg)
     cfg.data = str(data.root)
-    return train(cfg, reversal_source(data, cfg.seed), tokenizer=data.tokenizer, progress=progress, overwrite=overwrite)
+    return train(cfg, reversal_source(data, cfg.seed), tokenizer=data.tokenizer, progress=progress, overwrite=overwrite,
+                 resume=resume)  # fmt: skip
 
 
 def run_reversal(
