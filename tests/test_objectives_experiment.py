@@ -65,11 +65,18 @@ def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Pat
     assert set(corr["versus"]) == {"qa", "inverse"} and set(corr["method"]) == {"pearson", "spearman"}
     finite = corr.dropna(subset=["r"])
     assert ((finite["ci_low"] <= finite["r"] + 1e-9) | finite["ci_low"].isna()).all()
-    figs = {f.stem for f in res.figures if f.suffix == ".html"}
+    figs = {f.stem for f in res.figures if f.suffix == ".html" and f.name != "report.html"}
     for stem in ("compare_objectives_p_first_token", "compare_objectives_q_first_token", "compare_storage_scatter",
                  "compare_objectives_extraction"):
         assert stem in figs and (out / "figures" / f"{stem}.csv").exists(), stem
     assert "Storage at the name vs extraction" in res.summary and "Embedding-update probe" in res.summary
+    recall = pd.read_csv(out / "recall.csv")
+    assert set(recall["model"]) == set(names) and "overall" in set(recall["task"])
+    assert "Memorisation" in res.summary
+    report = (out / "report.html").read_text()
+    from probekit.report import figure_ids
+
+    assert all(f'id="{i}"' in report for i in figure_ids(sorted(figs)))
     # resuming redoes nothing and gives the same tables
     again = run_experiment(cfg, out, progress=False, png=False, jobs=2)
     assert again.probe_table.equals(probe)

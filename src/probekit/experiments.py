@@ -107,6 +107,7 @@ class ExperimentConfig:
     qa: QASpec | None = None
     inverse: InverseSpec | None = None  # inverse search on P_test after finetuning on P_train's inverse prompts
     reversal: ReversalSpec | None = None  # the reversal curse per objective, on its own fictitious-people data
+    recall: bool = False  # memorisation check: each model reproduces the values of its training biographies
     figures_layer: int | None = None  # layer of the position x attribute grids (None = last)
     notes: str = ""
     # seeds as an axis: train every model once per seed (its train.seed replaced); None = one run per model with
@@ -260,7 +261,8 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as written to ``experiment.json`` and compared on resume. Settings added after a run was
     started are left out while they keep their defaults, so such runs still resume."""
     rec = to_dict(cfg)
-    for key, default in (("seeds", None), ("seed_data", False), ("embed_probe", None), ("reversal", None)):
+    for key, default in (("seeds", None), ("seed_data", False), ("embed_probe", None), ("reversal", None),
+                         ("recall", False)):
         if rec.get(key) == default:
             rec.pop(key, None)
     return rec
@@ -555,6 +557,40 @@ def _stage_eval(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: d
     return pd.concat(tables, ignore_index=True) if tables else None
 
 
+def _recall_one(model_dir: Path, data_dir: Path, dest: Path, name: str, command: list[str] | None = None) -> None:
+    """The memorisation check of one model (``probekit.evaluate.recall``) into ``dest``."""
+    from probekit.checkpoint import load_checkpoint
+    from probekit.data.store import load_dataset
+    from probekit.evaluate.qa import model_objective
+    from probekit.evaluate.recall import biography_recall, recall_items, recall_table
+    from probekit.io import atomic_write_jsonl
+
+    model, _, meta = load_checkpoint(model_dir, device="cpu")
+    objective = model_objective(meta)
+    records = biography_recall(model, objective, recall_items(load_dataset(data_dir)))
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(dest / "predictions.jsonl", records)
+    with atomic_path(dest / "results.csv") as tmp:
+        recall_table(records, name, objective).to_csv(tmp, index=False)
+    _mark_done(dest)
+
+
+def _stage_recall(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path], progress: bool,
+                  jobs: int) -> pd.DataFrame | None:  # fmt: skip
+    """The memorisation check of every run (``recall: true``)."""
+    if not cfg.recall:
+        return None
+    todo = []
+    for r in cfg.runs():
+        dest = out / "recall" / r.key
+        if not _done(dest):
+            log.info(f"[recall] {r.key}: values of its training biographies")
+            todo.append((f"recall {r.key}", _recall_one, (runs[r.key], data[cfg.data_key(r)], dest, r.model.name)))
+    _in_pool(todo, jobs, progress)
+    return pd.concat([pd.read_csv(out / "recall" / r.key / "results.csv").assign(seed=r.train_seed)
+                      for r in cfg.runs()], ignore_index=True)  # fmt: skip
+
+
 def _reversal_one(data_dir: Path, train: dict[str, Any], objective: str, dest: Path, png: bool,
                   command: list[str] | None = None) -> None:  # fmt: skip
     """Train one model of ``objective`` on the reversal facts and evaluate it (a worker process can run it)."""
@@ -637,7 +673,8 @@ def _best_per_seed(g: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
 
 
 def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFrame | None = None,
-              embed: pd.DataFrame | None = None, reversal: pd.DataFrame | None = None) -> str:  # fmt: skip
+              embed: pd.DataFrame | None = None, reversal: pd.DataFrame | None = None,
+              recall: pd.DataFrame | None = None) -> str:  # fmt: skip
     """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the birth-date
     position (the token before the birth date: right after the name in ``single`` order, anywhere under
     ``permute``), Q-probe accuracy at the name (and its selectivity against the control task, when run), each at
@@ -676,6 +713,9 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
     for table, title in ((qa, "QA extraction"), (inverse, "Inverse search (attributes -> full name)")):
         if table is not None and not table.empty:
             lines += _eval_summary(table, title)
+    if recall is not None and not recall.empty:
+        lines += _eval_summary(recall.assign(split="test", metric="exact_match"), "Memorisation: values of the "
+                               "training biographies reproduced", "every person, first entry, before finetuning")  # fmt: skip
     if reversal is not None and not reversal.empty:
         lines += _eval_summary(reversal.assign(split="test"), "Reversal curse (fictitious people)",
                                "after training on the facts")  # fmt: skip
@@ -724,12 +764,13 @@ def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning 
 def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, embed: pd.DataFrame | None,
                       qa: pd.DataFrame | None, inverse: pd.DataFrame | None, layer: int | None = None,
                       png: bool = True, provenance: dict | None = None, control: bool = True,
-                      figures_dir: Path | None = None) -> tuple[Any, pd.DataFrame | None]:  # fmt: skip
+                      figures_dir: Path | None = None) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
     """Every figure of an experiment from its tables: each model's probe figures (``probekit.plots``) and, with
     two or more trained models, the comparison across them (``probekit.compare``: P grids and Q profiles side
     by side, storage at the name against QA and inverse search with correlations, extraction per model). The
     comparison's tables go to ``<out>/comparison/`` (``points.csv``, ``correlations.csv``). Returns the render
-    report and the correlations (None without a comparison). ``probekit plot --experiment`` calls this too."""
+    report, the correlations (None without a comparison) and the figures. ``probekit plot --experiment`` calls
+    this too."""
     from probekit import compare
     from probekit.plots import build_figures, check_layer, write_figures
 
@@ -757,7 +798,7 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
         fig = reversal_figure(pd.read_csv(out / "reversal.csv"))
         figures += [fig] if fig is not None else []
     report = write_figures(figures, figures_dir or out / "figures", png, provenance)
-    return report, corr
+    return report, corr, figures
 
 
 def load_experiment_tables(out: Path) -> tuple[ExperimentConfig, pd.DataFrame, pd.DataFrame | None,
@@ -801,6 +842,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     prov.append_session(out, prov.record(seeds=seeds, jobs=jobs))
     data = _stage_data(cfg, out)
     runs = _stage_train(cfg, out, data, progress, jobs)
+    recall = _stage_recall(cfg, out, data, runs, progress, jobs)
     probe, embed = _stage_probe(cfg, out, data, runs, progress, jobs)
     qa = _stage_eval(cfg, out, data, runs, progress, "qa", png, jobs)
     inverse = _stage_eval(cfg, out, data, runs, progress, "inverse", png, jobs)
@@ -811,22 +853,26 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     write_results(probe, out, provenance=rec)
     if embed is not None:
         write_results(embed, out / "embed_update", provenance=rec)
-    for name, table in (("qa", qa), ("inverse", inverse), ("reversal", reversal)):
+    for name, table in (("qa", qa), ("inverse", inverse), ("reversal", reversal), ("recall", recall)):
         if table is not None:
             with atomic_path(out / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
     fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(out / "results.parquet")}}
-    report, corr = render_experiment(cfg, out, probe, embed, qa, inverse, png=png, provenance=fig_rec)
+    report, corr, figures = render_experiment(cfg, out, probe, embed, qa, inverse, png=png, provenance=fig_rec)
     if report.png_error:
         log.warning(report.png_error)
-    summary = summarize(probe, qa, inverse, embed, reversal)
+    summary = summarize(probe, qa, inverse, embed, reversal, recall)
     if corr is not None:
         from probekit.compare import correlation_summary
 
         summary += "\n" + "\n".join(correlation_summary(corr))
     seconds = time.perf_counter() - t0
     atomic_write_text(out / "summary.txt", summary + "\n")
-    files = list(report.files)
+    from probekit.report import write_report
+
+    write_report(out / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
+                 config=config_record(cfg), provenance=fig_rec, summary=summary, figures=figures)  # fmt: skip
+    files = [*report.files, out / "report.html"]
     if figures_out is not None:
         dest = Path(figures_out)
         dest.mkdir(parents=True, exist_ok=True)
@@ -837,7 +883,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     return ExperimentResult(out, probe, qa, files, summary, seconds, inverse, reversal)
 
 
-_STAGE_DIRS = ("data", "models", "probes", "qa", "inverse", "reversal", "figures")
+_STAGE_DIRS = ("data", "models", "recall", "probes", "qa", "inverse", "reversal", "figures")
 
 
 def _check_out(cfg: ExperimentConfig, out: Path) -> None:

@@ -13,6 +13,7 @@ def _report(res: ExperimentResult) -> None:
     pngs = [f for f in res.figures if f.suffix == ".png"]
     print(f"\nresults: {res.out / 'results.parquet'} (+ .csv), summary: {res.out / 'summary.txt'}")
     print(f"figures: {len(res.figures)} files in {res.out / 'figures'} ({len(pngs)} PNG)")
+    print(f"report (every table and figure, opens offline): {res.out / 'report.html'}")
     print(f"done in {time.strftime('%M:%S', time.gmtime(res.seconds))} (mm:ss)")
 
 

@@ -44,7 +44,7 @@ def _plot_experiment(args: argparse.Namespace) -> int:
     run = Path(args.experiment).resolve()
     cfg, probe, embed, qa, inverse = load_experiment_tables(run)
     rec = prov.record(inputs={"results": run / "results.parquet"})
-    report, corr = render_experiment(cfg, run, probe, embed, qa, inverse, layer=args.layer, png=not args.no_png,
+    report, corr, _ = render_experiment(cfg, run, probe, embed, qa, inverse, layer=args.layer, png=not args.no_png,
                                      provenance=rec, control=not args.no_control, figures_dir=Path(args.out))  # fmt: skip
     names = sorted({p.stem for p in report.files})
     print(f"rendered {len(names)} figures of experiment {cfg.name} into {args.out}"

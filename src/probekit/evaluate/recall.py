@@ -1,0 +1,84 @@
+"""Memorisation check: does a pretrained model reproduce the attribute values of its own training biographies?
+
+For each person's first biography entry and each attribute, the model is asked for the value where it stands in
+the text, the way the model was trained to predict it:
+
+* causal models (NTP, BICO): greedy continuation of ``[EOS] + text up to the value`` (teacher-forced prefix);
+* ABI models: the value as one blank, ``[EOS] + text before + [MASK] + text after`` as Part A, the answer
+  generated as its Part B span.
+
+Exact match on token ids. Every person's biographies are in pretraining (P_train and P_test alike; the split only
+matters for QA finetuning), so this measures memorisation, not extraction. Records carry the person and split,
+and rates carry person-bootstrap intervals (``probekit.stats``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probekit.data.pools import ATTRIBUTES
+from probekit.data.tokenizer import EOS_ID, char_span_to_token_span, encode_with_offsets
+from probekit.stats import DEFAULT_N_BOOT, person_bootstrap_table
+
+
+def recall_items(dataset: Any, attrs: Sequence[str] = ATTRIBUTES) -> list[dict[str, Any]]:
+    """One item per (person, attribute) on the person's first entry: the token ids before the value (with the
+    leading [EOS]), the value's ids and the ids after it."""
+    split = {p: "train" for p in dataset.split.get("train", [])} | {p: "test" for p in dataset.split.get("test", [])}
+    items = []
+    for e in dataset.entries:
+        if e.idx != 0:
+            continue
+        ids, offsets = encode_with_offsets(dataset.tokenizer, e.text)
+        for a in attrs:
+            sp = e.first_span(a)
+            i, j = char_span_to_token_span(offsets, sp.start, sp.end)
+            items.append({"pid": e.pid, "attribute": a, "split": split.get(e.pid, "none"),
+                          "before": [EOS_ID, *ids[:i]], "value": ids[i:j], "after": ids[j:]})  # fmt: skip
+    return items
+
+
+@torch.no_grad()
+def biography_recall(model: torch.nn.Module, objective: str, items: Sequence[dict[str, Any]],
+                     batch_size: int = 64) -> list[dict[str, Any]]:  # fmt: skip
+    """Each item with ``exact`` (bool): whether the model reproduced the value (see the module docstring)."""
+    from probekit.generate import abi_generate, greedy_generate
+
+    out = []
+    if objective == "abi":  # the text after the blank differs per item: one Part A each
+        gen = [abi_generate(model, [it["before"]], len(it["value"]) + 1, suffix=it["after"])[0] for it in items]
+    else:
+        gen = []
+        for n in sorted({len(it["value"]) for it in items}):  # batch items that need the same number of tokens
+            idx = [k for k, it in enumerate(items) if len(it["value"]) == n]
+            for k, g in zip(idx, greedy_generate(model, [items[k]["before"] for k in idx], n, stop_id=None,
+                                                 batch_size=batch_size)):  # fmt: skip
+                gen.append((k, g))
+        gen = [g for _, g in sorted(gen, key=lambda kg: kg[0])]
+    for it, g in zip(items, gen):
+        out.append({"pid": it["pid"], "attribute": it["attribute"], "split": it["split"],
+                    "exact": list(g[: len(it["value"])]) == list(it["value"])})  # fmt: skip
+    return out
+
+
+def recall_table(records: Sequence[dict[str, Any]], model_name: str, objective: str,
+                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Recall rate per attribute and overall, with 95% person-bootstrap intervals (all people together)."""
+    df = pd.DataFrame(records)
+    correct = df["exact"].to_numpy(dtype=np.float64)
+    pids = df["pid"].to_numpy()
+    groups = np.concatenate([df["attribute"].to_numpy(dtype=object), np.full(len(df), "overall", dtype=object)])
+    iv = person_bootstrap_table(np.concatenate([correct, correct]), np.concatenate([pids, pids]), groups, n_boot,
+                                0.95, seed)  # fmt: skip
+    rows = []
+    for task in [*dict.fromkeys(df["attribute"]), "overall"]:
+        v = correct if task == "overall" else correct[(df["attribute"] == task).to_numpy()]
+        lo, hi = iv[task]
+        rows.append({"model": model_name, "objective": objective, "task": task, "metric": "recall",
+                     "value": float(v.mean()), "n": len(v), "ci_low": lo, "ci_high": hi})  # fmt: skip
+    return pd.DataFrame(rows)
