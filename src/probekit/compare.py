@@ -52,11 +52,12 @@ def trained_models(probe: pd.DataFrame) -> pd.DataFrame:
 
 
 def _in_reading(df: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each trained model in the reading it is used in (``reading_of``)."""
+    """The rows of each trained model in the reading it is used in (``reading_of``); the embedding-update probe,
+    which trains through the model and reads it causally for every objective, is kept as it is."""
     want = {r.model: reading_of(r.objective) for r in models.itertuples()}
     keep = df["model"].astype(str).map(want)
     reading = df["reading"].astype(str) if "reading" in df.columns else pd.Series("causal", index=df.index)
-    return df[keep.notna() & (reading == keep)]
+    return df[keep.notna() & ((reading == keep) | (df["hook"].astype(str) == "embed_update"))]
 
 
 @dataclass
@@ -118,7 +119,8 @@ def storage_points(probe: pd.DataFrame, q_people: pd.DataFrame, qa: dict[str, pd
                 inv_v.append(vector(inv["pid"], inv["exact_match"].astype(float)) if inv is not None and len(inv)
                              else np.full(len(pids), np.nan))  # fmt: skip
                 rows.append({"model": m.model, "objective": m.objective, "dataset": m.dataset, "attribute": attr,
-                             "measure": label, "reading": reading_of(m.objective), "layer": int(best["layer"]),
+                             "measure": label, "layer": int(best["layer"]),
+                             "reading": "causal" if hook == "embed_update" else reading_of(m.objective),
                              "storage": float(np.nanmean(store[-1])), "baseline": float(best["baseline"]),
                              "qa": float(np.nanmean(qa_v[-1])) if np.isfinite(qa_v[-1]).any() else np.nan,
                              "inverse": float(np.nanmean(inv_v[-1])) if np.isfinite(inv_v[-1]).any() else np.nan})  # fmt: skip

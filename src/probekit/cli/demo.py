@@ -45,11 +45,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "demo",
-        help="the whole pipeline with built-in defaults (about 6 min on 2 idle CPU cores)",
+        help="the whole pipeline with built-in defaults (about 12 min on 2 idle CPU cores)",
         description=(
             "Generate bioS single and multi5+permute data (400 people), train a 4-layer NTP model on each, P- and "
-            "Q-probe every layer (with a random-init control, control tasks and 95% intervals), and write the "
-            "results table, figures and a summary. Interrupted? Run the same command again: finished stages are "
+            "Q-probe every layer (with a random-init control, control tasks and 95% intervals); then train an NTP "
+            "and a BICO model on the reversal-curse facts and test both directions. Writes the results tables, "
+            "figures, a summary and report.html. Interrupted? Run the same command again: finished stages are "
             "skipped and training resumes."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
