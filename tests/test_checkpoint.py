@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from probekit.checkpoint import (
-    latest_checkpoint, load_checkpoint, load_model_config, load_trainer_state, save_checkpoint,
-)  # fmt: skip
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_config,
+    load_trainer_state,
+    save_checkpoint,
+)
 from probekit.data.tokenizer import build_tokenizer
 from probekit.model import HookedLM, ModelConfig
 from probekit.train import TrainConfig
@@ -81,10 +85,10 @@ def test_truncated_weights_name_the_file(tmp_path: Path, tok) -> None:
 def test_garbage_weights_and_trainer_state(tmp_path: Path, tok) -> None:
     path = save_checkpoint(tmp_path / "ck", _model(tok), tok, trainer_state={"step": 1})
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="model.safetensors"):
+    with pytest.raises(ValueError, match=r"model.safetensors"):
         load_checkpoint(path)
     (path / "trainer_state.pt").write_bytes(b"\x00\x01garbage")
-    with pytest.raises(ValueError, match="trainer_state.pt.*corrupt or truncated"):
+    with pytest.raises(ValueError, match=r"trainer_state.pt.*corrupt or truncated"):
         load_trainer_state(path)
 
 
@@ -93,7 +97,7 @@ def test_vocab_mismatch_is_refused(tmp_path: Path, tok) -> None:
     cfg = json.loads((path / "config.json").read_text())
     cfg["vocab_size"] += 5
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="vocab_size .* does not match its tokenizer"):
+    with pytest.raises(ValueError, match=r"vocab_size .* does not match its tokenizer"):
         load_checkpoint(path)
     other = build_tokenizer(["completely different words here"])
     with pytest.raises(ValueError, match="does not match the tokenizer"):
@@ -108,7 +112,7 @@ def test_missing_files_and_paths(tmp_path: Path, tok) -> None:
         load_checkpoint(tmp_path / "empty")
     path = save_checkpoint(tmp_path / "ck", _model(tok), tok)
     (path / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"no model.safetensors"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         load_trainer_state(path)

@@ -69,7 +69,7 @@ def test_tokenizer_from_piece_counts_is_the_trained_tokenizer(aug: str) -> None:
 def test_tokenizer_falls_back_when_a_cut_would_split_a_word() -> None:
     """A span glued to a letter ("Annax") must not be counted as pieces: the fallback trains on full texts."""
     pools = load_pools()
-    person = Person(0, "Anna", "B", "Cole", "female", {a: "v" for a in ATTRIBUTES})
+    person = Person(0, "Anna", "B", "Cole", "female", dict.fromkeys(ATTRIBUTES, "v"))
     glued = Entry(0, 0, "Annax went to Yale. Yale Yale", ("major",), [Span("name", 0, 4), Span("major", 14, 18)])
     plain = Entry(0, 1, "Anna went to Yale.", ("major",), [Span("name", 0, 4), Span("major", 13, 17)])
     for entries in ([glued, plain], [plain]):
@@ -98,7 +98,8 @@ def test_write_rows_is_byte_identical_to_json_dumps(tmp_path: Path) -> None:
     atomic_write_jsonl(tmp_path / "b" / "qa.jsonl", ({"pid": q.pid, "attr": q.attr, "prompt": q.prompt,
                                                       "answer": q.answer} for q in qa))  # fmt: skip
     atomic_write_jsonl(tmp_path / "b" / "inverse.jsonl", ({"pid": p.pid, "attrs": list(ATTRIBUTES), "prompt": s,
-                                                           "answer": p.full_name} for p, s in zip(people, inverse)))  # fmt: skip
+                                                           "answer": p.full_name}
+                                                          for p, s in zip(people, inverse)))  # fmt: skip
     for f in ("people.jsonl", "bios.jsonl", "qa.jsonl", "inverse.jsonl"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert json.loads((tmp_path / "a" / "people.jsonl").read_text().split("\n")[-2])["first"] == 'Zoë "Q"'

@@ -284,7 +284,8 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
     assert "s2a_learned" not in set(pd.read_parquet(out / "results.parquet")["regime"])
     # a finished regenerator serves another run without finetuning a new one
     other = tmp_path / "reuse"
-    assert main(args[:7] + [str(other)] + args[8:] + ["--s2a", "learned", "--regenerator", str(out / "finetune_rewrite"),
+    assert main(args[:7] + [str(other)] + args[8:] + ["--s2a", "learned",
+                                                      "--regenerator", str(out / "finetune_rewrite"),
                                                       "--no-probes"]) == 0  # fmt: skip
     assert not (other / "finetune_rewrite").exists()
     assert "s2a_learned" in set(pd.read_parquet(other / "results.parquet")["regime"])

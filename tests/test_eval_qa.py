@@ -85,7 +85,7 @@ def test_finetune_then_generate_each_objective(tiny_single, models, tmp_path: Pa
     assert (tmp_path / "out" / "results.csv").exists() and (tmp_path / "out" / "results_exact_match.html").exists()
     preds = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 2 * n and all(p["exact_match"] == (p["generated"] == p["answer"]) for p in preds)
-    model, _, meta = load_checkpoint(res.finetune.checkpoint)  # the finetuned checkpoint is loadable
+    _, _, meta = load_checkpoint(res.finetune.checkpoint)  # the finetuned checkpoint is loadable
     assert meta["objective"] == objective and meta["finetune"]["method"] == "full"
 
 

@@ -9,7 +9,8 @@ import pytest
 from probekit.experiments import demo_config, load_experiment, run_experiment
 
 TINY_TRAIN = {"objective": "ntp", "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 128},
-              "seq_len": 64, "batch_size": 8, "max_steps": 12, "warmup_steps": 2, "save_every": 6, "seed": 0}  # fmt: skip
+              "seq_len": 64, "batch_size": 8, "max_steps": 12, "warmup_steps": 2, "save_every": 6,
+              "seed": 0}  # fmt: skip
 
 
 def tiny_config(**kw):
@@ -48,7 +49,7 @@ def test_config_errors_before_work(tmp_path: Path) -> None:
         tiny_config(datasets=[{"name": "s", "n_people": 10, "augmentation": "multi2+shuffle"}])
     with pytest.raises(ValueError, match="budget"):
         tiny_config(models=[{"name": "m", "data": "s", "train": {**TINY_TRAIN, "max_steps": None}}])
-    with pytest.raises(ValueError, match="unknown probe kinds|probe kinds"):
+    with pytest.raises(ValueError, match=r"unknown probe kinds|probe kinds"):
         tiny_config(probe={"kinds": ["z"]})
     with pytest.raises(FileNotFoundError):
         load_experiment(tmp_path / "missing.yaml")
@@ -90,16 +91,17 @@ def test_qa_and_inverse_search_are_stages(tmp_path: Path) -> None:
     ft = {"method": "full", "max_steps": 3, "batch_size": 8, "warmup_steps": 1}
     cfg = tiny_config(control_random=False, probe={"kinds": ["q"], "targets": ["first_token"], "l2_grid": [0.01],
                                                    "max_iter": 10, "bootstrap": 20},
-                      qa={"finetune": ft}, inverse={"finetune": ft, "attributes": ["birth_city", "company"]})  # fmt: skip
+                      qa={"finetune": ft},
+                      inverse={"finetune": ft, "attributes": ["birth_city", "company"]})  # fmt: skip
     res = run_experiment(cfg, tmp_path / "ev", progress=False, png=False)
     assert res.inverse_table is not None and res.qa_table is not None
     assert set(res.inverse_table["task"]) == {"birth_city+company", "overall"}
     assert {"ci_low", "ci_high", "seed"} <= set(res.inverse_table.columns)
     assert (tmp_path / "ev" / "inverse" / "m" / "predictions.jsonl").exists()
     assert "Inverse search (attributes -> full name) on P_test" in res.summary and "QA extraction" in res.summary
-    with pytest.raises(ValueError, match="inverse.attributes"):
+    with pytest.raises(ValueError, match=r"inverse.attributes"):
         tiny_config(inverse={"attributes": ["shoe_size"]})
-    with pytest.raises(ValueError, match="inverse.models"):
+    with pytest.raises(ValueError, match=r"inverse.models"):
         tiny_config(inverse={"models": ["nope"]})
 
 
@@ -116,5 +118,5 @@ def test_reversal_stage_trains_and_evaluates_each_objective(tmp_path: Path) -> N
     assert {"N2D", "D2N", "N2D-reverse", "D2N-reverse"} <= set(t["task"])
     assert (tmp_path / "rv" / "reversal.csv").exists() and "Reversal curse" in res.summary
     assert any(f.stem == "reversal_exact_match" for f in res.figures)
-    with pytest.raises(ValueError, match="reversal.objectives"):
+    with pytest.raises(ValueError, match=r"reversal.objectives"):
         tiny_config(reversal={"objectives": ["mlm"]})

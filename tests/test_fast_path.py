@@ -114,7 +114,8 @@ def test_rms_norm_kernel_matches_reference() -> None:
     gx, gw = torch.autograd.grad(ref, (x, w), up)
     out = kernels.rms_norm(x, w, 1e-5)
     fx, fw = torch.autograd.grad(out, (x, w), up)
-    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(fx, gx, atol=1e-5) and torch.allclose(fw, gw, atol=1e-5)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(fx, gx, atol=1e-5) and torch.allclose(fw, gw, atol=1e-5)
 
 
 def brute_force_bico(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,

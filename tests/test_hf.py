@@ -133,7 +133,7 @@ def test_abi_span_table_goes_to_side_file_and_comes_back(tmp_path: Path, tokeniz
 
 def test_bad_inputs_fail_clearly(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
     small = trained_like(len(tokenizer) - 3)
-    with pytest.raises(ValueError, match="tokenizer has .* tokens but the checkpoint's vocabulary has"):
+    with pytest.raises(ValueError, match=r"tokenizer has .* tokens but the checkpoint's vocabulary has"):
         export_llama(small, tokenizer, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
@@ -141,7 +141,7 @@ def test_bad_inputs_fail_clearly(tmp_path: Path, tokenizer) -> None:  # type: ig
     with pytest.raises(FileExistsError):
         export_llama(trained_like(len(tokenizer)), tokenizer, out)
 
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config.json"):
         import_llama(tmp_path / "missing")
 
     cfg = json.loads((out / "config.json").read_text())

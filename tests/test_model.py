@@ -215,15 +215,15 @@ def test_run_with_cache_names_and_shapes() -> None:
     logits, cache = model.run_with_cache(ids)
     assert torch.allclose(logits, model(ids), atol=1e-5)
     assert cache["hook_embed"].shape == (2, 7, 32)
-    for l in range(2):
+    for layer in range(2):
         for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
-            assert cache[f"blocks.{l}.{name}"].shape == (2, 7, 32)
+            assert cache[f"blocks.{layer}.{name}"].shape == (2, 7, 32)
         for name in ("hook_q", "hook_k", "hook_v"):
-            assert cache[f"blocks.{l}.attn.{name}"].shape == (2, 7, 4, 8)
-        assert cache[f"blocks.{l}.attn.hook_pattern"].shape == (2, 4, 7, 7)
+            assert cache[f"blocks.{layer}.attn.{name}"].shape == (2, 7, 4, 8)
+        assert cache[f"blocks.{layer}.attn.hook_pattern"].shape == (2, 4, 7, 7)
         assert torch.allclose(
-            cache[f"blocks.{l}.hook_resid_post"],
-            cache[f"blocks.{l}.hook_resid_mid"] + cache[f"blocks.{l}.hook_mlp_out"],
+            cache[f"blocks.{layer}.hook_resid_post"],
+            cache[f"blocks.{layer}.hook_resid_mid"] + cache[f"blocks.{layer}.hook_mlp_out"],
         )
     assert torch.allclose(cache["blocks.1.hook_resid_pre"], cache["blocks.0.hook_resid_post"])
     assert cache["ln_final.hook_normalized"].shape == (2, 7, 32)

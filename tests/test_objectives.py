@@ -118,12 +118,12 @@ def test_abi_part_a_part_b_positions_labels_and_reconstruction() -> None:
         a = int(b.prefix_len[row])
         ids, lab = b.input_ids[row].tolist(), b.labels[row].tolist()
         pos, sp = b.positions[row].tolist(), b.span_positions[row].tolist()
-        assert ids[0] == EOS_ID and all(l == IGNORE_INDEX for l in lab[:a])  # no loss on Part A
+        assert ids[0] == EOS_ID and all(x == IGNORE_INDEX for x in lab[:a])  # no loss on Part A
         assert pos[:a] == list(range(a)) and sp[:a] == [0] * a
         n_masks = ids[:a].count(MASK_ID)
         assert n_masks == ids[a:n].count(START_ID) and n_masks > 0
         assert n == len(seq) + 2 * n_masks
-        assert ids[n:] == [PAD_ID] * (len(ids) - n) and all(l == IGNORE_INDEX for l in lab[n:])
+        assert ids[n:] == [PAD_ID] * (len(ids) - n) and all(x == IGNORE_INDEX for x in lab[n:])
         for t in range(a, n):
             assert ids[pos[t]] == MASK_ID  # Part B carries its [MASK]'s Part A position
             if ids[t] == START_ID:

@@ -21,7 +21,7 @@ def quick_objectives_config() -> ExperimentConfig:
     rec = to_dict(load_experiment(ROOT / "experiments" / "objectives"))
     for d in rec["datasets"]:
         d["n_people"] = 40
-        d["pool_limits"] = {k: 4 for k in d["pool_limits"]}
+        d["pool_limits"] = dict.fromkeys(d["pool_limits"], 4)
     for m in rec["models"]:
         t = copy.deepcopy(m["train"])
         t.pop("tokens", None)
@@ -46,7 +46,8 @@ def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Pat
     assert set(probe["model"]) == set(names) | {f"{n} (random init)" for n in names}
     # the ABI models are read both ways; the others causally only
     readings = {m: set(g["reading"]) for m, g in probe.groupby("model")}
-    assert readings["abi_single"] == {"abi", "causal"} and readings["ntp_single"] == readings["bico_single"] == {"causal"}
+    assert readings["abi_single"] == {"abi", "causal"}
+    assert readings["ntp_single"] == readings["bico_single"] == {"causal"}
     embed = pd.read_parquet(out / "embed_update" / "results.parquet")
     assert set(embed["hook"]) == {"embed_update"} and set(embed["model"]) == set(probe["model"])
     for kind in ("qa", "inverse"):

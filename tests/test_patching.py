@@ -90,7 +90,7 @@ def test_planted_lookup_lights_up_exactly_where_information_flows() -> None:
                 np.testing.assert_array_equal(res.patched["p_other"][:, k, pos], res.corrupt["p_other"])
     # groups patch several positions at once: the key alone is position 2; the tail holds the last position
     assert res.groups == ["key", "tail"]
-    for k, pt in enumerate(points):
+    for k in range(len(points)):
         np.testing.assert_array_equal(res.grouped["p_answer"][:, k, 0], res.patched["p_answer"][:, k, KEY_AT])
         np.testing.assert_array_equal(res.grouped["p_answer"][:, k, 1], res.patched["p_answer"][:, k, 4])
 

@@ -140,7 +140,7 @@ def test_loader_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="string fields 'prompt' and 'completion'"):
         load_reversal_dir(root)
     f.unlink()
-    with pytest.raises(FileNotFoundError, match="d2p_prompts_test.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"d2p_prompts_test.jsonl"):
         load_reversal_dir(root)
     with pytest.raises(FileNotFoundError, match="probekit data reversal"):
         load_reversal_dir(tmp_path / "nowhere")

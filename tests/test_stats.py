@@ -93,7 +93,7 @@ def test_qa_summary_rows_carry_person_clustered_intervals() -> None:
     records = [{"pid": p, "task": t, "exact_match": p % 2 == 0, "first_token": True}
                for p in range(40) for t in ("major", "company")]  # fmt: skip
     rows = {(r["task"], r["metric"]): r for r in summarize(records, "m", "ntp", n_boot=500)}
-    assert [k for k in rows][:2] == [("major", "exact_match"), ("major", "first_token")]
+    assert list(rows)[:2] == [("major", "exact_match"), ("major", "first_token")]
     em = rows[("overall", "exact_match")]
     assert em["value"] == 0.5 and em["n"] == 80 and em["ci_low"] < 0.5 < em["ci_high"]
     # clustered by person: as wide as 40 independent people, not 80 independent answers

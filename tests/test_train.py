@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,15 @@ from probekit.io import read_jsonl
 from probekit.model import HookedLM, ModelConfig
 from probekit.train import TrainConfig, Trainer, train
 from probekit.train_data import (
-    DataStream, ItemSource, PackedSource, TrainItem, answer_item, bios_source, pack_windows, qa_answer_items,
-)  # fmt: skip
-
+    DataStream,
+    ItemSource,
+    PackedSource,
+    TrainItem,
+    answer_item,
+    bios_source,
+    pack_windows,
+    qa_answer_items,
+)
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}
 
@@ -50,7 +57,7 @@ def test_packing_shuffles_entries_across_the_corpus(tiny_single) -> None:
     stream0 = [t for it in e0 for t in it.ids][:n_tokens]
     # every entry appears exactly once per epoch, each starting with EOS (the separator)
     starts = [i for i, t in enumerate(stream0) if t == EOS_ID] + [n_tokens]
-    pieces = sorted(tuple(stream0[a:b]) for a, b in zip(starts, starts[1:]))
+    pieces = sorted(tuple(stream0[a:b]) for a, b in pairwise(starts))
     assert pieces == sorted(tuple(e) for e in entries)
     # shuffled (not in dataset order), different every epoch, and reproducible
     first = stream0[: len(entries[0])]
@@ -135,7 +142,7 @@ def test_train_run_writes_metrics_checkpoints_and_learns(tiny_single, tmp_path: 
     assert [r["eval_loss"] is not None for r in rows] == [False, False, True, False, False, True]
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["eval_loss"] < rows[2]["eval_loss"]
     assert [p.name for p in list_checkpoints(res.out_dir)] == ["step_00000008", "step_00000012"]
-    model, tok, meta = load_checkpoint(res.out_dir)
+    model, _, meta = load_checkpoint(res.out_dir)
     assert meta["step"] == 12 and meta["objective"] == "ntp" and meta["dataset"] == tiny_single.name
     assert all(torch.equal(a, b) for a, b in zip(_tensors(model).values(), _tensors(res.model).values()))
     summary = json.loads((res.out_dir / "summary.json").read_text())
@@ -209,7 +216,7 @@ def test_bad_model_and_context_fail_before_training(tiny_single, tmp_path: Path)
     out = tmp_path / "bad"
     with pytest.raises(ValueError, match="not divisible by n_heads"):
         Trainer(_cfg(tiny_single, out, model={**TINY, "n_heads": 3}), progress=False)
-    with pytest.raises(ValueError, match="head size .* is odd"):
+    with pytest.raises(ValueError, match=r"head size .* is odd"):
         Trainer(_cfg(tiny_single, out, model={**TINY, "d_model": 30, "n_heads": 2}), progress=False)
     with pytest.raises(ValueError, match=r"n_ctx is 32; set model.n_ctx >= 64 or use sequences of at most 32"):
         Trainer(_cfg(tiny_single, out, model={**TINY, "n_ctx": 32}), progress=False)
@@ -238,7 +245,7 @@ def test_init_from_checkpoint_and_vocab_mismatch(tiny_single, tmp_path: Path) ->
     other = build_tokenizer(["a tokenizer from some other dataset"])
     foreign = HookedLM(ModelConfig(vocab_size=len(other), d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_ctx=64))
     save_checkpoint(tmp_path / "foreign", foreign, other)
-    with pytest.raises(ValueError, match="vocabulary of checkpoint .* does not match"):
+    with pytest.raises(ValueError, match=r"vocabulary of checkpoint .* does not match"):
         Trainer(_cfg(tiny_single, tmp_path / "ft3", init_from=str(tmp_path / "foreign"), model={}), progress=False)
 
 

@@ -42,8 +42,8 @@ from torch import Tensor
 
 from probekit.data.tokenizer import PAD_ID
 from probekit.errors import UserError, UserFileNotFoundError
-from probekit.objectives.ntp import pad_right
 from probekit.io import atomic_dir, atomic_write_json
+from probekit.objectives.ntp import pad_right
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +182,17 @@ class Activations:
         """The (hook point, position name) of engine group ``g``."""
         return self.points[g // self.n_positions], self.position_names[g % self.n_positions]
 
-    def features(self) -> "ActivationFeatures":
+    def features(self) -> ActivationFeatures:
         return ActivationFeatures(self)
 
     def to_tensor(self) -> Tensor:
         """Everything as one float32 tensor [n_points, N, P, d] (small runs)."""
-        return torch.stack([
-            a.float() if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in self.data
-        ])
+        return torch.stack(
+            [
+                a.float() if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float32))
+                for a in self.data
+            ]
+        )
 
 
 class ActivationFeatures:
@@ -206,9 +209,7 @@ class ActivationFeatures:
         return torch.stack([self.acts.get(g // P, g % P) for g in groups])  # [G, N, d]
 
 
-def _validate(
-    sequences: Sequence[Sequence[int]], positions: np.ndarray, dims: ModelDims
-) -> None:
+def _validate(sequences: Sequence[Sequence[int]], positions: np.ndarray, dims: ModelDims) -> None:
     if len(sequences) != positions.shape[0]:
         raise ValueError(f"{len(sequences)} sequences but {positions.shape[0]} rows of positions")
     lengths = np.array([len(s) for s in sequences])
@@ -331,7 +332,7 @@ def collect_activations(
         run(write_disk)
         for mm in mms:
             mm.flush()
-        del mms
+        mms.clear()  # drop the memmaps (closes their files) before the directory is renamed
         atomic_write_json(tmp / META_FILE, {
             "points": [asdict(p) for p in points], "position_names": names, "n": N, "n_positions": P, "d": d,
             "dtype": "float16", "files": [f"point_{i:03d}.npy" for i in range(len(points))],
@@ -340,8 +341,16 @@ def collect_activations(
 
 
 def _gather_pass(
-    model: Any, ids: Tensor, key_mask: Tensor, p_idx: Tensor, b_idx: Tensor, names: list[str], last: str, ours: bool,
-    got: dict[str, Tensor], reading: str,
+    model: Any,
+    ids: Tensor,
+    key_mask: Tensor,
+    p_idx: Tensor,
+    b_idx: Tensor,
+    names: list[str],
+    last: str,
+    ours: bool,
+    got: dict[str, Tensor],
+    reading: str,
 ) -> None:
     """One forward pass that stores, for every hook in ``names``, the states at ``p_idx`` [B, P'] into ``got``
     ([B, P', d] float32 on the CPU); our model stops after the ``last`` hook."""
@@ -371,8 +380,9 @@ def load_activations(root: str | Path) -> Activations:
     root = Path(root)
     meta_file = root / META_FILE
     if not meta_file.exists():
-        raise UserFileNotFoundError(f"{root} holds no activations ({META_FILE} missing); "
-                                    "collect them with storage='disk'")
+        raise UserFileNotFoundError(
+            f"{root} holds no activations ({META_FILE} missing); collect them with storage='disk'"
+        )
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     data = [np.load(root / f, mmap_mode="r") for f in meta["files"]]
     return Activations([HookPoint(**p) for p in meta["points"]], list(meta["position_names"]), data, root)

@@ -24,10 +24,10 @@ class ModelBatch:
     attn_mode: AttnMode = "causal"
     positions: Tensor | None = None  # [B, T] long: text position (rotary); None = arange(T)
     span_positions: Tensor | None = None  # [B, T] long: ABI position inside a span (0 in Part A); None = no table
-    key_mask: Tensor | None = None  # [B, T] bool: True = may be attended to as a key (False: padding, BICO placeholders)
+    key_mask: Tensor | None = None  # [B, T] bool: True = may be attended to (False: padding, BICO placeholders)
     prefix_len: Tensor | None = None  # [B] long: ABI Part A length (Part A = positions < prefix_len)
 
-    def to(self, device: torch.device | str) -> "ModelBatch":
+    def to(self, device: torch.device | str) -> ModelBatch:
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)

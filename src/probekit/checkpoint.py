@@ -163,8 +163,9 @@ def load_model_config(path: str | Path) -> Any:
     ckpt = resolve_checkpoint(path)
     file = ckpt / MODEL_CONFIG_FILE
     if not file.exists():
-        raise UserFileNotFoundError(f"checkpoint {ckpt} has no {MODEL_CONFIG_FILE}; "
-                                    f"it is incomplete: {_fix_hint(ckpt)}")
+        raise UserFileNotFoundError(
+            f"checkpoint {ckpt} has no {MODEL_CONFIG_FILE}; it is incomplete: {_fix_hint(ckpt)}"
+        )
     return from_dict(ModelConfig, _read_json(file))
 
 
@@ -221,8 +222,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except Exception as e:  # SafetensorError, OSError, RuntimeError (shape mismatch) ...
         raise UserError(
-            f"cannot load weights {weights} ({_short(e)}); the file is corrupt or truncated: "
-            f"{_fix_hint(ckpt)}"
+            f"cannot load weights {weights} ({_short(e)}); the file is corrupt or truncated: {_fix_hint(ckpt)}"
         ) from e
     if missing or unexpected:
         raise UserError(

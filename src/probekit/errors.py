@@ -37,9 +37,8 @@ def is_user_error(e: BaseException) -> bool:
     """True for errors the command line shows as one line (see the module docstring)."""
     if isinstance(e, UserError):
         return True
-    if isinstance(e, OSError) and e.filename is not None and e.errno in _ENVIRONMENT_ERRNOS:
-        return True  # a path that is missing, forbidden, full or read-only: the user's to fix wherever it surfaced
-    return False
+    # a path that is missing, forbidden, full or read-only: the user's to fix wherever it surfaced
+    return isinstance(e, OSError) and e.filename is not None and e.errno in _ENVIRONMENT_ERRNOS
 
 
 def one_line(e: BaseException) -> str:

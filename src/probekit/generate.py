@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from probekit.data.tokenizer import END_ID, EOS_ID, PAD_ID
 from probekit.errors import UserError
 from probekit.objectives import abi_generation_inputs

@@ -54,7 +54,7 @@ def hf_name(name: str) -> str:
         if rest in norms:
             return f"model.layers.{layer}.{norms[rest]}"
         if rest.startswith("attn."):
-            return f"model.layers.{layer}.self_attn.{rest[len('attn.'):]}"
+            return f"model.layers.{layer}.self_attn.{rest[len('attn.') :]}"
         if rest.startswith("mlp."):
             return f"model.layers.{layer}.{rest}"
     raise KeyError(f"no Llama name for parameter {name!r}")
@@ -139,7 +139,9 @@ def export_llama(model: HookedLM, tokenizer: Any, out_dir: str | Path, overwrite
         atomic_write_json(tmp / "config.json", llama_config_dict(cfg, tie))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if span_table is not None:
-            save_file({"span_embed.weight": span_table.contiguous()}, str(tmp / EXTRA_TENSORS), metadata={"format": "pt"})
+            save_file(
+                {"span_embed.weight": span_table.contiguous()}, str(tmp / EXTRA_TENSORS), metadata={"format": "pt"}
+            )
         atomic_write_json(tmp / EXTRA_JSON, extra)
         tokenizer.save_pretrained(str(tmp))
     return Path(out_dir)
@@ -181,12 +183,13 @@ def _load_safetensors(directory: Path) -> dict[str, Tensor]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         files = [directory / f for f in sorted(set(weight_map.values()))]
     else:
-        raise UserFileNotFoundError(f"{directory} has no model.safetensors (or sharded index); "
-                                    "export it with safetensors")
+        raise UserFileNotFoundError(
+            f"{directory} has no model.safetensors (or sharded index); export it with safetensors"
+        )
     out: dict[str, Tensor] = {}
     for f in files:
         with safe_open(str(f), framework="pt") as sf:
-            for k in sf.keys():
+            for k in sf.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 out[k] = sf.get_tensor(k)
     return out
 
@@ -206,8 +209,9 @@ def load_dir_tokenizer(directory: str | Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise UserFileNotFoundError(f"{directory}: no loadable tokenizer ({e}); "
-                                    "save the tokenizer into the directory") from e
+        raise UserFileNotFoundError(
+            f"{directory}: no loadable tokenizer ({e}); save the tokenizer into the directory"
+        ) from e
 
 
 def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
@@ -264,7 +268,9 @@ def import_llama(directory: str | Path) -> tuple[HookedLM, Any]:
         state["unembed.weight"] = state["embed.weight"]
     for n, p in model.state_dict().items():
         if tuple(state[n].shape) != tuple(p.shape):
-            raise UserError(f"{directory}: tensor {hf_name(n)} has shape {tuple(state[n].shape)}, expected {tuple(p.shape)}")
+            raise UserError(
+                f"{directory}: tensor {hf_name(n)} has shape {tuple(state[n].shape)}, expected {tuple(p.shape)}"
+            )
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     tokenizer = load_dir_tokenizer(directory)
     check_vocab(cfg.vocab_size, tokenizer, f"import_llama({directory})")
@@ -280,8 +286,9 @@ def load_bridge(directory: str | Path, device: str = "cpu") -> Any:
     if not (directory / "config.json").exists():
         raise UserFileNotFoundError(f"{directory} has no config.json; point to a Hugging Face model directory")
     if not any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise UserFileNotFoundError(f"{directory} has no tokenizer files; "
-                                    "save the tokenizer into it (export_llama does)")
+        raise UserFileNotFoundError(
+            f"{directory} has no tokenizer files; save the tokenizer into it (export_llama does)"
+        )
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from transformer_lens.model_bridge import TransformerBridge

@@ -152,10 +152,8 @@ def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
     Call before any work starts, so a refused run costs nothing.
     """
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not overwrite:
-            raise UserFileExistsError(f"output directory {path} exists and is not empty; "
-                                      "pass --overwrite to replace it")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise UserFileExistsError(f"output directory {path} exists and is not empty; pass --overwrite to replace it")
     return path
 
 

@@ -394,7 +394,7 @@ class HookedLM(HookedRootModule):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
-        if T > self.cfg.n_ctx:
+        if self.cfg.n_ctx < T:
             raise UserError(
                 f"sequence length {T} exceeds the model's context n_ctx={self.cfg.n_ctx}; "
                 "use shorter sequences or a model with a larger n_ctx"
@@ -427,7 +427,11 @@ class HookedLM(HookedRootModule):
             mask = build_attention_mask(attn_mode, T, key_mask, prefix_len, device)  # [B|1, 1, T, T]
 
         # additive mask for the fast BICO attention kernel, built once for all layers
-        bias = kernels.attention_bias(mask) if attn_mode == "bico" and mask is not None and use_fast_path(self.cfg, x) else None
+        bias = (
+            kernels.attention_bias(mask)
+            if attn_mode == "bico" and mask is not None and use_fast_path(self.cfg, x)
+            else None
+        )
         for block in self.blocks:
             x = block(x, cos, sin, mask, attn_mode, bias)
         if labels is None:

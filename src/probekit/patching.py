@@ -260,7 +260,7 @@ def trace_pairs(
     N = len(pairs)
     P = [len(p.clean) for p in pairs]
     T = max(len(p.clean) + (len(p.answer) if whole_answer else 0) for p in pairs)  # one padded width for all runs
-    if T > n_ctx:
+    if n_ctx < T:
         raise UserError(f"prompt plus answer needs {T} tokens, over the model's context n_ctx={n_ctx}")
 
     def rows(which: str) -> tuple[Tensor, Tensor]:  # token ids [N, T] and key mask [N, T]
@@ -778,4 +778,3 @@ def patch_figures(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> lis
         fig.update_xaxes(title_text="layer")
         figs.append(Figure(f"{prompts}_{mode}_{hook}_{slug(attr)}", fig, g.reset_index(drop=True)))
     return figs
-

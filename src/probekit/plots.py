@@ -96,8 +96,11 @@ def _heat(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: l
     bootstrap interval (one seed) and the number of seeds."""
     z = _grid(sub, rows, cols, row_order, col_order, value)
     lo_col, hi_col = ("ci_low", "ci_high") if value == "accuracy" else (f"{value}_ci_low", f"{value}_ci_high")
-    custom = np.stack([_grid(sub, rows, cols, row_order, col_order, c) for c in ("baseline", lo_col, hi_col)]
-                      + [_n_seeds(sub, rows, cols, row_order, col_order)], axis=-1)  # [rows, cols, 4]
+    custom = np.stack(
+        [_grid(sub, rows, cols, row_order, col_order, c) for c in ("baseline", lo_col, hi_col)]
+        + [_n_seeds(sub, rows, cols, row_order, col_order)],
+        axis=-1,
+    )  # [rows, cols, 4]
     text = [[_pct(v) for v in r] for r in z]
     sel = value != "accuracy"
     return go.Heatmap(
@@ -150,7 +153,11 @@ def _seeds_note(sub: pd.DataFrame) -> str:
 
 
 def p_position_grid(
-    df: pd.DataFrame, model: str, target: str, layer: int | None = None, hook: str = "resid",
+    df: pd.DataFrame,
+    model: str,
+    target: str,
+    layer: int | None = None,
+    hook: str = "resid",
     value: str = "accuracy",
 ) -> Figure | None:
     """The paper's P-probing figure: rows = read position, columns = attribute predicted, at one layer.
@@ -207,7 +214,8 @@ def q_by_layer(df: pd.DataFrame, model: str, target: str, hook: str = "resid", c
             fig.add_trace(go.Scatter(x=s["layer"], y=s["accuracy"], mode="markers", name=f"{attr} seeds",
                                      marker={"color": color, "size": 5, "opacity": 0.5}, legendgroup=attr,
                                      customdata=s["seed"], showlegend=False,
-                                     hovertemplate="layer %{x}: %{y:.3f} (seed %{customdata})<extra></extra>"))  # fmt: skip
+                                     hovertemplate="layer %{x}: %{y:.3f} (seed %{customdata})"
+                                                   "<extra></extra>"))  # fmt: skip
         fig.add_trace(go.Scatter(x=m.index, y=m["baseline"], mode="lines", name=f"{attr} baseline",
                                  line={"color": color, "dash": "dash", "width": 1}, legendgroup=attr,
                                  showlegend=False))  # fmt: skip
@@ -229,9 +237,7 @@ def q_by_layer(df: pd.DataFrame, model: str, target: str, hook: str = "resid", c
     return Figure(f"q_layers_{slug(model)}_{target}", fig, sub)
 
 
-def _per_model_layer(
-    sub: pd.DataFrame, layer: int | None
-) -> tuple[list[str], list[pd.DataFrame], pd.DataFrame] | None:
+def _per_model_layer(sub: pd.DataFrame, layer: int | None) -> tuple[list[str], list[pd.DataFrame], pd.DataFrame] | None:
     """For a comparison figure: the models (at least two), each one's rows at ``layer`` (default its last), and
     those rows together; None when there is nothing to compare."""
     models = list(dict.fromkeys(sub["model"].astype(str)))
@@ -255,7 +261,7 @@ def compare_p(df: pd.DataFrame, target: str, layer: int | None = None, hook: str
     positions, attrs = _order(sub["position"]), _order(sub["attribute"])
     titles = [f"{m} (layer {int(p['layer'].iloc[0])})" if len(p) else m for m, p in zip(models, parts)]
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.03)
-    for i, (m, s) in enumerate(zip(models, parts)):
+    for i, s in enumerate(parts):
         if len(s):
             fig.add_trace(_heat(s, "position", "attribute", positions, attrs), row=1, col=i + 1)
     fig.update_layout(title=f"P-probe accuracy ({target}), models side by side",
@@ -391,7 +397,7 @@ def write_figures(figures: list[Figure], out_dir: str | Path, png: bool = True,
             log.warning(report.png_error)
     atomic_write_json(out / prov.PROVENANCE_FILE, {**rec, "figures": sorted(p.name for p in report.files)})
     # plotly writes plotly.min.js beside a temp file's name: it is the shared offline copy, keep it once
-    stray = [p for p in out.glob(".*plotly.min.js")]
+    stray = list(out.glob(".*plotly.min.js"))
     for p in stray:
         os.unlink(p)
     return report

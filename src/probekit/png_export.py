@@ -11,6 +11,7 @@ lost. Run as ``python -m probekit.png_export JOB.json`` by ``export_pngs`` only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,25 +87,17 @@ def kill_tree(proc: subprocess.Popen[Any]) -> None:
     victims = _descendants(proc.pid)
     groups = set()
     for pid in [proc.pid, *victims]:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             groups.add(os.getpgid(pid))
-        except (ProcessLookupError, PermissionError):
-            pass
     groups.discard(os.getpgid(0))  # never our own group
     for pid in [proc.pid, *victims]:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     for g in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(g, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def export_pngs(jobs: Sequence[PngJob], timeout: float | None = None) -> str | None:
@@ -147,7 +140,8 @@ def export_pngs(jobs: Sequence[PngJob], timeout: float | None = None) -> str | N
 
 
 def write_pngs(
-    figures: Sequence[tuple[Any, Path, int, int, float]], provenance: dict[str, Any] | None = None,
+    figures: Sequence[tuple[Any, Path, int, int, float]],
+    provenance: dict[str, Any] | None = None,
     timeout: float | None = None,
 ) -> str | None:
     """Write ``(plotly figure, png path, width, height, scale)`` items atomically with one bounded export.

@@ -267,6 +267,6 @@ def to_parquet(df: Any, path: str | Path, rec: dict[str, Any]) -> None:
     papq.write_table(table.replace_schema_metadata(meta), path)
 
 
-__all__ = ["PROVENANCE_FILE", "PNG_KEY", "set_command_line", "command_line", "git_state", "sha256_file", "weights_file",
-           "sha256_dir", "describe_input", "record", "append_session", "read_sessions", "compact",
-           "png_with_text", "png_text", "write_table_sidecar", "to_parquet"]  # fmt: skip
+__all__ = ["PNG_KEY", "PROVENANCE_FILE", "append_session", "command_line", "compact", "describe_input", "git_state",
+           "png_text", "png_with_text", "read_sessions", "record", "set_command_line", "sha256_dir", "sha256_file",
+           "to_parquet", "weights_file", "write_table_sidecar"]  # fmt: skip

@@ -40,7 +40,8 @@ RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 _INT_COLUMNS = ("layer", "n_train", "n_test", "n_classes", "n_test_unseen", "n_test_people", "seed")
 _FLOAT_COLUMNS = ("accuracy", "baseline", "examples_per_class", "train_accuracy", "val_accuracy", "l2", "ci_low",
-                  "ci_high", "control_accuracy", "selectivity", "selectivity_ci_low", "selectivity_ci_high")  # fmt: skip
+                  "ci_high", "control_accuracy", "selectivity", "selectivity_ci_low",
+                  "selectivity_ci_high")  # fmt: skip
 
 
 def make_table(rows: Iterable[dict[str, object]]) -> pd.DataFrame:
@@ -184,7 +185,7 @@ def summary_table(df: pd.DataFrame) -> str:
                 ga = g[g["attribute"] == a]
                 if len(ga):
                     best = ga.loc[ga["accuracy"].idxmax()]
-                    ci = (f" [{100 * best.ci_low:.0f}-{100 * best.ci_high:.0f}]" if pd.notna(best.ci_low) else "")
+                    ci = f" [{100 * best.ci_low:.0f}-{100 * best.ci_high:.0f}]" if pd.notna(best.ci_low) else ""
                     sel = f" s{100 * best.selectivity:+.0f}" if pd.notna(best.selectivity) else ""
                     rec[a] = f"{100 * best.accuracy:.0f}{ci} ({100 * best.baseline:.0f}){sel} @{int(best.layer)}"
             recs.append(rec)

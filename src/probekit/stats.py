@@ -119,5 +119,5 @@ def person_bootstrap_table(
     return {k: (float(iv.low[i]), float(iv.high[i])) for i, k in enumerate(keys)}
 
 
-__all__ = ["DEFAULT_LEVEL", "DEFAULT_N_BOOT", "Interval", "bootstrap_means", "person_bootstrap", "person_bootstrap_table",
-           "person_weights"]  # fmt: skip
+__all__ = ["DEFAULT_LEVEL", "DEFAULT_N_BOOT", "Interval", "bootstrap_means", "person_bootstrap",
+           "person_bootstrap_table", "person_weights"]  # fmt: skip

@@ -45,9 +45,14 @@ from transformers import PreTrainedTokenizerFast
 
 from probekit.batch import ModelBatch
 from probekit.checkpoint import (
-    CHECKPOINTS_SUBDIR, latest_checkpoint, list_checkpoints, load_checkpoint, load_trainer_state, load_weights,
+    CHECKPOINTS_SUBDIR,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_trainer_state,
+    load_weights,
     save_checkpoint,
-)  # fmt: skip
+)
 from probekit.config import from_dict, load_config, to_dict
 from probekit.data.tokenizer import load_tokenizer
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
@@ -56,8 +61,15 @@ from probekit.model import HookedLM, ModelConfig
 from probekit.objectives import compute_loss, get_objective
 from probekit.provenance import sha256_file
 from probekit.train_data import (
-    DataStream, ItemLike, ItemSource, SequenceSource, TrainItem, abi_answer_batch, apply_loss_mask, bios_source,
-)  # fmt: skip
+    DataStream,
+    ItemLike,
+    ItemSource,
+    SequenceSource,
+    TrainItem,
+    abi_answer_batch,
+    apply_loss_mask,
+    bios_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +148,7 @@ class TrainConfig:
                 errs.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.seq_len < 2:
             errs.append(f"seq_len must be >= 2, got {self.seq_len}")
-        if not 0 < self.lr:
+        if not self.lr > 0:
             errs.append(f"lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
             errs.append(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
@@ -191,9 +203,15 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if k in RESUMABLE_CHANGES:
             continue
         a, b = old.get(k), new.get(k)
-        if k in PATH_FIELDS and a and b and isinstance(a, str) and isinstance(b, str):
-            if Path(a).expanduser().resolve() == Path(b).expanduser().resolve():
-                continue  # the same directory written relative and absolute
+        if (
+            k in PATH_FIELDS
+            and a
+            and b
+            and isinstance(a, str)
+            and isinstance(b, str)
+            and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+        ):
+            continue  # the same directory written relative and absolute
         if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):  # tuples vs lists compare equal
             out.append(f"{k}: {a!r} -> {b!r}")
     return out
@@ -352,7 +370,8 @@ class Trainer:
         diffs = config_differences(old, to_dict(self.cfg))
         if diffs:
             raise UserError(
-                f"cannot resume {self.out}: the config differs from the run's in " + "; ".join(diffs)
+                f"cannot resume {self.out}: the config differs from the run's in "
+                + "; ".join(diffs)
                 + " (use the original settings, or start a new run with another --out or --overwrite)"
             )
         ckpt = latest_checkpoint(self.out)
@@ -548,7 +567,8 @@ class Trainer:
         self._loss_sum = self._loss_sum.to(acc.device)
         t_log, tok_log = time.perf_counter(), self.tokens
         last_saved = self.step if latest_checkpoint(self.out) is not None else -1
-        metrics = open(self.out / METRICS_FILE, "a", encoding="utf-8") if acc.is_main_process else None
+        # closed in the finally below; only the main process writes metrics
+        metrics = open(self.out / METRICS_FILE, "a", encoding="utf-8") if acc.is_main_process else None  # noqa: SIM115
         try:
             while self.step < self.max_steps:
                 items = self.stream.take(B)

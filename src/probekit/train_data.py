@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class TrainItem:
             raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.ids)} tokens")
 
 
-ItemLike = Union[TrainItem, Sequence[int], tuple[Sequence[int], Optional[Sequence[bool]]]]
+ItemLike = TrainItem | Sequence[int] | tuple[Sequence[int], Sequence[bool] | None]
 
 
 def as_item(x: ItemLike) -> TrainItem:

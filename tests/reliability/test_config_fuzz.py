@@ -45,7 +45,7 @@ def _load(cls: type, data: Any) -> None:
         cfg = from_dict(cls, data)
         if hasattr(cfg, "validate"):
             cfg.validate()
-    except Exception as e:  # noqa: BLE001 - the point: only user errors may come out
+    except Exception as e:
         assert is_user_error(e), "".join(traceback.format_exception(e))
         assert "\n" not in str(e).strip() or cls is TrainConfig, str(e)
 
@@ -95,5 +95,5 @@ def test_random_files_give_only_user_errors(tmp_path_factory: pytest.TempPathFac
                                                                                                load_mapping(p))):
             try:
                 load(path)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 assert is_user_error(e), "".join(traceback.format_exception(e))

@@ -71,7 +71,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for e in ds.entries[: args.n]:
         print(f"\n[person {e.pid}, entry {e.idx}] {e.text}")
         for s in e.spans:
-            print(f"   {s.kind:>13} [{s.start:>4},{s.end:>4}) {e.text[s.start:s.end]!r}")
+            print(f"   {s.kind:>13} [{s.start:>4},{s.end:>4}) {e.text[s.start : s.end]!r}")
     q = ds.qa[0]
     print(f"\nQA: {q.prompt} {q.answer}")
     return 0

@@ -95,10 +95,16 @@ def _output_dir(args: argparse.Namespace) -> Path:
     from probekit.io import prepare_output_dir
 
     out = Path(args.out)
-    if (not args.overwrite and out.is_dir() and any(out.iterdir()) and not (out / "results.parquet").exists()
-            and ((out / "finetune").exists() or (out / "train").exists() or (out / "provenance.json").exists())):
+    if (
+        not args.overwrite
+        and out.is_dir()
+        and any(out.iterdir())
+        and not (out / "results.parquet").exists()
+        and ((out / "finetune").exists() or (out / "train").exists() or (out / "provenance.json").exists())
+    ):
         raise UserFileExistsError(f"{out} holds an evaluation that was interrupted before it wrote results.parquet; "
-                                  "re-run the same command with --overwrite to start it again (it is seeded)")  # fmt: skip
+                                  "re-run the same command with --overwrite to start it again "
+                                  "(it is seeded)")  # fmt: skip
     return prepare_output_dir(out, args.overwrite)
 
 
@@ -111,9 +117,9 @@ def _record_session(out: Path, inputs: dict[str, Any], seed: int) -> None:
 
 
 def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
+    from probekit.errors import check_device
     from probekit.evaluate.inverse import run_inverse
     from probekit.evaluate.qa import mixed_train, run_qa
-    from probekit.errors import check_device
 
     check_device(args.device)
     out = _output_dir(args)
@@ -152,8 +158,8 @@ def cmd_inverse(args: argparse.Namespace) -> int:
 
 def cmd_reversal(args: argparse.Namespace) -> int:
     from probekit.data.reversal import load_reversal_dir
-    from probekit.evaluate.reversal import run_reversal, train_reversal
     from probekit.errors import check_device
+    from probekit.evaluate.reversal import run_reversal, train_reversal
 
     check_device(args.device)
     out = _output_dir(args)
@@ -195,8 +201,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_distract(args: argparse.Namespace) -> int:
     from probekit.config import from_dict, load_config, to_dict
-    from probekit.evaluate.distract import DistractEvalConfig, run_distract
     from probekit.errors import check_device
+    from probekit.evaluate.distract import DistractEvalConfig, run_distract
     from probekit.io import prepare_output_dir
 
     check_device(args.device)
@@ -229,7 +235,8 @@ def cmd_distract(args: argparse.Namespace) -> int:
     cfg.batch_size, cfg.distract.seed, cfg.seed = args.eval_batch_size, args.seed, args.seed
     cfg = from_dict(DistractEvalConfig, to_dict(cfg))  # validates the overrides (nested configs too)
     res = run_distract(args.checkpoint, args.data, args.out, cfg, model_name=args.name, objective=args.objective,
-                       device=args.device, overwrite=args.overwrite, resume=args.resume, png=not args.no_png)  # fmt: skip
+                       device=args.device, overwrite=args.overwrite, resume=args.resume,
+                       png=not args.no_png)  # fmt: skip
     t = res.table[(res.table["attr"] == "overall") & res.table["metric"].isin(("exact_match", "follows_suggested"))]
     wide = t.pivot_table(index=["task", "regime"], columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -378,8 +385,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--epochs", type=float, help="QA finetuning passes over the P_train prompts (default 10)")
     d.add_argument("--rewrite-epochs", type=float, help="regenerator finetuning passes (default 10)")
     d.add_argument("--warmup-steps", type=int, help="warm-up steps of both finetuning runs (default 10)")
-    d.add_argument("--fallback", choices=("original", "question"),
-                   help="malformed learned regeneration: answer the original prompt (default) or the question alone")
+    d.add_argument(
+        "--fallback",
+        choices=("original", "question"),
+        help="malformed learned regeneration: answer the original prompt (default) or the question alone",
+    )
     d.add_argument("--n-boot", type=int, help="bootstrap resamples of test people (default 1000)")
     d.add_argument("--regenerator", help="a finished regenerator checkpoint (e.g. OUT/finetune_rewrite of an earlier "
                                          "run) to use instead of finetuning one")  # fmt: skip

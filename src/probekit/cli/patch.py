@@ -45,13 +45,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from probekit.activations import hook_points, model_dims
     from probekit.config import to_dict
     from probekit.data.store import load_dataset
+    from probekit.errors import check_device
     from probekit.evaluate.figures import write_table
     from probekit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, prepare_output_dir
     from probekit.patching import MAX_TARGET_TRIES, patch_figures, run_patching
     from probekit.plots import write_figures
     from probekit.probes.runner import check_compatible, load_probe_model
-
-    from probekit.errors import check_device
 
     t0 = time.perf_counter()
     check_device(args.device)
@@ -124,7 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--whole-answer", action="store_true",
                    help="also score the whole answer by teacher forcing (logp_answer, greedy_answer)")  # fmt: skip
     p.add_argument("--all-pairs", action="store_true",
-                   help="keep pairs the model answers wrong (default: only pairs whose clean run is right)")  # fmt: skip
+                   help="keep pairs the model answers wrong "
+                   "(default: only pairs whose clean run is right)")  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of people (0: no intervals)")
     p.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the pairing, the noise and the bootstrap")
@@ -133,4 +133,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=cmd_patch)
-

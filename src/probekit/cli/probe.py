@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from probekit.probes.engine import BACKENDS
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from probekit import provenance as prov
+    from probekit.activations import model_dims
     from probekit.config import to_dict
     from probekit.data.store import load_dataset
+    from probekit.errors import UserError, check_device, check_threads
     from probekit.io import atomic_dir, atomic_write_json, prepare_output_dir
     from probekit.plots import render_figures
     from probekit.probes.runner import check_compatible, load_probe_model, random_init_like, run_spec
     from probekit.probes.spec import load_spec
     from probekit.results import summary_table, write_results
-
-    from probekit import provenance as prov
-    from probekit.activations import model_dims
-    from probekit.errors import UserError, check_device, check_threads
 
     t0 = time.perf_counter()
     check_threads(args.threads, "--threads", allow_zero=True)
@@ -100,5 +98,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="cpu", help="torch device for the model and the torch probe engine")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads for this command, probes included (0: torch's default for the model, "
-                   "the spec's `threads` for probes, 1 unless set, so tables do not depend on the thread count)")  # fmt: skip
+                   "the spec's `threads` for probes, 1 unless set, so tables do not depend on the thread "
+                   "count)")  # fmt: skip
     p.set_defaults(func=cmd_probe)

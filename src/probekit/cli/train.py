@@ -26,8 +26,9 @@ def _set(d: dict[str, Any], dotted: str, raw: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        raise UserError(f"--set {dotted}={raw}: the value is not valid YAML; quote it, "
-                        f"e.g. --set '{dotted}=\"...\"'") from None
+        raise UserError(
+            f"--set {dotted}={raw}: the value is not valid YAML; quote it, e.g. --set '{dotted}=\"...\"'"
+        ) from None
     for k in keys[:-1]:
         sub = d.setdefault(k, {})
         if not isinstance(sub, dict):
@@ -38,10 +39,8 @@ def _set(d: dict[str, Any], dotted: str, raw: str) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """TrainConfig from --config (or, with --resume and no --config, the run's saved config) plus overrides."""
-    from probekit.config import from_dict
+    from probekit.config import from_dict, load_mapping
     from probekit.train import TRAIN_CONFIG_FILE
-
-    from probekit.config import load_mapping
 
     if args.config:
         data = load_mapping(args.config, "training config")
@@ -107,7 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train a HookedLM on a dataset directory with AdamW (warmup + cosine), writing metrics.jsonl and\n"
             "checkpoints (model.safetensors, config.json, tokenizer, train_config.json, trainer_state.pt) under\n"
-            "--out/checkpoints/step_*. Settings come from a YAML TrainConfig (see experiments/configs/ntp_small.yaml);\n"
+            "--out/checkpoints/step_*. Settings come from a YAML TrainConfig "
+            "(see experiments/configs/ntp_small.yaml);\n"
             "the options below override it. An interrupted run continues with --resume and reaches the same weights."
         ),
         epilog=EXAMPLES,

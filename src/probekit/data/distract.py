@@ -282,7 +282,9 @@ def builder_for(dataset: Any, cfg: DistractConfig) -> ContextBuilder:
     the dataset's own birth dates, so a hint never holds a year the tokenizer has not seen."""
     values = {a: list(dataset.pools.values(a)) for a in ATTRIBUTES if a != "birth_date"}
     values["birth_date"] = sorted({p.attrs["birth_date"] for p in dataset.people})
-    return ContextBuilder(dataset.people, values, cfg, known_templates(dataset.tokenizer, load_pools(), dataset.people[0]))
+    return ContextBuilder(
+        dataset.people, values, cfg, known_templates(dataset.tokenizer, load_pools(), dataset.people[0])
+    )
 
 
 def known_templates(tokenizer: Any, pools: Pools, person: Person) -> Pools:
@@ -290,8 +292,11 @@ def known_templates(tokenizer: Any, pools: Pools, person: Person) -> Pools:
     50 templates of an attribute, and a template word it never saw would be ``<unk>``)."""
     kept: dict[str, list[Any]] = {}
     for attr, templates in pools.templates.items():
-        kept[attr] = [t for t in templates
-                      if not unknown_words(tokenizer, [_render(t, person.attrs[attr], _as_name(person), attr, 0, [])])]
+        kept[attr] = [
+            t
+            for t in templates
+            if not unknown_words(tokenizer, [_render(t, person.attrs[attr], _as_name(person), attr, 0, [])])
+        ]
         if not kept[attr]:
             raise UserError(f"the tokenizer knows none of the {attr} templates; build the dataset with the built-in "
                             "templates")  # fmt: skip

@@ -5,7 +5,7 @@ Built-in pools ship as package data in ``probekit/data/pools/``; any of them can
 
 | pool name | file | line format |
 |---|---|---|
-| first_names | first_names.txt | ``Name<TAB>female`` or ``Name<TAB>male`` (a bare ``Name`` gets a random gender per person) |
+| first_names | first_names.txt | ``Name<TAB>female`` or ``Name<TAB>male`` (a bare ``Name``: random gender per person) |
 | middle_names | middle_names.txt | ``Name`` |
 | last_names | last_names.txt | ``Name`` |
 | birth_cities | birth_cities.txt | ``City, ST`` |
@@ -103,7 +103,7 @@ class Pools:
         if attr == "birth_date":
             return birth_dates()
         if attr == "company_city":
-            return sorted(set(self.company_city[c] for c in self.companies))
+            return sorted({self.company_city[c] for c in self.companies})
         lists = {"birth_city": self.birth_cities, "university": self.universities, "major": self.majors,
                  "company": self.companies}  # fmt: skip
         if attr not in lists:
@@ -114,7 +114,7 @@ class Pools:
     def name_space(self) -> int:
         return len(self.first_names) * len(self.middle_names) * len(self.last_names)
 
-    def limited(self, limits: Mapping[str, int], seed: int) -> "Pools":
+    def limited(self, limits: Mapping[str, int], seed: int) -> Pools:
         """A copy whose attribute pools are seeded random subsets of the given sizes (``{"major": 20}``)."""
         rng = random.Random(f"pool-limits-{seed}")
         out = Pools(**{k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.__dict__.items()})
@@ -188,9 +188,7 @@ def load_pools(overrides: Mapping[str, str | Path] | None = None) -> Pools:
             )
         companies.append(name.strip())
         company_city[name.strip()] = city.strip()
-    templates = {
-        a: [parse_template(t, f"templates_{a}") for t in raw[f"templates_{a}"]] for a in ATTRIBUTES
-    }
+    templates = {a: [parse_template(t, f"templates_{a}") for t in raw[f"templates_{a}"]] for a in ATTRIBUTES}
     return Pools(
         first_names=first, first_genders=genders, middle_names=raw["middle_names"], last_names=raw["last_names"],
         birth_cities=raw["birth_cities"], universities=raw["universities"], majors=raw["majors"],

@@ -221,8 +221,8 @@ def build_dataset(
         "pool_sizes": {a: len(v) for a, v in value_lists.items()},
         "counts": {"people": len(people), "entries": len(entries), "qa": len(qa), "inverse": len(inverse),
                    "train_people": len(split["train"]), "test_people": len(split["test"]),
-                   "vocab_size": len(tok)},  # fmt: skip
-    }
+                   "vocab_size": len(tok)},
+    }  # fmt: skip
     if extra_vocab:
         manifest["extra_vocab"] = list(extra_vocab)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -374,4 +374,4 @@ def load_dataset(path: str | Path) -> BioDataset:
     )  # fmt: skip
 
 
-__all__ = ["BioDataset", "PoolValues", "build_dataset", "load_dataset", "POOL_FILES"]
+__all__ = ["POOL_FILES", "BioDataset", "PoolValues", "build_dataset", "load_dataset"]

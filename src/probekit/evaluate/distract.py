@@ -231,8 +231,9 @@ def reuse_regenerations(run_dir: str | Path, items: Sequence[DistractItem], fall
     run_dir = Path(run_dir)
     for f in ("items.jsonl", "regenerations.jsonl"):
         if not (run_dir / f).exists():
-            raise UserFileNotFoundError(f"{run_dir} holds no {f}; "
-                                        "reuse the output directory of an earlier eval distract")
+            raise UserFileNotFoundError(
+                f"{run_dir} holds no {f}; reuse the output directory of an earlier eval distract"
+            )
     prompts = {(r["pid"], r["attr"], r["kind"]): r["prompt"] for r in read_jsonl(run_dir / "items.jsonl")}
     raw = {(r["pid"], r["attr"], r["kind"]): r for r in read_jsonl(run_dir / "regenerations.jsonl")
            if r["regime"] == "s2a_learned"}  # fmt: skip
@@ -416,7 +417,10 @@ def run_distract(
         del regens["s2a_rule"]
 
     # 3. answers for every (item, regime) prompt
-    prompts: dict[str, list[str]] = {"baseline": [it.prompt for it in test], "oracle": [it.oracle_prompt for it in test]}
+    prompts: dict[str, list[str]] = {
+        "baseline": [it.prompt for it in test],
+        "oracle": [it.oracle_prompt for it in test],
+    }
     prompts.update({r: [g.prompt for g in gs] for r, gs in regens.items()})
     unique = list(dict.fromkeys((p, it.answer) for ps in prompts.values() for p, it in zip(ps, test)))
     gen = _answer(qa_model, tokenizer, objective, [p for p, _ in unique], [a for _, a in unique], cfg.batch_size,
@@ -424,6 +428,7 @@ def run_distract(
     by_prompt = dict(zip(unique, gen))
     answer_ids = {a: tokenizer(a, add_special_tokens=False)["input_ids"] for a in
                   {it.answer for it in test} | {it.suggested for it in test if it.suggested}}  # fmt: skip
+
     def same_tokens(a: str, b: str) -> bool:  # the QA model reads token ids: compare regenerations as such
         return bool(tokenizer(a, add_special_tokens=False)["input_ids"] == tokenizer(b, add_special_tokens=False)[
             "input_ids"])  # fmt: skip
@@ -468,8 +473,10 @@ def run_distract(
         {"regime": r, "pid": it.pid, "attr": it.attr, "kind": it.kind, "status": g.status, "reason": g.reason,
          "raw": g.raw, "prompt": g.prompt, "exact_oracle": same_tokens(g.prompt, it.oracle_prompt)}
         for r, gs in regens.items() for g, it in zip(gs, test)))  # fmt: skip
-    atomic_write_jsonl(out / "predictions.jsonl", (
-        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in records))
+    atomic_write_jsonl(
+        out / "predictions.jsonl",
+        ({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in records),
+    )
     figures = [(f"distract_{m}", *distract_figure(table, m, f"{name}: {m} by distractor kind (P_test, "
                                                              f"{cfg.ci_level:.0%} CI)"))
                for m in ("exact_match", "follows_suggested") if (table["metric"] == m).any()]  # fmt: skip

@@ -357,14 +357,19 @@ def evaluate_items(
             "pid": it.pid, "task": it.task, "prompt": it.prompt, "answer": it.answer,
             "generated": tokenizer.decode(g), "exact_match": ids_exact_match(g, a),
             "first_token": first_token_match(g, a),
-        }  # fmt: skip
+        }
         for it, a, g in zip(items, answers, gen)
-    ]
+    ]  # fmt: skip
 
 
 def summarize(
-    records: Sequence[dict[str, Any]], model_name: str, objective: str, n_boot: int = DEFAULT_N_BOOT,
-    level: float = DEFAULT_LEVEL, seed: int = 0, **extra: Any,
+    records: Sequence[dict[str, Any]],
+    model_name: str,
+    objective: str,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    **extra: Any,
 ) -> list[dict]:
     """Result rows per task and ``overall`` for exact_match and first_token (``extra`` columns, e.g. split), each
     with the person-clustered bootstrap interval ``ci_low``/``ci_high`` (``probekit.stats``: people resampled,

@@ -137,9 +137,18 @@ def evaluate_reversal(
             ("correct_preferred", float((a > b).mean()) if have else float("nan"), len(have), pref_ci),
             ("p_value", res.p_value, len(have), None),
         ]
-        rows += [{**base, "metric": m, "value": v, "n": n, "test": res.method,
-                  "ci_low": float(ci.low[0]) if ci is not None else float("nan"),
-                  "ci_high": float(ci.high[0]) if ci is not None else float("nan")} for m, v, n, ci in metrics]
+        rows += [
+            {
+                **base,
+                "metric": m,
+                "value": v,
+                "n": n,
+                "test": res.method,
+                "ci_low": float(ci.low[0]) if ci is not None else float("nan"),
+                "ci_high": float(ci.high[0]) if ci is not None else float("nan"),
+            }
+            for m, v, n, ci in metrics
+        ]
     return records, rows
 
 
@@ -160,7 +169,10 @@ def _load(data: str | Path | ReversalData) -> ReversalData:
 
 
 def train_reversal(
-    data_dir: str | Path | ReversalData, train_cfg: Any, progress: bool = True, overwrite: bool = False,
+    data_dir: str | Path | ReversalData,
+    train_cfg: Any,
+    progress: bool = True,
+    overwrite: bool = False,
     resume: bool = False,
 ) -> Any:
     """Train a model from scratch (or from ``train_cfg.init_from``) on the directory's training facts.

@@ -57,10 +57,10 @@ def check_special_ids(tokenizer: Any) -> None:
 
 
 __all__ = [
+    "OBJECTIVES",
     "ABIObjective",
     "BICOObjective",
     "NTPObjective",
-    "OBJECTIVES",
     "Objective",
     "abi_generation_inputs",
     "check_special_ids",

@@ -39,7 +39,9 @@ class ABIObjective:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 0.5:
-            raise UserError(f"mask_ratio must be in (0, 0.5) so spans fit with gaps between them, got {self.mask_ratio}")
+            raise UserError(
+                f"mask_ratio must be in (0, 0.5) so spans fit with gaps between them, got {self.mask_ratio}"
+            )
         if self.span_lambda <= 0:
             raise UserError(f"span_lambda must be positive, got {self.span_lambda}")
 

@@ -56,7 +56,6 @@ class EmbedProbeConfig:
     seed: int = 0
     select: str = "per_head"  # per_head: each head at its own best validation epoch; mean: one epoch for all
 
-
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:

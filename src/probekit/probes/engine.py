@@ -433,8 +433,8 @@ def run_probes(
                     for k in live:
                         for i, g in enumerate(groups):
                             f = fits[(g, k)]
-                            f.accuracy, f.train_accuracy, f.val_accuracy, f.l2, f.test_correct = (
-                                _fit_label_sklearn(Xn[i], labs[k], split, cfg)
+                            f.accuracy, f.train_accuracy, f.val_accuracy, f.l2, f.test_correct = _fit_label_sklearn(
+                                Xn[i], labs[k], split, cfg
                             )
                         if progress:
                             progress(len(groups))

@@ -100,8 +100,14 @@ def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = N
         name = f"{path.parent.parent.name}/{path.name}" if path.name.startswith("step_") else path.name
     seed = (meta.get("train_config") or {}).get("seed")
     return ProbeModel(
-        model, name, str(meta.get("objective") or "unknown"), str(meta.get("dataset") or "unknown"), tok,
-        Path(meta.get("path", path)), "probekit", int(seed) if seed is not None else None,
+        model,
+        name,
+        str(meta.get("objective") or "unknown"),
+        str(meta.get("dataset") or "unknown"),
+        tok,
+        Path(meta.get("path", path)),
+        "probekit",
+        int(seed) if seed is not None else None,
     )
 
 
@@ -176,8 +182,13 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
 
 
 def _embed_rows(
-    spec: ProbeSpec, m: ProbeModel, t: ProbeTaskSet, dataset_name: str, progress: bool,
-    logs: list[dict[str, Any]] | None, people: list[dict[str, Any]] | None = None,
+    spec: ProbeSpec,
+    m: ProbeModel,
+    t: ProbeTaskSet,
+    dataset_name: str,
+    progress: bool,
+    logs: list[dict[str, Any]] | None,
+    people: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Results rows of the paper's embedding-update probe on task set ``t`` (hook ``embed_update``, last layer);
     its training log (per-epoch loss and validation accuracy) is appended to ``logs``."""
@@ -274,7 +285,13 @@ def person_rows(
 
 
 def _row(
-    m: ProbeModel, dataset_name: str, t: ProbeTaskSet, f: ProbeFit, hook: str, layer: int, position: str,
+    m: ProbeModel,
+    dataset_name: str,
+    t: ProbeTaskSet,
+    f: ProbeFit,
+    hook: str,
+    layer: int,
+    position: str,
     engine: str,
 ) -> dict[str, Any]:
     """One results-table row for fit ``f`` of task set ``t`` on model ``m``."""
@@ -326,8 +343,14 @@ def fixed_threads(n: int | None) -> Iterator[None]:
 
 
 def _run_spec(
-    spec: ProbeSpec, ds: Any, models: list[ProbeModel], ecfg: Any, tasks: list[ProbeTaskSet],
-    work_dir: str | Path | None, progress: bool, embed_logs: list[dict[str, Any]] | None,
+    spec: ProbeSpec,
+    ds: Any,
+    models: list[ProbeModel],
+    ecfg: Any,
+    tasks: list[ProbeTaskSet],
+    work_dir: str | Path | None,
+    progress: bool,
+    embed_logs: list[dict[str, Any]] | None,
     q_people: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """``run_spec`` after its checks (inside its thread setting)."""
@@ -339,8 +362,11 @@ def _run_spec(
             dims = model_dims(m.model)
             # the torch engine works where the model is (a GPU model gets GPU probes)
             mcfg = dataclasses.replace(ecfg, device=str(next(m.model.parameters()).device))
-            points = [p for hook in spec.hooks
-                      for p in hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))]
+            points = [
+                p
+                for hook in spec.hooks
+                for p in hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))
+            ]
             for t, reading in [(t, r) for t in tasks for r in model_readings(spec, m)]:
                 size = estimate_bytes(t.n, len(t.position_names), len(points), dims.d_model)
                 storage = spec.storage

@@ -69,7 +69,7 @@ class Problem:
         self.pinv = torch.ones(self.T, 1, self.d + 1, dtype=self.X.dtype, device=self.X.device)  # [T, 1, d + 1]
         self.pinv[:, 0, : self.d] = 1.0 / (self.var + mu[:, None])
 
-    def take(self, idx: Tensor) -> "Problem":
+    def take(self, idx: Tensor) -> Problem:
         """The tasks ``idx`` only (a copy)."""
         sub = Problem.__new__(Problem)
         sub.X, sub.Y, sub.valid, sub.lam = self.X[idx], self.Y[idx], self.valid[idx], self.lam[idx]
