@@ -104,6 +104,8 @@ def model_dims(model: Any) -> ModelDims:
     """Shape facts of a ``HookedLM`` or a ``TransformerBridge``."""
     cfg = model.cfg
     vocab = getattr(cfg, "vocab_size", None) or getattr(cfg, "d_vocab", None)
+    if vocab is None:
+        raise TypeError(f"model config {type(cfg).__name__} has neither vocab_size nor d_vocab")
     return ModelDims(int(cfg.n_layers), int(cfg.d_model), int(cfg.n_ctx), int(vocab))
 
 
@@ -117,7 +119,9 @@ class _Stop(Exception):
     """Raised by the last hook to end a forward pass early (nothing after it is needed)."""
 
 
-def padded_batch(sequences: Sequence[Sequence[int]], rows: Sequence[int], device: Any) -> tuple[Tensor, Tensor]:
+def padded_batch(
+    sequences: Sequence[Sequence[int]], rows: Sequence[int] | np.ndarray, device: Any
+) -> tuple[Tensor, Tensor]:
     """Token ids [B, T] of ``sequences[rows]`` padded on the right with ``<pad>``, and the key mask [B, T] (True on
     real tokens), on ``device``."""
     ids = pad_right([sequences[r] for r in rows], PAD_ID)  # [B, T]
@@ -244,7 +248,7 @@ def collect_activations(
     storage: str = "memory",
     out_dir: str | Path | None = None,
     overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     reading: str = "causal",
 ) -> Activations:
     """Hidden states of ``model`` at ``positions`` ([N, P] token indices) of ``sequences`` for every point.

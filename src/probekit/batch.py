@@ -8,7 +8,7 @@ position ``t`` must predict (-100 = no loss), so NTP, ABI and BICO share one cro
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ class ModelBatch:
     prefix_len: Tensor | None = None  # [B] long: ABI Part A length (Part A = positions < prefix_len)
 
     def to(self, device: torch.device | str) -> ModelBatch:
-        kw = {}
+        kw: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             kw[f.name] = v.to(device) if isinstance(v, Tensor) else v

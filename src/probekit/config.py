@@ -40,7 +40,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is not None:
         return names.get(origin, str(tp))
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return f"a mapping of {tp.__name__} settings"
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -70,7 +70,7 @@ def _check(tp: Any, value: Any) -> Any:
         return _NO_VALUE
     if tp is type(None):
         return None if value is None else _NO_VALUE
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return from_dict(tp, value) if isinstance(value, dict) else _NO_VALUE
     if tp is bool:
         return value if isinstance(value, bool) else _NO_VALUE

@@ -81,7 +81,7 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, labels: Tensor, chunk: int |
         raise ValueError("linear_cross_entropy expects h [N, d], weight [V, d], labels [N]")
     chunk = chunk or max(16, CE_CHUNK_ELEMENTS // weight.shape[0])
     need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return _LinearCrossEntropy.apply(h, weight, labels, chunk, need_grad)  # type: ignore[no-any-return]
+    return _LinearCrossEntropy.apply(h, weight, labels, chunk, need_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
     """``w * x / sqrt(mean(x^2) + eps)`` over the last dimension (float32 input)."""
-    return _RMSNorm.apply(x, w, eps)  # type: ignore[no-any-return]
+    return _RMSNorm.apply(x, w, eps)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,4 +186,4 @@ def bico_attention(q_rot: Tensor, k_rot: Tensor, q_flip: Tensor, k_flip: Tensor,
     must allow some key)."""
     if bias.dim() != 4 or bias.shape[1] != 1 or bias.shape[0] not in (1, q_rot.shape[0]):
         raise ValueError(f"bias must be [B or 1, 1, T, T], got {tuple(bias.shape)}")
-    return _BicoAttention.apply(q_rot, k_rot, q_flip, k_flip, v, bias, scale)  # type: ignore[no-any-return]
+    return _BicoAttention.apply(q_rot, k_rot, q_flip, k_flip, v, bias, scale)

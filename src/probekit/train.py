@@ -222,7 +222,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     a resume) means the same directories from any working directory."""
     import dataclasses
 
-    changes = {k: str(Path(v).expanduser().resolve()) for k in ("data", "out", "init_from")
+    changes: dict[str, Any] = {k: str(Path(v).expanduser().resolve()) for k in ("data", "out", "init_from")
                if isinstance(v := getattr(cfg, k), str) and v}  # fmt: skip
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
@@ -233,7 +233,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     for mod in model.modules():
         if isinstance(mod, torch.nn.Embedding) or not isinstance(mod, torch.nn.Linear):
             no_decay.update(id(p) for p in mod.parameters(recurse=False))
-    decay, rest, seen = [], [], set()
+    decay: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
+    seen: set[int] = set()
     for p in model.parameters():
         if id(p) in seen or not p.requires_grad:
             continue
@@ -345,7 +347,11 @@ class Trainer:
         model.to(self.accelerator.device)
         fused = self.accelerator.device.type in ("cpu", "cuda")  # one kernel for all params: ~5x faster on CPU
         optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused
+            _param_groups(model, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.betas[0], cfg.betas[1]),
+            eps=cfg.eps,
+            fused=fused,
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if state is not None:

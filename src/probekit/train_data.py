@@ -61,7 +61,7 @@ def as_item(x: ItemLike) -> TrainItem:
     if isinstance(x, tuple) and len(x) == 2 and not isinstance(x[0], int):
         ids, mask = x
         return TrainItem([int(t) for t in ids], None if mask is None else [bool(m) for m in mask])
-    return TrainItem([int(t) for t in x])  # type: ignore[union-attr]
+    return TrainItem([int(t) for t in x])
 
 
 @runtime_checkable
@@ -150,7 +150,7 @@ class Windows(Sequence[TrainItem]):
     def __len__(self) -> int:
         return len(self.array)
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [TrainItem(row) for row in self.array[i].tolist()]
         return TrainItem(self.array[i].tolist())

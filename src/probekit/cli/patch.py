@@ -28,7 +28,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
         raise UserError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 0,2,4") from None
 
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace):
     from probekit.data.pools import ATTRIBUTES
     from probekit.patching import PatchConfig
 
@@ -86,7 +86,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     from probekit.patching import CORRUPTIONS, PROMPTS, SPLITS
 
     p = subparsers.add_parser(

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from probekit.errors import UserError, UserFileNotFoundError
 
@@ -117,7 +118,8 @@ class Pools:
     def limited(self, limits: Mapping[str, int], seed: int) -> Pools:
         """A copy whose attribute pools are seeded random subsets of the given sizes (``{"major": 20}``)."""
         rng = random.Random(f"pool-limits-{seed}")
-        out = Pools(**{k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.__dict__.items()})
+        copied: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.__dict__.items()}
+        out = Pools(**copied)
         attr_to_field = {"birth_city": "birth_cities", "university": "universities", "major": "majors",
                          "company": "companies"}  # fmt: skip
         for attr, k in sorted(limits.items()):

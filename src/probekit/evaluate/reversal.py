@@ -118,7 +118,7 @@ def evaluate_reversal(
             records.append({
                 "task": task, "prompt": r.prompt, "target": r.completion, "generated": tokenizer.decode(gen[k]),
                 "exact_match": exact[k], "logprob_correct": lp_correct[k], "logprob_random": lp_random[k],
-                "random_completion": items[others[k]].completion if others[k] is not None else None,
+                "random_completion": items[o].completion if (o := others[k]) is not None else None,
             })  # fmt: skip
         a, b = np.array([lp_correct[k] for k in have]), np.array([lp_random[k] for k in have])
         res = paired_test(a, b, method=test, seed=seed)

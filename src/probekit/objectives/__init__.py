@@ -42,7 +42,7 @@ def get_objective(name: str, tokenizer: Any = None, **settings: Any) -> Objectiv
     unknown = sorted(set(settings) - set(valid))
     if unknown:
         raise UserError(f"objective {name!r}: unknown setting(s) {unknown}; valid settings are {valid}")
-    return from_dict(_CLASSES[name], dict(settings))  # type: ignore[no-any-return]
+    return from_dict(_CLASSES[name], dict(settings))
 
 
 def check_special_ids(tokenizer: Any) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -153,8 +154,9 @@ def abi_generation_inputs(
     at ``END_ID``. ``prompts`` is one prompt (list of ids) or a list of prompts; labels are all -100.
     """
     if len(prompts) > 0 and isinstance(prompts[0], int):
-        prompts = [prompts]  # type: ignore[list-item]
-    rows = [list(p) for p in prompts]  # type: ignore[arg-type]
+        rows = [list(cast(Sequence[int], prompts))]
+    else:
+        rows = [list(p) for p in cast(Sequence[Sequence[int]], prompts)]
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("abi_generation_inputs needs non-empty prompts (each starting with EOS_ID)")
     gen = [list(g) for g in generated] if generated is not None else [[] for _ in rows]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor
@@ -92,7 +92,7 @@ def compute_loss(model: torch.nn.Module, batch: ModelBatch) -> Tensor:
     with ``ModelConfig.fast_path`` fuses the unembedding with the cross-entropy; other models return logits.
     """
     if isinstance(_base_model(model), HookedLM):
-        return model(**batch.model_kwargs(), labels=batch.labels)  # type: ignore[no-any-return]
+        return model(**batch.model_kwargs(), labels=batch.labels)
     return logits_cross_entropy(model(**batch.model_kwargs()), batch.labels)
 
 
@@ -100,11 +100,13 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module under DDP (``.module``), ``torch.compile`` (``._orig_mod``) and peft (``get_base_model()``)."""
     for _ in range(8):
         if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            model = model._orig_mod
-        else:
+            # peft's get_base_model; torch types unknown nn.Module attributes as Tensor | Module
+            model = cast(torch.nn.Module, model.get_base_model())  # type: ignore[operator]
+            continue
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
             break
+        model = inner
     return model

@@ -124,7 +124,7 @@ def train_embed_probe(
     model: Any,
     task: ProbeTaskSet,
     cfg: EmbedProbeConfig | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[list[ProbeFit], dict[str, Any]]:
     """Train the embedding-update probe on ``task`` (all its positions x label sets at once).
 

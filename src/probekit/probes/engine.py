@@ -267,8 +267,8 @@ def _fit_bucket_torch(
             thetas[r] = theta
             counts[:, r] = n_correct(X_val, Y_val, theta, prob.valid)
         del prob, X_val, Y_val
-        choice = choose_l2(counts.cpu().numpy(), len(split.val), cfg.l2_grid, cfg.l2_rule)
-        choice = torch.as_tensor(choice, device=dev)
+        chosen = choose_l2(counts.cpu().numpy(), len(split.val), cfg.l2_grid, cfg.l2_rule)
+        choice = torch.as_tensor(chosen, device=dev)
         val_acc = counts.gather(1, choice[:, None]).squeeze(1) / len(split.val)
         theta0 = thetas[choice, torch.arange(T, device=dev)]
         del thetas
@@ -385,7 +385,7 @@ def run_probes(
     labels: np.ndarray,
     split: Split,
     cfg: EngineConfig,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> list[ProbeFit]:
     """Fit every (feature group x label set) probe.
 
