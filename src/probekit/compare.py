@@ -118,12 +118,21 @@ def storage_points(probe: pd.DataFrame, q_people: pd.DataFrame, qa: dict[str, pd
                 inv = inverse.get(m.model)
                 inv_v.append(vector(inv["pid"], inv["exact_match"].astype(float)) if inv is not None and len(inv)
                              else np.full(len(pids), np.nan))  # fmt: skip
-                rows.append({"model": m.model, "objective": m.objective, "dataset": m.dataset, "attribute": attr,
-                             "measure": label, "layer": int(best["layer"]),
-                             "reading": "causal" if hook == "embed_update" else reading_of(m.objective),
-                             "storage": float(np.nanmean(store[-1])), "baseline": float(best["baseline"]),
-                             "qa": float(np.nanmean(qa_v[-1])) if np.isfinite(qa_v[-1]).any() else np.nan,
-                             "inverse": float(np.nanmean(inv_v[-1])) if np.isfinite(inv_v[-1]).any() else np.nan})  # fmt: skip
+                rows.append(
+                    {
+                        "model": m.model,
+                        "objective": m.objective,
+                        "dataset": m.dataset,
+                        "attribute": attr,
+                        "measure": label,
+                        "layer": int(best["layer"]),
+                        "reading": "causal" if hook == "embed_update" else reading_of(m.objective),
+                        "storage": float(np.nanmean(store[-1])),
+                        "baseline": float(best["baseline"]),
+                        "qa": float(np.nanmean(qa_v[-1])) if np.isfinite(qa_v[-1]).any() else np.nan,
+                        "inverse": float(np.nanmean(inv_v[-1])) if np.isfinite(inv_v[-1]).any() else np.nan,
+                    }
+                )
     empty = np.zeros((0, len(pids)))
     return Points(pd.DataFrame(rows), pids, np.array(store) if store else empty, np.array(qa_v) if qa_v else empty,
                   np.array(inv_v) if inv_v else empty)  # fmt: skip
@@ -169,7 +178,7 @@ def correlations(points: Points, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, le
                 r = float(f(x0, y0))
                 boot = f(bx, by)
                 boot = boot[np.isfinite(boot)]
-                lo, hi = (np.quantile(boot, [a, 1 - a]) if len(boot) else (np.nan, np.nan))
+                lo, hi = np.quantile(boot, [a, 1 - a]) if len(boot) else (np.nan, np.nan)
                 rows.append({"measure": measure, "versus": what, "method": name, "r": r, "ci_low": float(lo),
                              "ci_high": float(hi), "n_points": len(keep), "n_people": len(points.pids),
                              "n_boot": len(boot), "level": level})  # fmt: skip
@@ -272,7 +281,7 @@ def objective_q_profiles(probe: pd.DataFrame, target: str) -> Figure | None:
     cols = 3
     rows = (len(attrs) + cols - 1) // cols
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=attrs, shared_yaxes=True, vertical_spacing=0.14)
-    dashes = {d: s for d, s in zip(dict.fromkeys(models["dataset"]), ("solid", "dash", "dot", "dashdot"))}
+    dashes = dict(zip(dict.fromkeys(models["dataset"]), ("solid", "dash", "dot", "dashdot")))
     for k, attr in enumerate(attrs):
         r, c = k // cols + 1, k % cols + 1
         for m in models.itertuples():
@@ -303,8 +312,11 @@ def objective_q_profiles(probe: pd.DataFrame, target: str) -> Figure | None:
 def extraction_bars(qa: pd.DataFrame | None, inverse: pd.DataFrame | None, models: pd.DataFrame) -> Figure | None:
     """QA extraction (overall exact match) and inverse search on P_test per model, grouped by dataset and
     coloured by objective, with 95% person-bootstrap intervals."""
-    panels = [(n, t) for n, t in (("QA extraction (all attributes)", qa), ("inverse search (attributes -> name)",
-                                                                          inverse)) if t is not None and len(t)]  # fmt: skip
+    panels = [
+        (n, t)
+        for n, t in (("QA extraction (all attributes)", qa), ("inverse search (attributes -> name)", inverse))
+        if t is not None and len(t)
+    ]
     if not panels:
         return None
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[n for n, _ in panels], shared_yaxes=True)
@@ -344,8 +356,12 @@ def correlation_summary(corr: pd.DataFrame) -> list[str]:
     """Summary lines: each correlation with its interval."""
     if corr.empty:
         return []
-    lines = [("Storage at the name vs extraction (one point per model x attribute; layer chosen on validation "
-              "people; 95% person-bootstrap interval):")]
+    lines = [
+        (
+            "Storage at the name vs extraction (one point per model x attribute; layer chosen on validation "
+            "people; 95% person-bootstrap interval):"
+        )
+    ]
     for r in corr.itertuples():
         lines.append(f"  {r.measure:34s} vs {r.versus:8s} {r.method:9s} {r.r:+.2f} [{r.ci_low:+.2f}, "
                      f"{r.ci_high:+.2f}]  ({r.n_points} points, {r.n_people} people)")  # fmt: skip

@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class Run:
 
     @property
     def key(self) -> str:
-        """Its directory under ``models/``, ``probes/`` and ``qa/``: the model name, plus ``/seed_<s>`` on a seeds axis."""
+        """Its directory under ``models/``, ``probes/`` and ``qa/``: the model name (+ ``/seed_<s>`` with seeds)."""
         return self.model.name if self.seed is None else f"{self.model.name}/seed_{self.seed}"
 
     @property
@@ -148,8 +149,12 @@ class ExperimentConfig:
         if len(set(names)) != len(names) or len({m.name for m in self.models}) != len(self.models):
             raise UserError(f"experiment {self.name}: dataset and model names must be unique")
         if self.seeds is not None:
-            if (not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(self.seeds)
-                    or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)):
+            if (
+                not isinstance(self.seeds, list)
+                or not self.seeds
+                or len(set(self.seeds)) != len(self.seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
+            ):
                 raise UserError(f"seeds must be a non-empty list of distinct non-negative integers, e.g. [0, 1, 2], "
                                 f"got {self.seeds!r}")  # fmt: skip
         elif self.seed_data:
@@ -196,8 +201,9 @@ class ExperimentConfig:
             from probekit.data.reversal import ReversalConfig
             from probekit.evaluate.qa import OBJECTIVES
 
-            bad = [o for o in self.reversal.objectives if o not in OBJECTIVES]
-            if bad or not self.reversal.objectives or len(set(self.reversal.objectives)) != len(self.reversal.objectives):
+            objectives = self.reversal.objectives
+            unknown = [o for o in objectives if o not in OBJECTIVES]
+            if unknown or not objectives or len(set(objectives)) != len(objectives):
                 raise UserError(f"reversal.objectives {self.reversal.objectives}: choose distinct objectives from "
                                 f"{list(OBJECTIVES)}")  # fmt: skip
             from_dict(ReversalConfig, self.reversal.data)
@@ -205,8 +211,8 @@ class ExperimentConfig:
         if self.inverse is not None:
             from probekit.data.pools import ATTRIBUTES
 
-            bad = [a for a in self.inverse.attributes if a not in ATTRIBUTES]
-            if bad or len(set(self.inverse.attributes)) != len(self.inverse.attributes):
+            unknown = [a for a in self.inverse.attributes if a not in ATTRIBUTES]
+            if unknown or len(set(self.inverse.attributes)) != len(self.inverse.attributes):
                 raise UserError(f"inverse.attributes {self.inverse.attributes}: choose distinct attributes from "
                                 f"{list(ATTRIBUTES)} (empty: all six)")  # fmt: skip
 
@@ -261,8 +267,13 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as written to ``experiment.json`` and compared on resume. Settings added after a run was
     started are left out while they keep their defaults, so such runs still resume."""
     rec = to_dict(cfg)
-    for key, default in (("seeds", None), ("seed_data", False), ("embed_probe", None), ("reversal", None),
-                         ("recall", False)):
+    for key, default in (
+        ("seeds", None),
+        ("seed_data", False),
+        ("embed_probe", None),
+        ("reversal", None),
+        ("recall", False),
+    ):
         if rec.get(key) == default:
             rec.pop(key, None)
     return rec
@@ -432,7 +443,10 @@ def _probe_one(spec_dict: dict[str, Any], data_dir: Path, model_dir: Path, name:
     _mark_done(dest)
 
 
-def _in_pool(todo: list[tuple[str, Any, tuple[Any, ...]]], jobs: int, progress: bool = True) -> None:
+Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (label, top-level function, its arguments)
+
+
+def _in_pool(todo: list[Job], jobs: int, progress: bool = True) -> None:
     """Run ``fn(*args)`` for each ``(label, fn, args)``: in ``jobs`` worker processes (one torch thread each; the
     last argument of each call, the parent's command line, is filled in) or, with ``jobs`` 1, here in order."""
     if jobs > 1 and len(todo) > 1:
@@ -446,7 +460,7 @@ def _in_pool(todo: list[tuple[str, Any, tuple[Any, ...]]], jobs: int, progress: 
         cmd = command_line()
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_worker_init) as pool:  # fmt: skip
-            futures = [(label, pool.submit(fn, *args, cmd)) for label, fn, args in todo]
+            futures = [(label, pool.submit(fn, *(*args, cmd))) for label, fn, args in todo]
             for label, fut in tqdm(futures, desc="models", unit="model", disable=not progress):
                 fut.result()
                 log.info(f"  {label} done")
@@ -647,8 +661,14 @@ def reversal_figure(table: pd.DataFrame) -> Any:
                              textposition="outside", marker={"color": OBJECTIVE_COLORS.get(str(model), "#7f7f7f")},
                              error_y={"type": "data", "symmetric": False, "array": g["ci_high"] - g["value"],
                                       "arrayminus": g["value"] - g["ci_low"]}))  # fmt: skip
-    fig.update_layout(title="Reversal curse: exact match per task and objective (95% person-bootstrap intervals)",
-                      barmode="group", yaxis_range=[0, 1.1], yaxis_title="exact match", width=820, height=460)  # fmt: skip
+    fig.update_layout(
+        title="Reversal curse: exact match per task and objective (95% person-bootstrap intervals)",
+        barmode="group",
+        yaxis_range=[0, 1.1],
+        yaxis_title="exact match",
+        width=820,
+        height=460,
+    )
     return Figure("reversal_exact_match", fig, v)
 
 
@@ -694,8 +714,11 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
         for (model, attr), g in sub.groupby(["model", "attribute"], sort=False):
             p, q = g[g["probe_kind"] == "p"], g[g["probe_kind"] == "q"]
             rec: dict[str, Any] = {"model": model, "attribute": attr}
-            for col, part in (("P own pos", p[p["position"] == attr]), ("P @birth_date", p[p["position"] == "birth_date"]),
-                              ("Q name", q)):  # fmt: skip
+            for col, part in (
+                ("P own pos", p[p["position"] == attr]),
+                ("P @birth_date", p[p["position"] == "birth_date"]),
+                ("Q name", q),
+            ):
                 best = _best_per_seed(part)
                 rec[col] = _cell(best["accuracy"].tolist(), best["ci_low"].tolist(), best["ci_high"].tolist())
                 if col == "Q name" and len(best) and best["selectivity"].notna().any():
@@ -714,8 +737,11 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
         if table is not None and not table.empty:
             lines += _eval_summary(table, title)
     if recall is not None and not recall.empty:
-        lines += _eval_summary(recall.assign(split="test", metric="exact_match"), "Memorisation: values of the "
-                               "training biographies reproduced", "every person, first entry, before finetuning")  # fmt: skip
+        lines += _eval_summary(
+            recall.assign(split="test", metric="exact_match"),
+            "Memorisation: values of the training biographies reproduced",
+            "every person, first entry, before finetuning",
+        )
     if reversal is not None and not reversal.empty:
         lines += _eval_summary(reversal.assign(split="test"), "Reversal curse (fictitious people)",
                                "after training on the facts")  # fmt: skip
@@ -757,8 +783,11 @@ def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning 
         cells.setdefault(str(model), {})[str(task)] = _cell(g["value"].tolist(), g["ci_low"].tolist(),
                                                              g["ci_high"].tolist())  # fmt: skip
     where = "" if how != "after finetuning on P_train" else " on P_test"
-    return [f"{title}{where} (exact match % [95% person-bootstrap interval], {how}):",
-            pd.DataFrame(cells).T.fillna("-").to_string(), ""]
+    return [
+        f"{title}{where} (exact match % [95% person-bootstrap interval], {how}):",
+        pd.DataFrame(cells).T.fillna("-").to_string(),
+        "",
+    ]
 
 
 def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, embed: pd.DataFrame | None,
@@ -817,8 +846,14 @@ def load_experiment_tables(out: Path) -> tuple[ExperimentConfig, pd.DataFrame, p
     return cfg, probe, embed, qa, inverse
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True,
-                   figures_out: str | Path | None = None, png: bool = True, jobs: int = 1) -> ExperimentResult:  # fmt: skip
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    progress: bool = True,
+    figures_out: str | Path | None = None,
+    png: bool = True,
+    jobs: int = 1,
+) -> ExperimentResult:
     """Run (or continue) every stage of ``cfg`` into ``out``; returns the tables, figures and summary.
 
     ``jobs`` > 1 trains up to that many models at once in worker processes (one torch thread each): on a

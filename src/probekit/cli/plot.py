@@ -44,8 +44,19 @@ def _plot_experiment(args: argparse.Namespace) -> int:
     run = Path(args.experiment).resolve()
     cfg, probe, embed, qa, inverse = load_experiment_tables(run)
     rec = prov.record(inputs={"results": run / "results.parquet"})
-    report, corr, _ = render_experiment(cfg, run, probe, embed, qa, inverse, layer=args.layer, png=not args.no_png,
-                                     provenance=rec, control=not args.no_control, figures_dir=Path(args.out))  # fmt: skip
+    report, corr, _ = render_experiment(
+        cfg,
+        run,
+        probe,
+        embed,
+        qa,
+        inverse,
+        layer=args.layer,
+        png=not args.no_png,
+        provenance=rec,
+        control=not args.no_control,
+        figures_dir=Path(args.out),
+    )
     names = sorted({p.stem for p in report.files})
     print(f"rendered {len(names)} figures of experiment {cfg.name} into {args.out}"
           + (f" (comparison tables in {run / 'comparison'})" if corr is not None else ""))  # fmt: skip
@@ -73,7 +84,7 @@ def _check_figures_dir(out: Path) -> None:
                     "or empty directory")  # fmt: skip
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plot",
         help="re-render probe figures from results tables",
@@ -90,7 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV only")
-    p.add_argument("--no-control", action="store_true",
-                   help="leave out the control-task curves and selectivity grids (tables probed with control_task)")
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help="leave out the control-task curves and selectivity grids (tables probed with control_task)",
+    )
     p.set_defaults(func=cmd_plot)
-

@@ -29,7 +29,8 @@ from probekit.stats import DEFAULT_N_BOOT, person_bootstrap_table
 def recall_items(dataset: Any, attrs: Sequence[str] = ATTRIBUTES) -> list[dict[str, Any]]:
     """One item per (person, attribute) on the person's first entry: the token ids before the value (with the
     leading [EOS]), the value's ids and the ids after it."""
-    split = {p: "train" for p in dataset.split.get("train", [])} | {p: "test" for p in dataset.split.get("test", [])}
+    split = dict.fromkeys(dataset.split.get("train", []), "train")
+    split |= dict.fromkeys(dataset.split.get("test", []), "test")
     items = []
     for e in dataset.entries:
         if e.idx != 0:
@@ -53,13 +54,12 @@ def biography_recall(model: torch.nn.Module, objective: str, items: Sequence[dic
     if objective == "abi":  # the text after the blank differs per item: one Part A each
         gen = [abi_generate(model, [it["before"]], len(it["value"]) + 1, suffix=it["after"])[0] for it in items]
     else:
-        gen = []
+        by_index: dict[int, list[int]] = {}
         for n in sorted({len(it["value"]) for it in items}):  # batch items that need the same number of tokens
             idx = [k for k, it in enumerate(items) if len(it["value"]) == n]
-            for k, g in zip(idx, greedy_generate(model, [items[k]["before"] for k in idx], n, stop_id=None,
-                                                 batch_size=batch_size)):  # fmt: skip
-                gen.append((k, g))
-        gen = [g for _, g in sorted(gen, key=lambda kg: kg[0])]
+            prompts = [items[k]["before"] for k in idx]
+            by_index.update(zip(idx, greedy_generate(model, prompts, n, stop_id=None, batch_size=batch_size)))
+        gen = [by_index[k] for k in range(len(items))]
     for it, g in zip(items, gen):
         out.append({"pid": it["pid"], "attribute": it["attribute"], "split": it["split"],
                     "exact": list(g[: len(it["value"])]) == list(it["value"])})  # fmt: skip
