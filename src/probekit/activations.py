@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probekit.batch import pad_right
 from probekit.data.tokenizer import PAD_ID
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json
-from probekit.objectives.ntp import pad_right
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,9 @@ How batching stays exact:
   tokens their [MASK]'s position), so every row sees exactly what it would see alone; Part B then starts at the
   same column in every row and grows one column per step.
 
+``generate(model, objective, ...)`` picks the objective's own decoding (``Objective.generate``: causal for NTP and
+BICO, span infilling for ABI).
+
 Neither keeps a KV cache: every step re-runs the sequence, which is cheap for the short prompts and answers
 of bioS QA (tens of tokens) and keeps the model code free of decoding state.
 """
@@ -27,7 +30,20 @@ import torch
 
 from probekit.data.tokenizer import END_ID, EOS_ID, PAD_ID
 from probekit.errors import UserError
-from probekit.objectives import abi_generation_inputs
+from probekit.objectives import ABIObjective, NTPObjective, Objective, abi_generation_inputs, as_objective
+
+
+def generate(
+    model: torch.nn.Module,
+    objective: Objective | str,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    suffix: Sequence[int] = (),
+) -> list[list[int]]:
+    """Greedy answers to ``prompts`` (each ``[EOS] + ids``) the way ``objective`` (or its name) answers; ``suffix``:
+    the tokens that followed the answer in training (an infilling objective keeps them after the blank)."""
+    return as_objective(objective).generate(model, prompts, max_new_tokens, batch_size=batch_size, suffix=suffix)
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, n_ctx: int | None, extra: int) -> None:
@@ -69,7 +85,7 @@ def greedy_generate(
     same as generating each prompt alone (right padding under causal attention is exact; see module doc).
     """
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    _check_prompts(prompts, max_new_tokens, n_ctx, extra=0)
+    _check_prompts(prompts, max_new_tokens, n_ctx, extra=NTPObjective().inference_extra_tokens())
     results: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
@@ -124,7 +140,8 @@ def abi_generate(
     from ``probekit.objectives.abi_generation_inputs`` (the layout ABI training uses); batched rows equal
     one-by-one generation (Part A pads are masked keys; explicit positions)."""
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    _check_prompts(prompts, max_new_tokens, n_ctx, extra=2 + len(suffix))  # [MASK], suffix and [START]
+    extra = ABIObjective().inference_extra_tokens(len(suffix))  # [MASK], suffix and [START]
+    _check_prompts(prompts, max_new_tokens, n_ctx, extra=extra)
     results: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()

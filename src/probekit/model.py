@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +43,9 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from probekit import kernels
-from probekit.batch import IGNORE_INDEX
+from probekit.batch import ATTN_MODES, IGNORE_INDEX
+from probekit.batch import AttnMode as AttnMode  # re-exported: defined once, in probekit.batch
 from probekit.errors import UserError
-
-AttnMode = Literal["causal", "bico", "abi"]
-ATTN_MODES: tuple[str, ...] = ("causal", "bico", "abi")
 
 
 @dataclass

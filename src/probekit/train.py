@@ -58,7 +58,7 @@ from probekit.data.tokenizer import load_tokenizer
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 from probekit.model import HookedLM, ModelConfig
-from probekit.objectives import compute_loss, get_objective
+from probekit.objectives import get_objective
 from probekit.provenance import sha256_file
 from probekit.train_data import (
     DataStream,
@@ -66,8 +66,6 @@ from probekit.train_data import (
     ItemSource,
     SequenceSource,
     TrainItem,
-    abi_answer_batch,
-    apply_loss_mask,
     bios_source,
 )
 
@@ -95,7 +93,7 @@ class TrainConfig:
 
     data: str = ""  # dataset directory (probekit data bios); may be empty when the caller passes a source
     out: str = ""  # run directory: train_config.json, metrics.jsonl, summary.json, checkpoints/
-    objective: str = "ntp"  # ntp | abi | bico
+    objective: str = "ntp"  # a name in probekit.objectives.REGISTRY: ntp | abi | bico
     objective_settings: dict[str, Any] = field(default_factory=dict)  # e.g. {mask_ratio: 0.15}
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {d_model: 128, n_layers: 4}
     init_from: str | None = None  # checkpoint (or run) directory to start from, for finetuning
@@ -405,9 +403,8 @@ class Trainer:
         return have if have is not None else new
 
     def _input_len(self, seq_len: int) -> int:
-        """Longest model input made from sequences of ``seq_len`` tokens (ABI QA items: +2, [MASK] and [START])."""
-        extra = seq_len + 2 if self.cfg.objective == "abi" else 0
-        return max(self.objective.max_input_len(seq_len), extra)
+        """Longest model input made from sequences or answer items of ``seq_len`` tokens (ABI items: +2)."""
+        return self.objective.answer_input_len(seq_len)
 
     def _model_config(self, init_model: HookedLM | None, model: HookedLM | None, need: int) -> ModelConfig:
         given = model if model is not None else init_model
@@ -508,18 +505,16 @@ class Trainer:
 
     def build_batch(self, items: Sequence[TrainItem], generator: torch.Generator) -> ModelBatch:
         """The objective's batch for ``items``; items with loss masks restrict the loss to their target tokens."""
-        masked = any(it.loss_mask is not None for it in items)
-        if masked and self.cfg.objective == "abi":
-            return abi_answer_batch(items)
-        batch = self.objective.build([it.ids for it in items], generator)
-        return apply_loss_mask(batch, items) if masked else batch
+        if any(it.loss_mask is not None for it in items):
+            return self.objective.answer_batch(items, generator)
+        return self.objective.build([it.ids for it in items], generator)
 
     def train_step(self, batch: ModelBatch) -> torch.Tensor:
         """One optimiser step on ``batch`` (forward, backward, clip, AdamW); returns the detached loss."""
         acc = self.accelerator
         batch = batch.to(acc.device)
         with acc.autocast():
-            loss = compute_loss(self.model, batch)
+            loss = self.objective.compute_loss(self.model, batch)
         acc.backward(loss)
         if self.cfg.grad_clip > 0:
             acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -541,7 +536,7 @@ class Trainer:
             n = batch.n_loss_tokens
             if n:
                 with self.accelerator.autocast():
-                    total += float(compute_loss(model, batch)) * n
+                    total += float(self.objective.compute_loss(model, batch)) * n
                 count += n
         model.train()
         return total / count if count else None

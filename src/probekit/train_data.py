@@ -31,7 +31,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from probekit.batch import IGNORE_INDEX, ModelBatch
-from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, PAD_ID, START_ID
+from probekit.data.tokenizer import EOS_ID
 from probekit.errors import UserError
 
 EVAL_EPOCH = 1_000_003  # the eval set is drawn as if it were this (never trained) epoch: disjoint random stream
@@ -342,12 +342,12 @@ def apply_loss_mask(batch: ModelBatch, items: Sequence[TrainItem]) -> ModelBatch
     """Restrict the loss of a causal/BICO batch to the tokens each item marks as targets.
 
     In those batches ``labels[b, t]`` is (a copy of) token ``t + 1`` of the sequence, so the label is kept only
-    where ``loss_mask[t + 1]`` is True. (ABI batches are built from masks directly: ``abi_answer_batch``.)
+    where ``loss_mask[t + 1]`` is True. (ABI batches are built from masks directly: ``ABIObjective.answer_batch``.)
     """
     if all(it.loss_mask is None for it in items):
         return batch
     if batch.attn_mode == "abi":
-        raise ValueError("apply_loss_mask: ABI batches are built with abi_answer_batch")
+        raise ValueError("apply_loss_mask: ABI batches are built with ABIObjective.answer_batch")
     B, T = batch.labels.shape
     keep = torch.zeros(B, T, dtype=torch.bool)
     for b, it in enumerate(items):
@@ -359,38 +359,7 @@ def apply_loss_mask(batch: ModelBatch, items: Sequence[TrainItem]) -> ModelBatch
 
 
 def abi_answer_batch(items: Sequence[TrainItem]) -> ModelBatch:
-    """ABI batch in which each item's loss-masked tokens (one contiguous run) form the single blank.
+    """ABI batch in which each item's loss-masked run is the single blank: ``ABIObjective().answer_batch``."""
+    from probekit.objectives.abi import ABIObjective
 
-    Part A = the tokens before the run + [MASK] + the tokens after it; Part B = [START] + run, trained to predict
-    run + [END] (exactly what ``abi_generate`` decodes at inference). Used for QA finetuning of ABI models.
-    """
-    from probekit.objectives.ntp import pad_right
-
-    rows: list[tuple[list[int], list[int], list[int], list[int], int]] = []
-    for i, it in enumerate(items):
-        m = it.loss_mask
-        where = [t for t, v in enumerate(m or []) if v]
-        if m is None or not where or where != list(range(where[0], where[-1] + 1)) or where[0] == 0:
-            raise ValueError(
-                f"item {i}: ABI training needs a loss mask marking one contiguous run of tokens (the answer) "
-                "after the first token; build QA items with answer_item(..., loss_on_eos=False)"
-            )
-        s, e = where[0], where[-1] + 1
-        part_a = it.ids[:s] + [MASK_ID] + it.ids[e:]
-        span = it.ids[s:e]
-        ids = part_a + [START_ID] + span
-        labels = [IGNORE_INDEX] * len(part_a) + span + [END_ID]
-        pos = list(range(len(part_a))) + [s] * (len(span) + 1)
-        span_pos = [0] * len(part_a) + list(range(1, len(span) + 2))
-        rows.append((ids, labels, pos, span_pos, len(part_a)))
-    ids_t = pad_right([r[0] for r in rows], PAD_ID)  # [B, T]
-    lens = torch.tensor([len(r[0]) for r in rows])
-    return ModelBatch(
-        input_ids=ids_t,
-        labels=pad_right([r[1] for r in rows], IGNORE_INDEX),
-        attn_mode="abi",
-        positions=pad_right([r[2] for r in rows], 0),
-        span_positions=pad_right([r[3] for r in rows], 0),
-        key_mask=torch.arange(ids_t.shape[1])[None] < lens[:, None],
-        prefix_len=torch.tensor([r[4] for r in rows], dtype=torch.long),
-    )
+    return ABIObjective().answer_batch(items, torch.Generator())

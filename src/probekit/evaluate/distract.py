@@ -2,7 +2,7 @@
 
 ``run_distract(checkpoint, data, out, DistractEvalConfig(...))``:
 
-1. **A model that can be distracted.** The pretrained model is finetuned (``probekit.evaluate.qa.finetune``) on
+1. **A model that can be distracted.** The pretrained model is finetuned (``probekit.finetune.finetune``) on
    P_train questions whose prompts often carry a context that is usually helpful (``probekit.data.distract``:
    a hint right ``hint_accuracy`` of the time, plus irrelevant sentences; ``context_ratio`` of prompts).
 2. **A learned S2A regenerator** (``s2a`` holds ``learned``): a copy of the same pretrained model finetuned on the
@@ -66,18 +66,11 @@ from probekit.data.distract import (
 from probekit.data.pools import ATTRIBUTES
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.evaluate.figures import results_frame, write_figure, write_table
-from probekit.evaluate.qa import (
-    EvalItem,
-    FinetuneConfig,
-    check_fits,
-    default_model_name,
-    encode_items,
-    finetune,
-    generate_answers,
-    model_objective,
-)
+from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import first_token_match, ids_exact_match
+from probekit.finetune import EvalItem, FinetuneConfig, check_fits, encode_items, finetune
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
+from probekit.objectives import Objective, get_objective
 from probekit.stats import bootstrap_means
 
 log = logging.getLogger(__name__)
@@ -169,7 +162,7 @@ def stage_record(cfg: FinetuneConfig, items: Sequence[EvalItem], meta: dict[str,
     return {"finetune": to_dict(cfg), "n_items": len(items), "items_sha256": digest, "base": str(meta.get("path"))}
 
 
-def _finetune_stage(model: torch.nn.Module, tokenizer: Any, objective: str, items: list[EvalItem],
+def _finetune_stage(model: torch.nn.Module, tokenizer: Any, objective: Objective | str, items: list[EvalItem],
                     cfg: FinetuneConfig, run_dir: Path, meta: dict[str, Any], progress: bool, resume: bool,
                     ) -> torch.nn.Module:  # fmt: skip
     """Finetune (or, with ``resume``, reuse the finished run in ``run_dir`` made with the same settings)."""
@@ -189,16 +182,17 @@ def _finetune_stage(model: torch.nn.Module, tokenizer: Any, objective: str, item
     return ft.model
 
 
-def _answer(model: torch.nn.Module, tokenizer: Any, objective: str, prompts: Sequence[str], answers: Sequence[str],
-            batch_size: int, progress: bool, desc: str) -> list[list[int]]:  # fmt: skip
+def _answer(model: torch.nn.Module, tokenizer: Any, objective: Objective | str, prompts: Sequence[str],
+            answers: Sequence[str], batch_size: int, progress: bool, desc: str) -> list[list[int]]:  # fmt: skip
     """Greedy answer ids for unique (prompt, answer) pairs (generation runs for the longest answer + 1)."""
     items = [EvalItem(-1, "", p, a) for p, a in zip(prompts, answers)]
     ids, ans = encode_items(tokenizer, items)
     return generate_answers(model, objective, ids, max(map(len, ans)) + 1, batch_size, progress, desc=desc)
 
 
-def regenerate_learned(model: torch.nn.Module, tokenizer: Any, objective: str, items: Sequence[DistractItem],
-                       fallback: str, batch_size: int = 64, progress: bool = False) -> list[Regeneration]:  # fmt: skip
+def regenerate_learned(model: torch.nn.Module, tokenizer: Any, objective: Objective | str,
+                       items: Sequence[DistractItem], fallback: str, batch_size: int = 64,
+                       progress: bool = False) -> list[Regeneration]:  # fmt: skip
     """The learned regenerator's output for every item, parsed (malformed output falls back, never raises).
 
     Generation runs for at most the prompt's own length + 2 tokens (a regeneration only removes sentences); output
@@ -251,7 +245,9 @@ def reuse_regenerations(run_dir: str | Path, items: Sequence[DistractItem], fall
     return out
 
 
-def _check_items(tokenizer: Any, items: Sequence[DistractItem], n_ctx: int, objective: str, dataset: Any) -> None:
+def _check_items(
+    tokenizer: Any, items: Sequence[DistractItem], n_ctx: int, objective: Objective | str, dataset: Any
+) -> None:
     texts = [it.rewrite_prompt + " " + it.rewrite_target for it in items]
     unknown = unknown_words(tokenizer, texts)
     if unknown:
@@ -370,8 +366,8 @@ def run_distract(
     out = prepare_output_dir(out, overwrite or resume)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
-    objective = model_objective(meta, objective)
-    if objective == "abi":
+    obj = get_objective(model_objective(meta, objective))
+    if obj.infilling:
         raise UserError("distraction evaluation needs a causal reading (ntp or bico checkpoints); ABI answers as a "
                         "blank span and has no prompt-prefix context")  # fmt: skip
     dataset = load_dataset(data)
@@ -383,10 +379,10 @@ def run_distract(
     test = eval_items(builder, dataset.split["test"], cfg.attrs, cfg.kinds)
     train_rewriter = "learned" in cfg.s2a and cfg.regenerator is None and cfg.reuse_regenerations is None
     rewrite = rewrite_train_items(builder, dataset.split["train"], cfg.attrs) if train_rewriter else []
-    _check_items(tokenizer, train + test + rewrite, model.cfg.n_ctx, objective, dataset)
+    _check_items(tokenizer, train + test + rewrite, model.cfg.n_ctx, obj, dataset)
     if rewrite:
         check_fits([EvalItem(it.pid, it.attr, it.rewrite_prompt, it.rewrite_target) for it in rewrite], tokenizer,
-                   model.cfg.n_ctx, objective)  # fmt: skip
+                   model.cfg.n_ctx, obj)  # fmt: skip
     name = model_name or default_model_name(meta)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -395,7 +391,7 @@ def run_distract(
     qa_model = model
     if cfg.finetune.method != "none":
         qa_items = [EvalItem(it.pid, it.attr, it.prompt, it.answer) for it in train]
-        qa_model = _finetune_stage(model, tokenizer, objective, qa_items, cfg.finetune, out / "finetune_qa", meta,
+        qa_model = _finetune_stage(model, tokenizer, obj, qa_items, cfg.finetune, out / "finetune_qa", meta,
                                    progress, resume)  # fmt: skip
     # 2. the learned regenerator
     regens: dict[str, list[Regeneration]] = {"s2a_rule": [rule_regenerate(it.prompt) for it in test]}
@@ -408,9 +404,9 @@ def run_distract(
                 raise UserError(f"regenerator {cfg.regenerator} has another tokenizer than {meta['path']}")
         else:
             rw_items = [EvalItem(it.pid, it.attr, it.rewrite_prompt, it.rewrite_target) for it in rewrite]
-            rw_model = _finetune_stage(model, tokenizer, objective, rw_items, cfg.rewrite_finetune,
+            rw_model = _finetune_stage(model, tokenizer, obj, rw_items, cfg.rewrite_finetune,
                                        out / "finetune_rewrite", meta, progress, resume)  # fmt: skip
-        regens["s2a_learned"] = regenerate_learned(rw_model, tokenizer, objective, test, cfg.fallback,
+        regens["s2a_learned"] = regenerate_learned(rw_model, tokenizer, obj, test, cfg.fallback,
                                                    cfg.batch_size, progress)  # fmt: skip
         del rw_model
     if "rule" not in cfg.s2a:
@@ -423,7 +419,7 @@ def run_distract(
     }
     prompts.update({r: [g.prompt for g in gs] for r, gs in regens.items()})
     unique = list(dict.fromkeys((p, it.answer) for ps in prompts.values() for p, it in zip(ps, test)))
-    gen = _answer(qa_model, tokenizer, objective, [p for p, _ in unique], [a for _, a in unique], cfg.batch_size,
+    gen = _answer(qa_model, tokenizer, obj, [p for p, _ in unique], [a for _, a in unique], cfg.batch_size,
                   progress, "answer")  # fmt: skip
     by_prompt = dict(zip(unique, gen))
     answer_ids = {a: tokenizer(a, add_special_tokens=False)["input_ids"] for a in
@@ -451,7 +447,7 @@ def run_distract(
                            regen_exact=same_tokens(r.prompt, it.oracle_prompt))  # fmt: skip
             records.append(rec)
     df = pd.DataFrame(records)
-    table, gap = summarize(df, cfg, name, objective)
+    table, gap = summarize(df, cfg, name, obj.name)
     regen_rows = []
     for regime, gs in regens.items():
         for kind in cfg.kinds:
@@ -495,7 +491,7 @@ def run_distract(
     for stem, fig, fdata in figures:
         paths += write_figure(fig, fdata, out, stem, png=png)
     atomic_write_json(out / "eval_config.json", {
-        "checkpoint": str(meta["path"]), "data": str(dataset.root), "model": name, "objective": objective,
+        "checkpoint": str(meta["path"]), "data": str(dataset.root), "model": name, "objective": obj.name,
         "config": to_dict(cfg), "n_train_items": len(train), "n_rewrite_items": len(rewrite),
         "n_test_items": len(test), "n_patch_pairs": n_pairs, "elapsed_s": round(time.perf_counter() - t0, 1),
     })  # fmt: skip

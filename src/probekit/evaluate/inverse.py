@@ -15,7 +15,8 @@ from typing import Any
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.qa import inverse_prompt
 from probekit.errors import UserError
-from probekit.evaluate.qa import EvalItem, ExtractionResult, FinetuneConfig, check_pids, run_extraction
+from probekit.evaluate.qa import ExtractionResult, check_pids, run_extraction
+from probekit.finetune import EvalItem, FinetuneConfig
 
 
 def inverse_task_name(attrs: Sequence[str]) -> str:

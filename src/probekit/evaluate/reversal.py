@@ -34,6 +34,7 @@ from probekit.evaluate.figures import results_frame, write_results
 from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import completion_logprobs, normalize_text, paired_test, text_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
+from probekit.objectives import Objective, as_objective, get_objective
 from probekit.stats import DEFAULT_N_BOOT, person_bootstrap
 
 DEFAULT_TASKS: tuple[str, ...] = ("N2D", "D2N", "N2D-reverse", "D2N-reverse")
@@ -63,9 +64,11 @@ def random_others(completions: Sequence[str], seed: int | str) -> list[int | Non
     return out
 
 
-def check_tasks_fit(data: ReversalData, tasks: Sequence[str], tokenizer: Any, n_ctx: int, objective: str) -> None:
+def check_tasks_fit(
+    data: ReversalData, tasks: Sequence[str], tokenizer: Any, n_ctx: int, objective: Objective | str
+) -> None:
     """Raise ``ValueError`` before any work if a prompt plus its longest task completion exceeds the context."""
-    extra = 3 if objective == "abi" else 1  # EOS (+ [MASK], [START])
+    extra = 1 + as_objective(objective).inference_extra_tokens()  # EOS (+ [MASK], [START] for ABI)
     for task in tasks:
         rows = data.task(task)
         prompts, comps = _encode(tokenizer, [r.prompt for r in rows]), _encode(tokenizer, [r.completion for r in rows])
@@ -83,7 +86,7 @@ def check_tasks_fit(data: ReversalData, tasks: Sequence[str], tokenizer: Any, n_
 def evaluate_reversal(
     model: torch.nn.Module,
     tokenizer: Any,
-    objective: str,
+    objective: Objective | str,
     data: ReversalData,
     tasks: Sequence[str] | None = None,
     model_name: str = "model",
@@ -96,6 +99,7 @@ def evaluate_reversal(
     """Score ``tasks`` (default: the four of the paper that the data has). Returns (per-item records, rows).
     Rates (exact match, correct preferred) carry person-clustered bootstrap intervals (``ci_low``/``ci_high``)."""
     tasks = list(tasks) if tasks is not None else [t for t in DEFAULT_TASKS if t in data.tasks]
+    objective = as_objective(objective)
     check_tasks_fit(data, tasks, tokenizer, model.cfg.n_ctx, objective)
     records: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -122,7 +126,7 @@ def evaluate_reversal(
             })  # fmt: skip
         a, b = np.array([lp_correct[k] for k in have]), np.array([lp_random[k] for k in have])
         res = paired_test(a, b, method=test, seed=seed)
-        base = {"model": model_name, "objective": objective, "task": task}
+        base = {"model": model_name, "objective": objective.name, "task": task}
         # intervals resample people: a fictitious person is identified by their completion (a unique name or
         # description), so all paraphrased prompts of one person travel together
         person = np.array([r.completion for r in items])
@@ -220,20 +224,20 @@ def run_reversal(
         raise UserError(f"task(s) {unknown} not available in {data.root}; available: {data.tasks}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
-    objective = model_objective(meta, objective)
+    obj = get_objective(model_objective(meta, objective))
     if tokenizer.get_vocab() != data.tokenizer.get_vocab():
         raise UserError(
             f"checkpoint {meta['path']} has a different vocabulary than {data.root}; evaluate a model trained on "
             "this data (or train one first: `probekit eval reversal --data DIR --train-config CFG.yaml --out OUT`)"
         )
     name = model_name or default_model_name(meta)
-    records, rows = evaluate_reversal(model, tokenizer, objective, data, tasks, name, seed, test, batch_size, progress)
+    records, rows = evaluate_reversal(model, tokenizer, obj, data, tasks, name, seed, test, batch_size, progress)
     table = results_frame(rows)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "predictions.jsonl", records)
     atomic_write_json(out / "eval_config.json", {
         "kind": "reversal", "checkpoint": str(meta["path"]), "data": str(data.root), "model": name,
-        "objective": objective,
+        "objective": obj.name,
         "tasks": sorted({r["task"] for r in records}), "seed": seed, "test": test,
     })  # fmt: skip
     paths = write_results(table, out, "results", metrics=("exact_match", "correct_preferred"), png=png)

@@ -9,8 +9,9 @@ Exact match comes in two forms:
   case-insensitively after collapsing whitespace, so "  Greta   blackwood is..." matches " Greta Blackwood".
 
 ``completion_logprobs`` is the summed log-probability of a completion given a prompt under a model's own
-inference mode: an NTP or BICO model is scored causally on ``[EOS] + prompt + completion``; an ABI model scores the
-completion as a Part B span after ``[EOS] + prompt + [MASK]``, the way ``probekit.generate.abi_generate`` asks.
+inference mode (``Objective.score_completion``): an NTP or BICO model is scored causally on ``[EOS] + prompt +
+completion``; an ABI model scores the completion as a Part B span after ``[EOS] + prompt + [MASK]``, the way
+``probekit.generate.abi_generate`` asks.
 """
 
 from __future__ import annotations
@@ -22,11 +23,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from probekit.data.tokenizer import END_ID, EOS_ID, PAD_ID
+from probekit.data.tokenizer import END_ID, EOS_ID
 from probekit.errors import UserError
-from probekit.objectives import abi_generation_inputs
+from probekit.objectives import Objective, as_objective
+from probekit.objectives.base import causal_inputs
+
+__all__ = [
+    "STOP_IDS",
+    "PairedTest",
+    "causal_inputs",
+    "completion_logprobs",
+    "first_token_match",
+    "ids_exact_match",
+    "normalize_text",
+    "paired_test",
+    "text_exact_match",
+    "truncate_at_stop",
+]
 
 STOP_IDS: frozenset[int] = frozenset({EOS_ID, END_ID})
 
@@ -76,85 +90,39 @@ def text_exact_match(generated: str, target: str) -> bool:
 # Log-probabilities
 
 
-def _pad(rows: list[list[int]], value: int) -> Tensor:
-    T = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (T - len(r)) for r in rows], dtype=torch.long)  # [B, T]
-
-
-def causal_inputs(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
-) -> tuple[dict, Tensor, Tensor]:
-    """Forward kwargs, target ids [B, T] and target mask [B, T] for causal scoring.
-
-    Row b is ``[EOS] + prompt + completion`` right-padded; target[b, t] is the token the output at t predicts, and
-    the mask is True exactly on the outputs that predict completion tokens.
-    """
-    rows, targets, masks = [], [], []
-    for p, c in zip(prompts, completions):
-        seq = [EOS_ID, *map(int, p), *map(int, c)]
-        rows.append(seq)
-        targets.append(seq[1:] + [PAD_ID])
-        start = len(p)  # output index predicting the first completion token
-        masks.append([start <= t < start + len(c) for t in range(len(seq))])
-    T = max(len(r) for r in rows)
-    mask = torch.tensor([m + [False] * (T - len(m)) for m in masks])  # [B, T] bool
-    return {"input_ids": _pad(rows, PAD_ID), "attn_mode": "causal"}, _pad(targets, PAD_ID), mask
-
-
 @torch.no_grad()
 def completion_logprobs(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     completions: Sequence[Sequence[int]],
-    objective: str = "ntp",
+    objective: Objective | str = "ntp",
     batch_size: int = 64,
     abi_suffix: Sequence[int] = (),
 ) -> list[float]:
     """Summed log-probability of each completion (token ids) given its prompt (token ids, no specials).
 
-    ``objective``: the model's training objective; ``"abi"`` scores a Part B span after Part A = ``[EOS] + prompt
-    + [MASK] + abi_suffix`` (the layout of ``abi_generate``), anything else causally. Raises ``ValueError`` for an
-    empty completion or a sequence longer than the model's context.
+    ``objective`` (or its name): the model's training objective, whose ``score_completion`` scores the way it
+    generates: ABI scores a Part B span after Part A = ``[EOS] + prompt + [MASK] + abi_suffix`` (the layout of
+    ``abi_generate``), NTP and BICO causally. Raises ``ValueError`` for an empty completion or a sequence longer
+    than the model's context.
     """
+    obj = as_objective(objective)
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    extra = 1 + obj.inference_extra_tokens(len(abi_suffix))  # [EOS] + the objective's layout
     for k, (p, c) in enumerate(zip(prompts, completions)):
         if len(c) == 0:
             raise UserError(f"item {k}: empty completion; every item needs at least one target token")
-        need = len(p) + len(c) + (3 + len(abi_suffix) if objective == "abi" else 1)
+        need = len(p) + len(c) + extra
         if n_ctx is not None and need > n_ctx:
             raise UserError(f"item {k}: prompt + completion is {need} tokens, over the model's context n_ctx={n_ctx}")
-    device = next(model.parameters()).device
-    out = [0.0] * len(prompts)
-    if objective == "abi":  # rows of one ABI batch need equal completion lengths: group by length
-        groups: dict[int, list[int]] = {}
-        for k, c in enumerate(completions):
-            groups.setdefault(len(c), []).append(k)
-        batches = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-    else:
-        batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
     was_training = model.training
     model.eval()
     try:
-        for idx in batches:
-            ps, cs = [prompts[k] for k in idx], [completions[k] for k in idx]
-            if objective == "abi":
-                n, span = len(cs[0]), [list(map(int, c)) for c in cs]
-                batch = abi_generation_inputs([[EOS_ID, *map(int, p)] for p in ps], span, abi_suffix).to(device)
-                logits = model(**batch.model_kwargs())[:, -n - 1 : -1].float()  # [B, n, V]: [START] + span[:-1]
-                targets = torch.tensor(span, device=device)  # [B, n]
-                mask = torch.ones_like(targets, dtype=torch.bool)
-            else:
-                kwargs, targets, mask = causal_inputs(ps, cs)
-                logits = model(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}).float()
-                targets, mask = targets.to(device), mask.to(device)
-            lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]  # [B, T]
-            for k, v in zip(idx, (lp * mask).sum(1).tolist()):
-                out[k] = v
+        return obj.score_completion(model, prompts, completions, batch_size=batch_size, suffix=abi_suffix)
     finally:
         model.train(was_training)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Training objectives: each turns token sequences into a ``ModelBatch`` (inputs, positions, mask spec, labels).
+"""Training objectives: each is an ``Objective`` (``probekit.objectives.base``) that builds training and answer
+batches, generates, scores completions and says how much context it needs.
 
-``get_objective("ntp" | "abi" | "bico", tokenizer=None, **settings)`` picks one by name; ``compute_loss(model,
-batch)`` is the shared loss (mean cross-entropy over labels != -100).
+``get_objective("ntp" | "abi" | "bico", tokenizer=None, **settings)`` picks one by name from ``REGISTRY``;
+``compute_loss(model, batch)`` is the shared loss (mean cross-entropy over labels != -100, ``probekit.batch``).
 
 * ``ntp``: next-token prediction, causal attention. No settings.
 * ``abi``: GLM autoregressive blank infilling. Settings: ``mask_ratio`` (0.15), ``span_lambda`` (3.0).
@@ -9,23 +10,32 @@ batch)`` is the shared loss (mean cross-entropy over labels != -100).
 
 Every objective also has ``max_input_len(seq_len)``: the longest input its ``build`` makes from sequences of
 ``seq_len`` tokens (ABI inserts two tokens per span), so a trainer can keep inputs within the model's ``n_ctx``.
+
+Adding an objective: subclass ``Objective`` in a new module (a dataclass whose fields are its settings, with a
+``name`` class variable) and add the class to ``REGISTRY`` below; see the README's contributor notes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any
 
+from probekit.batch import SPECIAL_IDS, check_special_ids, compute_loss
 from probekit.config import from_dict
 from probekit.errors import UserError
 from probekit.objectives.abi import ABIObjective, abi_generation_inputs, reconstruct
+from probekit.objectives.base import Objective
 from probekit.objectives.bico import BICOObjective
-from probekit.objectives.ntp import SPECIAL_IDS, NTPObjective, Objective, compute_loss
+from probekit.objectives.ntp import NTPObjective
 
-OBJECTIVES: tuple[str, ...] = ("ntp", "abi", "bico")
-_CLASSES: dict[str, type] = {"ntp": NTPObjective, "abi": ABIObjective, "bico": BICOObjective}
-_SPECIAL_NAMES = ("<pad>", "<|endoftext|>", "<unk>", "[MASK]", "[START]", "[END]")
+# The registry: name -> class, the names coming from each class's ``name``. Add a new objective here.
+REGISTRY: dict[str, type[Objective]] = {cls.name: cls for cls in (NTPObjective, ABIObjective, BICOObjective)}
+OBJECTIVES: tuple[str, ...] = tuple(REGISTRY)  # the built-in names, in registry order
+
+
+def objective_names() -> tuple[str, ...]:
+    """Every registered name, including objectives registered after import (e.g. by a test)."""
+    return tuple(REGISTRY)
 
 
 def get_objective(name: str, tokenizer: Any = None, **settings: Any) -> Objective:
@@ -34,37 +44,36 @@ def get_objective(name: str, tokenizer: Any = None, **settings: Any) -> Objectiv
     ``tokenizer`` (optional): a tokenizer or a ``{token: id}`` mapping whose special tokens are checked against
     the fixed ids the objectives use (PAD 0, EOS 1, UNK 2, MASK 3, START 4, END 5).
     """
-    if name not in _CLASSES:
-        raise UserError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+    if name not in REGISTRY:
+        raise UserError(f"unknown objective {name!r}; choose one of {objective_names()}")
     if tokenizer is not None:
         check_special_ids(tokenizer)
-    valid = sorted(f.name for f in fields(_CLASSES[name]) if f.name != "name")
+    cls = REGISTRY[name]
+    valid: list[str] = sorted(f.name for f in fields(cls)) if is_dataclass(cls) else []
     unknown = sorted(set(settings) - set(valid))
     if unknown:
         raise UserError(f"objective {name!r}: unknown setting(s) {unknown}; valid settings are {valid}")
-    return from_dict(_CLASSES[name], dict(settings))
+    return from_dict(cls, dict(settings)) if is_dataclass(cls) else cls()
 
 
-def check_special_ids(tokenizer: Any) -> None:
-    """Raise ``ValueError`` if the tokenizer's special tokens are not at probekit's fixed ids."""
-    for expected, tok in zip(SPECIAL_IDS, _SPECIAL_NAMES):
-        got = tokenizer.get(tok) if isinstance(tokenizer, Mapping) else tokenizer.convert_tokens_to_ids(tok)
-        if got != expected:
-            raise UserError(
-                f"tokenizer has {tok!r} at id {got}, but the objectives need it at {expected}; "
-                "build the tokenizer with probekit.data.tokenizer.build_tokenizer"
-            )
+def as_objective(objective: Objective | str) -> Objective:
+    """``objective`` itself, or the registered objective of that name with default settings."""
+    return get_objective(objective) if isinstance(objective, str) else objective
 
 
 __all__ = [
     "OBJECTIVES",
+    "REGISTRY",
+    "SPECIAL_IDS",
     "ABIObjective",
     "BICOObjective",
     "NTPObjective",
     "Objective",
     "abi_generation_inputs",
+    "as_objective",
     "check_special_ids",
     "compute_loss",
     "get_objective",
+    "objective_names",
     "reconstruct",
 ]

@@ -16,27 +16,36 @@ Model input = Part A + Part B:
 * ``prefix_len`` = len(Part A); ``attn_mode="abi"`` (Part A bidirectional, Part B causal over A + earlier B).
 
 An input is longer than its sequence by two tokens per span: ``max_input_len(n)`` bounds it.
+
+At inference (finetuning, generation, scoring) the answer is the blank: Part A = ``[EOS] + prompt + [MASK] +
+suffix``, Part B = ``[START] + answer`` trained to end with ``[END]`` (``answer_batch``, ``abi_generation_inputs``,
+``generate``, ``score_completion``), two positions more than the causal layout plus the suffix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 
-from probekit.batch import IGNORE_INDEX, ModelBatch
-from probekit.data.tokenizer import END_ID, MASK_ID, PAD_ID, START_ID
+from probekit.batch import IGNORE_INDEX, ModelBatch, check_sequences, lengths_mask, maskable, pad_right
+from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, PAD_ID, START_ID
 from probekit.errors import UserError
-from probekit.objectives.ntp import check_sequences, maskable, pad_right
+from probekit.objectives.base import Objective, summed_logprobs
+
+if TYPE_CHECKING:
+    from probekit.train_data import TrainItem
 
 
 @dataclass
-class ABIObjective:
+class ABIObjective(Objective):
     mask_ratio: float = 0.15  # share of maskable tokens covered by spans
     span_lambda: float = 3.0  # Poisson mean of span lengths
-    name: str = "abi"
+    name: ClassVar[str] = "abi"
+    answer_loss_on_eos: ClassVar[bool] = False  # the answer span is trained to end with [END] instead
+    infilling: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 0.5:
@@ -86,7 +95,7 @@ class ABIObjective:
         positions = pad_right([r[2] for r in rows], 0)  # [B, T]
         span_positions = pad_right([r[3] for r in rows], 0)  # [B, T]
         prefix_len = torch.tensor([r[4] for r in rows], dtype=torch.long)  # [B]
-        key_mask = torch.arange(ids.shape[1])[None] < torch.tensor([len(r[0]) for r in rows])[:, None]  # [B, T]
+        key_mask = lengths_mask([len(r[0]) for r in rows], ids.shape[1])  # [B, T]
         return ModelBatch(
             input_ids=ids,
             labels=labels,
@@ -120,6 +129,87 @@ class ABIObjective:
             positions += [mask_at[j]] * (len(toks) + 1)
             span_pos += list(range(1, len(toks) + 2))
         return inputs, labels, positions, span_pos, len(part_a)
+
+    # ---------------------------------------------------------------------------------------------- answers
+
+    def inference_extra_tokens(self, suffix_len: int = 0) -> int:
+        """[MASK], the suffix and [START] (Part B's [END] is a generated token, like a causal model's EOS)."""
+        return 2 + suffix_len
+
+    def answer_batch(self, items: Sequence[TrainItem], generator: torch.Generator) -> ModelBatch:
+        """ABI batch in which each item's loss-masked tokens (one contiguous run) form the single blank.
+
+        Part A = the tokens before the run + [MASK] + the tokens after it; Part B = [START] + run, trained to
+        predict run + [END] (exactly what ``generate`` decodes at inference). No random choices: ``generator`` is
+        unused.
+        """
+        rows: list[tuple[list[int], list[int], list[int], list[int], int]] = []
+        for i, it in enumerate(items):
+            m = it.loss_mask
+            where = [t for t, v in enumerate(m or []) if v]
+            if m is None or not where or where != list(range(where[0], where[-1] + 1)) or where[0] == 0:
+                raise ValueError(
+                    f"item {i}: ABI training needs a loss mask marking one contiguous run of tokens (the answer) "
+                    "after the first token; build QA items with answer_item(..., loss_on_eos=False)"
+                )
+            s, e = where[0], where[-1] + 1
+            part_a = it.ids[:s] + [MASK_ID] + it.ids[e:]
+            span = it.ids[s:e]
+            ids = part_a + [START_ID] + span
+            labels = [IGNORE_INDEX] * len(part_a) + span + [END_ID]
+            pos = list(range(len(part_a))) + [s] * (len(span) + 1)
+            span_pos = [0] * len(part_a) + list(range(1, len(span) + 2))
+            rows.append((ids, labels, pos, span_pos, len(part_a)))
+        ids_t = pad_right([r[0] for r in rows], PAD_ID)  # [B, T]
+        return ModelBatch(
+            input_ids=ids_t,
+            labels=pad_right([r[1] for r in rows], IGNORE_INDEX),
+            attn_mode="abi",
+            positions=pad_right([r[2] for r in rows], 0),
+            span_positions=pad_right([r[3] for r in rows], 0),
+            key_mask=lengths_mask([len(r[0]) for r in rows], ids_t.shape[1]),
+            prefix_len=torch.tensor([r[4] for r in rows], dtype=torch.long),
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: torch.nn.Module,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        batch_size: int = 64,
+        suffix: Sequence[int] = (),
+    ) -> list[list[int]]:
+        """The answer to each prompt as the Part B span of a [MASK] after it (Part A = prompt + [MASK] + suffix)."""
+        from probekit.generate import abi_generate
+
+        return abi_generate(model, prompts, max_new_tokens, batch_size=batch_size, suffix=suffix)
+
+    @torch.no_grad()
+    def score_completion(
+        self,
+        model: torch.nn.Module,
+        prompts: Sequence[Sequence[int]],
+        completions: Sequence[Sequence[int]],
+        batch_size: int = 64,
+        suffix: Sequence[int] = (),
+    ) -> list[float]:
+        """Log-probability of each completion as the Part B span after Part A = ``[EOS] + prompt + [MASK] +
+        suffix`` (the layout of ``generate``). Rows of one batch need equal completion lengths: grouped by length."""
+        device = next(model.parameters()).device
+        out = [0.0] * len(prompts)
+        groups: dict[int, list[int]] = {}
+        for k, c in enumerate(completions):
+            groups.setdefault(len(c), []).append(k)
+        for idx in (g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)):
+            n, span = len(completions[idx[0]]), [list(map(int, completions[k])) for k in idx]
+            part_a = [[EOS_ID, *map(int, prompts[k])] for k in idx]
+            batch = abi_generation_inputs(part_a, span, suffix).to(device)
+            logits = model(**batch.model_kwargs())[:, -n - 1 : -1].float()  # [B, n, V]: [START] + span[:-1]
+            targets = torch.tensor(span, device=device)  # [B, n]
+            for k, v in zip(idx, summed_logprobs(logits, targets, torch.ones_like(targets, dtype=torch.bool))):
+                out[k] = v
+        return out
 
 
 def reconstruct(batch: ModelBatch, row: int) -> list[int]:

@@ -14,31 +14,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from probekit.batch import IGNORE_INDEX, ModelBatch
+from probekit.batch import IGNORE_INDEX, ModelBatch, check_sequences, lengths_mask, maskable, pad_right
 from probekit.data.tokenizer import PAD_ID, UNK_ID
 from probekit.errors import UserError
-from probekit.objectives.ntp import check_sequences, maskable, ntp_batch, pad_right
+from probekit.objectives.base import Objective
+from probekit.objectives.ntp import ntp_batch
 
 PLACEHOLDER_ID = UNK_ID
 
 
 @dataclass
-class BICOObjective:
+class BICOObjective(Objective):
+    """Trains bidirectionally but answers causally: generation and scoring are the base class's (causal)."""
+
     bico_prob: float = 0.5  # probability that a batch is a BICO batch (else NTP)
     mask_ratio: float = 0.15  # share of maskable tokens replaced by the placeholder
-    name: str = "bico"
+    name: ClassVar[str] = "bico"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.bico_prob <= 1.0:
             raise UserError(f"bico_prob must be in [0, 1], got {self.bico_prob}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise UserError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-
-    def max_input_len(self, seq_len: int) -> int:
-        return seq_len
 
     def build(self, sequences: Sequence[Sequence[int]], generator: torch.Generator) -> ModelBatch:
         check_sequences(sequences)
@@ -51,7 +52,7 @@ class BICOObjective:
         check_sequences(sequences)
         original = pad_right(sequences, PAD_ID)  # [B, T]
         B, T = original.shape
-        real = torch.arange(T)[None] < torch.tensor([len(s) for s in sequences])[:, None]  # [B, T]
+        real = lengths_mask([len(s) for s in sequences], T)  # [B, T]
         candidates = maskable(original) & real
         masked = torch.zeros(B, T, dtype=torch.bool)
         for b in range(B):
