@@ -1,7 +1,8 @@
 """Finetuning as its own stage: a copy of a model trained on prompt/answer items, the loss on the answer only.
 
-Used by QA extraction and inverse search (``probekit.evaluate.qa.run_extraction``), the reversal curse and the
-distraction work. ``finetune(model, tokenizer, objective, items, FinetuneConfig(...), run_dir)`` trains through the
+Used by QA extraction and inverse search (``probekit.evaluate.qa.run_extraction``) and the distraction work
+(``probekit.evaluate.distract``); the reversal curse trains its models from scratch (``train_reversal``) and has no
+finetuning stage. ``finetune(model, tokenizer, objective, items, FinetuneConfig(...), run_dir)`` trains through the
 trainer's item path: the objective makes each item (``Objective.answer_item``: ``[EOS] + prompt + answer +
 [EOS]``) and each batch (``Objective.answer_batch``; ABI models learn the answer as their blank's span), fully or
 with LoRA (``peft``: adapters on ``q_proj``/``v_proj`` and optionally a low-rank update of the input embedding

@@ -52,7 +52,7 @@ def _attrs(text: str | None) -> tuple[str, ...]:
 
 
 def _finetune_cfg(args: argparse.Namespace) -> Any:
-    from probekit.evaluate.qa import FinetuneConfig
+    from probekit.finetune import FinetuneConfig
 
     return FinetuneConfig(
         method=args.finetune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, embed_rank=args.embed_rank,
