@@ -120,3 +120,18 @@ def test_reversal_stage_trains_and_evaluates_each_objective(tmp_path: Path) -> N
     assert any(f.stem == "reversal_exact_match" for f in res.figures)
     with pytest.raises(ValueError, match=r"reversal.objectives"):
         tiny_config(reversal={"objectives": ["mlm"]})
+
+
+def test_models_can_be_added_to_a_finished_experiment(tmp_path: Path) -> None:
+    out = tmp_path / "grow"
+    run_experiment(tiny_config(control_random=False), out, progress=False, png=False)
+    weights = out / "models" / "m" / "checkpoints"
+    mtime = max(p.stat().st_mtime for p in weights.rglob("model.safetensors"))
+    two = [{"name": "m", "data": "s", "train": TINY_TRAIN},
+           {"name": "m2", "data": "s", "train": {**TINY_TRAIN, "seed": 1}}]
+    res = run_experiment(tiny_config(control_random=False, models=two), out, progress=False, png=False)
+    assert set(res.probe_table["model"]) == {"m", "m2"}
+    assert max(p.stat().st_mtime for p in weights.rglob("model.safetensors")) == mtime  # m was not retrained
+    changed = [{"name": "m", "data": "s", "train": {**TINY_TRAIN, "seed": 5}}]
+    with pytest.raises(ValueError, match="different experiment config"):  # changing a finished model is refused
+        run_experiment(tiny_config(control_random=False, models=changed), out, progress=False, png=False)

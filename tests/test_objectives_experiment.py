@@ -38,7 +38,7 @@ def quick_objectives_config() -> ExperimentConfig:
 
 def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Path) -> None:
     cfg = quick_objectives_config()
-    assert {m.train["objective"] for m in cfg.models} == {"ntp", "abi", "bico"} and len(cfg.models) == 6
+    assert {m.train["objective"] for m in cfg.models} == {"ntp", "abi", "bico"} and len(cfg.models) >= 6
     out = tmp_path / "objectives"
     res = run_experiment(cfg, out, progress=False, png=False, jobs=2)
     probe = res.probe_table
@@ -90,5 +90,5 @@ def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Pat
 
     figs_dir = tmp_path / "replot"
     assert main(["plot", "--experiment", str(out), "--out", str(figs_dir), "--no-png"]) == 0
-    assert {p.stem for p in figs_dir.glob("*.html")} == figs
+    assert {p.stem for p in figs_dir.glob("*.html")} == figs | {"report"}
     assert main(["plot", "--out", str(figs_dir)]) == 2  # neither --results nor --experiment

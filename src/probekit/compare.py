@@ -168,6 +168,15 @@ def correlations(points: Points, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, le
                 continue
             x, y = points.storage[keep], ys[keep]  # [P, N]
             x0, y0 = np.nanmean(x, 1), np.nanmean(y, 1)
+            flat = [
+                f"every point's {n} is {100 * v[0]:.1f}%" for n, v in (("storage", x0), (what, y0)) if np.ptp(v) == 0
+            ]
+            if flat:  # a constant axis: no correlation is defined
+                rows += [{"measure": measure, "versus": what, "method": name, "r": np.nan, "ci_low": np.nan,
+                          "ci_high": np.nan, "n_points": len(keep), "n_people": len(points.pids), "n_boot": 0,
+                          "level": level, "note": "undefined: " + "; ".join(flat)}
+                         for name in ("pearson", "spearman")]  # fmt: skip
+                continue
             pids = np.arange(len(points.pids))
             bx = bootstrap_means(x, pids, n_boot, seed).T  # [B, P]
             by = bootstrap_means(y, pids, n_boot, seed).T  # [B, P]: the same people draws
@@ -181,7 +190,7 @@ def correlations(points: Points, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, le
                 lo, hi = np.quantile(boot, [a, 1 - a]) if len(boot) else (np.nan, np.nan)
                 rows.append({"measure": measure, "versus": what, "method": name, "r": r, "ci_low": float(lo),
                              "ci_high": float(hi), "n_points": len(keep), "n_people": len(points.pids),
-                             "n_boot": len(boot), "level": level})  # fmt: skip
+                             "n_boot": len(boot), "level": level, "note": ""})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -205,7 +214,9 @@ def storage_scatter(points: Points, corr: pd.DataFrame) -> Figure | None:
     def title(m: str, e: str) -> str:
         c = corr[(corr["measure"] == m) & (corr["versus"] == e)] if len(corr) else corr
         parts = [f"{'r' if r.method == 'pearson' else 'rho'} {r.r:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-                 for r in c.itertuples()]  # fmt: skip
+                 for r in c.itertuples() if pd.notna(r.r)]  # fmt: skip
+        notes = {str(r.note) for r in c.itertuples() if pd.isna(r.r) and getattr(r, "note", "")}
+        parts += sorted(notes)
         return f"{m} vs {names[e]}<br><sup>{'; '.join(parts) or 'too few points'}</sup>"
 
     fig = make_subplots(rows=len(measures), cols=len(evals), subplot_titles=[title(m, e) for m in measures
@@ -363,8 +374,14 @@ def correlation_summary(corr: pd.DataFrame) -> list[str]:
         )
     ]
     for r in corr.itertuples():
-        lines.append(f"  {r.measure:34s} vs {r.versus:8s} {r.method:9s} {r.r:+.2f} [{r.ci_low:+.2f}, "
-                     f"{r.ci_high:+.2f}]  ({r.n_points} points, {r.n_people} people)")  # fmt: skip
+        value = (
+            f"{r.r:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+            if pd.notna(r.r)
+            else str(getattr(r, "note", "") or "undefined")
+        )
+        lines.append(
+            f"  {r.measure:34s} vs {r.versus:8s} {r.method:9s} {value}  ({r.n_points} points, {r.n_people} people)"
+        )
     return lines + [""]
 
 

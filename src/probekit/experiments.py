@@ -944,6 +944,12 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
     if not started:
         return  # nothing was produced with the old config: the corrected one replaces it
     changed = sorted(k for k in set(new) | set(old or {}) if json.loads(json.dumps(new.get(k))) != (old or {}).get(k))
+    if changed == ["models"] and old is not None:  # models added to a finished experiment: every stage is per model
+        kept = json.loads(json.dumps(new["models"]))
+        if all(m in kept for m in old["models"]):
+            added = [m["name"] for m in kept if m not in old["models"]]
+            log.info(f"{out}: adding model(s) {', '.join(added)}; the finished ones are kept")
+            return
     raise UserError(f"{out} holds the outputs ({', '.join(started)}) of a different experiment config (changed: "
                     f"{', '.join(changed) or 'unreadable experiment.json'}); choose another --out, or delete {out} "
                     "to start again")  # fmt: skip

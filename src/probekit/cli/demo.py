@@ -14,7 +14,7 @@ def _report(res: ExperimentResult) -> None:
     print(f"\nresults: {res.out / 'results.parquet'} (+ .csv), summary: {res.out / 'summary.txt'}")
     print(f"figures: {len(res.figures)} files in {res.out / 'figures'} ({len(pngs)} PNG)")
     print(f"report (every table and figure, opens offline): {res.out / 'report.html'}")
-    print(f"done in {time.strftime('%M:%S', time.gmtime(res.seconds))} (mm:ss)")
+    print(f"done in {time.strftime('%H:%M:%S', time.gmtime(res.seconds))} (h:mm:ss)")
 
 
 def _check_jobs(jobs: int) -> None:

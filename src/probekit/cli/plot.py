@@ -39,12 +39,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def _plot_experiment(args: argparse.Namespace) -> int:
     """Every figure of a finished experiment from its tables (``probekit.experiments.render_experiment``)."""
     from probekit import provenance as prov
-    from probekit.experiments import load_experiment_tables, render_experiment
+    from probekit.experiments import config_record, load_experiment_tables, render_experiment
+    from probekit.report import write_report
 
     run = Path(args.experiment).resolve()
     cfg, probe, embed, qa, inverse = load_experiment_tables(run)
     rec = prov.record(inputs={"results": run / "results.parquet"})
-    report, corr, _ = render_experiment(
+    report, corr, figures = render_experiment(
         cfg,
         run,
         probe,
@@ -57,9 +58,12 @@ def _plot_experiment(args: argparse.Namespace) -> int:
         control=not args.no_control,
         figures_dir=Path(args.out),
     )
+    summary = (run / "summary.txt").read_text() if (run / "summary.txt").exists() else ""
+    write_report(Path(args.out) / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
+                 config=config_record(cfg), provenance=rec, summary=summary, figures=figures)  # fmt: skip
     names = sorted({p.stem for p in report.files})
-    print(f"rendered {len(names)} figures of experiment {cfg.name} into {args.out}"
-          + (f" (comparison tables in {run / 'comparison'})" if corr is not None else ""))  # fmt: skip
+    where = f" (comparison tables in {run / 'comparison'})" if corr is not None else ""
+    print(f"rendered {len(names)} figures of experiment {cfg.name} into {args.out}{where}, with report.html")
     if report.png_error:
         print(f"warning: {report.png_error}")
     return 0
