@@ -8,7 +8,8 @@ it is used (``reading_of``: the ABI reading for ABI models, causal otherwise) an
 
 * ``storage_points``: one point per (model, attribute, storage measure): Q-probe accuracy at the name (its layer
   chosen on validation people, never P_test) beside QA exact match for that attribute and inverse-search exact
-  match (attributes -> full name), each as per-person 0/1 vectors over the P_test people.
+  match (attributes -> full name), each as per-person 0/1 vectors over the P_test people. A probe none of whose
+  test classes occurs in training (a whole birth date, one class per person) gives no point.
 * ``correlations``: Pearson and Spearman correlations between storage and extraction / inverse search over the
   points, with a 95% interval from one person-clustered bootstrap (the same resampled people for every point,
   so the interval covers the noise of both axes; ``probekit.stats``).
@@ -106,6 +107,8 @@ def storage_points(probe: pd.DataFrame, q_people: pd.DataFrame, qa: dict[str, pd
             for attr in _order(sub["attribute"]):
                 s = sub[sub["attribute"] == attr]
                 best = s.sort_values(["val_accuracy", "layer"], ascending=[False, True]).iloc[0]
+                if best.get("n_test_unseen", 0) >= best.get("n_test", 1):  # no test class seen in training (a
+                    continue  # whole birth date): the probe cannot score, so it says nothing about storage
                 people = qp[(qp["model"] == m.model) & (qp["hook"] == hook) & (qp["target_kind"] == target)
                             & (qp["attribute"] == attr) & (qp["layer"] == best["layer"])]  # fmt: skip
                 if people.empty:
