@@ -23,6 +23,7 @@ import torch
 
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.tokenizer import EOS_ID, char_span_to_token_span, encode_with_offsets
+from probekit.objectives import Objective, as_objective
 from probekit.stats import DEFAULT_N_BOOT, person_bootstrap_table
 
 
@@ -45,20 +46,19 @@ def recall_items(dataset: Any, attrs: Sequence[str] = ATTRIBUTES) -> list[dict[s
 
 
 @torch.no_grad()
-def biography_recall(model: torch.nn.Module, objective: str, items: Sequence[dict[str, Any]],
+def biography_recall(model: torch.nn.Module, objective: Objective | str, items: Sequence[dict[str, Any]],
                      batch_size: int = 64) -> list[dict[str, Any]]:  # fmt: skip
     """Each item with ``exact`` (bool): whether the model reproduced the value (see the module docstring)."""
-    from probekit.generate import abi_generate, greedy_generate
-
+    obj = as_objective(objective)
     out = []
-    if objective == "abi":  # the text after the blank differs per item: one Part A each
-        gen = [abi_generate(model, [it["before"]], len(it["value"]) + 1, suffix=it["after"])[0] for it in items]
-    else:
+    if obj.infilling:  # the value as a blank: the text after it differs per item, so one Part A each
+        gen = [obj.generate(model, [it["before"]], len(it["value"]) + 1, suffix=it["after"])[0] for it in items]
+    else:  # a continuation, teacher-forced up to the value; items needing equal numbers of tokens share a batch
         by_index: dict[int, list[int]] = {}
-        for n in sorted({len(it["value"]) for it in items}):  # batch items that need the same number of tokens
+        for n in sorted({len(it["value"]) for it in items}):
             idx = [k for k, it in enumerate(items) if len(it["value"]) == n]
             prompts = [items[k]["before"] for k in idx]
-            by_index.update(zip(idx, greedy_generate(model, prompts, n, stop_id=None, batch_size=batch_size)))
+            by_index.update(zip(idx, obj.generate(model, prompts, n, batch_size=batch_size)))
         gen = [by_index[k] for k in range(len(items))]
     for it, g in zip(items, gen):
         out.append({"pid": it["pid"], "attribute": it["attribute"], "split": it["split"],
