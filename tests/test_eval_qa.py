@@ -12,7 +12,7 @@ import torch
 from probekit.checkpoint import load_checkpoint, save_checkpoint
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
 from probekit.evaluate import qa as qa_mod
-from probekit.evaluate.inverse import inverse_items, run_inverse
+from probekit.evaluate.inverse import inverse_items, name_preference, run_inverse
 from probekit.evaluate.qa import (
     EvalItem,
     FinetuneConfig,
@@ -166,6 +166,33 @@ def test_inverse_search(tiny_single, models, tmp_path: Path) -> None:
     assert (t.n == len(ds.split["test"])).all() and res.finetune is None
     with pytest.raises(ValueError, match="distinct attributes"):
         inverse_items(ds, ds.split["test"], ["birth_city", "height"])
+
+
+@pytest.mark.parametrize("objective", ["ntp", "abi"])
+def test_name_preference_scores_the_right_name_against_another_persons(tiny_single, models, objective: str) -> None:
+    from probekit.evaluate.scoring import completion_logprobs
+    from probekit.finetune import encode_items
+
+    ds = tiny_single
+    model, tok, _ = load_checkpoint(models[objective])
+    items = inverse_items(ds, ds.split["test"])
+    recs = name_preference(model, objective, tok, items, seed=3)
+    assert [r["pid"] for r in recs] == [it.pid for it in items]
+    prompts, answers = encode_items(tok, items)
+    suffix = qa_mod.QA_ABI_SUFFIX
+    right = completion_logprobs(model, prompts, answers, objective, abi_suffix=suffix)
+    assert [r["logprob_right"] for r in recs] == pytest.approx(right)
+    # each foil is another test person's name: the recorded score is that of prompt k with some answer j != k
+    n = len(items)
+    for k, r in enumerate(recs):
+        others = [j for j in range(n) if j != k]
+        scores = completion_logprobs(model, [prompts[k]] * len(others), [answers[j] for j in others], objective,
+                                     abi_suffix=suffix)  # fmt: skip
+        assert any(abs(r["logprob_other"] - x) < 1e-5 for x in scores)
+    assert all(r["preferred"] == (r["logprob_right"] > r["logprob_other"]) for r in recs)
+    assert name_preference(model, objective, tok, items, seed=3) == recs  # seeded
+    with pytest.raises(ValueError, match="at least two"):
+        name_preference(model, objective, tok, items[:1])
 
 
 def test_bad_input_fails_before_work(tiny_single, models, tmp_path: Path) -> None:

@@ -53,3 +53,28 @@ def run_inverse(
         checkpoint, data, out, lambda ds, pids: inverse_items(ds, pids, attrs), finetune_cfg or FinetuneConfig(),
         kind="inverse", **kwargs,
     )  # fmt: skip
+
+
+def name_preference(
+    model: Any, objective: Any, tokenizer: Any, items: Sequence[EvalItem], seed: int = 0, batch_size: int = 64
+) -> list[dict[str, Any]]:
+    """Does the model prefer the right name to another test person's? Each item's log-probability of its own
+    answer (the full name) against that of a name drawn from the other items (seeded), scored the way the
+    objective generates (``probekit.evaluate.scoring.completion_logprobs``; ABI as a Part B span). A reversal that
+    exact generation misses can still show here as a preference above 50%."""
+    import numpy as np
+
+    from probekit.evaluate.qa import QA_ABI_SUFFIX
+    from probekit.evaluate.scoring import completion_logprobs
+    from probekit.finetune import encode_items
+
+    if len(items) < 2:
+        raise UserError("a name preference needs at least two items (one's name is the other's foil)")
+    prompts, answers = encode_items(tokenizer, items)
+    rng = np.random.default_rng(seed)
+    shift = rng.integers(1, len(items), size=len(items))  # never the item itself
+    foils = [answers[(k + int(s)) % len(items)] for k, s in enumerate(shift)]
+    right = completion_logprobs(model, prompts, answers, objective, batch_size, abi_suffix=QA_ABI_SUFFIX)
+    other = completion_logprobs(model, prompts, foils, objective, batch_size, abi_suffix=QA_ABI_SUFFIX)
+    return [{"pid": it.pid, "logprob_right": r, "logprob_other": o, "preferred": r > o}
+            for it, r, o in zip(items, right, other)]  # fmt: skip
