@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/demo", help="output directory")
     d.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here (e.g. figures/demo)")
     d.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")
-    d.add_argument("--jobs", type=int, default=2, help="models trained at once (one torch thread each)")
+    d.add_argument("--jobs", type=int, default=2, help="models trained, probed and evaluated at once (one thread each)")
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser(
@@ -71,5 +71,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="output directory (default runs/<name>)")
     r.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here")
     r.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")
-    r.add_argument("--jobs", type=int, default=1, help="models trained at once (one torch thread each)")
+    r.add_argument("--jobs", type=int, default=1, help="models trained, probed and evaluated at once (one thread each)")
     r.set_defaults(func=cmd_run)
