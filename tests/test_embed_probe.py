@@ -134,3 +134,12 @@ def test_per_head_selection_reads_each_head_at_its_own_best_validation_epoch():
     assert [f.val_accuracy for f in one] == pytest.approx(heads[shared - 1].tolist())
     with pytest.raises(ValueError, match="select"):
         EmbedProbeConfig(select="best")
+
+
+def test_frozen_false_needs_the_papers_probe() -> None:
+    from probekit.config import from_dict
+    from probekit.probes.spec import ProbeSpec
+
+    with pytest.raises(ValueError, match="frozen"):
+        from_dict(ProbeSpec, {"name": "x", "frozen": False})
+    assert from_dict(ProbeSpec, {"name": "x", "frozen": False, "embed_probe": {}}).frozen is False

@@ -404,11 +404,10 @@ def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progre
 
 
 def _probe_one(spec_dict: dict[str, Any], data_dir: Path, model_dir: Path, name: str, control_random: bool,
-               dest: Path, seed: int, only_hook: str | None, command: list[str] | None = None) -> None:  # fmt: skip
+               dest: Path, seed: int, command: list[str] | None = None) -> None:  # fmt: skip
     """Probe one trained model (and its random-init control) with one spec into ``dest``: ``results.parquet``
-    and ``q_people.parquet`` (per-test-person Q-probe correctness, for comparisons across models); ``only_hook``
-    keeps only that hook's rows (the embedding-update spec, whose frozen probes the main spec already has). A
-    top-level function so a worker process can run it."""
+    and ``q_people.parquet`` (per-test-person Q-probe correctness, for comparisons across models). A top-level
+    function so a worker process can run it."""
     from probekit import provenance as prov
     from probekit.data.store import load_dataset
     from probekit.io import atomic_path
@@ -430,9 +429,6 @@ def _probe_one(spec_dict: dict[str, Any], data_dir: Path, model_dir: Path, name:
     models = [target] + ([random_init_like(target)] if control_random else [])
     people: list[dict[str, Any]] = []
     df = run_spec(spec, ds, models, progress=command is None, q_people=people)
-    if only_hook is not None:
-        df = df[df["hook"] == only_hook].reset_index(drop=True)
-        people = [p for p in people if p["hook"] == only_hook]
     df["seed"] = seed  # also for tables of checkpoints that do not record their seed
     rec = prov.record(inputs={"model": prov.weights_file(model_dir), "data": data_dir},
                       seeds={"probe": spec.seed, "train": seed})  # fmt: skip
@@ -484,8 +480,8 @@ def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
 
     specs = [("probes", {"name": cfg.name, **cfg.probe}, "")]
     if cfg.embed_probe is not None:
-        # the paper's probe reads causally; the frozen probes this spec also fits are left out of its table
-        spec_e = {"name": f"{cfg.name}_embed_update", "readings": ["causal"], **cfg.embed_probe}
+        # the paper's probe alone (the frozen probes are the main spec's), read causally
+        spec_e = {"name": f"{cfg.name}_embed_update", "readings": ["causal"], **cfg.embed_probe, "frozen": False}
         specs.append(("embed_update", spec_e, "embed_update"))
     todo = []
     for what, spec_dict, sub in specs:
@@ -494,7 +490,7 @@ def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
             if not _done(dest):
                 log.info(f"[probe] {r.key}: {what} on {cfg.data_key(r)}")
                 args = (spec_dict, data[cfg.data_key(r)], runs[r.key], r.model.name, cfg.control_random, dest,
-                        r.train_seed, "embed_update" if sub else None)  # fmt: skip
+                        r.train_seed)  # fmt: skip
                 todo.append((f"{what} {r.key}", _probe_one, args))
     _in_pool(todo, jobs, progress)
     tables: dict[str, list[pd.DataFrame]] = {"": [], "embed_update": []}
@@ -646,30 +642,15 @@ def _stage_reversal(cfg: ExperimentConfig, out: Path, progress: bool, png: bool,
 
 
 def reversal_figure(table: pd.DataFrame) -> Any:
-    """Exact match per reversal task, one bar group per objective, with 95% person-bootstrap intervals."""
-    import plotly.graph_objects as go
-
-    from probekit.compare import OBJECTIVE_COLORS
+    """Exact match per reversal task, one bar group per objective, with 95% person-bootstrap intervals (the
+    evaluation figure of ``probekit eval compare``)."""
+    from probekit.evaluate.figures import accuracy_figure
     from probekit.plots import Figure
 
-    v = table[table["metric"] == "exact_match"]
-    if v.empty:
+    if not (table["metric"] == "exact_match").any():
         return None
-    fig = go.Figure()
-    for model, g in v.groupby("model", sort=False):
-        fig.add_trace(go.Bar(x=g["task"], y=g["value"], name=str(model), text=[f"{100 * x:.0f}" for x in g["value"]],
-                             textposition="outside", marker={"color": OBJECTIVE_COLORS.get(str(model), "#7f7f7f")},
-                             error_y={"type": "data", "symmetric": False, "array": g["ci_high"] - g["value"],
-                                      "arrayminus": g["value"] - g["ci_low"]}))  # fmt: skip
-    fig.update_layout(
-        title="Reversal curse: exact match per task and objective (95% person-bootstrap intervals)",
-        barmode="group",
-        yaxis_range=[0, 1.1],
-        yaxis_title="exact match",
-        width=820,
-        height=460,
-    )
-    return Figure("reversal_exact_match", fig, v)
+    fig, data = accuracy_figure(table, "exact_match", title="Reversal curse: exact match per task and objective")
+    return Figure("reversal_exact_match", fig, data)
 
 
 def _cell(values: list[float], lows: list[float], highs: list[float]) -> str:

@@ -368,39 +368,40 @@ def _run_spec(
                 for p in hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))
             ]
             for t, reading in [(t, r) for t in tasks for r in model_readings(spec, m)]:
-                size = estimate_bytes(t.n, len(t.position_names), len(points), dims.d_model)
-                storage = spec.storage
-                if storage == "auto":
-                    storage = "disk" if size > spec.memory_limit_mb * 2**20 else "memory"
-                act_dir = tmp_root / f"acts_{t.kind}"
-                desc = f"{m.name}: {t.kind.upper()}-probe activations ({reading} reading)"
-                with tqdm(total=t.n, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
-                    acts = collect_activations(
-                        m.model, t.sequences, t.positions, points, position_names=t.position_names,
-                        batch_size=spec.batch_size, storage=storage, out_dir=act_dir, overwrite=True,
-                        progress=bar.update, reading=reading,
-                    )  # fmt: skip
-                K = len(t.label_keys)
-                labels = t.labels
-                if spec.control_task:  # the control labelling as K more label sets, fitted in the same sweep
-                    labels = np.concatenate([labels, control_labels(t, spec.seed)])
-                n_fits = acts.n_points * acts.n_positions * len(labels)
-                desc = f"{m.name}: {t.kind.upper()}-probes ({mcfg.backend})"
-                with tqdm(total=n_fits, desc=desc, unit="probe", disable=not progress, leave=False) as bar:
-                    fits = run_probes(acts.features(), labels, t.split, mcfg, progress=bar.update)
-                real = [f for f in fits if f.label < K]
-                ctrl = {(f.group, f.label - K): f for f in fits if f.label >= K}
-                controls = [ctrl[(f.group, f.label)] for f in real] if spec.control_task else None
-                for f, st in zip(real, probe_stats(real, controls, t, spec)):
-                    point, position = acts.group(f.group)
-                    rows.append({**_row(m, dataset_name, t, f, point.hook, point.layer, position, mcfg.backend),
-                                 **st, "reading": reading})  # fmt: skip
-                if q_people is not None and t.kind == "q":
-                    for f in real:
-                        point, _ = acts.group(f.group)
-                        q_people += person_rows(m, t, [f], point.hook, point.layer, reading)
-                del acts
-                shutil.rmtree(act_dir, ignore_errors=True)
+                if spec.frozen:  # off in a spec that runs only the paper's probe
+                    size = estimate_bytes(t.n, len(t.position_names), len(points), dims.d_model)
+                    storage = spec.storage
+                    if storage == "auto":
+                        storage = "disk" if size > spec.memory_limit_mb * 2**20 else "memory"
+                    act_dir = tmp_root / f"acts_{t.kind}"
+                    desc = f"{m.name}: {t.kind.upper()}-probe activations ({reading} reading)"
+                    with tqdm(total=t.n, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
+                        acts = collect_activations(
+                            m.model, t.sequences, t.positions, points, position_names=t.position_names,
+                            batch_size=spec.batch_size, storage=storage, out_dir=act_dir, overwrite=True,
+                            progress=bar.update, reading=reading,
+                        )  # fmt: skip
+                    K = len(t.label_keys)
+                    labels = t.labels
+                    if spec.control_task:  # the control labelling as K more label sets, fitted in the same sweep
+                        labels = np.concatenate([labels, control_labels(t, spec.seed)])
+                    n_fits = acts.n_points * acts.n_positions * len(labels)
+                    desc = f"{m.name}: {t.kind.upper()}-probes ({mcfg.backend})"
+                    with tqdm(total=n_fits, desc=desc, unit="probe", disable=not progress, leave=False) as bar:
+                        fits = run_probes(acts.features(), labels, t.split, mcfg, progress=bar.update)
+                    real = [f for f in fits if f.label < K]
+                    ctrl = {(f.group, f.label - K): f for f in fits if f.label >= K}
+                    controls = [ctrl[(f.group, f.label)] for f in real] if spec.control_task else None
+                    for f, st in zip(real, probe_stats(real, controls, t, spec)):
+                        point, position = acts.group(f.group)
+                        rows.append({**_row(m, dataset_name, t, f, point.hook, point.layer, position, mcfg.backend),
+                                     **st, "reading": reading})  # fmt: skip
+                    if q_people is not None and t.kind == "q":
+                        for f in real:
+                            point, _ = acts.group(f.group)
+                            q_people += person_rows(m, t, [f], point.hook, point.layer, reading)
+                    del acts
+                    shutil.rmtree(act_dir, ignore_errors=True)
                 if spec.embed_probe is not None and reading == "causal":  # the paper's probe reads causally
                     rows += _embed_rows(spec, m, t, dataset_name, progress, embed_logs, q_people)
     finally:

@@ -31,6 +31,7 @@ Vocabulary:
 - embed_probe: settings of the paper's probe (``probekit.probes.embed_probe``: the frozen model plus a trained
   low-rank update of its input embedding, read at the last layer through LayerNorm + linear heads), run beside
   the frozen-feature probes; its rows have hook ``embed_update``. ``{}`` takes the defaults; absent or null: off.
+- frozen: fit the frozen-feature probes (default true); false with ``embed_probe`` runs the paper's probe alone.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class ProbeSpec:
     # settings ({} in YAML = the defaults); None = frozen-feature probes only
     embed_probe: EmbedProbeConfig | None = None
     control_task: bool = False  # also fit each probe on a per-person random control labelling (selectivity)
+    frozen: bool = True  # the frozen-feature probes; false (with embed_probe) runs only the paper's probe
     threads: int | None = 1  # torch threads for activations and probes: fixed, so tables do not depend on --threads
     readings: Any = "auto"  # 'auto' (causal, + abi for ABI-trained models) or a list of READINGS
     bootstrap: int = 1000  # person-clustered bootstrap resamples for the intervals (0 = no intervals)
@@ -146,6 +148,9 @@ class ProbeSpec:
         self.engine_config()  # validates the L2 grid
         if isinstance(self.embed_probe, dict):
             self.embed_probe = from_dict(EmbedProbeConfig, self.embed_probe)
+        if not isinstance(self.frozen, bool) or (not self.frozen and self.embed_probe is None):
+            raise UserError(f"frozen: {self.frozen!r}: give true or false; false needs an embed_probe section "
+                            "(otherwise nothing would be probed)")  # fmt: skip
 
     def engine_config(self, backend: str | None = None) -> EngineConfig:
         return EngineConfig(
