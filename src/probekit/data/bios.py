@@ -8,6 +8,7 @@ of the name and of every attribute occurrence, so later stages find exact token 
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -224,6 +225,64 @@ def _unpack(template: Template) -> tuple[str, str, str, str, str]:
     if len(parts) != 5:
         raise ValueError(f"template {template.text!r} must have exactly two slots (the subject and {{value}})")
     return parts[0], parts[1], parts[2], parts[3], parts[4]
+
+
+@dataclass(frozen=True)
+class PersonGroup:
+    """A share of the people rendered under their own augmentation (METHODS 1, "celebrity helps minority": half
+    the people ``multi5+permute``, the other half ``single``, in one corpus)."""
+
+    name: str
+    augmentation: str = "single"
+    fraction: float = 0.5
+
+
+def check_groups(groups: Sequence[PersonGroup]) -> None:
+    """Distinct non-empty names, valid augmentations, fractions in (0, 1] that add up to 1."""
+    names = [g.name for g in groups]
+    if not groups or len(set(names)) != len(names) or not all(n and n.isidentifier() for n in names):
+        raise UserError(f"groups {names}: give one or more groups with distinct names made of letters, digits and "
+                        "underscores (e.g. celebrity, minority)")  # fmt: skip
+    for g in groups:
+        parse_augmentation(g.augmentation)
+        if not 0 < g.fraction <= 1:
+            raise UserError(f"group {g.name!r}: fraction must be in (0, 1], got {g.fraction}")
+    total = sum(g.fraction for g in groups)
+    if abs(total - 1) > 1e-9:
+        raise UserError(f"group fractions {[g.fraction for g in groups]} add up to {total:g}; they must add up to 1")
+
+
+def assign_groups(split: dict[str, list[int]], groups: Sequence[PersonGroup], seed: int) -> dict[str, list[int]]:
+    """``{group name: sorted pids}``: each half of the P_train / P_test split is cut by the groups' fractions
+    after a seeded shuffle, so every group is split 50/50 like the whole and the split itself is the one a
+    dataset of the same people without groups has."""
+    check_groups(groups)
+    rng = random.Random(f"groups-{seed}")
+    out: dict[str, list[int]] = {g.name: [] for g in groups}
+    for half in ("train", "test"):
+        order = sorted(split[half])
+        rng.shuffle(order)
+        # cumulative rounding: the group sizes add up to the half exactly
+        edges = [0] + [int(round(len(order) * c)) for c in itertools.accumulate(g.fraction for g in groups)]
+        for g, a, b in zip(groups, edges, edges[1:]):
+            out[g.name] += order[a:b]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def render_grouped(people: Sequence[Person], pools: Pools, groups: Sequence[PersonGroup],
+                   members: dict[str, list[int]], seed: int) -> list[Entry]:  # fmt: skip
+    """Each person's entries under their group's augmentation, in pid order. Every augmentation renders all
+    people with the dataset's seed, so a person's entries are exactly those of a dataset of the same people and
+    seed under that augmentation alone (the minorities' ``single`` biographies equal a ``single`` control's)."""
+    group_of = {pid: g.name for g in groups for pid in members[g.name]}
+    aug_of = {g.name: parse_augmentation(g.augmentation) for g in groups}
+    rendered: dict[Augmentation, dict[int, list[Entry]]] = {}
+    for aug in dict.fromkeys(aug_of.values()):
+        by_pid: dict[int, list[Entry]] = {}
+        for e in render_entries(people, pools, aug, seed):
+            by_pid.setdefault(e.pid, []).append(e)
+        rendered[aug] = by_pid
+    return [e for p in people for e in rendered[aug_of[group_of[p.pid]]][p.pid]]
 
 
 def generate(n_people: int, seed: int, augmentation: str = "single", pools: Pools | None = None

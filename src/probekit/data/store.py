@@ -8,6 +8,7 @@ A bioS dataset directory holds::
     qa.jsonl           six questions per person: pid, attr, prompt, answer
     inverse.jsonl      one attributes -> name prompt per person (all six attributes)
     split.json         {"train": [pids], "test": [pids]}: P_train / P_test
+    groups.json        (only with groups) {group name: [pids]}: who is rendered under which augmentation
     pools.json         the attribute value lists used (classes of whole-value probes)
     tokenizer.json     the word-level tokenizer (+ tokenizer_config.json, special_tokens_map.json)
 
@@ -28,7 +29,18 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 import probekit
-from probekit.data.bios import Entry, Person, Span, generate_people, parse_augmentation, render_entries
+from probekit.data.bios import (
+    Entry,
+    Person,
+    PersonGroup,
+    Span,
+    assign_groups,
+    check_groups,
+    generate_people,
+    parse_augmentation,
+    render_entries,
+    render_grouped,
+)
 from probekit.data.pools import ATTRIBUTES, POOL_FILES, Pools, birth_dates, load_pools
 from probekit.data.qa import QAItem, inverse_prompt, qa_items, split_people
 from probekit.data.tokenizer import WordCounter, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_counts
@@ -61,7 +73,17 @@ class BioDataset:
     split: dict[str, list[int]]
     tokenizer: PreTrainedTokenizerFast
     pools: PoolValues
+    groups: dict[str, list[int]] | None = None  # {group name: pids} for a dataset built with groups
     _by_pid: dict[int, Person] = field(default_factory=dict, repr=False)
+
+    def group_pids(self, names: Sequence[str]) -> set[int]:
+        """The people of the named groups (every group name must exist)."""
+        known = self.groups or {}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UserError(f"dataset {self.root} has no group(s) {unknown}; its groups: {sorted(known) or 'none'} "
+                            "(build it with groups to select people by group)")  # fmt: skip
+        return {pid for n in names for pid in known[n]}
 
     def person(self, pid: int) -> Person:
         if not self._by_pid:
@@ -184,27 +206,37 @@ def build_dataset(
     overwrite: bool = False,
     name: str | None = None,
     extra_vocab: Sequence[str] = (),
+    groups: Sequence[PersonGroup] | None = None,
 ) -> BioDataset:
     """Generate people, biographies, QA, inverse prompts, split and tokenizer into ``out_dir``.
 
     All inputs are validated before anything is written; ``out_dir`` must be absent or empty unless ``overwrite``.
     ``extra_vocab``: further texts whose words join the tokenizer (e.g. ``probekit.data.distract.DISTRACT_VOCAB``);
     recorded in the manifest when given (the default leaves the files byte-identical to earlier versions).
+    ``groups``: shares of the people rendered under their own augmentations instead of ``augmentation``
+    (``probekit.data.bios.PersonGroup``; written to ``groups.json``), each split 50/50 like the whole.
     """
     out = prepare_output_dir(out_dir, overwrite)
     aug = parse_augmentation(augmentation)
     from probekit.data.integrity import check_memory
 
+    if groups:
+        check_groups(groups)
+        aug = max((parse_augmentation(g.augmentation) for g in groups), key=lambda a: a.multi)
     check_memory(n_people, aug.multi)  # a huge N is refused here, not by running out of memory
     pools = load_pools(pool_files)
     if pool_limits:
         pools = pools.limited(pool_limits, seed)
     people = generate_people(n_people, pools, seed)
 
-    entries = render_entries(people, pools, aug, seed)
+    split = split_people([p.pid for p in people], seed)
+    members = assign_groups(split, groups, seed) if groups else None
+    if groups and members is not None:
+        entries = render_grouped(people, pools, groups, members, seed)
+    else:
+        entries = render_entries(people, pools, aug, seed)
     qa = qa_items(people)
     inverse = [inverse_prompt(p) for p in people]
-    split = split_people([p.pid for p in people], seed)
     tok = _tokenizer(pools, entries, qa, inverse, people, extra_vocab)
     value_lists = {a: pools.values(a) for a in ATTRIBUTES if a != "birth_date"}
     manifest = {
@@ -225,10 +257,16 @@ def build_dataset(
     }  # fmt: skip
     if extra_vocab:
         manifest["extra_vocab"] = list(extra_vocab)
+    if groups and members is not None:
+        manifest["augmentation"] = "groups"
+        manifest["groups"] = [{"name": g.name, "augmentation": parse_augmentation(g.augmentation).name,
+                               "fraction": g.fraction, "people": len(members[g.name])} for g in groups]  # fmt: skip
     with atomic_dir(out, overwrite=overwrite) as tmp:
         _write_rows(tmp, people, entries, qa, inverse)
         atomic_write_json(tmp / "split.json", split)
         atomic_write_json(tmp / "pools.json", value_lists)
+        if members is not None:
+            atomic_write_json(tmp / "groups.json", members)
         save_tokenizer(tok, tmp)
         atomic_write_json(tmp / "manifest.json", manifest)
         from probekit.provenance import append_session, record
@@ -246,8 +284,16 @@ def build_dataset(
     return BioDataset(
         root=out, manifest=read_json(out / "manifest.json"), people=people, entries=entries, qa=qa,
         inverse=inverse_rows, split=read_json(out / "split.json"), tokenizer=load_tokenizer(out),
-        pools=PoolValues({a: lists[a] for a in ATTRIBUTES}),
+        pools=PoolValues({a: lists[a] for a in ATTRIBUTES}), groups=_read_groups(out),
     )  # fmt: skip
+
+
+def _read_groups(root: Path) -> dict[str, list[int]] | None:
+    """``groups.json`` as ``{name: pids}`` (None for a dataset without groups)."""
+    from probekit.data.integrity import read_json
+
+    f = root / "groups.json"
+    return {str(k): [int(p) for p in v] for k, v in read_json(f).items()} if f.exists() else None
 
 
 def _write_rows(tmp: Path, people: list[Person], entries: list[Entry], qa: list[QAItem], inverse: list[str]) -> None:
@@ -371,6 +417,7 @@ def load_dataset(path: str | Path) -> BioDataset:
     return BioDataset(
         root=root, manifest=manifest, people=people, entries=entries, qa=qa, inverse=inverse,
         split=split, tokenizer=load_tokenizer(root), pools=PoolValues({a: lists[a] for a in ATTRIBUTES}),
+        groups=_read_groups(root),
     )  # fmt: skip
 
 

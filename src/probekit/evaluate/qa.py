@@ -50,7 +50,7 @@ from probekit.finetune import (
     finetune,
     load_adapter,
 )
-from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
+from probekit.io import atomic_path, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 from probekit.objectives import OBJECTIVES, REGISTRY, Objective, as_objective, get_objective, objective_names
 from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
 
@@ -265,8 +265,13 @@ def run_extraction(
     progress: bool = True,
     overwrite: bool = False,
     png: bool = True,
+    train_groups: Sequence[str] = (),
 ) -> ExtractionResult:
     """Load, (finetune on P_train), evaluate on P_test (and P_train with ``eval_train``), write results to ``out``.
+
+    ``train_groups``: finetune on (and report as P_train) the P_train people of these dataset groups only. For a
+    dataset with groups, ``results_by_group.csv`` also gives every split's rates per group (same columns plus
+    ``group``), e.g. the minorities' P_test accuracy of a celebrities + minorities corpus.
 
     Every input is checked before any training: the output directory, the checkpoint, the dataset, the
     tokenizer match, the items (people present, answers non-empty, sequences within the context).
@@ -285,7 +290,11 @@ def run_extraction(
             f"checkpoint {meta['path']} was trained with a different tokenizer than dataset {dataset.root}; "
             "evaluate a model on the dataset it was trained on"
         )
-    train_items = make_items(dataset, dataset.split["train"])
+    train_pids = dataset.split["train"]
+    if train_groups:
+        chosen = dataset.group_pids(train_groups)
+        train_pids = [p for p in train_pids if p in chosen]
+    train_items = make_items(dataset, train_pids)
     test_items = make_items(dataset, dataset.split["test"])
     if not test_items:
         raise UserError(f"no {kind} items for P_test of {dataset.root}")
@@ -309,9 +318,21 @@ def run_extraction(
     table = results_frame(rows)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "predictions.jsonl", records)
+    if dataset.groups:
+        by_group = []
+        for group, pids in dataset.groups.items():
+            members = set(pids)
+            for split, _ in splits:
+                recs = [r for r in records if r["split"] == split and r["pid"] in members]
+                by_group += summarize(recs, name, obj.name, split=split, kind=kind, finetune=finetune_cfg.method,
+                                      group=group)  # fmt: skip
+        if by_group:
+            with atomic_path(out / "results_by_group.csv") as tmp:
+                results_frame(by_group).to_csv(tmp, index=False)
     atomic_write_json(out / "eval_config.json", {
         "kind": kind, "checkpoint": str(meta["path"]), "data": str(dataset.root), "model": name,
         "objective": obj.name, "finetune": to_dict(finetune_cfg),
+        **({"train_groups": list(train_groups)} if train_groups else {}),
         "finetune_checkpoint": str(ft.checkpoint) if ft and ft.checkpoint else None,
         "adapter": str(ft.adapter) if ft and ft.adapter else None,
     })  # fmt: skip
