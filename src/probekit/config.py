@@ -5,16 +5,30 @@ that names the key and the valid ones, and every value is checked against its fi
 names the field and the type wanted; numbers written as strings, e.g. YAML's ``1e-3``, are read as numbers), so
 a typo in a YAML file fails before any work starts. ``load_mapping`` reads a YAML/JSON file into a dict with
 one-line errors for unreadable, malformed or non-mapping files. All these errors are ``UserError``.
+
+A nested group of settings that a config gives only in part (a model's ``train`` section, ``TrainConfig.model``,
+an experiment's ``probe`` and ``finetune`` sections) is a ``Section[T]``: the keys the config gives, each checked
+against the field type of dataclass ``T`` when it is loaded, while the keys it leaves out keep meaning "not set
+here" (the defaults, or values that come from elsewhere: a checkpoint, the tokenizer, the caller). A section
+serialises to exactly the keys it was given, so records written before a section was typed read the same.
+``field_docs(T)`` gives every field's help text (``probekit.cli.flags`` builds the command-line flags from it).
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 import dataclasses
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import yaml
 
@@ -25,8 +39,161 @@ T = TypeVar("T")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass (possibly nested) as a plain dict of JSON-able values."""
-    return dataclasses.asdict(cfg)
+    """A dataclass (possibly nested) as a plain dict of JSON-able values (as ``dataclasses.asdict``; a
+    ``Section`` becomes the dict of the keys it was given)."""
+    if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
+        raise TypeError("to_dict() should be called on dataclass instances")
+    out = _plain(cfg)
+    assert isinstance(out, dict)
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """``dataclasses.asdict``'s recursion, with sections as plain dicts."""
+    if isinstance(obj, Section):
+        return {_plain(k): _plain(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*[_plain(v) for v in obj])
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return type(obj)((_plain(k), _plain(v)) for k, v in obj.items())
+    return copy.deepcopy(obj)
+
+
+class Section(Mapping[str, Any], Generic[T]):
+    """Settings of dataclass ``schema`` that a config gives in part: a read-only mapping of the keys given.
+
+    Each key must be a field of ``schema`` and each value fit that field's type (checked when the section is
+    made; ``where`` names the section in errors). The values are kept as written (a YAML ``1e-3`` stays the
+    string it was read as, as in the record of a run made before sections were typed); ``build`` makes the
+    full ``schema`` object from them, converting values as ``from_dict`` does. Cross-field checks (heads
+    dividing ``d_model``, a budget...) happen there, where the section is used.
+    """
+
+    def __init__(self, schema: type[T], values: Mapping[str, Any] | None = None, where: str | None = None) -> None:
+        self.schema = schema
+        self._values: dict[str, Any] = _check_section(schema, {} if values is None else values, where)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Section[{self.schema.__name__}]({self._values!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys given, as a plain dict (nested sections and dataclasses as dicts)."""
+        return {k: _plain(v) for k, v in self._values.items()}
+
+    def replace(self, **changes: Any) -> Section[T]:
+        """A copy with ``changes`` set (checked like the rest)."""
+        return Section(self.schema, {**self._values, **changes})
+
+    def build(self, **base: Any) -> T:
+        """The full ``schema`` object: ``base`` (e.g. the values filled in by the caller), then these keys."""
+        return from_dict(self.schema, {**base, **self.to_dict()})
+
+
+def section(schema: type, help: str = "", **metadata: Any) -> Any:
+    """A dataclass field holding a ``Section[schema]`` (empty by default), documented by ``help``."""
+    return dataclasses.field(default_factory=lambda: Section(schema), metadata={"help": help, **metadata})
+
+
+def _check_section(schema: type, data: Any, where: str | None) -> dict[str, Any]:
+    where = where or schema.__name__
+    if isinstance(data, Section):
+        data = data.to_dict()
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where} must be a mapping of {schema.__name__} settings, got {type(data).__name__}")
+    fields = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(data) - fields, key=str)
+    if unknown:
+        raise UserError(f"{where}: unknown {schema.__name__} field(s) {unknown}; valid keys are {sorted(fields)}")
+    hints = typing.get_type_hints(schema)
+    values = {}
+    for k, v in data.items():
+        tp = hints.get(k, Any)
+        if _section_schema(tp) is not None:
+            values[k] = _check_section(_section_schema(tp), v, f"{where}.{k}")  # type: ignore[arg-type]
+            continue
+        if _check(tp, v) is _NO_VALUE:
+            raise UserError(f"{where}.{k} must be {_type_name(tp)}, got {v!r}; fix that setting")
+        values[k] = v
+    return values
+
+
+def _section_schema(tp: Any) -> type | None:
+    """``T`` of a ``Section[T]`` annotation (also inside ``Section[T] | None``), else None."""
+    if typing.get_origin(tp) is Section:
+        return typing.cast(type, typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is Section:
+                return typing.cast(type, typing.get_args(arg)[0])
+    return None
+
+
+def init_sections(cfg: Any) -> None:
+    """In a dataclass's ``__post_init__``: turn the mappings given to its ``Section`` fields into sections."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        schema = _section_schema(hints.get(f.name))
+        value = getattr(cfg, f.name)
+        if schema is not None and value is not None and not (isinstance(value, Section) and value.schema is schema):
+            setattr(cfg, f.name, Section(schema, value, f"{type(cfg).__name__}.{f.name}"))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Every field's help text: its ``metadata["help"]``, else the comment on its line, else the comment lines
+    right above it (``""`` where there is none). Parsed from the class's source, base classes included."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        docs.update(_comment_docs(klass))
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):
+            docs[f.name] = str(f.metadata["help"])
+        docs.setdefault(f.name, "")
+    return {f.name: docs[f.name] for f in dataclasses.fields(cls)}
+
+
+def _comment_docs(cls: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if text not in ("fmt: skip", "fmt: off", "fmt: on") and not text.startswith(("noqa", "type:")):
+                comments[tok.start[0]] = text.removesuffix("# fmt: skip").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code_lines.add(tok.start[0])
+    node = ast.parse(source).body[0]
+    out = {}
+    for stmt in getattr(node, "body", []):
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        end = stmt.end_lineno or stmt.lineno
+        inline = [comments[n] for n in range(stmt.lineno, end + 1) if n in comments and n in code_lines]
+        above: list[str] = []
+        line = stmt.lineno - 1
+        while line in comments and line not in code_lines:
+            above.insert(0, comments[line])
+            line -= 1
+        text = " ".join(above + inline).strip()
+        if text:
+            out[stmt.target.id] = text
+    return out
 
 
 _NO_VALUE = object()
@@ -38,6 +205,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Section:
+        return f"a mapping of {typing.get_args(tp)[0].__name__} settings"
     if origin is not None:
         return names.get(origin, str(tp))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
@@ -58,6 +227,11 @@ def _check(tp: Any, value: Any) -> Any:
     if tp is Any or tp is object:
         return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Section:
+        try:
+            return Section(args[0], value)
+        except UserError:
+            return _NO_VALUE
     if origin in (typing.Union, types.UnionType):
         for arg in args:  # exact matches first (an int stays an int in `int | None`), then coercions
             if arg is type(None) and value is None:
@@ -71,7 +245,7 @@ def _check(tp: Any, value: Any) -> Any:
     if tp is type(None):
         return None if value is None else _NO_VALUE
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return from_dict(tp, value) if isinstance(value, dict) else _NO_VALUE
+        return from_dict(tp, value) if isinstance(value, (dict, Section)) else _NO_VALUE
     if tp is bool:
         return value if isinstance(value, bool) else _NO_VALUE
     if tp is int:
@@ -121,9 +295,11 @@ def _check(tp: Any, value: Any) -> Any:
     return value  # other annotations (Literal, classes): left to the dataclass's own checks
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and values of the wrong type raise ``UserError``
     naming the field (and the valid keys)."""
+    if isinstance(data, Section):
+        data = data.to_dict()
     if not isinstance(data, dict):
         raise UserError(f"{cls.__name__}: expected a mapping of settings, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -136,14 +312,22 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     if missing:
         raise UserError(f"{cls.__name__}: missing required key(s) {missing}; add them to the config")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for k, v in data.items():
         tp = hints.get(k, Any)
+        schema = _section_schema(tp)
+        if schema is not None and not (v is None and _allows_none(tp)):
+            kwargs[k] = Section(schema, v, f"{cls.__name__}.{k}")
+            continue
         out = _check(tp, v)
         if out is _NO_VALUE:
             raise UserError(f"{cls.__name__}.{k} must be {_type_name(tp)}, got {v!r}; fix that setting")
         kwargs[k] = out
     return cls(**kwargs)
+
+
+def _allows_none(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
 def load_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

@@ -25,9 +25,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probekit.config import from_dict, to_dict
+from probekit.config import Section, from_dict, init_sections, section, to_dict
+from probekit.data.reversal import ReversalConfig
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
+from probekit.finetune import FinetuneConfig
 from probekit.io import atomic_path, atomic_write_json, atomic_write_text
+from probekit.probes.spec import ProbeSpec
+from probekit.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,19 @@ class DatasetSpec:
 class ModelSpec:
     name: str
     data: str  # a DatasetSpec name
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (data and out are filled in)
+    train: Section[TrainConfig] = section(TrainConfig)  # TrainConfig fields (data and out are filled in)
+
+    def __post_init__(self) -> None:
+        init_sections(self)
 
 
 @dataclass
 class QASpec:
     models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
-    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields
+    finetune: Section[FinetuneConfig] = section(FinetuneConfig)  # FinetuneConfig fields
+
+    def __post_init__(self) -> None:
+        init_sections(self)
 
 
 @dataclass
@@ -59,8 +69,11 @@ class InverseSpec:
     """Inverse search (attributes -> full name, the reversal direction on bioS) as a stage of the experiment."""
 
     models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
-    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields
+    finetune: Section[FinetuneConfig] = section(FinetuneConfig)  # FinetuneConfig fields
     attributes: list[str] = field(default_factory=list)  # the attributes in the prompt; empty = all six
+
+    def __post_init__(self) -> None:
+        init_sections(self)
 
 
 @dataclass
@@ -69,8 +82,11 @@ class ReversalSpec:
     fictitious name <-> description facts (``probekit data reversal``), evaluated on N2D, D2N and their reverses."""
 
     objectives: list[str] = field(default_factory=lambda: ["ntp", "bico"])
-    data: dict[str, Any] = field(default_factory=dict)  # ReversalConfig fields (n_per_group, templates, seed)
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; objective is set per model
+    data: Section[ReversalConfig] = section(ReversalConfig)  # ReversalConfig fields (n_per_group, templates, seed)
+    train: Section[TrainConfig] = section(TrainConfig)  # TrainConfig fields; objective is set per model
+
+    def __post_init__(self) -> None:
+        init_sections(self)
 
 
 @dataclass(frozen=True)
@@ -100,10 +116,10 @@ class ExperimentConfig:
     name: str
     datasets: list[DatasetSpec]
     models: list[ModelSpec]
-    probe: dict[str, Any] = field(default_factory=dict)  # ProbeSpec fields
+    probe: Section[ProbeSpec] = section(ProbeSpec)  # ProbeSpec fields (name: the experiment's)
     # a second probe spec for the paper's embedding-update probe (ProbeSpec fields with an ``embed_probe``
     # section); its rows (hook ``embed_update``) go to ``embed_update/results.parquet``
-    embed_probe: dict[str, Any] | None = None
+    embed_probe: Section[ProbeSpec] | None = None
     control_random: bool = True  # also probe a randomly initialised model of each shape
     qa: QASpec | None = None
     inverse: InverseSpec | None = None  # inverse search on P_test after finetuning on P_train's inverse prompts
@@ -117,6 +133,7 @@ class ExperimentConfig:
     seed_data: bool = False  # with seeds: also draw each dataset anew per seed (new people and biographies)
 
     def __post_init__(self) -> None:
+        init_sections(self)
         self.datasets = [d if isinstance(d, DatasetSpec) else from_dict(DatasetSpec, d) for d in self.datasets]
         self.models = [m if isinstance(m, ModelSpec) else from_dict(ModelSpec, m) for m in self.models]
         if isinstance(self.qa, dict):

@@ -62,22 +62,22 @@ class EvalItem:
 class FinetuneConfig:
     """How to finetune before evaluating (defaults: 20 epochs over the P_train items)."""
 
-    method: str = "full"  # full | lora | none
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    method: str = "full"  # full: every weight; lora: peft adapters on lora_targets; none: evaluate as is
+    lora_rank: int = 8  # LoRA: rank of the adapters
+    lora_alpha: float = 16.0  # LoRA: scaling alpha of the adapters
+    lora_dropout: float = 0.0  # LoRA: dropout on the adapters' input
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LoRA: the linear layers that get adapters
     embed_rank: int = 0  # LoRA rank of the input-embedding update (paper: 128); 0 = embedding frozen
     objective: str | None = None  # finetuning objective (a registry name); None = the checkpoint's own
-    epochs: float | None = 20.0
-    max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 32
-    lr: float | None = None  # None: 3e-4 for full, 1e-3 for LoRA
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
+    epochs: float | None = 20.0  # passes over the P_train items
+    max_steps: int | None = None  # optimiser steps; overrides epochs when set
+    batch_size: int = 32  # items per optimiser step
+    lr: float | None = None  # learning rate; None: 3e-4 for full, 1e-3 for LoRA
+    warmup_steps: int = 10  # steps of linear learning-rate warmup
+    weight_decay: float = 0.0  # AdamW weight decay
     merge: bool = True  # LoRA: merge the adapter into the weights (the checkpoint is then a plain model)
     save_adapter: bool = False  # LoRA: also write the adapter (peft format) to <out>/adapter
-    seed: int = 0
+    seed: int = 0  # seed of the finetuning (LoRA initialisation, item order)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

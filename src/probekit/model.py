@@ -50,17 +50,17 @@ from probekit.errors import UserError
 
 @dataclass
 class ModelConfig:
-    vocab_size: int
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    d_mlp: int = 512
-    n_ctx: int = 512
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
+    vocab_size: int  # token embeddings and unembedding rows (in training: the tokenizer's size)
+    d_model: int = 128  # width of the residual stream
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads per block (must divide d_model into an even head size)
+    d_mlp: int = 512  # hidden width of each SwiGLU MLP
+    n_ctx: int = 512  # longest input (rotary positions; ABI's span-position table has n_ctx rows)
+    rope_theta: float = 10000.0  # rotary embedding base
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    tie_embeddings: bool = False  # share the token embedding with the unembedding
     span_positions: bool = False  # ABI: learned intra-span position table (n_ctx rows) added to the embeddings
-    init_range: float = 0.02
+    init_range: float = 0.02  # standard deviation of the normal weight initialisation
     seed: int = 0  # initialisation seed
     # Fused CPU training kernels (probekit.kernels): the loss as a chunked fused unembedding + cross-entropy over
     # the labelled rows only (forward(labels=...), used by objectives.compute_loss), BICO attention in cache-sized

@@ -53,7 +53,7 @@ from probekit.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from probekit.config import from_dict, load_config, to_dict
+from probekit.config import Section, from_dict, init_sections, load_config, section, to_dict
 from probekit.data.tokenizer import load_tokenizer
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
@@ -95,20 +95,22 @@ class TrainConfig:
     out: str = ""  # run directory: train_config.json, metrics.jsonl, summary.json, checkpoints/
     objective: str = "ntp"  # a name in probekit.objectives.REGISTRY: ntp | abi | bico
     objective_settings: dict[str, Any] = field(default_factory=dict)  # e.g. {mask_ratio: 0.15}
-    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {d_model: 128, n_layers: 4}
+    # ModelConfig fields, e.g. {d_model: 128, n_layers: 4}; those left out: ModelConfig's defaults, vocab_size
+    # from the tokenizer, n_ctx from seq_len, seed from this config (with init_from: the checkpoint's)
+    model: Section[ModelConfig] = section(ModelConfig)
     init_from: str | None = None  # checkpoint (or run) directory to start from, for finetuning
     seq_len: int = 256  # packed window length (tokens)
     batch_size: int = 32  # global batch (windows or items per optimiser step)
-    max_steps: int | None = None
-    epochs: float | None = None
-    tokens: int | None = None
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    grad_clip: float = 1.0  # 0 = no clipping
+    max_steps: int | None = None  # budget: optimiser steps (set exactly one of max_steps, epochs, tokens)
+    epochs: float | None = None  # budget: passes over the packed windows (or items)
+    tokens: int | None = None  # budget: training tokens
+    lr: float = 1e-3  # peak learning rate (after the linear warmup; cosine decay to min_lr)
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay
+    warmup_steps: int = 100  # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.1  # AdamW weight decay of the linear layers (not embeddings or norms)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    eps: float = 1e-6  # AdamW epsilon
+    grad_clip: float = 1.0  # gradient-norm clipping (0 = no clipping)
     qa_mix: float = 0.0  # mixed training: share of each epoch's tokens that are P_train QA sequences
     eval_every: int = 0  # steps between evaluations (0: only at the end)
     eval_windows: int = 16  # size of the fixed evaluation set (windows or items); 0 = no evaluation
@@ -116,10 +118,11 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
     log_every: int = 10  # steps between metrics rows
-    seed: int = 0
+    seed: int = 0  # seed of the model's initialisation, the data order and the objective's sampling
     precision: str = "no"  # accelerate mixed precision: no | bf16 | fp16
 
     def __post_init__(self) -> None:
+        init_sections(self)  # a plain mapping given for `model` becomes a checked Section[ModelConfig]
         # YAML reads "1e-3" (no dot) as a string: accept numbers written that way
         for f in fields(self):
             v = getattr(self, f.name)

@@ -47,13 +47,13 @@ PAPER_RANK = {"p": 2, "q": 16}  # the paper's ranks per probe kind
 class EmbedProbeConfig:
     """Training settings of the embedding-update probe (``rank = 0``: the paper's rank for the probe kind)."""
 
-    rank: int = 0
-    lr: float = 1e-3
-    weight_decay: float = 0.3
-    epochs: int = 20
+    rank: int = 0  # rank of the embedding update (0: the paper's, 2 for P and 16 for Q probes)
+    lr: float = 1e-3  # AdamW learning rate of the update and the heads
+    weight_decay: float = 0.3  # AdamW weight decay
+    epochs: int = 20  # most passes over the training people
     patience: int = 4  # stop after this many epochs in which no head (per_head) or the mean (mean) improved
-    batch_size: int = 32
-    seed: int = 0
+    batch_size: int = 32  # sequences per optimiser step
+    seed: int = 0  # seed of the initialisation and the batch order
     select: str = "per_head"  # per_head: each head at its own best validation epoch; mean: one epoch for all
 
     def __post_init__(self) -> None:

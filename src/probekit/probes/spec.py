@@ -72,25 +72,25 @@ def _names(value: Any, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
 class ProbeSpec:
     """One probing run. See the module docstring for the vocabulary."""
 
-    name: str = "default"
-    kinds: tuple[str, ...] = PROBE_KINDS
+    name: str = "default"  # the spec's name in the run metadata (a spec file: its file name)
+    kinds: tuple[str, ...] = PROBE_KINDS  # p (at the token before each value) and/or q (at the last name token)
     positions: Any = "all"  # P positions: 'all' or attribute names
     attributes: Any = "all"  # attributes to predict: 'all' or names
-    targets: tuple[str, ...] = TARGET_KINDS
+    targets: tuple[str, ...] = TARGET_KINDS  # first_token (the value's first token) and/or value (whole value)
     layers: Any = "all"  # 'all' or a list of layer indices (resid: 0..L, other hooks: 0..L-1)
-    hooks: tuple[str, ...] = ("resid",)
-    engine: str = "torch"
-    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    hooks: tuple[str, ...] = ("resid",)  # resid (every layer boundary), resid_mid, attn_out, mlp_out
+    engine: str = "torch"  # probe engine: torch (batched L-BFGS, probekit.probes.solver) or sklearn
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried, chosen on the validation people
     l2_rule: str = "one_se"  # one_se (strongest L2 within one standard error of the best) or best
     val_fraction: float = 0.2  # share of P_train people held out to choose the L2 strength
-    max_iter: int = 100
-    seed: int = 0
+    max_iter: int = 100  # optimiser iterations per probe fit
+    seed: int = 0  # seed of the validation split, the control labelling and the bootstrap
     batch_size: int = 64  # sequences per forward pass while collecting activations
     entries_per_person: int | None = None  # P: use each person's first k entries (None = all)
     max_people: int | None = None  # subsample people (train and test alike) for quick runs
     storage: str = "auto"  # activations: memory, disk (float16 memmaps) or auto (disk above memory_limit_mb)
-    memory_limit_mb: float = 2048.0
-    engine_memory_mb: float = 1024.0
+    memory_limit_mb: float = 2048.0  # storage auto: activations above this size go to disk
+    engine_memory_mb: float = 1024.0  # memory budget of the probe engine's batched fits
     # also train the paper's probe (frozen model + low-rank embedding update, read at the last layer) with these
     # settings ({} in YAML = the defaults); None = frozen-feature probes only
     embed_probe: EmbedProbeConfig | None = None
@@ -189,5 +189,5 @@ def load_spec(path: str | Path) -> ProbeSpec:
     data.setdefault("name", path.stem)
     try:
         return from_dict(ProbeSpec, data)
-    except ValueError as e:
+    except UserError as e:
         raise UserError(f"probe spec {path}: {e}") from e
