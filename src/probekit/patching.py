@@ -85,9 +85,9 @@ COLUMNS: tuple[str, ...] = (
 
 @dataclass
 class PatchConfig:
-    """What to patch and measure (``probekit patch`` flags mirror these fields)."""
+    """What to patch and measure (``probekit patch`` flags are generated from these fields)."""
 
-    attributes: tuple[str, ...] = ATTRIBUTES
+    attributes: tuple[str, ...] = ATTRIBUTES  # attributes asked about ('all': the six)
     prompts: str = "qa"  # qa | bio (first-sentence biography prefixes)
     modes: tuple[str, ...] = ("patch",)  # patch (name swap, source -> target) and/or restore (corrupt, restore)
     corruption: str = "noise"  # restore mode: noise (Gaussian on the name embeddings) | swap (another name)
@@ -100,7 +100,7 @@ class PatchConfig:
     require_correct: bool = True  # keep pairs whose clean (and, swapping, corrupted) run answers right (1st token)
     n_boot: int = 1000  # person-clustered bootstrap resamples (0: no intervals)
     batch_size: int = 256  # sequences per forward pass
-    seed: int = 0
+    seed: int = 0  # seed of the pairing, the noise and the bootstrap
 
     def __post_init__(self) -> None:
         self.attributes, self.modes, self.hooks = tuple(self.attributes), tuple(self.modes), tuple(self.hooks)

@@ -1,7 +1,10 @@
 """The ``probekit`` command line: one subcommand module per pipeline stage.
 
-Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)``, which adds its subcommand and sets
-``func(args) -> int`` as the handler. Errors that are the user's to fix (``probekit.errors.UserError``, and an
+Each module in ``SUBCOMMANDS`` exposes ``COMMANDS`` (its subcommands' one-line summaries) and
+``register(subparsers)``, which adds its subcommands and sets ``func(args) -> int`` as the handler. Only the
+subcommand being run is registered in full (``build_parser(only=...)``), so ``probekit --help`` and each command
+import only what they need. Flags that set config fields are generated from the config dataclasses and their
+field docs (``probekit.cli.flags``). Errors that are the user's to fix (``probekit.errors.UserError``, and an
 ``OSError`` about a named path that is missing, forbidden, full or read-only: see ``probekit.errors``) are printed
 as one line ``probekit: error: ...`` with exit code 2, before any work starts; any other exception (a plain
 ``ValueError``, ``KeyError``, ...) is a bug and keeps its traceback.
@@ -13,12 +16,14 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 SUBCOMMANDS: tuple[str, ...] = ("data", "train", "probe", "eval", "plot", "demo", "patch")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``probekit`` parser. With ``only``, just those subcommands get their options (the others are listed
+    by name and help), so a command imports only what it needs; ``None`` builds every subcommand."""
     parser = argparse.ArgumentParser(
         prog="probekit",
         description=(
@@ -41,13 +46,34 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name == f"probekit.cli.{name}":
                 continue
             raise
-        module.register(sub)
+        commands: dict[str, str] = module.COMMANDS
+        if only is None or any(c in only for c in commands):
+            module.register(sub)
+        else:
+            for command, summary in commands.items():
+                sub.add_parser(command, help=summary, add_help=False)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word after the global options), if any."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--threads":
+            i += 2
+            continue
+        if not word.startswith("-"):
+            return word
+        i += 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = _command(words)
+    parser = build_parser(only=[command] if command else [])
+    args = parser.parse_args(words)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("kaleido", "choreographer", "httpx", "urllib3", "accelerate", "transformer_lens"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

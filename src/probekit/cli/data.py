@@ -10,6 +10,9 @@ from pathlib import Path
 from probekit.data.pools import LIMITABLE, POOL_FILES
 from probekit.errors import UserError, UserFileNotFoundError
 
+HELP = "generate and inspect datasets"
+COMMANDS = {"data": HELP}
+
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
     out = {}
@@ -78,7 +81,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="generate and inspect datasets", description=__doc__)
+    p = sub.add_parser("data", help=HELP, description=__doc__)
     dsub = p.add_subparsers(dest="data_command", metavar="<kind>", required=True)
 
     b = dsub.add_parser(

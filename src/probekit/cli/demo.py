@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
-from probekit.experiments import ExperimentResult, demo_config, load_experiment, run_experiment
+if TYPE_CHECKING:
+    from probekit.experiments import ExperimentResult
+
+COMMANDS = {
+    "demo": "the whole pipeline with built-in defaults (about 12 min on 2 idle CPU cores)",
+    "run": "run an experiment config (data -> train -> probe -> QA -> figures), resumable",
+}
 
 
 def _report(res: ExperimentResult) -> None:
@@ -26,6 +33,8 @@ def _check_jobs(jobs: int) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from probekit.experiments import demo_config, run_experiment
+
     _check_jobs(args.jobs)
     cfg = demo_config()
     print(f"probekit demo: {cfg.notes}\nwriting to {args.out} (re-run the same command to resume)")
@@ -34,6 +43,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from probekit.experiments import load_experiment, run_experiment
+
     _check_jobs(args.jobs)
     cfg = load_experiment(args.config)
     out = args.out or f"runs/{cfg.name}"
@@ -45,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "demo",
-        help="the whole pipeline with built-in defaults (about 12 min on 2 idle CPU cores)",
+        help=COMMANDS["demo"],
         description=(
             "Generate bioS single and multi5+permute data (400 people), train a 4-layer NTP model on each, P- and "
             "Q-probe every layer (with a random-init control, control tasks and 95% intervals); then train an NTP "
@@ -63,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser(
         "run",
-        help="run an experiment config (data -> train -> probe -> QA -> figures), resumable",
+        help=COMMANDS["run"],
         description="Run every stage of an experiment YAML (see experiments/*/config.yaml); resumable.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

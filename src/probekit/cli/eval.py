@@ -8,10 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from probekit.cli.flags import add_flags
 from probekit.errors import UserError, UserFileExistsError
 
+COMMANDS = {"eval": "evaluate models: QA extraction, inverse search, reversal curse"}
 EXAMPLES_QA = """examples:
   probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_ntp_full
   probekit eval qa --checkpoint runs/ntp_multi --data data/multi5 --out evals/qa_lora --finetune lora \\
@@ -52,14 +52,14 @@ def _attrs(text: str | None) -> tuple[str, ...]:
 
 
 def _finetune_cfg(args: argparse.Namespace) -> Any:
+    """FinetuneConfig from the finetuning flags (generated from its fields) and --seed."""
+    from probekit.config import from_dict
     from probekit.finetune import FinetuneConfig
 
-    return FinetuneConfig(
-        method=args.finetune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, embed_rank=args.embed_rank,
-        objective=args.ft_objective, epochs=None if args.steps else args.epochs, max_steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, merge=not args.no_merge,
-        save_adapter=args.save_adapter, seed=args.seed,
-    )  # fmt: skip
+    given = args.finetune_flags.given(args)
+    if given.get("max_steps"):
+        given["epochs"] = None  # --steps replaces the epoch budget
+    return from_dict(FinetuneConfig, {**given, "seed": args.seed})
 
 
 def _train_config(path: str, out: Path, objective: str | None, data: str | None = None) -> Any:
@@ -77,6 +77,8 @@ def _train_config(path: str, out: Path, objective: str | None, data: str | None 
 
 
 def _print_summary(table: Any, paths: list[Path], metrics: tuple[str, ...]) -> None:
+    import pandas as pd
+
     t = table[table["metric"].isin(metrics)]
     keys = ("model", "objective", "split", "finetune", "kind")
     index = [c for c in keys if c in t.columns and t[c].nunique() > 1] + ["task"]
@@ -200,40 +202,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_distract(args: argparse.Namespace) -> int:
-    from probekit.config import from_dict, load_config, to_dict
+    from probekit.cli.flags import merge
+    from probekit.config import from_dict, load_mapping
     from probekit.errors import check_device
     from probekit.evaluate.distract import DistractEvalConfig, run_distract
     from probekit.io import prepare_output_dir
 
     check_device(args.device)
     prepare_output_dir(args.out, args.overwrite or args.resume)
-    cfg = load_config(DistractEvalConfig, args.config) if args.config else DistractEvalConfig()
-    if args.s2a is not None:
-        cfg.s2a = tuple(s.strip() for s in args.s2a.split(",") if s.strip() and s.strip() != "none")
-    if args.kinds:
-        cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    if args.attrs:
-        cfg.attrs = _attrs(args.attrs)
-    for flag, obj, attr in (("context_ratio", cfg.distract, "context_ratio"),
-                            ("hint_accuracy", cfg.distract, "hint_accuracy"),
-                            ("epochs", cfg.finetune, "epochs"), ("rewrite_epochs", cfg.rewrite_finetune, "epochs"),
-                            ("fallback", cfg, "fallback"), ("n_boot", cfg, "n_boot")):  # fmt: skip
-        if getattr(args, flag) is not None:
-            setattr(obj, attr, getattr(args, flag))
-    if args.finetune is not None:
-        cfg.finetune.method = args.finetune
-    if args.regenerator:
-        cfg.regenerator = args.regenerator
-    if args.reuse_regenerations:
-        cfg.reuse_regenerations = args.reuse_regenerations
-    if args.no_probes:
-        cfg.probes = False
-    if args.no_patching:
-        cfg.patching = False
-    if args.warmup_steps is not None:
-        cfg.finetune.warmup_steps = cfg.rewrite_finetune.warmup_steps = args.warmup_steps
-    cfg.batch_size, cfg.distract.seed, cfg.seed = args.eval_batch_size, args.seed, args.seed
-    cfg = from_dict(DistractEvalConfig, to_dict(cfg))  # validates the overrides (nested configs too)
+    data = load_mapping(args.config, "distraction config") if args.config else {}
+    given = args.distract_flags.given(args)  # flags generated from DistractEvalConfig replace the file's values
+    if given.get("attrs") == ("all",):
+        given["attrs"] = _attrs("all")
+    data = merge(data, given)
+    if args.warmup_steps is not None:  # both finetuning runs
+        for key in ("finetune", "rewrite_finetune"):
+            data[key] = {**(data.get(key) or {}), "warmup_steps": args.warmup_steps}
+    data["batch_size"], data["seed"] = args.eval_batch_size, args.seed
+    data["distract"] = {**(data.get("distract") or {}), "seed": args.seed}
+    cfg = from_dict(DistractEvalConfig, data)
     res = run_distract(args.checkpoint, args.data, args.out, cfg, model_name=args.name, objective=args.objective,
                        device=args.device, overwrite=args.overwrite, resume=args.resume,
                        png=not args.no_png)  # fmt: skip
@@ -250,7 +237,9 @@ def cmd_distract(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
     p.add_argument("--name", help="model name in the results table (default: the run directory's name)")
-    p.add_argument("--objective", choices=("ntp", "abi", "bico"),
+    from probekit.objectives import objective_names
+
+    p.add_argument("--objective", choices=objective_names(),
                    help="the checkpoint's objective, if its meta.json does not record one (with a training config: "
                         "the objective to train with)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
@@ -264,26 +253,20 @@ def _extraction_args(p: argparse.ArgumentParser, default_attrs: str) -> None:
     p.add_argument("--checkpoint", help="checkpoint or run directory (latest checkpoint) of a pretrained model")
     p.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
     p.add_argument("--attrs", default=default_attrs, help="comma-separated attributes, or 'all'")
-    g = p.add_argument_group("finetuning on P_train")
-    g.add_argument("--finetune", choices=("full", "lora", "none"), default="full",
-                   help="full: every weight; lora: peft adapters on --lora-targets; none: evaluate as is")  # fmt: skip
-    g.add_argument("--lora-rank", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16.0)
-    g.add_argument("--embed-rank", type=int, default=0,
-                   help="LoRA rank of an input-embedding update (paper: 128); 0 = embedding frozen")  # fmt: skip
-    g.add_argument("--ft-objective", choices=("ntp", "abi", "bico"), help="finetuning objective (default: the model's)")
-    g.add_argument("--epochs", type=float, default=20.0, help="passes over the P_train items")
-    g.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, help="learning rate (default: 3e-4 full, 1e-3 LoRA)")
-    g.add_argument("--warmup-steps", type=int, default=10)
-    g.add_argument("--save-adapter", action="store_true", help="LoRA: also write the adapter (peft format)")
-    g.add_argument("--no-merge", action="store_true", help="LoRA: keep the adapter separate instead of merging it")
+    from probekit.finetune import METHODS, FinetuneConfig
+    from probekit.objectives import objective_names
+
+    g = p.add_argument_group("finetuning on P_train (FinetuneConfig; --seed seeds it)")
+    flags = add_flags(g, FinetuneConfig, exclude=("seed",),
+                      names={"method": ("--finetune",), "objective": ("--ft-objective",),
+                             "max_steps": ("--steps", "--max-steps")},
+                      choices={"method": METHODS, "objective": objective_names()})  # fmt: skip
+    p.set_defaults(finetune_flags=flags)
     p.add_argument("--eval-train", action="store_true", help="also evaluate on P_train (memorisation check)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate models: QA extraction, inverse search, reversal curse",
+    p = sub.add_parser("eval", help=COMMANDS["eval"],
                        description=__doc__)  # fmt: skip
     esub = p.add_subparsers(dest="eval_command", metavar="<task>", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
@@ -376,28 +359,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--checkpoint", required=True, help="checkpoint or run directory of a pretrained NTP/BICO model")
     d.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
     d.add_argument("--config", help="DistractEvalConfig YAML/JSON (flags below override it)")
-    d.add_argument("--s2a", help="comma-separated regenerators: rule, learned (default both; 'none' for neither)")
-    d.add_argument("--kinds", help="comma-separated distractor kinds (default: all)")
-    d.add_argument("--attrs", help="comma-separated attributes, or 'all' (default: all)")
-    d.add_argument("--context-ratio", type=float, help="finetuning: share of prompts with a context (default 0.75)")
-    d.add_argument("--hint-accuracy", type=float, help="finetuning: share of hints that are right (default 0.8)")
-    d.add_argument("--finetune", choices=("full", "lora", "none"), help="QA finetuning method (default full)")
-    d.add_argument("--epochs", type=float, help="QA finetuning passes over the P_train prompts (default 10)")
-    d.add_argument("--rewrite-epochs", type=float, help="regenerator finetuning passes (default 10)")
     d.add_argument("--warmup-steps", type=int, help="warm-up steps of both finetuning runs (default 10)")
-    d.add_argument(
-        "--fallback",
-        choices=("original", "question"),
-        help="malformed learned regeneration: answer the original prompt (default) or the question alone",
-    )
-    d.add_argument("--n-boot", type=int, help="bootstrap resamples of test people (default 1000)")
-    d.add_argument("--regenerator", help="a finished regenerator checkpoint (e.g. OUT/finetune_rewrite of an earlier "
-                                         "run) to use instead of finetuning one")  # fmt: skip
-    d.add_argument("--reuse-regenerations", metavar="DIR",
-                   help="re-parse the learned regenerations of an earlier run in DIR (same distractor settings and "
-                        "seed) instead of generating them again")  # fmt: skip
-    d.add_argument("--no-probes", action="store_true", help="skip the probe readouts at the name and answer position")
-    d.add_argument("--no-patching", action="store_true", help="skip patching right-hint states into wrong-hint runs")
+    from probekit.evaluate.distract import FALLBACKS, DistractEvalConfig
+    from probekit.finetune import METHODS
+
+    g = d.add_argument_group("distraction settings (DistractEvalConfig; each replaces the --config value; "
+                             "--seed seeds it, --eval-batch-size is its batch_size)")  # fmt: skip
+    flags = add_flags(g, DistractEvalConfig, defaults=DistractEvalConfig(),
+                      exclude=("seed", "batch_size", "distract.seed"),
+                      names={"distract.context_ratio": ("--context-ratio", "--distract.context-ratio"),
+                             "distract.hint_accuracy": ("--hint-accuracy", "--distract.hint-accuracy"),
+                             "finetune.method": ("--finetune", "--finetune.method"),
+                             "finetune.epochs": ("--epochs", "--finetune.epochs"),
+                             "rewrite_finetune.epochs": ("--rewrite-epochs", "--rewrite-finetune.epochs")},
+                      choices={"fallback": FALLBACKS, "finetune.method": METHODS,
+                               "rewrite_finetune.method": METHODS})  # fmt: skip
+    d.set_defaults(distract_flags=flags)
     d.add_argument("--resume", action="store_true", help="continue in --out, reusing finished finetuning runs")
     _common(d)
     d.set_defaults(func=cmd_distract)

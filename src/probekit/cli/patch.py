@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
-
-from probekit.errors import UserError
+from typing import Any
 
 EXAMPLES = """examples:
   probekit patch --model evals/qa_ntp/finetune --data data/multi5_permute --out patch/qa_ntp
@@ -15,30 +14,19 @@ EXAMPLES = """examples:
 """
 
 
-def _list(text: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in (text or "").split(",") if v.strip())
+COMMANDS = {"patch": "activation patching: which layer x position states carry the answer"}
 
 
-def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(v) for v in _list(text))
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 0,2,4") from None
-
-
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace) -> Any:
+    """PatchConfig from the flags generated from its fields (``--attributes all``: the six)."""
+    from probekit.config import from_dict
     from probekit.data.pools import ATTRIBUTES
     from probekit.patching import PatchConfig
 
-    attrs = ATTRIBUTES if args.attributes in (None, "all") else _list(args.attributes)
-    return PatchConfig(
-        attributes=attrs, prompts=args.prompts, modes=_list(args.mode), corruption=args.corruption,
-        noise_scale=args.noise_scale, hooks=_list(args.hooks), layers=_ints(args.layers, "--layers"),
-        split=args.split, n_pairs=args.pairs, whole_answer=args.whole_answer, require_correct=not args.all_pairs,
-        n_boot=args.bootstrap, batch_size=args.batch_size, seed=args.seed,
-    )  # fmt: skip
+    given = args.patch_flags.given(args)
+    if given.get("attributes") == ("all",):
+        given["attributes"] = ATTRIBUTES
+    return from_dict(PatchConfig, given)
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -87,11 +75,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from probekit.patching import CORRUPTIONS, PROMPTS, SPLITS
+    from probekit.cli.flags import add_flags
+    from probekit.patching import CORRUPTIONS, PROMPTS, SPLITS, PatchConfig
 
     p = subparsers.add_parser(
         "patch",
-        help="activation patching: which layer x position states carry the answer",
+        help=COMMANDS["patch"],
         description=(
             "For pairs of people and one prompt template, copy the clean run's residual stream (or attention / MLP "
             "output) at one (layer, position) into the corrupted run and measure the clean answer: patch = the "
@@ -107,29 +96,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="probekit checkpoint or run directory, or a Hugging Face causal-LM directory")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset directory (from `probekit data bios`)")
     p.add_argument("--out", required=True, help="output directory (must be new or empty unless --overwrite)")
-    p.add_argument("--attributes", default="all", help="comma-separated attributes, or 'all'")
-    p.add_argument("--prompts", choices=PROMPTS, default="qa",
-                   help="qa: the QA questions; bio: first-sentence biography prefixes (default: qa)")  # fmt: skip
-    p.add_argument("--mode", default="patch", help="patch, restore, or both comma-separated (default: patch)")
-    p.add_argument("--corruption", choices=CORRUPTIONS, default="noise",
-                   help="restore mode: Gaussian noise on the name embeddings, or another person's name")  # fmt: skip
-    p.add_argument("--noise-scale", type=float, default=3.0,
-                   help="noise std in units of the std of the clean name embeddings (default: 3)")  # fmt: skip
-    p.add_argument("--hooks", default="resid",
-                   help="comma-separated: resid, attn_out, mlp_out, resid_mid (default: resid)")  # fmt: skip
-    p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
-    p.add_argument("--split", choices=SPLITS, default="test", help="whose prompts: P_test, P_train or all people")
-    p.add_argument("--pairs", type=int, default=50, help="pairs per attribute (default: 50)")
-    p.add_argument("--whole-answer", action="store_true",
-                   help="also score the whole answer by teacher forcing (logp_answer, greedy_answer)")  # fmt: skip
-    p.add_argument("--all-pairs", action="store_true",
-                   help="keep pairs the model answers wrong "
-                   "(default: only pairs whose clean run is right)")  # fmt: skip
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of people (0: no intervals)")
-    p.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pairing, the noise and the bootstrap")
+    g = p.add_argument_group("patching settings (PatchConfig)")
+    flags = add_flags(g, PatchConfig,
+                      names={"modes": ("--mode", "--modes"), "n_pairs": ("--pairs", "--n-pairs"),
+                             "n_boot": ("--bootstrap", "--n-boot")},
+                      negatives={"require_correct": "--all-pairs"},
+                      choices={"prompts": PROMPTS, "corruption": CORRUPTIONS, "split": SPLITS})  # fmt: skip
     p.add_argument("--name", default=None, help="model name in the results (default: the directory name)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.set_defaults(func=cmd_patch)
+    p.set_defaults(func=cmd_patch, patch_flags=flags)

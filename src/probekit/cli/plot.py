@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+COMMANDS = {"plot": "re-render probe figures from results tables"}
+
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from probekit import provenance as prov
@@ -91,7 +93,7 @@ def _check_figures_dir(out: Path) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plot",
-        help="re-render probe figures from results tables",
+        help=COMMANDS["plot"],
         description="Draw every probe figure (HTML, PNG and the CSV data) from one or more results tables; "
         "several tables (models) give side-by-side comparison figures too. --experiment DIR re-renders a finished "
         "experiment's figures, with the comparison across objectives (P grids, Q profiles, storage vs extraction "

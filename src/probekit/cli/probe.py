@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from probekit.probes.engine import BACKENDS
+COMMANDS = {"probe": "P-/Q-probe a model's residual stream for biography attributes"}
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -28,9 +28,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
+    given = args.spec_flags.given(args).get("spec", {})
+    if given:  # --spec.* flags replace the spec file's settings
+        from probekit.cli.flags import merge
+        from probekit.config import from_dict
+        from probekit.probes.spec import ProbeSpec
+
+        spec = from_dict(ProbeSpec, merge(to_dict(spec), given))
     if args.threads:  # an explicit count overrides the spec's (fixed, thread-independent) setting
         spec.threads = args.threads
-    engine = args.engine or spec.engine
+    engine = spec.engine
     out = prepare_output_dir(args.out, args.overwrite)
     ds = load_dataset(args.data)
     target = load_probe_model(args.model, device=args.device, name=args.name)
@@ -73,7 +80,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "probe",
-        help="P-/Q-probe a model's residual stream for biography attributes",
+        help=COMMANDS["probe"],
         description=(
             "Collect residual-stream activations of a model on a dataset's biographies (P-probes: the token "
             "before each attribute value) and bare names (Q-probes: the last name token), train linear probes "
@@ -89,7 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (must be new or empty unless --overwrite)")
     p.add_argument("--control-random", action="store_true",
                    help="also probe a random-init model of the same shape ('<name> (random init)')")  # fmt: skip
-    p.add_argument("--engine", choices=BACKENDS, default=None, help="override the spec's probe engine")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--name", default=None, help="model name in the results (default: the directory name)")
     p.add_argument("--layer", type=int, default=None,
@@ -100,4 +106,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch CPU threads for this command, probes included (0: torch's default for the model, "
                    "the spec's `threads` for probes, 1 unless set, so tables do not depend on the thread "
                    "count)")  # fmt: skip
-    p.set_defaults(func=cmd_probe)
+    from probekit.cli.flags import add_flags
+    from probekit.probes.engine import BACKENDS
+    from probekit.probes.spec import STORAGE, ProbeSpec
+
+    group = p.add_argument_group("probe spec settings (ProbeSpec; each replaces the --spec file's value)")
+    flags = add_flags(group, ProbeSpec, prefix=("spec",), names={"spec.engine": ("--spec.engine", "--engine")},
+                      choices={"spec.engine": BACKENDS, "spec.storage": STORAGE})  # fmt: skip
+    p.set_defaults(func=cmd_probe, spec_flags=flags)

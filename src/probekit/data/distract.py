@@ -125,7 +125,7 @@ class DistractConfig:
     hint_ratio: float = 0.8  # training: share of contexts that carry a hint
     hint_accuracy: float = 0.8  # training: share of hints that suggest the correct value (the rest a wrong one)
     train_variants: int = 2  # training: independently drawn prompts per P_train question
-    seed: int = 0
+    seed: int = 0  # seed of the drawn contexts
 
     def __post_init__(self) -> None:
         for name in ("relevant_prob", "context_ratio", "hint_ratio", "hint_accuracy"):

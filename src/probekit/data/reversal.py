@@ -199,10 +199,10 @@ D2P_TEMPLATES: tuple[str, ...] = (
 class ReversalConfig:
     """Settings of the fictitious-people generator (defaults: the paper's 30 people per group, 30 paraphrases)."""
 
-    n_per_group: int = 30
-    n_train_templates: int = 30
-    n_test_templates: int = 10
-    seed: int = 0
+    n_per_group: int = 30  # people in each of the three groups (name->description, description->name, both)
+    n_train_templates: int = 30  # training paraphrases per fact and direction
+    n_test_templates: int = 10  # held-out test templates per direction
+    seed: int = 0  # seed of the people, their descriptions and the templates drawn
 
     def __post_init__(self) -> None:
         if self.n_per_group < 1:
@@ -416,28 +416,27 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    from probekit.cli.flags import add_flags
+
     p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
-    p.add_argument("--n-per-group", type=int, default=30, help="people in each of the three groups")
-    p.add_argument("--train-templates", type=int, default=30, help="training paraphrases per fact and direction")
-    p.add_argument("--test-templates", type=int, default=10, help="held-out test templates per direction")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    p.set_defaults(func=_cmd_reversal)
-
-
-_FLAGS = {"n_per_group": "--n-per-group", "n_train_templates": "--train-templates",
-          "n_test_templates": "--test-templates"}  # fmt: skip
+    flags = add_flags(p, ReversalConfig, names={"n_train_templates": "--train-templates",
+                                                "n_test_templates": "--test-templates"})  # fmt: skip
+    p.set_defaults(func=_cmd_reversal, reversal_flags=flags)
 
 
 def _cmd_reversal(args: argparse.Namespace) -> int:
+    import re
+
+    from probekit.config import from_dict
     from probekit.errors import UserError
 
     try:
-        cfg = ReversalConfig(args.n_per_group, args.train_templates, args.test_templates, args.seed)
-    except ValueError as e:  # name the command-line flags, not the config fields behind them
+        cfg = from_dict(ReversalConfig, args.reversal_flags.given(args))
+    except UserError as e:  # name the command-line flags, not the config fields behind them
         msg = str(e)
-        for name, flag in _FLAGS.items():
-            msg = msg.replace(name, flag)
+        for name, flag in args.reversal_flags.options().items():
+            msg = re.sub(rf"\b{name}\b", flag, msg)
         raise UserError(msg) from None
     data = make_reversal_dataset(args.out, cfg, overwrite=args.overwrite)
     m = data.manifest

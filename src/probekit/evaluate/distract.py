@@ -89,21 +89,21 @@ def _ft(epochs: float) -> FinetuneConfig:
 class DistractEvalConfig:
     """Everything ``run_distract`` depends on (YAML/JSON via ``probekit.config``)."""
 
-    distract: DistractConfig = field(default_factory=DistractConfig)
+    distract: DistractConfig = field(default_factory=DistractConfig)  # how distractor contexts are drawn
     finetune: FinetuneConfig = field(default_factory=lambda: _ft(10.0))  # the distractable QA regime
     s2a: tuple[str, ...] = S2A_CHOICES  # regenerators to evaluate: rule, learned
     rewrite_finetune: FinetuneConfig = field(default_factory=lambda: _ft(10.0))  # the learned regenerator
     regenerator: str | None = None  # a finished regenerator checkpoint to use instead of finetuning one
     reuse_regenerations: str | None = None  # an earlier run's directory whose learned regenerations to re-parse
-    kinds: tuple[str, ...] = KINDS
-    attrs: tuple[str, ...] = ATTRIBUTES
+    kinds: tuple[str, ...] = KINDS  # distractor kinds tested: clean, irrelevant, hint_right, hint_wrong, refute_right
+    attrs: tuple[str, ...] = ATTRIBUTES  # attributes asked about ('all': the six)
     fallback: str = "original"  # malformed learned regeneration: original (answer the distracted prompt) | question
     n_boot: int = 1000  # bootstrap resamples of test people
-    ci_level: float = 0.95
+    ci_level: float = 0.95  # level of the bootstrap intervals
     batch_size: int = 64  # prompts per generation batch
     probes: bool = True  # frozen linear probes at the name and the answer position, with and without distractors
     patching: bool = True  # patch right-hint states into the wrong-hint run (layer x position slot)
-    seed: int = 0
+    seed: int = 0  # seed of the test prompts, the bootstrap and the probes
 
     def __post_init__(self) -> None:
         self.s2a = tuple(self.s2a)
