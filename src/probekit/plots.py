@@ -17,18 +17,17 @@ With several training seeds in a table (column ``seed``), heatmaps and lines sho
 add each seed as a point, and bars' error bars span the seeds' range. Hovering a heatmap cell shows its interval,
 baseline and number of seeds.
 
-HTML files load plotly.js from ``plotly.min.js`` written once beside them (viewable offline). PNG export uses
-kaleido (needs Chromium: ``apt-get install chromium``); if it fails, the HTML and CSV are still written and the
-error is returned in ``RenderReport.png_error``.
+Files are written by ``probekit.figures.write_figures`` (the one figure writer, which evaluation figures use too;
+``Figure``, ``RenderReport`` and ``write_figures`` are re-exported here): HTML files load plotly.js from
+``plotly.min.js`` written once beside them (viewable offline). PNG export uses kaleido (needs Chromium:
+``apt-get install chromium``); if it fails, the HTML and CSV are still written and the error is returned in
+``RenderReport.png_error``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,25 +37,14 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from probekit.data.pools import ATTRIBUTES
-from probekit.io import atomic_path
+from probekit.figures import Figure as Figure
+from probekit.figures import RenderReport as RenderReport
+from probekit.figures import write_figures as write_figures
 from probekit.results import normalise
 
 log = logging.getLogger(__name__)
 
 _SCALE = "Blues"
-
-
-@dataclass
-class Figure:
-    name: str  # file stem
-    fig: go.Figure
-    data: pd.DataFrame  # the rows shown
-
-
-@dataclass
-class RenderReport:
-    files: list[Path] = field(default_factory=list)
-    png_error: str | None = None  # why PNG export failed (HTML and CSV were still written)
 
 
 def slug(text: str) -> str:
@@ -352,52 +340,3 @@ def render_figures(df: pd.DataFrame, out_dir: str | Path, layer: int | None = No
     (``write_figures``); ``control`` as in ``build_figures``."""
     check_layer(df, layer)
     return write_figures(build_figures(df, layer, control), out_dir, png, provenance)
-
-
-def write_figures(figures: list[Figure], out_dir: str | Path, png: bool = True,
-                  provenance: dict | None = None) -> RenderReport:  # fmt: skip
-    """Write ``figures`` (any ``Figure`` list, e.g. ``probekit.patching.patch_figures``) as HTML + CSV (+ PNG unless
-    ``png=False``) into ``out_dir``.
-
-    HTML and CSV are written first; PNG export (``probekit.png_export``) runs afterwards in one bounded child
-    process, so a browser that never answers costs a time limit, never the figures. ``provenance`` (a
-    ``probekit.provenance.record``; default: a record of this process) goes to ``out_dir/provenance.json`` with
-    the list of figure files, into each HTML file as a trailing comment and into each PNG as a text chunk.
-    """
-    from probekit import provenance as prov
-    from probekit.io import atomic_write_json
-    from probekit.png_export import write_pngs
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = RenderReport()
-    rec = provenance if provenance is not None else prov.record()
-    stamp = prov.compact(rec)
-    comment = "\n<!-- probekit provenance: " + json.dumps(stamp, sort_keys=True).replace("--", "- -") + " -->\n"
-    for f in figures:
-        html, csv = out / f"{f.name}.html", out / f"{f.name}.csv"
-        with atomic_path(html) as tmp:
-            f.fig.write_html(tmp, include_plotlyjs="directory")
-            with open(tmp, "a", encoding="utf-8") as fh:
-                fh.write(comment)
-        with atomic_path(csv) as tmp:
-            f.data.to_csv(tmp, index=False)
-        report.files += [html, csv]
-    if png and figures:
-        pngs = [out / f"{f.name}.png" for f in figures]
-        items = [(f.fig, p, f.fig.layout.width or 760, f.fig.layout.height or 500, 1.0) for f, p in zip(figures, pngs)]
-        error = write_pngs(items, provenance=stamp)
-        if error is None:
-            report.files += pngs
-        else:  # kaleido/Chromium problems of every kind, a hang included: keep the HTML, say why
-            report.png_error = (
-                f"{error}; the HTML and CSV files were written. PNG export needs Chromium for kaleido: run "
-                "`apt-get install -y chromium` (or `plotly_get_chrome`)"
-            )
-            log.warning(report.png_error)
-    atomic_write_json(out / prov.PROVENANCE_FILE, {**rec, "figures": sorted(p.name for p in report.files)})
-    # plotly writes plotly.min.js beside a temp file's name: it is the shared offline copy, keep it once
-    stray = list(out.glob(".*plotly.min.js"))
-    for p in stray:
-        os.unlink(p)
-    return report

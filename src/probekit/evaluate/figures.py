@@ -6,7 +6,8 @@ Every evaluation produces rows of the long results table::
 
 ``task`` is an attribute (QA), ``overall``, an attribute subset (inverse search) or a reversal task (N2D, ...);
 ``metric`` e.g. ``exact_match``, ``first_token``, ``logprob_correct``, ``p_value``; ``n`` the number of items behind
-the value. Every file is written atomically (``probekit.io.atomic_path``).
+the value. Every file is written atomically (``probekit.io.atomic_path``); figures by the same writer as the
+probe figures (``probekit.figures.write_figures``: HTML, CSV of the plotted rows, PNG).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from probekit.errors import UserError, UserFileNotFoundError
+from probekit.figures import Figure, write_figures
 from probekit.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -98,27 +100,18 @@ def accuracy_figure(
     return fig, data.drop(columns="series")
 
 
-def write_figure(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str, png: bool = True) -> list[Path]:
-    """Write ``stem.html``, ``stem.png`` (kaleido; skipped with a warning if it fails) and ``stem.csv`` (the plotted
-    data) into ``out_dir`` atomically; returns the paths written."""
-    out = Path(out_dir)
-    written = []
-    with atomic_path(out / f"{stem}.html") as tmp:
-        fig.write_html(str(tmp), include_plotlyjs="cdn")
-    written.append(out / f"{stem}.html")
-    with atomic_path(out / f"{stem}.csv") as tmp:
-        data.to_csv(tmp, index=False)
-    written.append(out / f"{stem}.csv")
-    if png:  # in a child process with a time limit (probekit.png_export): a silent browser cannot hang us
-        from probekit.png_export import write_pngs
-        from probekit.provenance import compact, record
+EVAL_PNG_SIZE = (900, 500)  # evaluation bar charts: PNG layout size (drawn at 2x)
 
-        error = write_pngs([(fig, out / f"{stem}.png", 900, 500, 2.0)], provenance=compact(record()))
-        if error is None:
-            written.append(out / f"{stem}.png")
-        else:  # kaleido needs a Chromium; HTML and CSV are still there
-            log.warning("PNG export of %s failed (%s); kaleido needs Chromium (apt-get install chromium)", stem, error)
-    return written
+
+def eval_figure(fig: Any, data: pd.DataFrame, stem: str) -> Figure:
+    """An evaluation figure for ``probekit.figures.write_figures`` (PNG 900 x 500 at 2x)."""
+    return Figure(stem, fig, data, png_size=EVAL_PNG_SIZE, png_scale=2.0)
+
+
+def write_figure(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str, png: bool = True) -> list[Path]:
+    """Write ``stem.html``, ``stem.png`` (skipped with a warning if it fails) and ``stem.csv`` (the plotted data)
+    into ``out_dir`` with the one figure writer (``probekit.figures``); returns the paths written."""
+    return write_figures([eval_figure(fig, data, stem)], out_dir, png=png, plotlyjs="cdn", index=False).files
 
 
 def write_results(
@@ -126,23 +119,12 @@ def write_results(
 ) -> list[Path]:
     """Table (Parquet + CSV) plus one accuracy figure per metric present (``{stem}_{metric}.html/png/csv``).
 
-    Figures are built before anything is written, so a table that cannot be drawn writes nothing."""
-    figures = [(m, *accuracy_figure(df, m, title=f"{stem}: {m}")) for m in metrics if (df["metric"] == m).any()]
+    Figures are built before anything is written, so a table that cannot be drawn writes nothing; all of them
+    are written together by ``probekit.figures.write_figures`` (one bounded PNG export for every figure)."""
+    figures = [eval_figure(*accuracy_figure(df, m, title=f"{stem}: {m}"), f"{stem}_{m}") for m in metrics
+               if (df["metric"] == m).any()]  # fmt: skip
     paths = write_table(df, out_dir, stem)
-    for metric, fig, data in figures:
-        paths += write_figure(fig, data, out_dir, f"{stem}_{metric}", png=False)
-    if png and figures:  # all PNGs in one bounded export: one browser for every figure
-        from probekit.png_export import write_pngs
-        from probekit.provenance import compact, record
-
-        pngs = [Path(out_dir) / f"{stem}_{metric}.png" for metric, _, _ in figures]
-        error = write_pngs([(fig, p, 900, 500, 2.0) for (_, fig, _), p in zip(figures, pngs)],
-                           provenance=compact(record()))  # fmt: skip
-        if error is None:
-            paths += pngs
-        else:  # kaleido needs a Chromium; HTML and CSV are still there
-            log.warning("PNG export of %s failed (%s); kaleido needs Chromium (apt-get install chromium)", stem, error)
-    return paths
+    return paths + write_figures(figures, out_dir, png=png, plotlyjs="cdn", index=False).files
 
 
 def read_eval_results(paths: Iterable[str | Path]) -> pd.DataFrame:
