@@ -52,8 +52,9 @@ def _experiment_views(cfg: ExperimentConfig) -> dict[str, Any]:
         if ev is not None:
             out["finetune"][what] = to_dict(from_dict(FinetuneConfig, dict(ev.finetune)))
     if cfg.reversal is not None:
-        out["reversal"] = {o: to_dict(from_dict(TrainConfig, {**cfg.reversal.train, "objective": o, "data": "D",
-                                                              "out": "O"})) for o in cfg.reversal.objectives}  # fmt: skip
+        rv = cfg.reversal.train
+        out["reversal"] = {o: to_dict(from_dict(TrainConfig, {**rv, "objective": o, "data": "D", "out": "O"}))
+                           for o in cfg.reversal.objectives}  # fmt: skip
     return json.loads(json.dumps(out))
 
 
@@ -68,10 +69,8 @@ LOADERS = {
 @pytest.mark.parametrize("name", sorted(RECORDS))
 def test_configs_serialise_as_before_sections_were_typed(name: str) -> None:
     for kind, expected in RECORDS[name].items():
-        if name == "DEMO":
-            got = _experiment_views(demo_config())
-        else:
-            got = json.loads(json.dumps(LOADERS[kind](ROOT / name)))
+        loaded = _experiment_views(demo_config()) if name == "DEMO" else LOADERS[kind](ROOT / name)
+        got = json.loads(json.dumps(loaded))
         assert _json(got) == _json(expected), f"{name} as {kind} serialises differently"
 
 
@@ -100,8 +99,8 @@ def test_a_section_is_typed_keeps_what_was_written_and_builds_the_full_config() 
     with pytest.raises(ValueError, match=r"TrainConfig.model.n_layers must be an integer, got 'two'"):
         from_dict(TrainConfig, {"model": {"n_layers": "two"}})
     with pytest.raises(ValueError, match=r"ModelSpec.train.model.n_heads must be an integer"):
-        from_dict(ExperimentConfig, {"name": "x", "datasets": [{"name": "s"}],
-                                     "models": [{"name": "m", "data": "s", "train": {"model": {"n_heads": []}}}]})  # fmt: skip
+        bad = {"name": "m", "data": "s", "train": {"model": {"n_heads": []}}}
+        from_dict(ExperimentConfig, {"name": "x", "datasets": [{"name": "s"}], "models": [bad]})
     spec = from_dict(ExperimentConfig, {"name": "x", "datasets": [{"name": "s"}], "models": [],
                                         "probe": {"threads": None}})  # fmt: skip
     assert dict(spec.probe) == {"threads": None}  # an explicit null is kept, not dropped as "unset"
