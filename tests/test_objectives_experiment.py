@@ -3,36 +3,22 @@ and BICO models and every table and comparison figure is written (pipeline, not 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from probekit.config import from_dict, to_dict
-from probekit.experiments import ExperimentConfig, load_experiment, run_experiment
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 160}
+from probekit.config import from_dict
+from probekit.experiments import ExperimentConfig, run_experiment
+from tests.quick import QUICK_FINETUNE, quick_record
 
 
 def quick_objectives_config() -> ExperimentConfig:
     """The shipped config with its scale cut down (people, model, steps, resamples); everything else as shipped."""
-    rec = to_dict(load_experiment(ROOT / "experiments" / "objectives"))
-    for d in rec["datasets"]:
-        d["n_people"] = 40
-        d["pool_limits"] = dict.fromkeys(d["pool_limits"], 4)
-    for m in rec["models"]:
-        t = copy.deepcopy(m["train"])
-        t.pop("tokens", None)
-        t.update(model=TINY_MODEL, seq_len=64, batch_size=8, max_steps=6, warmup_steps=2, save_every=3, log_every=3)
-        m["train"] = t
-    rec["probe"].update(l2_grid=[0.01], max_iter=10, bootstrap=30)
+    rec = quick_record("objectives")
     rec["embed_probe"].update(l2_grid=[0.01], max_iter=10, bootstrap=30)
     rec["embed_probe"]["embed_probe"].update(epochs=1, patience=1)
-    ft = {"method": "full", "max_steps": 2, "batch_size": 8, "warmup_steps": 1}
-    rec["qa"]["finetune"] = ft
-    rec["inverse"]["finetune"] = ft
+    rec["inverse"]["finetune"] = dict(QUICK_FINETUNE)
     return from_dict(ExperimentConfig, rec)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from probekit.config import Section, from_dict, init_sections, section, to_dict
+from probekit.data.bios import PersonGroup
 from probekit.data.reversal import ReversalConfig
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
 from probekit.finetune import FinetuneConfig
@@ -43,6 +44,9 @@ class DatasetSpec:
     augmentation: str = "single"
     seed: int = 0
     pool_limits: dict[str, int] = field(default_factory=dict)
+    # shares of the people rendered under their own augmentation (replacing ``augmentation``), e.g. celebrities
+    # (multi5+permute) and minorities (single) in one corpus; each group is split 50/50 like the whole
+    groups: list[PersonGroup] = field(default_factory=list)
 
 
 @dataclass
@@ -59,9 +63,19 @@ class ModelSpec:
 class QASpec:
     models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
     finetune: Section[FinetuneConfig] = section(FinetuneConfig)  # FinetuneConfig fields
+    # per model: FinetuneConfig fields that replace ``finetune``'s, e.g. {mixed: {method: none}} for a model
+    # trained with QA mixed into its biographies
+    model_finetune: dict[str, Section[FinetuneConfig]] = field(default_factory=dict)
+    # finetune on the P_train people of these dataset groups only (empty: all of P_train); P_test is answered
+    # in full and the results are also broken down by group
+    finetune_groups: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         init_sections(self)
+
+    def finetune_for(self, model: str) -> dict[str, Any]:
+        """The finetune settings of ``model``: ``finetune`` updated by its ``model_finetune`` entry."""
+        return {**self.finetune, **self.model_finetune.get(model, {})}
 
 
 @dataclass
@@ -87,6 +101,16 @@ class ReversalSpec:
 
     def __post_init__(self) -> None:
         init_sections(self)
+
+
+@dataclass
+class PatchSpec:
+    """Activation patching (METHODS 7) as a stage: name-swap maps of every model the stage names, on QA prompts
+    of P_test people with the model the QA stage finetuned (or, with ``prompts: bio``, on biography prefixes with
+    the pretrained model). ``config``: ``probekit.patching.PatchConfig`` fields."""
+
+    models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,7 @@ class ExperimentConfig:
     qa: QASpec | None = None
     inverse: InverseSpec | None = None  # inverse search on P_test after finetuning on P_train's inverse prompts
     reversal: ReversalSpec | None = None  # the reversal curse per objective, on its own fictitious-people data
+    patch: PatchSpec | None = None  # activation patching maps per model (after QA finetuning, on QA prompts)
     recall: bool = False  # memorisation check: each model reproduces the values of its training biographies
     figures_layer: int | None = None  # layer of the position x attribute grids (None = last)
     notes: str = ""
@@ -142,6 +167,8 @@ class ExperimentConfig:
             self.inverse = from_dict(InverseSpec, self.inverse)
         if isinstance(self.reversal, dict):
             self.reversal = from_dict(ReversalSpec, self.reversal)
+        if isinstance(self.patch, dict):
+            self.patch = from_dict(PatchSpec, self.patch)
         self.validate()
 
     def runs(self) -> list[Run]:
@@ -178,6 +205,11 @@ class ExperimentConfig:
             raise UserError("seed_data: true needs a list of seeds (seeds: [0, 1, 2]); add one or drop seed_data")
         for d in self.datasets:
             aug = parse_augmentation(d.augmentation)
+            if d.groups:
+                from probekit.data.bios import check_groups
+
+                check_groups(d.groups)
+                aug = max((parse_augmentation(g.augmentation) for g in d.groups), key=lambda a: a.multi)
             if d.n_people < 1:
                 raise UserError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
             from probekit.data.integrity import check_memory
@@ -214,6 +246,21 @@ class ExperimentConfig:
                 raise UserError(f"{what}.models names unknown model(s) {unknown}; models: "
                                 f"{[m.name for m in self.models]}")  # fmt: skip
             from_dict(FinetuneConfig, ev.finetune)
+        if self.qa is not None:
+            unknown = sorted(set(self.qa.model_finetune) - {m.name for m in self.models})
+            if unknown:
+                raise UserError(f"qa.model_finetune names unknown model(s) {unknown}; models: "
+                                f"{[m.name for m in self.models]}")  # fmt: skip
+            for name in self.qa.model_finetune:
+                from_dict(FinetuneConfig, self.qa.finetune_for(name))
+            for m in self.models:
+                if self.qa.models and m.name not in self.qa.models:
+                    continue
+                have = {g.name for g in self.dataset(m.data).groups}
+                missing = [g for g in self.qa.finetune_groups if g not in have]
+                if missing:
+                    raise UserError(f"qa.finetune_groups {missing}: model {m.name!r}'s dataset {m.data!r} has "
+                                    f"groups {sorted(have) or 'none'}; give every dataset those groups")  # fmt: skip
         if self.reversal is not None:
             from probekit.data.reversal import ReversalConfig
             from probekit.evaluate.qa import OBJECTIVES
@@ -232,6 +279,21 @@ class ExperimentConfig:
             if unknown or len(set(self.inverse.attributes)) != len(self.inverse.attributes):
                 raise UserError(f"inverse.attributes {self.inverse.attributes}: choose distinct attributes from "
                                 f"{list(ATTRIBUTES)} (empty: all six)")  # fmt: skip
+        if self.patch is not None:
+            from probekit.patching import PatchConfig
+
+            pc = from_dict(PatchConfig, self.patch.config)
+            unknown = sorted(set(self.patch.models) - {m.name for m in self.models})
+            if unknown:
+                raise UserError(f"patch.models names unknown model(s) {unknown}; models: "
+                                f"{[m.name for m in self.models]}")  # fmt: skip
+            if pc.prompts == "qa":
+                chosen = self.patch.models or [m.name for m in self.models]
+                no_qa = [m for m in chosen if self.qa is None or (self.qa.models and m not in self.qa.models)]
+                if no_qa:
+                    raise UserError(f"patch on QA prompts uses the models the qa stage finetuned, but {no_qa} "
+                                    "have no qa stage; add them to qa (or patch biography prefixes: "
+                                    "patch.config.prompts: bio)")  # fmt: skip
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -284,12 +346,20 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as written to ``experiment.json`` and compared on resume. Settings added after a run was
     started are left out while they keep their defaults, so such runs still resume."""
     rec = to_dict(cfg)
+    for d in rec["datasets"]:  # settings added to sections later, left out at their defaults
+        if not d.get("groups"):
+            d.pop("groups", None)
+    if rec.get("qa"):
+        for key in ("model_finetune", "finetune_groups"):
+            if not rec["qa"].get(key):
+                rec["qa"].pop(key, None)
     for key, default in (
         ("seeds", None),
         ("seed_data", False),
         ("embed_probe", None),
         ("reversal", None),
         ("recall", False),
+        ("patch", None),
     ):
         if rec.get(key) == default:
             rec.pop(key, None)
@@ -335,9 +405,11 @@ def _stage_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
         seed = run.seed if key != d.name else d.seed
         p = out / "data" / key
         if not (p / "manifest.json").exists():
-            log.info(f"[data] {key}: {d.n_people} people, {d.augmentation}, seed {seed}")
+            aug = ", ".join(f"{g.name} {g.augmentation}" for g in d.groups) if d.groups else d.augmentation
+            log.info(f"[data] {key}: {d.n_people} people, {aug}, seed {seed}")
             build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=seed,
-                          pool_limits=d.pool_limits or None, overwrite=True, name=d.name)  # fmt: skip
+                          pool_limits=d.pool_limits or None, overwrite=True, name=d.name,
+                          groups=d.groups or None)  # fmt: skip
         paths[key] = p
     return paths
 
@@ -535,9 +607,11 @@ def q_people_table(cfg: ExperimentConfig, out: Path, keys: list[str] | None = No
 
 
 def _eval_one(kind: str, model_dir: Path, data_dir: Path, dest: Path, finetune: dict[str, Any], name: str,
-              attrs: tuple[str, ...] | None, png: bool, command: list[str] | None = None) -> None:  # fmt: skip
-    """Finetune one model on P_train items and answer P_test (and P_train) items: QA extraction (``kind`` "qa")
-    or inverse search ("inverse"). A top-level function so a worker process can run it."""
+              attrs: tuple[str, ...] | None, png: bool, train_groups: tuple[str, ...] = (),
+              command: list[str] | None = None) -> None:  # fmt: skip
+    """Finetune one model on P_train items (of ``train_groups`` only, when given) and answer P_test (and
+    P_train) items: QA extraction (``kind`` "qa") or inverse search ("inverse"). A top-level function so a
+    worker process can run it."""
     from probekit.evaluate.inverse import run_inverse
     from probekit.evaluate.qa import FinetuneConfig, run_qa
     from probekit.provenance import set_command_line
@@ -546,7 +620,7 @@ def _eval_one(kind: str, model_dir: Path, data_dir: Path, dest: Path, finetune: 
         set_command_line(command)
     fcfg = from_dict(FinetuneConfig, finetune)
     kw: dict[str, Any] = {"model_name": name, "eval_train": True, "progress": command is None, "overwrite": True,
-                          "png": png}  # fmt: skip
+                          "png": png, "train_groups": train_groups}  # fmt: skip
     if kind == "qa":
         run_qa(model_dir, data_dir, dest, fcfg, **kw)
     elif attrs:
@@ -571,9 +645,11 @@ def _stage_eval(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: d
         dest = out / kind / r.key
         if not _done(dest):
             what = "QAs" if kind == "qa" else "inverse prompts (attributes -> name)"
-            log.info(f"[{kind}] {r.key}: finetune ({ev.finetune.get('method', 'full')}) on P_train {what}, "
-                     "answer P_test")  # fmt: skip
-            args = (kind, runs[r.key], data[cfg.data_key(r)], dest, ev.finetune, r.model.name, attrs, png)
+            finetune = ev.finetune_for(r.model.name) if isinstance(ev, QASpec) else ev.finetune
+            groups = tuple(ev.finetune_groups) if isinstance(ev, QASpec) else ()
+            log.info(f"[{kind}] {r.key}: finetune ({finetune.get('method', 'full')}) on P_train {what}"
+                     f"{' of ' + ', '.join(groups) if groups else ''}, answer P_test")  # fmt: skip
+            args = (kind, runs[r.key], data[cfg.data_key(r)], dest, finetune, r.model.name, attrs, png, groups)
             todo.append((f"{kind} {r.key}", _eval_one, args))
     _in_pool(todo, jobs, progress)
     tables = []
@@ -582,6 +658,36 @@ def _stage_eval(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: d
         table["seed"] = r.train_seed
         tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def group_table(cfg: ExperimentConfig, out: Path, kind: str = "qa") -> pd.DataFrame | None:
+    """The per-group rates (``results_by_group.csv``) of every run evaluated on a dataset with groups."""
+    parts = [pd.read_csv(f).assign(seed=r.train_seed) for r in cfg.runs()
+             if (f := out / kind / r.key / "results_by_group.csv").exists()]  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def group_figure(table: pd.DataFrame) -> Any:
+    """QA exact match on P_test per group of people (x) and model (bars), with 95% person-bootstrap intervals."""
+    from probekit.evaluate.figures import accuracy_figure
+    from probekit.figures import Figure
+
+    view = table[(table["task"] == "overall") & (table["split"] == "test")].assign(task=lambda d: d["group"])
+    fig, data = accuracy_figure(view.drop(columns=["split"]), "exact_match",
+                                title="QA extraction on P_test by group of people (exact match)")  # fmt: skip
+    return Figure("qa_by_group", fig, data)
+
+
+def group_summary(table: pd.DataFrame, title: str = "QA extraction") -> list[str]:
+    """Overall exact match per model, group and split (the people each group has in that split)."""
+    view = table[(table["metric"] == "exact_match") & (table["task"] == "overall")]
+    rows = []
+    for (model, group, split), g in view.groupby(["model", "group", "split"], sort=False):
+        cell = _cell(g["value"].tolist(), g["ci_low"].tolist(), g["ci_high"].tolist())
+        rows.append({"model": model, "group": group, "split": split, "questions": int(g["n"].iloc[0]),
+                     "exact match": cell})  # fmt: skip
+    return [f"{title} by group (overall exact match % [95% person-bootstrap interval]; split train = the people "
+            "finetuned on):", pd.DataFrame(rows).to_string(index=False), ""]  # fmt: skip
 
 
 def _recall_one(model_dir: Path, data_dir: Path, dest: Path, name: str, command: list[str] | None = None) -> None:
@@ -616,6 +722,53 @@ def _stage_recall(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs:
     _in_pool(todo, jobs, progress)
     return pd.concat([pd.read_csv(out / "recall" / r.key / "results.csv").assign(seed=r.train_seed)
                       for r in cfg.runs()], ignore_index=True)  # fmt: skip
+
+
+def _patch_one(model_dir: Path, data_dir: Path, dest: Path, config: dict[str, Any], name: str, png: bool,
+               command: list[str] | None = None) -> None:  # fmt: skip
+    """Patching maps of one model into ``dest`` (``probekit.patching.save_patching``); a worker can run it."""
+    from probekit.data.store import load_dataset
+    from probekit.patching import PatchConfig, run_patching, save_patching
+    from probekit.probes.runner import check_compatible, load_probe_model
+    from probekit.provenance import set_command_line
+
+    if command is not None:
+        set_command_line(command)
+    t0 = time.perf_counter()
+    cfg = from_dict(PatchConfig, config)
+    ds = load_dataset(data_dir)
+    pm = load_probe_model(model_dir, name=name)
+    check_compatible(pm, ds)
+    res = run_patching(pm, ds, cfg, progress=command is None)
+    save_patching(res, cfg, dest, png, model=str(model_dir), model_name=name, data=str(data_dir),
+                  seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+    _mark_done(dest)
+
+
+def _stage_patch(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path], progress: bool,
+                 png: bool, jobs: int) -> pd.DataFrame | None:  # fmt: skip
+    """Patching maps of every run the stage names: on QA prompts with the model the QA stage left (finetuned,
+    or the pretrained one where it answered without finetuning), on biography prefixes with the pretrained one."""
+    pt = cfg.patch
+    if pt is None:
+        return None
+    from probekit.patching import PatchConfig
+
+    prompts = from_dict(PatchConfig, pt.config).prompts
+    chosen = [r for r in cfg.runs() if not pt.models or r.model.name in pt.models]
+    todo = []
+    for r in chosen:
+        dest = out / "patch" / r.key
+        if _done(dest):
+            continue
+        model = runs[r.key]
+        if prompts == "qa" and (out / "qa" / r.key / "finetune").is_dir():
+            model = out / "qa" / r.key / "finetune"
+        log.info(f"[patch] {r.key}: name-swap maps on {prompts} prompts ({model.relative_to(out)})")
+        todo.append((f"patch {r.key}", _patch_one, (model, data[cfg.data_key(r)], dest, pt.config, r.model.name, png)))
+    _in_pool(todo, jobs, progress)
+    return pd.concat([pd.read_parquet(out / "patch" / r.key / "results.parquet").assign(seed=r.train_seed)
+                      for r in chosen], ignore_index=True)  # fmt: skip
 
 
 def _reversal_one(data_dir: Path, train: dict[str, Any], objective: str, dest: Path, png: bool,
@@ -821,8 +974,25 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
             with atomic_path(out / "comparison" / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
         figures += compare.comparison_figures(both, points, corr, qa, inverse, layer)
+        from probekit.scaling import model_axes, scale_figure, scale_table, varying_axes
+
+        axes = model_axes(cfg)
+        axes = axes[axes["model"].isin(set(points.table["model"]))] if not points.table.empty else axes.iloc[:0]
+        if varying_axes(axes):  # models of several depths, widths or people counts: storage and QA against scale
+            scale = scale_table(points, axes, seed=int(cfg.probe.get("seed", 0)))
+            with atomic_path(out / "comparison" / "scale.csv") as tmp:
+                scale.to_csv(tmp, index=False)
+            fig = scale_figure(scale)
+            figures += [fig] if fig is not None else []
     if (out / "reversal.csv").exists():
         fig = reversal_figure(pd.read_csv(out / "reversal.csv"))
+        figures += [fig] if fig is not None else []
+    if (out / "qa_by_group.csv").exists():
+        figures.append(group_figure(pd.read_csv(out / "qa_by_group.csv")))
+    if (out / "patch.csv").exists():
+        from probekit.patching import route_figure, route_table
+
+        fig = route_figure(route_table(pd.read_csv(out / "patch.csv")))
         figures += [fig] if fig is not None else []
     report = write_figures(figures, figures_dir or out / "figures", png, provenance)
     return report, corr, figures
@@ -878,15 +1048,19 @@ def run_experiment(
     recall = _stage_recall(cfg, out, data, runs, progress, jobs)
     probe, embed = _stage_probe(cfg, out, data, runs, progress, jobs)
     qa = _stage_eval(cfg, out, data, runs, progress, "qa", png, jobs)
+    qa_groups = group_table(cfg, out, "qa") if qa is not None else None
     inverse = _stage_eval(cfg, out, data, runs, progress, "inverse", png, jobs)
     reversal = _stage_reversal(cfg, out, progress, png, jobs)
+    patch = _stage_patch(cfg, out, data, runs, progress, png, jobs)
     inputs = {**{f"data/{k}": v for k, v in data.items()},
               **{f"probes/{r.key}": out / "probes" / r.key / "results.parquet" for r in cfg.runs()}}  # fmt: skip
     rec = prov.record(inputs=inputs, seeds=seeds)
     write_results(probe, out, provenance=rec)
     if embed is not None:
         write_results(embed, out / "embed_update", provenance=rec)
-    for name, table in (("qa", qa), ("inverse", inverse), ("reversal", reversal), ("recall", recall)):
+    tables = {"qa": qa, "qa_by_group": qa_groups, "inverse": inverse, "reversal": reversal, "recall": recall,
+              "patch": patch}  # fmt: skip
+    for name, table in tables.items():
         if table is not None:
             with atomic_path(out / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
@@ -895,10 +1069,20 @@ def run_experiment(
     if report.png_error:
         log.warning(report.png_error)
     summary = summarize(probe, qa, inverse, embed, reversal, recall)
+    if qa_groups is not None:
+        summary += "\n" + "\n".join(group_summary(qa_groups))
+    if patch is not None:
+        from probekit.patching import route_summary, route_table
+
+        summary += "\n" + "\n".join(route_summary(route_table(patch)))
     if corr is not None:
         from probekit.compare import correlation_summary
 
         summary += "\n" + "\n".join(correlation_summary(corr))
+    if (out / "comparison" / "scale.csv").exists() and corr is not None:
+        from probekit.scaling import scale_summary
+
+        summary += "\n" + "\n".join(scale_summary(pd.read_csv(out / "comparison" / "scale.csv")))
     seconds = time.perf_counter() - t0
     atomic_write_text(out / "summary.txt", summary + "\n")
     from probekit.report import write_report
@@ -916,7 +1100,8 @@ def run_experiment(
     return ExperimentResult(out, probe, qa, files, summary, seconds, inverse, reversal)
 
 
-_STAGE_DIRS = ("data", "models", "recall", "probes", "qa", "inverse", "reversal", "figures")
+_STAGE_DIRS = ("data", "models", "recall", "probes", "qa", "inverse", "reversal", "patch", "figures")
+_ADDABLE_STAGES = ("qa", "inverse", "reversal", "patch", "embed_probe", "recall")  # sections whose stage adds outputs
 
 
 def _check_out(cfg: ExperimentConfig, out: Path) -> None:
@@ -942,11 +1127,17 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
     if not started:
         return  # nothing was produced with the old config: the corrected one replaces it
     changed = sorted(k for k in set(new) | set(old or {}) if json.loads(json.dumps(new.get(k))) != (old or {}).get(k))
-    if changed == ["models"] and old is not None:  # models added to a finished experiment: every stage is per model
+    if old is not None:
+        # models or whole stages added to a started experiment: every stage writes outputs of its own, per model
+        stages = [k for k in changed if k in _ADDABLE_STAGES and old.get(k) is None]
+        rest = [k for k in changed if k not in stages]
         kept = json.loads(json.dumps(new["models"]))
-        if all(m in kept for m in old["models"]):
+        if rest in ([], ["models"]) and all(m in kept for m in old["models"]):
             added = [m["name"] for m in kept if m not in old["models"]]
-            log.info(f"{out}: adding model(s) {', '.join(added)}; the finished ones are kept")
+            if added:
+                log.info(f"{out}: adding model(s) {', '.join(added)}; the finished ones are kept")
+            if stages:
+                log.info(f"{out}: adding stage(s) {', '.join(stages)}; the finished ones are kept")
             return
     raise UserError(f"{out} holds the outputs ({', '.join(started)}) of a different experiment config (changed: "
                     f"{', '.join(changed) or 'unreadable experiment.json'}); choose another --out, or delete {out} "

@@ -778,3 +778,101 @@ def patch_figures(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> lis
         fig.update_xaxes(title_text="layer")
         figs.append(Figure(f"{prompts}_{mode}_{hook}_{slug(attr)}", fig, g.reset_index(drop=True)))
     return figs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving a run, and the route summary across models
+
+
+def save_patching(res: PatchResult, cfg: PatchConfig, dest: Any, png: bool = True, **info: Any) -> Any:
+    """Write a patching run into directory ``dest``: ``results.parquet``/``.csv`` (tidy rows), ``pairs.jsonl``,
+    the heatmaps in ``figures/`` and ``run.json`` (settings, pair counts, noise std, ``info``). Returns the
+    figure writer's report."""
+    from pathlib import Path
+
+    from probekit.config import to_dict
+    from probekit.evaluate.figures import write_table
+    from probekit.figures import write_figures
+    from probekit.io import atomic_write_json, atomic_write_jsonl
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_table(res.table, dest, "results")
+    atomic_write_jsonl(dest / "pairs.jsonl", res.pairs)
+    report = write_figures(patch_figures(res.table), dest / "figures", png=png)
+    atomic_write_json(dest / "run.json", {"config": to_dict(cfg), "counts": res.counts, "noise_std": res.noise_std,
+                                          **info, "png_error": report.png_error})  # fmt: skip
+    return report
+
+
+# where a name swap moves the answer: the whole name (all its tokens at once) or the answer position (``:``)
+ROUTE_SLOTS: dict[str, str] = {"name_all": "whole name", "last": "answer position"}
+
+
+def route_table(df: pd.DataFrame, metric: str = "greedy_first") -> pd.DataFrame:
+    """Per model, attribute and layer: how often swapping the residual stream of the whole name, or of the answer
+    position, at that layer makes the greedy answer the source person's (QA prompts, name-swap mode), with the
+    person-bootstrap interval. Stored at the name: the whole name carries the answer into late layers;
+    retrieved where needed: the answer position takes over after the first layers."""
+    sel = df[(df["prompts"] == "qa") & (df["mode"] == "patch") & (df["hook"] == "resid") & (df["metric"] == metric)
+             & df["position_label"].isin(list(ROUTE_SLOTS))]  # fmt: skip
+    cols = ["model", "attribute", "layer", "position_label", "value", "ci_low", "ci_high", "n_pairs"]
+    out = sel[cols].copy()
+    out["state"] = out["position_label"].map(ROUTE_SLOTS)
+    return out.drop(columns="position_label").reset_index(drop=True)
+
+
+def route_summary(route: pd.DataFrame) -> list[str]:
+    """The route table as text: per model and attribute, the flip % at each layer as ``name / answer``."""
+    if route.empty:
+        return []
+    rows = []
+    for (model, attr), g in route.groupby(["model", "attribute"], sort=False):
+        rec: dict[str, Any] = {"model": model, "attribute": attr, "pairs": int(g["n_pairs"].max())}
+        for layer, h in g.groupby("layer"):
+            v = {s: h.loc[h["state"] == s, "value"] for s in ROUTE_SLOTS.values()}
+            name, ans = (f"{100 * x.iloc[0]:.0f}" if len(x) else "-" for x in v.values())
+            rec[f"L{int(layer)}"] = f"{name} / {ans}"
+        rows.append(rec)
+    return ["Activation patching on QA prompts (name swap, residual stream): greedy answer becomes the source "
+            "person's, % when swapping the whole name / the answer position at layer L:",
+            pd.DataFrame(rows).to_string(index=False), ""]  # fmt: skip
+
+
+def route_figure(route: pd.DataFrame) -> Any:
+    """Flip rate against layer, one panel per attribute: a line per model and state (whole name solid, answer
+    position dashed), with 95% person-bootstrap bands. Returns a ``probekit.figures.Figure`` (None if empty)."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    from probekit.figures import Figure
+
+    if route.empty:
+        return None
+    attrs = list(dict.fromkeys(route["attribute"]))
+    cols = min(3, len(attrs))
+    rows = -(-len(attrs) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=attrs, shared_yaxes=True, vertical_spacing=0.12)
+    models = list(dict.fromkeys(route["model"]))
+    for i, attr in enumerate(attrs):
+        r, c = divmod(i, cols)
+        for j, model in enumerate(models):
+            color = qualitative.Plotly[j % len(qualitative.Plotly)]
+            for state, dash in zip(ROUTE_SLOTS.values(), ("solid", "dash")):
+                g = route[(route["attribute"] == attr) & (route["model"] == model) & (route["state"] == state)]
+                g = g.sort_values("layer")
+                if g.empty:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=g["layer"], y=100 * g["value"], mode="lines+markers", line={"color": color, "dash": dash},
+                    name=f"{model}: {state}", legendgroup=f"{model}{state}", showlegend=i == 0,
+                    error_y={"type": "data", "symmetric": False, "array": 100 * (g["ci_high"] - g["value"]),
+                             "arrayminus": 100 * (g["value"] - g["ci_low"]), "thickness": 1},
+                    hovertemplate=f"{model}<br>{state}, layer %{{x}}: %{{y:.0f}}%<extra>{attr}</extra>",
+                ), row=r + 1, col=c + 1)  # fmt: skip
+    fig.update_yaxes(range=[-3, 103], title_text="answer flips to the source's, %", col=1)
+    fig.update_xaxes(title_text="layer (residual stream entering block l)", row=rows)
+    fig.update_layout(title="Where the answer is carried: name swap at the whole name (solid) or the answer "
+                            "position (dashed), QA prompts", width=1150, height=360 * rows + 160)  # fmt: skip
+    return Figure("patch_route", fig, route)

@@ -1,0 +1,132 @@
+"""Storage at the name and extraction against scale (METHODS 6; the storage_scale experiment).
+
+Each trained model of an experiment sits at a point of three axes: depth (``n_layers``), width (``d_model``) and
+people (``n_people`` of its dataset), for one augmentation. ``scale_table`` gives per model the Q-probe accuracy
+at the name (mean over attributes of each attribute's probe at its validation-chosen layer; one storage measure
+of ``probekit.compare.MEASURES``) and QA exact match (mean over the same attributes), each with a person-bootstrap
+interval over P_test people, beside the mean majority baseline. ``scale_figure`` plots both against each axis
+that varies, holding the other two at the base (their most common values).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from probekit.compare import Points
+from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
+
+AXES: dict[str, str] = {"n_layers": "layers", "d_model": "width (d_model)", "n_people": "people"}
+
+
+def model_axes(cfg: Any) -> pd.DataFrame:
+    """One row per model of ``cfg`` (``ExperimentConfig``): model, augmentation, n_layers, d_model, n_people."""
+    from probekit.model import ModelConfig
+
+    rows = []
+    for m in cfg.models:
+        shape = dict(m.train.get("model") or {})
+        d = cfg.dataset(m.data)
+        aug = "+".join(f"{g.name}:{g.augmentation}" for g in d.groups) if d.groups else d.augmentation
+        rows.append({"model": m.name, "augmentation": aug + (" (mixed QA)" if m.train.get("qa_mix") else ""),
+                     "n_layers": int(shape.get("n_layers", ModelConfig.n_layers)),
+                     "d_model": int(shape.get("d_model", ModelConfig.d_model)),
+                     "n_people": int(d.n_people)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def varying_axes(axes: pd.DataFrame) -> list[str]:
+    """The axes on which the models take more than one value."""
+    return [a for a in AXES if axes[a].nunique() > 1]
+
+
+def scale_table(points: Points, axes: pd.DataFrame, measure: str = "Q frozen, first token",
+                n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Per model: Q-probe accuracy at the name and QA exact match, each the mean over the attributes the measure
+    has points for, with the interval of that mean over resampled P_test people (one draw for both)."""
+    rows = []
+    t = points.table
+    for a in axes.itertuples(index=False):
+        sel = np.flatnonzero(((t["model"] == a.model) & (t["measure"] == measure)).to_numpy())
+        if not len(sel):
+            continue
+        with warnings.catch_warnings():  # a person outside a model's people (another N) has no rows: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            store = np.nanmean(points.storage[sel], axis=0)  # [N] per person, mean over attributes
+            qa = np.nanmean(points.qa[sel], axis=0)  # [N]
+        iv = person_bootstrap(np.stack([store, qa]), points.pids, n_boot, level, seed)
+        rows.append({**a._asdict(), "measure": measure, "attributes": len(sel),
+                     "q_name": float(np.nanmean(store)), "q_low": float(iv.low[0]), "q_high": float(iv.high[0]),
+                     "qa": float(np.nanmean(qa)) if np.isfinite(qa).any() else np.nan,
+                     "qa_low": float(iv.low[1]), "qa_high": float(iv.high[1]),
+                     "baseline": float(t.iloc[sel]["baseline"].mean())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _base(axes: pd.DataFrame) -> dict[str, int]:
+    return {a: int(axes[a].mode().iloc[0]) for a in AXES}
+
+
+def scale_figure(table: pd.DataFrame) -> Any:
+    """Q-probe accuracy at the name (solid) and QA exact match (dashed) against each varying axis, a line per
+    augmentation, the other axes at their base values; None when no axis varies."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    from probekit.figures import Figure
+
+    varying = varying_axes(table) if not table.empty else []
+    if not varying:
+        return None
+    base = _base(table)
+    titles = [f"{AXES[a]} (others: " + ", ".join(f"{AXES[b]} {base[b]}" for b in AXES if b != a) + ")"
+              for a in varying]  # fmt: skip
+    fig = make_subplots(rows=1, cols=len(varying), shared_yaxes=True, subplot_titles=titles)
+    augs = list(dict.fromkeys(table["augmentation"]))
+    shown = []
+    for j, axis in enumerate(varying):
+        others = [b for b in AXES if b != axis]
+        along = table[np.logical_and.reduce([table[b] == base[b] for b in others])]
+        for k, aug in enumerate(augs):
+            g = along[along["augmentation"] == aug].sort_values(axis)
+            if g.empty:
+                continue
+            color = qualitative.Plotly[k % len(qualitative.Plotly)]
+            for what, col, lo_c, hi_c, dash in (("Q-probe at the name", "q_name", "q_low", "q_high", "solid"),
+                                                 ("QA extraction", "qa", "qa_low", "qa_high", "dash")):  # fmt: skip
+                lo, hi = g[lo_c], g[hi_c]
+                fig.add_trace(go.Scatter(
+                    x=g[axis], y=100 * g[col], mode="lines+markers", line={"color": color, "dash": dash},
+                    name=f"{aug}: {what}", legendgroup=f"{aug}{what}", showlegend=(aug, what) not in shown,
+                    error_y={"type": "data", "symmetric": False, "array": 100 * (hi - g[col]),
+                             "arrayminus": 100 * (g[col] - lo), "thickness": 1},
+                    customdata=g["model"], hovertemplate="%{customdata}: %{y:.1f}%<extra>" + what + "</extra>",
+                ), row=1, col=j + 1)  # fmt: skip
+                shown.append((aug, what))
+        fig.update_xaxes(title_text=AXES[axis], type="log" if axis == "n_people" else "linear", row=1, col=j + 1)
+    fig.update_yaxes(title_text="% on P_test (mean over attributes)", range=[-3, 103], col=1)
+    measure = table["measure"].iloc[0]
+    fig.update_layout(title=f"Storage at the name ({measure}, solid) and QA extraction (dashed) against scale",
+                      width=max(600, 420 * len(varying) + 200), height=520)  # fmt: skip
+    return Figure("scale_storage_extraction", fig, table)
+
+
+def scale_summary(table: pd.DataFrame) -> list[str]:
+    """The scale table as text (%, 95% intervals)."""
+    if table.empty:
+        return []
+
+    def cell(v: float, lo: float, hi: float) -> str:
+        return "-" if pd.isna(v) else f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    rows = [{"model": r.model, "augmentation": r.augmentation, "layers": r.n_layers, "width": r.d_model,
+             "people": r.n_people, "Q at name": cell(r.q_name, r.q_low, r.q_high),
+             "baseline": f"{100 * r.baseline:.1f}", "QA": cell(r.qa, r.qa_low, r.qa_high)}
+            for r in table.itertuples()]  # fmt: skip
+    measure = table["measure"].iloc[0]
+    return [f"Scale: {measure} at the name and QA exact match, % on P_test, mean over attributes [95% interval]:",
+            pd.DataFrame(rows).to_string(index=False), ""]  # fmt: skip
