@@ -31,13 +31,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 def cmd_patch(args: argparse.Namespace) -> int:
     from probekit.activations import hook_points, model_dims
-    from probekit.config import to_dict
     from probekit.data.store import load_dataset
     from probekit.errors import check_device
-    from probekit.evaluate.figures import write_table
-    from probekit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, prepare_output_dir
-    from probekit.patching import MAX_TARGET_TRIES, patch_figures, run_patching
-    from probekit.plots import write_figures
+    from probekit.io import atomic_dir, prepare_output_dir
+    from probekit.patching import MAX_TARGET_TRIES, run_patching, save_patching
     from probekit.probes.runner import check_compatible, load_probe_model
 
     t0 = time.perf_counter()
@@ -54,14 +51,9 @@ def cmd_patch(args: argparse.Namespace) -> int:
           f"({cfg.split} people)")  # fmt: skip
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
         res = run_patching(pm, ds, cfg, progress=True)
-        write_table(res.table, tmp, "results")
-        atomic_write_jsonl(tmp / "pairs.jsonl", res.pairs)
-        report = write_figures(patch_figures(res.table), tmp / "figures", png=not args.no_png)
-        atomic_write_json(tmp / "run.json", {
-            "config": to_dict(cfg), "model": str(args.model), "model_name": pm.name, "kind": pm.kind,
-            "data": str(args.data), "counts": res.counts, "noise_std": res.noise_std,
-            "seconds": round(time.perf_counter() - t0, 1), "png_error": report.png_error,
-        })  # fmt: skip
+        seconds = round(time.perf_counter() - t0, 1)
+        report = save_patching(res, cfg, tmp, png=not args.no_png, model=str(args.model), model_name=pm.name,
+                               kind=pm.kind, data=str(args.data), seconds=seconds)  # fmt: skip
     for c in res.counts:
         print(f"  {c['attribute']:<13} {c['mode']:<8} {c['used']:>4} pairs (of {c['candidates']} sources: "
               f"{c['source_wrong']} answered wrong, {c['no_target']} found no target answering right in "
