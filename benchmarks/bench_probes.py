@@ -5,15 +5,17 @@ for Q) on a randomly initialised 4-layer model (weights do not change the cost) 
 
 1. activation collection (``probekit.activations.collect_activations``) vs a plain forward pass over the same
    batches (sequences/s; target >= 0.8x);
-2. ``run_probes`` with ``backend="torch"`` vs ``backend="sklearn"`` (one ``LogisticRegression`` per probe and
-   L2 value) on the same features, split, L2 grid and stopping rule (tol 1e-4, 100 iterations): wall-clock ratio
-   (target >= 20x) and the max / mean absolute accuracy difference over probes (target <= 2 points);
+2. ``run_probes`` with ``backend="torch"`` (each solver of ``--solvers``: ``fast`` and ``classic``, the solver
+   before issue 11) vs ``backend="sklearn"`` (one ``LogisticRegression`` per probe and L2 value) on the same
+   features, split, L2 grid and stopping rule (tol 1e-4, 100 iterations): time ratio (target >= 8x on this CPU,
+   CPU seconds of this process by default), loss evaluations per fit, and the max / mean absolute accuracy
+   difference over probes (target <= 2 points);
 3. both against a *converged* scikit-learn reference (float64, tol 1e-7, up to 2,000 iterations) on the feature
    groups where the two engines disagree most: the difference each engine's default settings make. L-BFGS stopped at
    tol 1e-4 / 100 iterations is not at the optimum on weakly regularised probes, and near-chance probes flip
    between classes on tiny changes, so (2) mixes the two engines' truncation errors; (3) tells whose they are.
 
-    python benchmarks/bench_probes.py                 # 2,000 people, 4 layers x 128 (about 30 minutes)
+    python benchmarks/bench_probes.py                 # 2,000 people, 4 layers x 128 (about 35 minutes)
     python benchmarks/bench_probes.py --people 300    # quick check
 
 ``--sklearn-groups N`` times scikit-learn on N evenly spaced feature groups per task set only and scales its time
@@ -53,12 +55,13 @@ class FlopCounter:
         from probekit.probes import solver
 
         self.flops = 0.0
-        self.evals = 0  # task-evaluations: one task's loss and gradient on its n rows
+        self.evals = 0  # task-evaluations: one task's loss and gradient on its n rows (or a curvature refresh)
+        self.refreshes = 0  # of which curvature refreshes (the fast solver's preconditioner)
         self.shapes: dict[tuple[int, int, int, int], float] = {}  # (T, n, d, C) -> flops at that shape
         self._orig = solver.Problem.loss_grad
         counter = self
 
-        def counted(prob: "solver.Problem", theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def counted(prob: solver.Problem, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             work = 4.0 * prob.T * prob.n * prob.d * prob.C
             counter.flops += work
             counter.evals += prob.T
@@ -66,12 +69,27 @@ class FlopCounter:
             counter.shapes[key] = counter.shapes.get(key, 0.0) + work
             return counter._orig(prob, theta)
 
+        self._orig_curv = solver.Problem.refresh_curvature
+
+        def curv(prob: solver.Problem, theta: torch.Tensor) -> None:
+            # a refresh of the fast solver's preconditioner: two products of a gradient's size (logits, P^T X^2),
+            # counted as one task-evaluation
+            work = 4.0 * prob.T * prob.n * prob.d * prob.C
+            counter.flops += work
+            counter.evals += prob.T
+            counter.refreshes += prob.T
+            key = (prob.T, prob.n, prob.d, prob.C)
+            counter.shapes[key] = counter.shapes.get(key, 0.0) + work
+            counter._orig_curv(prob, theta)
+
         solver.Problem.loss_grad = counted  # type: ignore[method-assign]
+        solver.Problem.refresh_curvature = curv  # type: ignore[method-assign]
 
     def close(self) -> None:
         from probekit.probes import solver
 
         solver.Problem.loss_grad = self._orig  # type: ignore[method-assign]
+        solver.Problem.refresh_curvature = self._orig_curv  # type: ignore[method-assign]
 
     def floor_seconds(self, device: str = "cpu", top: int = 6) -> tuple[float, float]:
         """(seconds, GFLOP/s): the counted work at ``device``'s ``bmm`` rate, measured on the ``top`` shapes that
@@ -106,10 +124,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sklearn-groups", type=int, default=0, help="0 = every group")
     ap.add_argument("--reference-groups", type=int, default=2, help="groups per task set for the converged reference")
+    ap.add_argument("--solvers", default="fast,classic",
+                    help="torch solvers to time side by side (EngineConfig.solver), comma-separated; the first is "
+                         "the one whose disagreement with scikit-learn picks the reference groups")  # fmt: skip
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: CPU seconds of this process (time.process_time; other processes on the same cores "
+                         "inflate it far less than wall time; 1 thread); wall: time.perf_counter")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     ap.add_argument("--csv", type=Path, default=None, help="also write every probe's accuracies and L2 here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    solvers = [v.strip() for v in args.solvers.split(",") if v.strip()]
 
     from probekit.activations import collect_activations, hook_points
     from probekit.data.store import build_dataset
@@ -130,7 +156,7 @@ def main() -> None:
     model = HookedLM(cfg).to(args.device).eval()
     points = hook_points(cfg.n_layers)
     report: dict[str, object] = {"people": args.people, "layers": args.layers, "d_model": args.d_model,
-                                 "threads": args.threads}  # fmt: skip
+                                 "threads": args.threads, "clock": args.clock, "solvers": solvers}  # fmt: skip
 
     # 1. activation throughput vs a plain forward pass over identical batches
     for t in tasks:
@@ -173,82 +199,112 @@ def main() -> None:
               f"-> collection/forward throughput {ratio:.2f}x (target >= 0.8x)")  # fmt: skip
         report[f"{t.kind}_activation_throughput_ratio"] = round(ratio, 3)
 
-    # 2. engines on the same features
-    total_torch = total_sk = floor_total = 0.0
-    diffs: list[float] = []
-    ref_diffs: dict[str, list[float]] = {"torch": [], "sklearn": []}
-    rows: list[dict[str, object]] = []  # one per probe: both engines' (and the reference's) accuracy and L2
+    # 2. engines on the same features: each torch solver and scikit-learn, one after the other on each task set
+    total = dict.fromkeys([*solvers, "sklearn"], 0.0)
+    floor_total = dict.fromkeys(solvers, 0.0)
+    evals_total = dict.fromkeys(solvers, 0)
+    fits_total = 0
+    diffs: dict[str, list[float]] = {name: [] for name in solvers}
+    ref_diffs: dict[str, list[float]] = {name: [] for name in solvers + ["sklearn"]}
+    rows: list[dict[str, object]] = []  # one per probe: every engine's (and the reference's) accuracy and L2
     n_probes = 0
+    n_fit = len(spec.l2_grid) + 1  # fits per probe: each L2 value, and the refit
     for t in tasks:
         acts = collect_activations(model, t.sequences, t.positions, points, batch_size=args.batch_size)
         X = torch.stack([acts.get(i, p) for i in range(acts.n_points) for p in range(acts.n_positions)])  # [G, N, d]
         G, K = X.shape[0], t.labels.shape[0]
         groups = spaced(G, args.sklearn_groups)
-        counter = FlopCounter()
-        t0 = time.perf_counter()
-        fits_t = run_probes(X, t.labels, t.split, dataclasses.replace(spec.engine_config("torch"), device=args.device))
-        tt = time.perf_counter() - t0
-        counter.close()
-        floor, gflops = counter.floor_seconds(args.device)
-        t0 = time.perf_counter()
+        by: dict[str, dict[tuple[int, int], object]] = {}
+        secs: dict[str, float] = {}
+        floors: dict[str, float] = {}
+        for name in solvers:
+            cfg_t = dataclasses.replace(spec.engine_config("torch"), device=args.device, solver=name)
+            counter = FlopCounter()
+            t0 = clock()
+            fits_t = run_probes(X, t.labels, t.split, cfg_t)
+            secs[name] = clock() - t0
+            counter.close()
+            floor, gflops = counter.floor_seconds(args.device)
+            by[name] = {(f.group, f.label): f for f in fits_t}
+            n_ok = sum(f.status == "ok" for f in fits_t)
+            print(f"{t.kind.upper()} probes, torch {name}: {G} groups x {K} label sets = {G * K} probes "
+                  f"({n_ok} fitted, {len(spec.l2_grid)} L2 values + refit each; n_train {len(t.split.train)}, n_test "
+                  f"{len(t.split.test)}): {secs[name]:.1f}s; {counter.evals / (n_ok * n_fit):.1f} loss evaluations "
+                  f"per fit ({counter.evals / n_ok:.0f} per probe; {counter.refreshes} of {counter.evals} "
+                  f"task-evaluations are curvature refreshes); matrix-multiply floor {counter.flops / 1e12:.2f} TFLOP "
+                  f"at this core's bmm rate of {gflops:.0f} GFLOP/s = {floor:.1f}s ({100 * floor / secs[name]:.0f}% "
+                  f"of its time)")  # fmt: skip
+            floors[name] = floor
+            floor_total[name] += floor
+            evals_total[name] += counter.evals
+            total[name] += secs[name]
+            report[f"{t.kind}_torch_{name}_s"] = round(secs[name], 2)
+            report[f"{t.kind}_torch_{name}_evals_per_fit"] = round(counter.evals / (n_ok * n_fit), 2)
+            report[f"{t.kind}_torch_{name}_matmul_floor_s"] = round(floor, 2)
+        fits_total += sum(f.status == "ok" for f in by[solvers[0]].values()) * n_fit  # type: ignore[attr-defined]
+        t0 = clock()
         # the sklearn backend limits its BLAS threads to torch's count, set to args.threads above
         fits_s = run_probes(TensorFeatures(X[groups]), t.labels, t.split, spec.engine_config("sklearn"))
-        ts = (time.perf_counter() - t0) * G / len(groups)
-        by = {"torch": {(f.group, f.label): f for f in fits_t},
-              "sklearn": {(groups[f.group], f.label): f for f in fits_s}}  # fmt: skip
-        keys = [k for k, f in by["sklearn"].items() if f.status == "ok"]
-        d = [abs(by["torch"][k].accuracy - by["sklearn"][k].accuracy) for k in keys]
-        n_ok = sum(f.status == "ok" for f in fits_t)
-        print(f"{t.kind.upper()} probes: {G} groups x {K} label sets = {G * K} probes ({n_ok} fitted, "
-              f"{len(spec.l2_grid)} L2 values + refit each; n_train {len(t.split.train)}, n_test {len(t.split.test)}): "
-              f"torch {tt:.1f}s, sklearn {ts:.1f}s{' (scaled from %d groups)' % len(groups) if len(groups) < G else ''}"
-              f" -> {ts / tt:.1f}x; |acc diff| max {100 * max(d):.2f} / mean {100 * np.mean(d):.3f} points")  # fmt: skip
-        print(f"  torch matrix-multiply floor: {counter.flops / 1e12:.2f} TFLOP in {counter.evals} task-evaluations "
-              f"({counter.evals / (G * K * (len(spec.l2_grid) + 1)):.0f} per fit) at this core's bmm rate of "
-              f"{gflops:.0f} GFLOP/s = {floor:.1f}s ({100 * floor / tt:.0f}% of torch's time); scikit-learn / floor "
-              f"= {ts / floor:.1f}x")  # fmt: skip
-        floor_total += floor
+        ts = (clock() - t0) * G / len(groups)
+        total["sklearn"] += ts
+        report[f"{t.kind}_sklearn_s"] = round(ts, 2)
+        by["sklearn"] = {(groups[f.group], f.label): f for f in fits_s}
+        keys = [k for k, f in by["sklearn"].items() if f.status == "ok"]  # type: ignore[attr-defined]
+        scaled = f" (scaled from {len(groups)} groups)" if len(groups) < G else ""
+        d_first: list[float] = []
+        for name in solvers:
+            d = [abs(by[name][k].accuracy - by["sklearn"][k].accuracy) for k in keys]  # type: ignore[attr-defined]
+            diffs[name] += d
+            d_first = d_first or d
+            print(f"  sklearn {ts:.1f}s{scaled} -> {name} {ts / secs[name]:.1f}x faster (sklearn / its floor "
+                  f"{ts / floors[name]:.1f}x); |acc diff| {name} vs sklearn max {100 * max(d):.2f} / mean "
+                  f"{100 * np.mean(d):.3f} points")  # fmt: skip
         if args.reference_groups:
-            # the groups where the engines disagree most: whose truncation error is it?
-            worst = {g: max(dd for k, dd in zip(keys, d) if k[0] == g) for g in groups}
+            # the groups where the first solver and scikit-learn disagree most: whose truncation error is it?
+            worst = {g: max(dd for k, dd in zip(keys, d_first) if k[0] == g) for g in groups}
             rg = sorted(sorted(worst, key=lambda g: -worst[g])[: args.reference_groups])
             ref_cfg = dataclasses.replace(spec.engine_config("sklearn"), tol=1e-7, max_iter=2000)
             fits_r = run_probes(TensorFeatures(X[rg]), t.labels, t.split, ref_cfg)
             by["reference"] = {(rg[f.group], f.label): f for f in fits_r}
-            for name in ("torch", "sklearn"):
-                dd = [abs(by[name][k].accuracy - f.accuracy) for k, f in by["reference"].items() if f.status == "ok"]
+            for name in solvers + ["sklearn"]:
+                dd = [abs(by[name][k].accuracy - f.accuracy)  # type: ignore[attr-defined]
+                      for k, f in by["reference"].items() if f.status == "ok"]  # type: ignore[attr-defined]  # fmt: skip
                 ref_diffs[name] += dd
-                print(f"  {name} (tol {spec.engine_config().tol:g}, {spec.max_iter} iterations) vs the converged "
-                      f"reference on the {len(rg)} groups of largest disagreement {rg}: |acc diff| max "
-                      f"{100 * max(dd):.2f} / mean {100 * np.mean(dd):.3f} points over {len(dd)} probes")  # fmt: skip
-        for k in sorted(by["torch"]):
+                print(f"  {name} vs the converged reference (scikit-learn, tol 1e-7, 2,000 iterations) on the "
+                      f"{len(rg)} groups of largest disagreement {rg}: |acc diff| max {100 * max(dd):.2f} / mean "
+                      f"{100 * np.mean(dd):.3f} points over {len(dd)} probes")  # fmt: skip
+        for k in sorted(by[solvers[0]]):
             row: dict[str, object] = {"kind": t.kind, "group": k[0], "label": "/".join(t.label_keys[k[1]])}
             for name, fits in by.items():
                 f = fits.get(k)
-                row[f"{name}_acc"] = f.accuracy if f else math.nan
-                row[f"{name}_l2"] = f.l2 if f else math.nan
+                row[f"{name}_acc"] = f.accuracy if f else math.nan  # type: ignore[attr-defined]
+                row[f"{name}_l2"] = f.l2 if f else math.nan  # type: ignore[attr-defined]
             rows.append(row)
-        total_torch += tt
-        total_sk += ts
-        diffs += d
         n_probes += G * K
-        report[f"{t.kind}_torch_s"] = round(tt, 2)
-        report[f"{t.kind}_sklearn_s"] = round(ts, 2)
-        report[f"{t.kind}_torch_matmul_floor_s"] = round(floor, 2)
     if args.csv:
         import pandas as pd
 
         pd.DataFrame(rows).to_csv(args.csv, index=False)
-    ratio = total_sk / total_torch
-    print(f"\nfull P+Q sweep, {n_probes} probes: torch {total_torch:.1f}s vs sklearn {total_sk:.1f}s -> "
-          f"{ratio:.1f}x faster (target >= 20x); accuracy difference max {100 * max(diffs):.2f} / mean "
-          f"{100 * np.mean(diffs):.3f} points over {len(diffs)} probes (target <= 2)")  # fmt: skip
-    print(f"torch matrix-multiply floor {floor_total:.1f}s: at the torch engine's iteration counts no implementation "
-          f"on this core beats {total_sk / floor_total:.1f}x")  # fmt: skip
-    report.update({"probes": n_probes, "torch_s": round(total_torch, 2), "sklearn_s": round(total_sk, 2),
-                   "torch_matmul_floor_s": round(floor_total, 2),
-                   "speed_ratio": round(ratio, 2), "acc_diff_max_points": round(100 * max(diffs), 3),
-                   "acc_diff_mean_points": round(100 * float(np.mean(diffs)), 4),
+    print(f"\nfull P+Q sweep, {n_probes} probes ({args.clock} seconds, {args.threads} thread(s)): "
+          f"sklearn {total['sklearn']:.1f}s")  # fmt: skip
+    for name in solvers:
+        ratio = total["sklearn"] / total[name]
+        print(f"  torch {name}: {total[name]:.1f}s -> {ratio:.1f}x faster than sklearn (target >= 8x on this CPU); "
+              f"{evals_total[name] / fits_total:.1f} loss evaluations per fit; matrix-multiply floor "
+              f"{floor_total[name]:.1f}s ({100 * floor_total[name] / total[name]:.0f}% of its time): at its iteration "
+              f"counts no implementation on this core beats {total['sklearn'] / floor_total[name]:.1f}x; accuracy vs "
+              f"sklearn max {100 * max(diffs[name]):.2f} / mean {100 * np.mean(diffs[name]):.3f} points over "
+              f"{len(diffs[name])} probes (target <= 2)")  # fmt: skip
+        report.update({f"torch_{name}_s": round(total[name], 2), f"speed_ratio_{name}": round(ratio, 2),
+                       f"evals_per_fit_{name}": round(evals_total[name] / fits_total, 2),
+                       f"torch_{name}_matmul_floor_s": round(floor_total[name], 2),
+                       f"acc_diff_max_points_{name}": round(100 * max(diffs[name]), 3),
+                       f"acc_diff_mean_points_{name}": round(100 * float(np.mean(diffs[name])), 4)})  # fmt: skip
+    if len(solvers) > 1:
+        a, b = solvers[0], solvers[1]
+        print(f"  {a} / {b}: {total[b] / total[a]:.2f}x faster, {evals_total[b] / evals_total[a]:.2f}x fewer "
+              "task-evaluations")  # fmt: skip
+    report.update({"probes": n_probes, "sklearn_s": round(total["sklearn"], 2),
                    "sklearn_groups_timed": args.sklearn_groups or "all"})  # fmt: skip
     for name, dd in ref_diffs.items():
         if dd:

@@ -28,10 +28,11 @@ def planted(G: int = 3, N: int = 360, d: int = 16, seed: int = 0) -> tuple[torch
     return X, labels, Split(train=perm[:240], val=perm[:48], test=perm[240:])
 
 
-def test_batched_engine_agrees_with_sklearn_on_same_features():
+@pytest.mark.parametrize("solver", ["fast", "classic"])
+def test_batched_engine_agrees_with_sklearn_on_same_features(solver):
     X, labels, split = planted()
     for grid in [(1e-2,), (1e-3, 1e-2, 1e-1)]:
-        torch_fits = run_probes(X, labels, split, EngineConfig(backend="torch", l2_grid=grid))
+        torch_fits = run_probes(X, labels, split, EngineConfig(backend="torch", l2_grid=grid, solver=solver))
         sk_fits = run_probes(X, labels, split, EngineConfig(backend="sklearn", l2_grid=grid))
         diffs = np.array([abs(a.accuracy - b.accuracy) for a, b in zip(torch_fits, sk_fits)])
         assert len(diffs) == 9
@@ -197,6 +198,8 @@ def test_split_rejects_overlap_and_bad_config():
         EngineConfig(l2_grid=())
     with pytest.raises(ValueError, match="valid rules are"):
         EngineConfig(l2_rule="median")
+    with pytest.raises(ValueError, match="valid solvers are"):
+        EngineConfig(solver="newton")
 
 
 def test_progress_counts_every_regression():
@@ -232,3 +235,114 @@ def test_sklearn_backend_uses_torchs_thread_count(monkeypatch):
     finally:
         torch.set_num_threads(old)
     assert seen and set(seen) == {1}  # numpy's and scipy's OpenBLAS alike
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fast solver: curvature preconditioner, loose validation path, skipped strengths, warm starts
+
+
+def _sweep(seed: int = 0, G: int = 2, N: int = 600, d: int = 24) -> tuple[torch.Tensor, np.ndarray, Split]:
+    """A harder sweep than ``planted``: 30- and 60-class label sets with weak, noisy signal (near-chance probes,
+    where strengths nearly tie) and a 5-class one with a strong signal, on correlated features."""
+    rng = np.random.default_rng(seed)
+    labels = np.stack([rng.integers(0, 30, N), rng.integers(0, 60, N), rng.integers(0, 5, N)])
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=gen) / d**0.5 + torch.eye(d)
+    X = torch.randn(G, N, d, generator=gen) @ mix
+    for g in range(G):
+        for k, scale in ((0, 0.6), (1, 0.4), (2, 2.0)):
+            X[g] += scale * torch.randn(int(labels[k].max()) + 1, d, generator=gen)[labels[k]]
+    perm = rng.permutation(N)
+    return X, labels, Split(train=perm[:400], val=perm[:80], test=perm[400:])
+
+
+def test_fast_solver_agrees_with_sklearn_and_a_converged_reference_on_a_harder_sweep():
+    """The faster engine still agrees with scikit-learn within 2 points, and with a converged reference."""
+    X, labels, split = _sweep()
+    fast = run_probes(X, labels, split, EngineConfig(solver="fast"))
+    sk = run_probes(X, labels, split, EngineConfig(backend="sklearn"))
+    ref = run_probes(X, labels, split, EngineConfig(backend="sklearn", tol=1e-8, max_iter=3000))
+    for other in (sk, ref):
+        diffs = np.array([abs(a.accuracy - b.accuracy) for a, b in zip(fast, other)])
+        assert len(diffs) == 6 and diffs.max() <= 0.02 + 1e-9, diffs
+    assert [f.n_classes for f in fast[:3]] == [30, 60, 5]
+
+
+def test_curvature_preconditioner_is_the_hessian_diagonal():
+    X, y = _two_regressions()
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[:, 6] = False  # one padding class
+    lam = torch.tensor([1e-3, 1e-1])
+    theta = 0.3 * torch.randn(2, 7, 9, generator=torch.Generator().manual_seed(3))
+    theta[:, 6] = 0.0
+    prob = Problem(X, torch.stack([y, y]), valid, lam, budget=256)
+    prob.refresh_curvature(theta)
+    for t in range(2):
+        def f(th: torch.Tensor, t: int = t) -> torch.Tensor:
+            th = th.view(6, 9)
+            logits = X[t].double() @ th[:, :8].T + th[:, 8]
+            ce = torch.nn.functional.cross_entropy(logits, y)
+            return ce + 0.5 * float(lam[t]) * (th[:, :8] ** 2).sum()
+
+        H = torch.autograd.functional.hessian(f, theta[t, :6].double().reshape(-1))
+        diag = torch.diagonal(H).view(6, 9)
+        assert torch.allclose(1.0 / prob.pinv[t, :6].double(), diag, rtol=1e-4, atol=1e-6), t
+
+
+@pytest.mark.parametrize("curvature_every", [0, 5])
+def test_warm_and_cold_starts_reach_the_same_solution_and_meet_the_tolerance(curvature_every):
+    """Warm starts (the stronger strength's solution, a loosely converged one) change where the solver starts,
+    never where it stops: the solutions agree with the cold start's, and every task meets max |gradient| <= tol."""
+    X, y = _two_regressions()
+    T = 2
+    Y = torch.stack([y, torch.roll(y, 5)])
+    valid = torch.ones(T, 6, dtype=torch.bool)
+    strong = Problem(X, Y, valid, torch.full((T,), 1e-1))
+    weak = Problem(X, Y, valid, torch.full((T,), 1e-2))
+    zero = torch.zeros(T, 6, 9)
+    tol = 1e-5
+    cold, it_cold = lbfgs(weak, zero, 500, tol, 3, curvature_every)
+    warm_path, _ = lbfgs(strong, zero, 500, 1e-3, 3, curvature_every)  # a loose fit at the stronger strength
+    warm, it_warm = lbfgs(weak, warm_path, 500, tol, 3, curvature_every)
+    loose, _ = lbfgs(weak, zero, 500, 1e-3, 3, curvature_every)
+    refined, it_refined = lbfgs(weak, loose, 500, tol, 3, curvature_every)
+    assert int(it_refined.sum()) < int(it_cold.sum())  # a warm start saves iterations (counts, not time)
+    for sol, it in ((cold, it_cold), (warm, it_warm), (refined, it_refined)):
+        _, g = weak.loss_grad(sol)
+        assert float(g.abs().amax()) <= tol
+        if it is not None:
+            assert int(it.max()) < 500
+    def centred(th: torch.Tensor) -> torch.Tensor:  # the biases are only defined up to a shared constant
+        return torch.cat([th[..., :8], th[..., 8:] - th[..., 8:].mean(1, keepdim=True)], -1)
+
+    for sol in (warm, refined):
+        assert torch.allclose(centred(sol), centred(cold), atol=1e-3)
+        assert torch.allclose(weak.loss_grad(sol)[0], weak.loss_grad(cold)[0], atol=1e-6)
+
+
+def test_fast_solver_skips_weaker_strengths_after_a_perfect_validation_score(monkeypatch):
+    """A task with 100% validation accuracy leaves the path; its choice is what the whole grid would give."""
+    from probekit.probes import engine
+
+    X, labels, split = planted(G=3)
+    X = X.clone()
+    X[2] *= 3.0  # group 2's label set 2 (3 classes) becomes perfectly separable
+    sizes: list[int] = []
+    real = engine.lbfgs
+
+    def spy(prob, theta, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(prob.T)
+        return real(prob, theta, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "lbfgs", spy)
+    fast = run_probes(X, labels, split, EngineConfig(solver="fast"))
+    n_fast = list(sizes)
+    sizes.clear()
+    classic = run_probes(X, labels, split, EngineConfig(solver="classic"))
+    perfect = [f for f in classic if f.val_accuracy == 1.0]
+    assert perfect  # the test needs such a probe
+    assert sum(n_fast) < sum(sizes)  # ... and the fast path fitted fewer tasks
+    for a, b in zip(fast, classic):
+        if b.val_accuracy == 1.0:
+            assert a.l2 == b.l2 and a.val_accuracy == 1.0
+            assert a.accuracy == pytest.approx(b.accuracy, abs=0.01)
