@@ -332,13 +332,13 @@ def test_a_plain_value_error_inside_probekit_is_a_bug_with_a_traceback(monkeypat
 
 
 def test_corrected_experiment_replaces_a_config_that_produced_nothing(tmp_path: Path) -> None:
-    from probekit.config import from_dict, to_dict
-    from probekit.experiments import ExperimentConfig, _check_out
+    from probekit.config import from_dict
+    from probekit.experiments import ExperimentConfig, _check_out, config_record
 
     cfg = from_dict(ExperimentConfig, json.loads(json.dumps(EXPERIMENT)))
     out = tmp_path / "run"
     out.mkdir()
-    old = to_dict(cfg)
+    old = config_record(cfg)  # what a run writes to experiment.json
     old["models"][0]["train"]["model"] = {**TINY, "n_heads": 3}  # as written by an earlier, refused attempt
     (out / "experiment.json").write_text(json.dumps(old), encoding="utf-8")
     _check_out(cfg, out)  # no stage has produced anything: the corrected config is accepted
