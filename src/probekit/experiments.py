@@ -31,6 +31,7 @@ from probekit.data.reversal import ReversalConfig
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
 from probekit.finetune import FinetuneConfig
 from probekit.io import atomic_path, atomic_write_json, atomic_write_text
+from probekit.patching import PatchConfig
 from probekit.probes.spec import ProbeSpec
 from probekit.train import TrainConfig
 
@@ -110,7 +111,10 @@ class PatchSpec:
     the pretrained model). ``config``: ``probekit.patching.PatchConfig`` fields."""
 
     models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
-    config: dict[str, Any] = field(default_factory=dict)
+    config: Section[PatchConfig] = section(PatchConfig)  # PatchConfig fields
+
+    def __post_init__(self) -> None:
+        init_sections(self)
 
 
 @dataclass(frozen=True)
@@ -280,9 +284,7 @@ class ExperimentConfig:
                 raise UserError(f"inverse.attributes {self.inverse.attributes}: choose distinct attributes from "
                                 f"{list(ATTRIBUTES)} (empty: all six)")  # fmt: skip
         if self.patch is not None:
-            from probekit.patching import PatchConfig
-
-            pc = from_dict(PatchConfig, self.patch.config)
+            pc = self.patch.config.build()
             unknown = sorted(set(self.patch.models) - {m.name for m in self.models})
             if unknown:
                 raise UserError(f"patch.models names unknown model(s) {unknown}; models: "
@@ -728,7 +730,7 @@ def _patch_one(model_dir: Path, data_dir: Path, dest: Path, config: dict[str, An
                command: list[str] | None = None) -> None:  # fmt: skip
     """Patching maps of one model into ``dest`` (``probekit.patching.save_patching``); a worker can run it."""
     from probekit.data.store import load_dataset
-    from probekit.patching import PatchConfig, run_patching, save_patching
+    from probekit.patching import run_patching, save_patching
     from probekit.probes.runner import check_compatible, load_probe_model
     from probekit.provenance import set_command_line
 
@@ -752,9 +754,7 @@ def _stage_patch(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
     pt = cfg.patch
     if pt is None:
         return None
-    from probekit.patching import PatchConfig
-
-    prompts = from_dict(PatchConfig, pt.config).prompts
+    prompts = pt.config.build().prompts
     chosen = [r for r in cfg.runs() if not pt.models or r.model.name in pt.models]
     todo = []
     for r in chosen:
@@ -765,7 +765,8 @@ def _stage_patch(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
         if prompts == "qa" and (out / "qa" / r.key / "finetune").is_dir():
             model = out / "qa" / r.key / "finetune"
         log.info(f"[patch] {r.key}: name-swap maps on {prompts} prompts ({model.relative_to(out)})")
-        todo.append((f"patch {r.key}", _patch_one, (model, data[cfg.data_key(r)], dest, pt.config, r.model.name, png)))
+        args = (model, data[cfg.data_key(r)], dest, pt.config.to_dict(), r.model.name, png)
+        todo.append((f"patch {r.key}", _patch_one, args))
     _in_pool(todo, jobs, progress)
     return pd.concat([pd.read_parquet(out / "patch" / r.key / "results.parquet").assign(seed=r.train_seed)
                       for r in chosen], ignore_index=True)  # fmt: skip
