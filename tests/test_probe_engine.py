@@ -346,3 +346,14 @@ def test_fast_solver_skips_weaker_strengths_after_a_perfect_validation_score(mon
         if b.val_accuracy == 1.0:
             assert a.l2 == b.l2 and a.val_accuracy == 1.0
             assert a.accuracy == pytest.approx(b.accuracy, abs=0.01)
+
+
+def test_spec_engine_selects_the_solver():
+    from probekit.probes.spec import ProbeSpec
+
+    assert ProbeSpec(engine="torch-fast").engine_config() == EngineConfig(solver="fast")
+    assert ProbeSpec(engine="torch-classic").engine_config() == EngineConfig(solver="classic")
+    cfg = EngineConfig(backend="torch-classic")
+    assert (cfg.backend, cfg.solver) == ("torch", "classic")
+    with pytest.raises(ValueError, match="valid engines are"):
+        ProbeSpec(engine="torch-newton")

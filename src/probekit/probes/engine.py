@@ -13,7 +13,8 @@ every result is that regression's own optimum, not a compromise of a joint probl
 explains the solver). The L2 grid is walked as a regularisation path, strongest first, each fit warm-started
 from the previous one, and the refit starts from the chosen strength's solution.
 
-Two torch solvers (``EngineConfig.solver``) solve the same objectives and choose the strength by the same rule:
+Two torch solvers (``EngineConfig.solver``; in a probe spec, ``engine: torch-fast`` or ``torch-classic``) solve
+the same objectives and choose the strength by the same rule:
 
 * ``classic`` (the engine before issue 11): every fit of the path and the refit stop at ``tol`` (or
   ``max_iter``), with the start's diagonal preconditioner.
@@ -53,8 +54,9 @@ from probekit.probes.solver import Problem, lbfgs, predict
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "sklearn"]
-BACKENDS: tuple[str, ...] = ("torch", "sklearn")
+Backend = Literal["torch", "torch-fast", "torch-classic", "sklearn"]
+# torch-fast / torch-classic: the torch backend with that solver (EngineConfig normalises them to backend torch)
+BACKENDS: tuple[str, ...] = ("torch", "torch-fast", "torch-classic", "sklearn")
 SOLVERS: tuple[str, ...] = ("fast", "classic")
 L2_RULES: tuple[str, ...] = ("one_se", "best")
 
@@ -71,7 +73,8 @@ class EngineConfig:
     history: int = 3  # L-BFGS memory: with the preconditioner 3 pairs do as well as 10 (fewer vector passes)
     memory_budget_mb: float = 1024.0  # torch: working memory for one chunk of groups
     # torch: "fast" (see the module doc: loose validation-path fits, a per-class curvature preconditioner, no
-    # weaker strengths after a perfect validation score) or "classic" (the previous solver, every fit at ``tol``)
+    # weaker strengths after a perfect validation score) or "classic" (the solver before issue 11: every fit
+    # at ``tol``; the default)
     solver: str = "classic"
     path_tol: float = 1e-3  # fast: max |gradient| at which the validation-path fits stop (the refit uses ``tol``)
     curvature_every: int = 5  # fast: iterations between refreshes of the curvature preconditioner
@@ -80,6 +83,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise UserError(f"unknown probe engine {self.backend!r}; valid engines are {list(BACKENDS)}")
+        if self.backend in ("torch-fast", "torch-classic"):
+            self.backend, self.solver = "torch", self.backend.removeprefix("torch-")
         self.l2_grid = tuple(float(v) for v in self.l2_grid)
         if not self.l2_grid or any(v <= 0 for v in self.l2_grid):
             raise UserError(f"l2_grid must be a non-empty list of positive numbers, got {list(self.l2_grid)}")

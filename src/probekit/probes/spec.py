@@ -28,9 +28,11 @@ Vocabulary:
   ``abi`` (the prefix as one bidirectional ABI Part A, a pass per read position; probekit models), or ``auto``
   (the default): causal, plus abi for models trained with ABI. Rows carry the ``reading``; the
   embedding-update probe reads causally.
-- solver: the torch engine's solver, ``fast`` (loose validation-path fits, a refreshed per-class curvature
-  preconditioner) or ``classic`` (the solver before issue 11); both choose the L2 strength on validation people
-  by ``l2_rule`` and refit at ``max_iter`` / tol 1e-4 (``probekit.probes.engine``).
+- engine: ``torch`` (the batched engine with its default solver), ``torch-fast`` (its fast solver: loose
+  validation-path fits, a refreshed per-class curvature preconditioner), ``torch-classic`` (the solver before
+  issue 11, which made the tables committed before the switch) or ``sklearn`` (the reference); all choose the
+  L2 strength on validation people by ``l2_rule`` and refit at ``max_iter`` / tol 1e-4
+  (``probekit.probes.engine``).
 - embed_probe: settings of the paper's probe (``probekit.probes.embed_probe``: the frozen model plus a trained
   low-rank update of its input embedding, read at the last layer through LayerNorm + linear heads), run beside
   the frozen-feature probes; its rows have hook ``embed_update``. ``{}`` takes the defaults; absent or null: off.
@@ -82,8 +84,7 @@ class ProbeSpec:
     targets: tuple[str, ...] = TARGET_KINDS  # first_token (the value's first token) and/or value (whole value)
     layers: Any = "all"  # 'all' or a list of layer indices (resid: 0..L, other hooks: 0..L-1)
     hooks: tuple[str, ...] = ("resid",)  # resid (every layer boundary), resid_mid, attn_out, mlp_out
-    engine: str = "torch"  # probe engine: torch (batched L-BFGS, probekit.probes.solver) or sklearn
-    solver: str = "classic"  # torch engine's solver: fast or classic (probekit.probes.engine)
+    engine: str = "torch"  # torch (batched L-BFGS, probekit.probes.solver), torch-fast, torch-classic or sklearn
     l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried, chosen on the validation people
     l2_rule: str = "one_se"  # one_se (strongest L2 within one standard error of the best) or best
     val_fraction: float = 0.2  # share of P_train people held out to choose the L2 strength
@@ -163,7 +164,6 @@ class ProbeSpec:
             l2_rule=self.l2_rule,
             max_iter=self.max_iter,
             memory_budget_mb=self.engine_memory_mb,
-            solver=self.solver,
         )
 
     def resolve_layers(self, hook: str, n_layers: int) -> list[int]:
