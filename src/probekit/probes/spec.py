@@ -28,7 +28,7 @@ Vocabulary:
   ``abi`` (the prefix as one bidirectional ABI Part A, a pass per read position; probekit models), or ``auto``
   (the default): causal, plus abi for models trained with ABI. Rows carry the ``reading``; the
   embedding-update probe reads causally.
-- engine: ``torch`` (the batched engine with its default solver), ``torch-fast`` (its fast solver: loose
+- engine: ``torch`` (the batched engine with its default solver, ``fast``), ``torch-fast`` (the same: loose
   validation-path fits, a refreshed per-class curvature preconditioner), ``torch-classic`` (the solver before
   issue 11, which made the tables committed before the switch) or ``sklearn`` (the reference); all choose the
   L2 strength on validation people by ``l2_rule`` and refit at ``max_iter`` / tol 1e-4
