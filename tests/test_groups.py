@@ -81,3 +81,17 @@ def test_all_single_groups_leave_the_corpus_byte_identical(tmp_path: Path) -> No
     for f in ("bios.jsonl", "people.jsonl", "qa.jsonl", "split.json", "pools.json", "tokenizer.json"):
         assert _sha(tmp_path / "plain" / f) == _sha(tmp_path / "ctl" / f), f
     assert (tmp_path / "ctl" / "groups.json").exists() and not (tmp_path / "plain" / "groups.json").exists()
+
+
+def test_patching_takes_its_people_from_the_named_groups(tmp_path: Path) -> None:
+    from probekit.patching import PatchConfig, _people
+
+    mixed = build_dataset(tmp_path / "mixed", 40, seed=3, groups=CELEB)
+    assert mixed.groups is not None
+    minors = set(mixed.groups["minority"])
+    test_minors = _people(mixed, "test", PatchConfig(groups=("minority",)).groups)
+    assert test_minors and set(test_minors) == minors & set(mixed.split["test"])
+    assert _people(mixed, "test") == list(mixed.split["test"])
+    plain = build_dataset(tmp_path / "plain", 20, "single", seed=3)
+    with pytest.raises(UserError, match="no group"):
+        _people(plain, "test", ("minority",))

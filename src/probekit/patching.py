@@ -95,6 +95,7 @@ class PatchConfig:
     hooks: tuple[str, ...] = ("resid",)  # resid (L+1 boundaries), attn_out, mlp_out (L each), resid_mid
     layers: tuple[int, ...] | None = None  # None: every layer of each hook
     split: str = "test"  # people whose prompts are used: test (P_test), train (P_train) or all
+    groups: tuple[str, ...] = ()  # only people of these dataset groups (e.g. minority), sources and targets alike
     n_pairs: int = 50  # pairs per attribute (fewer when fewer qualify)
     whole_answer: bool = False  # also teacher-force the whole answer: logp_answer, greedy_answer
     require_correct: bool = True  # keep pairs whose clean (and, swapping, corrupted) run answers right (1st token)
@@ -104,6 +105,7 @@ class PatchConfig:
 
     def __post_init__(self) -> None:
         self.attributes, self.modes, self.hooks = tuple(self.attributes), tuple(self.modes), tuple(self.hooks)
+        self.groups = tuple(self.groups)
         if self.layers is not None:
             self.layers = tuple(int(v) for v in self.layers)
         bad = [a for a in self.attributes if a not in ATTRIBUTES]
@@ -511,10 +513,12 @@ def encode_prompt(tokenizer: Any, tpl: Template, name: str, start_id: int, qa: b
     return Encoded([start_id, *ids], labels, tokens, (first + 1, last + 2))
 
 
-def _people(dataset: Any, split: str) -> list[int]:
-    if split == "all":
-        return [p.pid for p in dataset.people]
-    return list(dataset.split[split])
+def _people(dataset: Any, split: str, groups: Sequence[str] = ()) -> list[int]:
+    pids = [p.pid for p in dataset.people] if split == "all" else list(dataset.split[split])
+    if groups:  # sources and targets both from these dataset groups
+        chosen = dataset.group_pids(groups)
+        pids = [p for p in pids if p in chosen]
+    return pids
 
 
 @dataclass
@@ -572,7 +576,7 @@ def build_pairs(
     the target its version of the same prompt; a source tries up to ``MAX_TARGET_TRIES`` targets in its order.
     """
     qa = cfg.prompts == "qa"
-    cands = candidates(dataset, attr, cfg.prompts, _people(dataset, cfg.split), cfg.seed)
+    cands = candidates(dataset, attr, cfg.prompts, _people(dataset, cfg.split, cfg.groups), cfg.seed)
     swap = mode == "patch" or cfg.corruption == "swap"
     answers: dict[int, list[int]] = {}
 
