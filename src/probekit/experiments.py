@@ -677,6 +677,7 @@ def group_figure(table: pd.DataFrame) -> Any:
     view = table[(table["task"] == "overall") & (table["split"] == "test")].assign(task=lambda d: d["group"])
     fig, data = accuracy_figure(view.drop(columns=["split"]), "exact_match",
                                 title="QA extraction on P_test by group of people (exact match)")  # fmt: skip
+    fig.update_xaxes(title_text="group of people")
     return Figure("qa_by_group", fig, data)
 
 
