@@ -23,6 +23,7 @@ def test_quick_storage_scale_experiment_plots_storage_and_qa_against_each_axis(t
         width = 64 if name.endswith("_w256") else 32
         m["train"]["model"] = {"d_model": width, "n_layers": layers, "n_heads": 2, "d_mlp": 2 * width, "n_ctx": 160}
     rec["embed_probe"].update(l2_grid=[0.01], bootstrap=30)
+    rec["control_random"] = False  # ten models: the random-init copies would double the probe stage
     rec["embed_probe"]["embed_probe"].update(epochs=1, patience=1)
     out = tmp_path / "scale"
     res = run_experiment(from_dict(ExperimentConfig, rec), out, progress=False, png=False, jobs=2)
