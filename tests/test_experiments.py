@@ -135,3 +135,18 @@ def test_models_can_be_added_to_a_finished_experiment(tmp_path: Path) -> None:
     changed = [{"name": "m", "data": "s", "train": {**TINY_TRAIN, "seed": 5}}]
     with pytest.raises(ValueError, match="different experiment config"):  # changing a finished model is refused
         run_experiment(tiny_config(control_random=False, models=changed), out, progress=False, png=False)
+
+
+def test_models_on_a_new_dataset_can_be_added_but_a_changed_dataset_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "grow"
+    run_experiment(tiny_config(control_random=False), out, progress=False, png=False)
+    s = {"name": "s", "n_people": 40, "augmentation": "single", "pool_limits": {"major": 5}}
+    p = {"name": "p", "n_people": 40, "augmentation": "single+permute", "pool_limits": {"major": 5}}
+    two = [{"name": "m", "data": "s", "train": TINY_TRAIN}, {"name": "mp", "data": "p", "train": TINY_TRAIN}]
+    res = run_experiment(tiny_config(control_random=False, datasets=[s, p], models=two), out, progress=False,
+                         png=False)  # fmt: skip
+    assert set(res.probe_table["model"]) == {"m", "mp"}
+    changed = [{**s, "n_people": 41}, p]
+    with pytest.raises(ValueError, match="changed: datasets"):
+        run_experiment(tiny_config(control_random=False, datasets=changed, models=two), out, progress=False,
+                       png=False)  # fmt: skip

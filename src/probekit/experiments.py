@@ -1134,7 +1134,12 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
         stages = [k for k in changed if k in _ADDABLE_STAGES and old.get(k) is None]
         rest = [k for k in changed if k not in stages]
         kept = json.loads(json.dumps(new["models"]))
-        if rest in ([], ["models"]) and all(m in kept for m in old["models"]):
+        datasets = json.loads(json.dumps(new["datasets"]))  # datasets may be added with the models that use them
+        if (
+            set(rest) <= {"models", "datasets"}
+            and all(m in kept for m in old["models"])
+            and all(d in datasets for d in old["datasets"])
+        ):
             added = [m["name"] for m in kept if m not in old["models"]]
             if added:
                 log.info(f"{out}: adding model(s) {', '.join(added)}; the finished ones are kept")
