@@ -188,7 +188,7 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Cross-references and every stage's settings, checked before any work starts."""
-        from probekit.data.bios import parse_augmentation
+        from probekit.data.bios import entries_per_person
         from probekit.evaluate.qa import FinetuneConfig
         from probekit.probes.spec import ProbeSpec
         from probekit.train import TrainConfig
@@ -208,18 +208,13 @@ class ExperimentConfig:
         elif self.seed_data:
             raise UserError("seed_data: true needs a list of seeds (seeds: [0, 1, 2]); add one or drop seed_data")
         for d in self.datasets:
-            aug = parse_augmentation(d.augmentation)
-            if d.groups:
-                from probekit.data.bios import check_groups
-
-                check_groups(d.groups)
-                aug = max((parse_augmentation(g.augmentation) for g in d.groups), key=lambda a: a.multi)
+            multi = entries_per_person(d.augmentation, d.groups)
             if d.n_people < 1:
                 raise UserError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
             from probekit.data.integrity import check_memory
             from probekit.data.pools import LIMITABLE
 
-            check_memory(d.n_people, aug.multi)
+            check_memory(d.n_people, multi)
             bad = {k: v for k, v in d.pool_limits.items() if k not in LIMITABLE or v < 2}
             if bad:
                 raise UserError(f"dataset {d.name!r}: pool_limits {bad}: only {', '.join(LIMITABLE)} can be "

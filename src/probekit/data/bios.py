@@ -252,6 +252,16 @@ def check_groups(groups: Sequence[PersonGroup]) -> None:
         raise UserError(f"group fractions {[g.fraction for g in groups]} add up to {total:g}; they must add up to 1")
 
 
+def entries_per_person(augmentation: str, groups: Sequence[PersonGroup] = ()) -> int:
+    """The most biography entries one person gets: the augmentation's M or, with ``groups`` (all checked), the
+    largest of the groups' (what the memory check needs)."""
+    multi = parse_augmentation(augmentation).multi  # checked even where groups replace it
+    if groups:
+        check_groups(groups)
+        return max(parse_augmentation(g.augmentation).multi for g in groups)
+    return multi
+
+
 def assign_groups(split: dict[str, list[int]], groups: Sequence[PersonGroup], seed: int) -> dict[str, list[int]]:
     """``{group name: sorted pids}``: each half of the P_train / P_test split is cut by the groups' fractions
     after a seeded shuffle, so every group is split 50/50 like the whole and the split itself is the one a

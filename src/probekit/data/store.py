@@ -35,7 +35,7 @@ from probekit.data.bios import (
     PersonGroup,
     Span,
     assign_groups,
-    check_groups,
+    entries_per_person,
     generate_people,
     parse_augmentation,
     render_entries,
@@ -220,10 +220,8 @@ def build_dataset(
     aug = parse_augmentation(augmentation)
     from probekit.data.integrity import check_memory
 
-    if groups:
-        check_groups(groups)
-        aug = max((parse_augmentation(g.augmentation) for g in groups), key=lambda a: a.multi)
-    check_memory(n_people, aug.multi)  # a huge N is refused here, not by running out of memory
+    # a huge N is refused here, not by running out of memory (groups are checked on the way)
+    check_memory(n_people, entries_per_person(augmentation, groups or ()))
     pools = load_pools(pool_files)
     if pool_limits:
         pools = pools.limited(pool_limits, seed)
