@@ -25,6 +25,8 @@ from probekit.data.distract import (
     split_sentences,
     train_items,
     unknown_words,
+    unseen_people,
+    unseen_train_items,
 )
 from probekit.data.qa import QUESTIONS
 
@@ -66,6 +68,40 @@ def test_injection_never_alters_the_question(ds, items) -> None:
         assert it.answer == ds.person(it.pid).attrs[it.attr]
     # every word is known to the tokenizer built with the distractor vocabulary
     assert unknown_words(ds.tokenizer, [it.rewrite_prompt + " " + it.rewrite_target for it in items]) == []
+
+
+def test_unseen_people_are_new_names_of_known_words_and_leave_the_dataset_items_unchanged(ds) -> None:
+    cfg = DistractConfig(seed=3, unseen_people=30, unseen_hint_ratio=1.0, hint_accuracy=0.8)
+    b = builder_for(ds, cfg)
+    ghosts = unseen_people(ds.people, b.values, 30, seed=3)
+    assert ghosts == unseen_people(ds.people, b.values, 30, seed=3)  # seeded
+    assert unseen_people(ds.people, b.values, 10, seed=3) == ghosts[:10]  # a prefix does not depend on the count
+    names = {p.full_name for p in ds.people}
+    assert len({g.full_name for g in ghosts}) == 30 and not names & {g.full_name for g in ghosts}
+    assert min(g.pid for g in ghosts) > max(p.pid for p in ds.people)
+    city = {p.attrs["company"]: p.attrs["company_city"] for p in ds.people}
+    for g in ghosts:
+        assert all(g.attrs[a] in b.values[a] for a in b.values) and g.attrs["company_city"] == city[g.attrs["company"]]
+    items = unseen_train_items(b, ghosts)
+    assert len(items) == 30 * 6 * cfg.train_variants
+    hints = [it for it in items if it.context and it.context[-1].role == "opinion"]
+    assert len(hints) == len(items)  # unseen_hint_ratio 1: every unseen prompt carries a hint ...
+    wrong = sum(it.suggested is not None for it in hints) / len(hints)
+    assert 0.1 < wrong < 0.3  # ... right 80% of the time
+    for it in items:  # the hint names a value of the asked attribute's pool; the question is the bioS question
+        assert it.question == f"{QUESTIONS[it.attr].format(name=ds_name(ghosts, it.pid))} Answer:"
+        assert it.context[-1].value in b.values[it.attr]
+    assert unknown_words(ds.tokenizer, [it.prompt + " " + it.answer for it in items]) == []
+    # the dataset's own items are the same with and without unseen people
+    plain = builder_for(ds, DistractConfig(seed=3))
+    assert train_items(b, ds.split["train"]) == train_items(plain, ds.split["train"])
+    assert eval_items(b, ds.split["test"]) == eval_items(plain, ds.split["test"])
+    with pytest.raises(ValueError, match="unseen_people"):
+        DistractConfig(unseen_people=-1)
+
+
+def ds_name(people, pid: int) -> str:
+    return next(p.full_name for p in people if p.pid == pid)
 
 
 def test_rule_regenerator_keeps_exactly_the_relevant_sentences(items) -> None:
@@ -276,6 +312,17 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
     assert set(probes["position"]) == {"name", "answer"} and set(probes["layer"]) == {0, 1, 2}
     assert set(probes["kind"]) == set(KINDS) and set(probes["target"]) == {"true", "suggested"}
     assert (probes["n"] <= n_test).all() and (probes[probes["target"] == "true"]["n"] == n_test).all()
+    # unseen people: trained on with hints, and new ones asked under each kind
+    ghost_out = tmp_path / "ghosts"
+    assert main(args[:7] + [str(ghost_out)] + args[8:] + ["--s2a", "rule", "--no-probes", "--no-patching",
+                                                          "--distract.unseen-people", "5", "--unseen-test", "4"]) == 0
+    unseen = pd.read_csv(ghost_out / "unseen.csv")
+    assert set(unseen[unseen["metric"] == "exact_match"]["task"]) == set(KINDS)
+    assert (unseen[unseen["metric"] == "exact_match"]["n"] == 4).all()  # 4 people x the one attribute asked
+    assert set(unseen[unseen["metric"] == "follows_suggested"]["task"]) == {"irrelevant", "hint_wrong"}
+    record = json.loads((ghost_out / "eval_config.json").read_text())
+    base_items = json.loads((out / "eval_config.json").read_text())["n_train_items"]
+    assert record["n_train_items"] == base_items + 5 * 2 and record["n_unseen_test_items"] == 4 * len(KINDS)
     # a second run refuses the non-empty directory; --resume reuses the finished finetuning runs
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     mtime = (out / "finetune_qa" / "summary.json").stat().st_mtime

@@ -6,8 +6,10 @@
 # 3. probekit eval distract: the distractable QA finetuning, the learned regenerator, P_test under every
 #    distractor kind x (baseline, S2A rule, S2A learned, oracle), probes and hint patching (--resume reuses
 #    finished finetuning runs).
-# 4. regime 2 (distract_hint95.yaml: hints right 95% of the time) with the same learned regenerator.
-# Copies the tables to experiments/distraction/results/{hint80,hint95}/ and the figures to figures/distraction/.
+# 4. regime 2 (distract_hint95.yaml: hints right 95% of the time) with the same learned regenerator;
+# 5. regime 3 (distract_unseen.yaml: + 100 people never in pretraining whose prompts all carry a hint), the same
+#    regenerator, and 50 more new people asked under each kind (unseen.csv).
+# Copies the tables to experiments/distraction/results/{hint80,hint95,unseen}/, the figures to figures/distraction/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-runs/distraction}"
@@ -24,12 +26,16 @@ probekit --threads 1 eval distract --config "$here/distract.yaml" --checkpoint "
 # regime 2: hints right 95% of the time, the same learned regenerator
 probekit --threads 1 eval distract --config "$here/distract_hint95.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
   --name ntp_multi5_permute_hint95 --out "$out/eval_hint95" --reuse-regenerations "$out/eval" --resume
-mkdir -p "$here/results/hint80" "$here/results/hint95" "$here/../../figures/distraction"
-for r in hint80:eval hint95:eval_hint95; do
+# regime 3: people the model never read about, whose answers only the hint gives
+probekit --threads 1 eval distract --config "$here/distract_unseen.yaml" --checkpoint "$out/pretrain" --data "$out/data" \
+  --name ntp_multi5_permute_unseen --out "$out/eval_unseen" --reuse-regenerations "$out/eval" --resume
+mkdir -p "$here/results/hint80" "$here/results/hint95" "$here/results/unseen" "$here/../../figures/distraction"
+for r in hint80:eval hint95:eval_hint95 unseen:eval_unseen; do
   for t in results gap regen probes patch_hint; do cp "$out/${r#*:}/$t.csv" "$here/results/${r%%:*}/"; done
   cp "$out/${r#*:}/eval_config.json" "$here/results/${r%%:*}/"
 done
-for r in hint80:eval hint95:eval_hint95; do
+cp "$out/eval_unseen/unseen.csv" "$here/results/unseen/"
+for r in hint80:eval hint95:eval_hint95 unseen:eval_unseen; do
   for f in "$out/${r#*:}"/distract_*.* "$out/${r#*:}"/probes_by_layer.* "$out/${r#*:}"/patch_hint_*.*; do
     case "$f" in *.html|*.png|*.csv) cp "$f" "$here/../../figures/distraction/${r%%:*}_$(basename "$f")";; esac
   done

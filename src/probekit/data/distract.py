@@ -17,7 +17,10 @@ Test kinds (``KINDS``), all sharing the item's relevant sentence (drawn once per
 
 Training contexts for the distractable finetuning regime (``train_items``): a share ``context_ratio`` of prompts
 carries a context (irrelevant sentences, a relevant one, and with probability ``hint_ratio`` a hint that suggests
-the correct value with probability ``hint_accuracy``), the rest are clean.
+the correct value with probability ``hint_accuracy``), the rest are clean. ``unseen_people`` > 0 adds people the
+model never read about (``unseen_people``: new full names from the dataset's name parts, attributes from its value
+lists) whose questions carry a hint with probability ``unseen_hint_ratio``: for them the hint is the only source of
+the answer, so the finetuned model learns that the context helps where retrieval fails (``unseen_train_items``).
 
 S2A rewrite task (``rewrite_prompt`` -> ``rewrite_target``): input = the distracted prompt + `` Rewrite:``; target =
 the relevant sentences + the question. ``rule_regenerate`` is the rule-based reference: keep every sentence that
@@ -125,10 +128,12 @@ class DistractConfig:
     hint_ratio: float = 0.8  # training: share of contexts that carry a hint
     hint_accuracy: float = 0.8  # training: share of hints that suggest the correct value (the rest a wrong one)
     train_variants: int = 2  # training: independently drawn prompts per P_train question
+    unseen_people: int = 0  # training: people never in pretraining (new names) whose answers only a hint gives
+    unseen_hint_ratio: float = 1.0  # training: share of the unseen people's prompts with a hint (right: hint_accuracy)
     seed: int = 0  # seed of the drawn contexts
 
     def __post_init__(self) -> None:
-        for name in ("relevant_prob", "context_ratio", "hint_ratio", "hint_accuracy"):
+        for name in ("relevant_prob", "context_ratio", "hint_ratio", "hint_accuracy", "unseen_hint_ratio"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise UserError(f"distract {name} must be in [0, 1], got {v}")
@@ -136,6 +141,8 @@ class DistractConfig:
             raise UserError(f"distract n_irrelevant must be >= 1, got {self.n_irrelevant}")
         if self.train_variants < 1:
             raise UserError(f"distract train_variants must be >= 1, got {self.train_variants}")
+        if self.unseen_people < 0:
+            raise UserError(f"distract unseen_people must be >= 0, got {self.unseen_people}")
 
 
 class ContextBuilder:
@@ -250,23 +257,74 @@ def train_items(builder: ContextBuilder, pids: Sequence[int], attrs: Sequence[st
     for pid in pids:
         person = builder.by_pid[pid]
         for attr in attrs:
-            q, true = _question(person, attr), person.attrs[attr]
             for v in range(cfg.train_variants):
                 rng = builder.rng("train", pid, attr, v)
                 if rng.random() >= cfg.context_ratio:
-                    items.append(DistractItem(pid, attr, "train", q, true, (), None))
+                    items.append(DistractItem(pid, attr, "train", _question(person, attr), person.attrs[attr], (),
+                                              None))  # fmt: skip
                     continue
-                sents = builder.relevant(person, attr, rng)
-                sents += builder.irrelevant(person, attr, rng.randint(0, cfg.n_irrelevant), rng)
-                rng.shuffle(sents)
-                sug = None
-                if rng.random() < cfg.hint_ratio:
-                    right = rng.random() < cfg.hint_accuracy
-                    value = true if right else builder.wrong_value(person, attr, rng)
-                    sents.append(builder.opinion(SUGGEST, value))
-                    sug = None if right else value
-                items.append(DistractItem(pid, attr, "train", q, true, tuple(sents), sug))
+                items.append(_train_item(builder, person, attr, cfg.hint_ratio, rng))
     return items
+
+
+def _train_item(builder: ContextBuilder, person: Person, attr: str, hint_ratio: float,
+                rng: random.Random) -> DistractItem:  # fmt: skip
+    """A training prompt with a context: a relevant sentence (``relevant_prob``), 0..n_irrelevant irrelevant ones in
+    random order, then with probability ``hint_ratio`` a hint that is right with probability ``hint_accuracy``."""
+    cfg = builder.cfg
+    q, true = _question(person, attr), person.attrs[attr]
+    sents = builder.relevant(person, attr, rng)
+    sents += builder.irrelevant(person, attr, rng.randint(0, cfg.n_irrelevant), rng)
+    rng.shuffle(sents)
+    sug = None
+    if rng.random() < hint_ratio:
+        right = rng.random() < cfg.hint_accuracy
+        value = true if right else builder.wrong_value(person, attr, rng)
+        sents.append(builder.opinion(SUGGEST, value))
+        sug = None if right else value
+    return DistractItem(person.pid, attr, "train", q, true, tuple(sents), sug)
+
+
+def unseen_people(people: Sequence[Person], values: dict[str, list[str]], n: int, seed: int) -> list[Person]:
+    """``n`` people the model never read about: full names that are no one's in ``people``, built from their first,
+    middle and last names (so every word is in the tokenizer), attributes drawn from ``values`` (the stored value
+    lists), the company city following the company as in ``people``. Person ids continue after the last one."""
+    if n == 0:
+        return []
+    rng = random.Random(f"unseen-people-{seed}")
+    firsts = sorted({(p.first, p.gender) for p in people})
+    middles, lasts = sorted({p.middle for p in people}), sorted({p.last for p in people})
+    taken = {p.full_name for p in people}
+    space = len(firsts) * len(middles) * len(lasts) - len(taken)
+    if n > space:
+        raise UserError(f"unseen_people={n} exceeds the {space} new full names the dataset's name parts allow; "
+                        "lower unseen_people")  # fmt: skip
+    city = {p.attrs["company"]: p.attrs["company_city"] for p in people}
+    companies = [c for c in values["company"] if c in city]
+    out: list[Person] = []
+    next_pid = max(p.pid for p in people) + 1
+    while len(out) < n:
+        (first, gender), middle, last = rng.choice(firsts), rng.choice(middles), rng.choice(lasts)
+        name = f"{first} {middle} {last}"
+        if name in taken:
+            continue
+        taken.add(name)
+        company = rng.choice(companies)
+        attrs = {a: rng.choice(values[a]) for a in ATTRIBUTES if a not in ("company", "company_city")}
+        attrs.update(company=company, company_city=city[company])
+        out.append(Person(next_pid + len(out), first, middle, last, gender, {a: attrs[a] for a in ATTRIBUTES}))
+    return out
+
+
+def unseen_train_items(builder: ContextBuilder, people: Sequence[Person],
+                       attrs: Sequence[str] = ATTRIBUTES) -> list[DistractItem]:  # fmt: skip
+    """Training prompts for people outside the dataset (``unseen_people``): ``train_variants`` per (person,
+    attribute), every one with a context, a hint with probability ``unseen_hint_ratio`` (right with probability
+    ``hint_accuracy``). Irrelevant sentences are about the dataset's people; the dataset's own items are
+    unchanged by them (their draws do not depend on these people)."""
+    cfg = builder.cfg
+    return [_train_item(builder, person, attr, cfg.unseen_hint_ratio, builder.rng("unseen", person.pid, attr, v))
+            for person in people for attr in attrs for v in range(cfg.train_variants)]  # fmt: skip
 
 
 def rewrite_train_items(builder: ContextBuilder, pids: Sequence[int],

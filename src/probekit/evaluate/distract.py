@@ -62,6 +62,8 @@ from probekit.data.distract import (
     rule_regenerate,
     train_items,
     unknown_words,
+    unseen_people,
+    unseen_train_items,
 )
 from probekit.data.pools import ATTRIBUTES
 from probekit.errors import UserError, UserFileNotFoundError
@@ -103,6 +105,7 @@ class DistractEvalConfig:
     batch_size: int = 64  # prompts per generation batch
     probes: bool = True  # frozen linear probes at the name and the answer position, with and without distractors
     patching: bool = True  # patch right-hint states into the wrong-hint run (layer x position slot)
+    unseen_test: int = 0  # also ask this many new people (never trained on) under each kind: are hints copied there?
     seed: int = 0  # seed of the test prompts, the bootstrap and the probes
 
     def __post_init__(self) -> None:
@@ -120,6 +123,8 @@ class DistractEvalConfig:
             raise UserError(f"attributes {list(self.attrs)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
         if self.fallback not in FALLBACKS:
             raise UserError(f"fallback {self.fallback!r}: choose one of {FALLBACKS}")
+        if self.unseen_test < 0:
+            raise UserError(f"unseen_test must be >= 0, got {self.unseen_test}")
         if self.n_boot < 0 or not 0 < self.ci_level < 1:
             raise UserError("n_boot must be >= 0 and ci_level in (0, 1)")
 
@@ -377,9 +382,15 @@ def run_distract(
     builder = builder_for(dataset, cfg.distract)
     train = train_items(builder, dataset.split["train"], cfg.attrs)
     test = eval_items(builder, dataset.split["test"], cfg.attrs, cfg.kinds)
+    # people outside the dataset: the first unseen_people join the finetuning regime, the next unseen_test are asked
+    n_unseen = cfg.distract.unseen_people
+    ghosts = unseen_people(dataset.people, builder.values, n_unseen + cfg.unseen_test, cfg.distract.seed)
+    builder.by_pid.update({g.pid: g for g in ghosts})
+    train += unseen_train_items(builder, ghosts[:n_unseen], cfg.attrs)
+    unseen_test = eval_items(builder, [g.pid for g in ghosts[n_unseen:]], cfg.attrs, cfg.kinds)
     train_rewriter = "learned" in cfg.s2a and cfg.regenerator is None and cfg.reuse_regenerations is None
     rewrite = rewrite_train_items(builder, dataset.split["train"], cfg.attrs) if train_rewriter else []
-    _check_items(tokenizer, train + test + rewrite, model.cfg.n_ctx, obj, dataset)
+    _check_items(tokenizer, train + test + unseen_test + rewrite, model.cfg.n_ctx, obj, dataset)
     if rewrite:
         check_fits([EvalItem(it.pid, it.attr, it.rewrite_prompt, it.rewrite_target) for it in rewrite], tokenizer,
                    model.cfg.n_ctx, obj)  # fmt: skip
@@ -477,6 +488,10 @@ def run_distract(
                                                              f"{cfg.ci_level:.0%} CI)"))
                for m in ("exact_match", "follows_suggested") if (table["metric"] == m).any()]  # fmt: skip
     paths = write_table(table, out, "results") + write_table(gap, out, "gap") + write_table(regen_table, out, "regen")
+    if unseen_test:
+        unseen = answer_unseen(qa_model, tokenizer, obj, unseen_test, cfg, progress)
+        unseen.insert(0, "model", name)
+        paths += write_table(unseen, out, "unseen")
     if cfg.probes:
         probes = probe_distraction(qa_model, tokenizer, dataset, cfg, batch_size=cfg.batch_size)
         probes.insert(0, "model", name)
@@ -493,9 +508,39 @@ def run_distract(
     atomic_write_json(out / "eval_config.json", {
         "checkpoint": str(meta["path"]), "data": str(dataset.root), "model": name, "objective": obj.name,
         "config": to_dict(cfg), "n_train_items": len(train), "n_rewrite_items": len(rewrite),
-        "n_test_items": len(test), "n_patch_pairs": n_pairs, "elapsed_s": round(time.perf_counter() - t0, 1),
+        "n_test_items": len(test), "n_unseen_train_people": n_unseen, "n_unseen_test_items": len(unseen_test),
+        "n_patch_pairs": n_pairs, "elapsed_s": round(time.perf_counter() - t0, 1),
     })  # fmt: skip
     return DistractResult(table, gap, records, paths, qa_model, tokenizer, test)
+
+
+def answer_unseen(model: torch.nn.Module, tokenizer: Any, objective: Objective | str, items: Sequence[DistractItem],
+                  cfg: DistractEvalConfig, progress: bool = False) -> pd.DataFrame:  # fmt: skip
+    """People the model never read about, asked under each distractor kind (the distracted prompt only): exact match
+    of the true value and ``follows_suggested`` per kind, with person-clustered bootstrap intervals. Without a hint
+    the answer is unknowable (chance); a model that learned to use hints answers right hints and copies wrong ones."""
+    gen = _answer(model, tokenizer, objective, [it.prompt for it in items], [it.answer for it in items],
+                  cfg.batch_size, progress, "answer unseen")  # fmt: skip
+
+    def ids(v: str) -> list[int]:
+        return list(tokenizer(v, add_special_tokens=False)["input_ids"])
+
+    em = np.array([float(ids_exact_match(g, ids(it.answer))) for g, it in zip(gen, items)])  # [N]
+    fol = np.array([float(ids_exact_match(g, ids(it.suggested))) if it.suggested else np.nan
+                    for g, it in zip(gen, items)])  # fmt: skip  # [N]
+    kinds = np.array([it.kind for it in items])
+    pids = np.array([it.pid for it in items])
+    rows: list[dict[str, Any]] = []
+    for kind in dict.fromkeys(kinds):
+        sel = kinds == kind
+        for metric, v in (("exact_match", em[sel]), ("follows_suggested", fol[sel])):
+            if np.isnan(v).all():
+                continue
+            boot = bootstrap_means(v, pids[sel], cfg.n_boot, cfg.seed) if cfg.n_boot else None
+            lo, hi = percentile_ci(boot[0], cfg.ci_level) if boot is not None else (np.nan, np.nan)
+            rows.append({"task": str(kind), "metric": metric, "value": float(np.nanmean(v)),
+                         "n": int((~np.isnan(v)).sum()), "ci_low": lo, "ci_high": hi})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
