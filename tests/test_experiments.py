@@ -150,3 +150,27 @@ def test_models_on_a_new_dataset_can_be_added_but_a_changed_dataset_is_refused(t
     with pytest.raises(ValueError, match="changed: datasets"):
         run_experiment(tiny_config(control_random=False, datasets=changed, models=two), out, progress=False,
                        png=False)  # fmt: skip
+
+
+def test_cli_run_passes_its_options_to_the_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probekit.experiments as experiments
+    from probekit.cli import main
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(cfg: object, out: object, **kw: object) -> None:
+        seen.update(kw, out=out)
+        raise Stop
+
+    monkeypatch.setattr(experiments, "run_experiment", fake)
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    with pytest.raises(Stop):
+        main(["run", str(root / "objectives"), "--out", str(tmp_path / "x"), "--no-progress", "--jobs", "2",
+              "--no-png"])
+    assert seen["progress"] is False and seen["jobs"] == 2 and seen["png"] is False
+    with pytest.raises(Stop):
+        main(["run", str(root / "objectives"), "--out", str(tmp_path / "x")])
+    assert seen["progress"] is True and seen["jobs"] == 1

@@ -38,7 +38,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check_jobs(args.jobs)
     cfg = demo_config()
     print(f"probekit demo: {cfg.notes}\nwriting to {args.out} (re-run the same command to resume)")
-    _report(run_experiment(cfg, args.out, figures_out=args.figures_out, png=not args.no_png, jobs=args.jobs))
+    _report(run_experiment(cfg, args.out, progress=not args.no_progress, figures_out=args.figures_out,
+                           png=not args.no_png, jobs=args.jobs))  # fmt: skip
     return 0
 
 
@@ -49,7 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.config)
     out = args.out or f"runs/{cfg.name}"
     print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
-    _report(run_experiment(cfg, out, figures_out=args.figures_out, png=not args.no_png, jobs=args.jobs))
+    _report(run_experiment(cfg, out, progress=not args.no_progress, figures_out=args.figures_out,
+                           png=not args.no_png, jobs=args.jobs))  # fmt: skip
     return 0
 
 
@@ -70,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here (e.g. figures/demo)")
     d.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")
     d.add_argument("--jobs", type=int, default=2, help="models trained, probed and evaluated at once (one thread each)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser(
@@ -83,4 +86,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here")
     r.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")
     r.add_argument("--jobs", type=int, default=1, help="models trained, probed and evaluated at once (one thread each)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
     r.set_defaults(func=cmd_run)
