@@ -152,6 +152,34 @@ def test_models_on_a_new_dataset_can_be_added_but_a_changed_dataset_is_refused(t
                        png=False)  # fmt: skip
 
 
+def test_part_of_an_experiment_runs_first_and_the_rest_joins_later(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "part"
+    s = {"name": "s", "n_people": 40, "augmentation": "single", "pool_limits": {"major": 5}}
+    p = {"name": "p", "n_people": 40, "augmentation": "single+permute", "pool_limits": {"major": 5}}
+    two = [{"name": "m", "data": "s", "train": TINY_TRAIN}, {"name": "mp", "data": "p", "train": TINY_TRAIN}]
+    cfg = tiny_config(control_random=False, datasets=[s, p], models=two, qa={"models": ["mp"], "finetune":
+                      {"method": "full", "epochs": 1, "warmup_steps": 1}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown model.*nope.*m, mp"):  # checked before any work
+        run_experiment(cfg, out, progress=False, png=False, models=["nope"])
+    assert not out.exists()
+    res = run_experiment(cfg, out, progress=False, png=False, models=["m"])
+    assert set(res.probe_table["model"]) == {"m"} and res.qa_table is None  # qa names only mp
+    assert not (out / "models" / "mp").exists() and not (out / "data" / "p").exists()  # mp's dataset not built
+    assert res.summary.startswith("this run covered models m (--models); not in these tables: mp")
+    recorded = json.loads((out / "experiment.json").read_text())
+    assert [m["name"] for m in recorded["models"]] == ["m", "mp"]  # the whole config is the experiment's record
+    weights = out / "models" / "m" / "checkpoints"
+    mtime = max(f.stat().st_mtime for f in weights.rglob("model.safetensors"))
+    full = run_experiment(cfg, out, progress=False, png=False)  # the rest joins; m is kept
+    assert set(full.probe_table["model"]) == {"m", "mp"} and set(full.qa_table["model"]) == {"mp"}
+    assert max(f.stat().st_mtime for f in weights.rglob("model.safetensors")) == mtime
+    assert not full.summary.startswith("this run covered")
+    assert full.probe_table[full.probe_table["model"] == "m"].reset_index(drop=True).equals(
+        res.probe_table.reset_index(drop=True))  # fmt: skip
+
+
 def test_cli_run_passes_its_options_to_the_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import probekit.experiments as experiments
     from probekit.cli import main
@@ -170,7 +198,10 @@ def test_cli_run_passes_its_options_to_the_experiment(tmp_path: Path, monkeypatc
     with pytest.raises(Stop):
         main(["run", str(root / "objectives"), "--out", str(tmp_path / "x"), "--no-progress", "--jobs", "2",
               "--no-png"])
-    assert seen["progress"] is False and seen["jobs"] == 2 and seen["png"] is False
+    assert seen["progress"] is False and seen["jobs"] == 2 and seen["png"] is False and seen["models"] is None
+    with pytest.raises(Stop):
+        main(["run", str(root / "objectives"), "--out", str(tmp_path / "x"), "--models", "a,b", "c"])
+    assert seen["models"] == ["a", "b", "c"]
     with pytest.raises(Stop):
         main(["run", str(root / "objectives"), "--out", str(tmp_path / "x")])
     assert seen["progress"] is True and seen["jobs"] == 1

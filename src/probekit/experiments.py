@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1018,11 +1018,15 @@ def run_experiment(
     figures_out: str | Path | None = None,
     png: bool = True,
     jobs: int = 1,
+    models: Sequence[str] | None = None,
 ) -> ExperimentResult:
     """Run (or continue) every stage of ``cfg`` into ``out``; returns the tables, figures and summary.
 
     ``jobs`` > 1 trains up to that many models at once in worker processes (one torch thread each): on a
     small-CPU machine two single-thread trainings finish sooner than two consecutive two-thread ones.
+    ``models`` works on the named models only (their datasets, training and every stage; the tables, figures and
+    summary then cover those models); ``experiment.json`` records the whole config, so a later run without
+    ``models`` (or with the others) continues the same experiment and keeps what is finished.
     """
     from probekit import provenance as prov
     from probekit.results import write_results
@@ -1031,11 +1035,13 @@ def run_experiment(
     cfg.validate()  # everything is checked before the first file is written
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
+    part = _part(cfg, models)  # checked before the first file is written, like the config
     out = Path(out).expanduser().resolve()  # absolute: runs record paths that work from any directory
     cfg_file = out / "experiment.json"
     _check_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_file, config_record(cfg))
+    full, cfg = cfg, part
     seeds = {**{f"data.{d.name}": d.seed for d in cfg.datasets},
              **{f"train.{r.key}": r.train_seed for r in cfg.runs()},
              "probe": cfg.probe.get("seed", 0)}  # fmt: skip
@@ -1066,6 +1072,10 @@ def run_experiment(
     if report.png_error:
         log.warning(report.png_error)
     summary = summarize(probe, qa, inverse, embed, reversal, recall)
+    if len(cfg.models) < len(full.models):
+        left = [m.name for m in full.models if m not in cfg.models]
+        summary = (f"this run covered models {', '.join(m.name for m in cfg.models)} (--models); not in these tables: "
+                   f"{', '.join(left)}\n" + summary)  # fmt: skip
     if qa_groups is not None:
         summary += "\n" + "\n".join(group_summary(qa_groups))
     if patch is not None:
@@ -1085,7 +1095,7 @@ def run_experiment(
     from probekit.report import write_report
 
     write_report(out / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
-                 config=config_record(cfg), provenance=fig_rec, summary=summary, figures=figures)  # fmt: skip
+                 config=config_record(full), provenance=fig_rec, summary=summary, figures=figures)  # fmt: skip
     files = [*report.files, out / "report.html"]
     if figures_out is not None:
         dest = Path(figures_out)
@@ -1099,6 +1109,21 @@ def run_experiment(
 
 _STAGE_DIRS = ("data", "models", "recall", "probes", "qa", "inverse", "reversal", "patch", "figures")
 _ADDABLE_STAGES = ("qa", "inverse", "reversal", "patch", "embed_probe", "recall")  # sections whose stage adds outputs
+
+
+def _part(cfg: ExperimentConfig, models: Sequence[str] | None) -> ExperimentConfig:
+    """``cfg`` with only the named models (a shallow copy, not validated again: the stages' settings may name the
+    others), or ``cfg`` itself when ``models`` is None."""
+    if models is None:
+        return cfg
+    names = [m.name for m in cfg.models]
+    unknown = [m for m in models if m not in names]
+    if unknown or not models:
+        what = f"unknown model(s) {', '.join(unknown)}" if unknown else "no model named"
+        raise UserError(f"--models {','.join(models)}: {what}; the experiment's models are {', '.join(names)}")
+    part = copy.copy(cfg)
+    part.models = [m for m in cfg.models if m.name in models]
+    return part
 
 
 def _check_out(cfg: ExperimentConfig, out: Path) -> None:

@@ -50,8 +50,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.config)
     out = args.out or f"runs/{cfg.name}"
     print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
+    models = [m for arg in args.models for m in arg.split(",") if m] if args.models is not None else None
     _report(run_experiment(cfg, out, progress=not args.no_progress, figures_out=args.figures_out,
-                           png=not args.no_png, jobs=args.jobs))  # fmt: skip
+                           png=not args.no_png, jobs=args.jobs, models=models))  # fmt: skip
     return 0
 
 
@@ -86,5 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here")
     r.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")
     r.add_argument("--jobs", type=int, default=1, help="models trained, probed and evaluated at once (one thread each)")
+    r.add_argument("--models", nargs="+", metavar="NAME",
+                   help="work on these models only (names, or one comma-separated list); the tables then cover them, "
+                        "and a later run without --models adds the others to the same experiment")  # fmt: skip
     r.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
     r.set_defaults(func=cmd_run)
