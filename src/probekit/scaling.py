@@ -107,11 +107,14 @@ def scale_figure(table: pd.DataFrame) -> Any:
                     customdata=g["model"], hovertemplate="%{customdata}: %{y:.1f}%<extra>" + what + "</extra>",
                 ), row=1, col=j + 1)  # fmt: skip
                 shown.append((aug, what))
-        fig.update_xaxes(title_text=AXES[axis], type="log" if axis == "n_people" else "linear", row=1, col=j + 1)
+        ticks = sorted(set(along[axis]))  # the values trained, not a continuous axis
+        fig.update_xaxes(title_text=AXES[axis], type="log" if axis == "n_people" else "linear", tickvals=ticks,
+                         row=1, col=j + 1)  # fmt: skip
     fig.update_yaxes(title_text="% on P_test (mean over attributes)", range=[-3, 103], col=1)
     measure = table["measure"].iloc[0]
-    fig.update_layout(title=f"Storage at the name ({measure}, solid) and QA extraction (dashed) against scale",
-                      width=max(600, 420 * len(varying) + 200), height=520)  # fmt: skip
+    fig.update_layout(title=f"Storage at the name ({measure}, solid)<br>and QA extraction (dashed) against scale",
+                      width=max(600, 420 * len(varying) + 100), height=600, margin={"t": 110},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0})  # fmt: skip
     return Figure("scale_storage_extraction", fig, table)
 
 
