@@ -73,7 +73,7 @@ from probekit.evaluate.scoring import first_token_match, ids_exact_match
 from probekit.finetune import EvalItem, FinetuneConfig, check_fits, encode_items, finetune
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
 from probekit.objectives import Objective, get_objective
-from probekit.stats import bootstrap_means
+from probekit.stats import bootstrap_means, person_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -521,25 +521,24 @@ def answer_unseen(model: torch.nn.Module, tokenizer: Any, objective: Objective |
     the answer is unknowable (chance); a model that learned to use hints answers right hints and copies wrong ones."""
     gen = _answer(model, tokenizer, objective, [it.prompt for it in items], [it.answer for it in items],
                   cfg.batch_size, progress, "answer unseen")  # fmt: skip
-
-    def ids(v: str) -> list[int]:
-        return list(tokenizer(v, add_special_tokens=False)["input_ids"])
-
-    em = np.array([float(ids_exact_match(g, ids(it.answer))) for g, it in zip(gen, items)])  # [N]
-    fol = np.array([float(ids_exact_match(g, ids(it.suggested))) if it.suggested else np.nan
-                    for g, it in zip(gen, items)])  # fmt: skip  # [N]
+    ids = {v: tokenizer(v, add_special_tokens=False)["input_ids"]
+           for v in {it.answer for it in items} | {it.suggested for it in items if it.suggested}}  # fmt: skip
+    V = np.array([[float(ids_exact_match(g, ids[it.answer])) for g, it in zip(gen, items)],
+                  [float(ids_exact_match(g, ids[it.suggested])) if it.suggested else np.nan
+                   for g, it in zip(gen, items)]])  # fmt: skip  # [2 = exact_match, follows_suggested; N]
     kinds = np.array([it.kind for it in items])
     pids = np.array([it.pid for it in items])
     rows: list[dict[str, Any]] = []
     for kind in dict.fromkeys(kinds):
         sel = kinds == kind
-        for metric, v in (("exact_match", em[sel]), ("follows_suggested", fol[sel])):
+        ci = person_bootstrap(V[:, sel], pids[sel], cfg.n_boot, cfg.ci_level, cfg.seed)  # [2] each
+        for f, metric in enumerate(("exact_match", "follows_suggested")):
+            v = V[f, sel]
             if np.isnan(v).all():
                 continue
-            boot = bootstrap_means(v, pids[sel], cfg.n_boot, cfg.seed) if cfg.n_boot else None
-            lo, hi = percentile_ci(boot[0], cfg.ci_level) if boot is not None else (np.nan, np.nan)
             rows.append({"task": str(kind), "metric": metric, "value": float(np.nanmean(v)),
-                         "n": int((~np.isnan(v)).sum()), "ci_low": lo, "ci_high": hi})  # fmt: skip
+                         "n": int((~np.isnan(v)).sum()), "ci_low": float(ci.low[f]),
+                         "ci_high": float(ci.high[f])})  # fmt: skip
     return pd.DataFrame(rows)
 
 
