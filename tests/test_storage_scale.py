@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from probekit.config import from_dict
 from probekit.experiments import ExperimentConfig, run_experiment
@@ -37,3 +38,45 @@ def test_quick_storage_scale_experiment_plots_storage_and_qa_against_each_axis(t
     assert "Scale:" in res.summary and "Activation patching" in res.summary
     embed = pd.read_parquet(out / "embed_update" / "results.parquet")
     assert set(embed["probe_kind"]) == {"q"}
+
+
+def test_parts_run_apart_join_into_one_scale_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A part of the experiment run with ``models`` into its own directory still writes its scale table (its
+    models share every axis value), and ``probekit plot --scale`` joins it with another part's table; a model
+    given twice with different numbers, or tables where nothing varies, are refused before anything is written."""
+    from probekit.cli import main
+
+    rec = quick_record("storage_scale")
+    people = {"single": 40, "multi5_permute": 40, "single_1000": 60, "multi5_permute_1000": 60}
+    for d in rec["datasets"]:
+        d["n_people"] = people[d["name"]]
+    rec["embed_probe"] = rec["patch"] = None  # the scale table needs the Q-probe at the name and QA only
+    rec["recall"] = rec["control_random"] = False
+    rec["probe"].update(kinds=["q"], targets=["first_token"], control_task=False)
+    cfg = from_dict(ExperimentConfig, rec)
+    runs = {"base": ["ntp_single", "ntp_multi5_permute"], "people": ["ntp_single_1000", "ntp_multi5_permute_1000"]}
+    for name, models in runs.items():
+        run_experiment(cfg, tmp_path / name, progress=False, png=False, jobs=2, models=models)
+        part = pd.read_csv(tmp_path / name / "comparison" / "scale.csv")
+        assert sorted(part["model"]) == sorted(models)
+        assert not (tmp_path / name / "figures" / "scale_storage_extraction.html").exists()  # nothing varies
+    out = tmp_path / "joined"
+    assert main(["plot", "--scale", str(tmp_path / "base"), str(tmp_path / "people" / "comparison" / "scale.csv"),
+                 "--out", str(out), "--no-png"]) == 0  # fmt: skip
+    joined = pd.read_csv(out / "scale_storage_extraction.csv")
+    assert sorted(joined["model"]) == sorted(runs["base"] + runs["people"])
+    assert set(joined["n_people"]) == {40, 60}
+    assert (out / "scale_storage_extraction.html").exists()
+    # the same table twice is one set of models; a changed copy of a model is refused, as is nothing to vary
+    again = tmp_path / "again.csv"
+    base = pd.read_csv(tmp_path / "base" / "comparison" / "scale.csv")
+    base.to_csv(again, index=False)
+    assert main(["plot", "--scale", str(tmp_path / "base"), str(again), str(tmp_path / "people"),
+                 "--out", str(tmp_path / "twice"), "--no-png"]) == 0  # fmt: skip
+    base.assign(qa=base["qa"] + 0.01).to_csv(again, index=False)
+    capsys.readouterr()
+    for given, error in (([tmp_path / "base", again], "has different rows"), ([tmp_path / "base"], "nothing varies"),
+                         ([tmp_path], "no scale table")):  # fmt: skip
+        assert main(["plot", "--scale", *map(str, given), "--out", str(tmp_path / "bad")]) == 2
+        assert error in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

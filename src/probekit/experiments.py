@@ -941,13 +941,16 @@ def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning 
 def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, embed: pd.DataFrame | None,
                       qa: pd.DataFrame | None, inverse: pd.DataFrame | None, layer: int | None = None,
                       png: bool = True, provenance: dict | None = None, control: bool = True,
-                      figures_dir: Path | None = None) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
+                      figures_dir: Path | None = None,
+                      scale: bool | None = None) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
     """Every figure of an experiment from its tables: each model's probe figures (``probekit.plots``) and, with
     two or more trained models, the comparison across them (``probekit.compare``: P grids and Q profiles side
     by side, storage at the name against QA and inverse search with correlations, extraction per model). The
     comparison's tables go to ``<out>/comparison/`` (``points.csv``, ``correlations.csv``). Returns the render
     report, the correlations (None without a comparison) and the figures. ``probekit plot --experiment`` calls
-    this too."""
+    this too. ``scale``: write ``comparison/scale.csv`` (per model: Q at the name and QA against depth, width and
+    people) even when these models share every axis value, as a part (``--models``) of an experiment whose whole
+    config varies them does: ``probekit plot --scale`` joins such parts' tables (None: when the axes vary here)."""
     from probekit import compare
     from probekit.plots import build_figures, check_layer, write_figures
 
@@ -975,11 +978,11 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
 
         axes = model_axes(cfg)
         axes = axes[axes["model"].isin(set(points.table["model"]))] if not points.table.empty else axes.iloc[:0]
-        if varying_axes(axes):  # models of several depths, widths or people counts: storage and QA against scale
-            scale = scale_table(points, axes, seed=int(cfg.probe.get("seed", 0)))
+        if varying_axes(axes) or (scale and len(axes)):  # several depths, widths or people counts
+            table = scale_table(points, axes, seed=int(cfg.probe.get("seed", 0)))
             with atomic_path(out / "comparison" / "scale.csv") as tmp:
-                scale.to_csv(tmp, index=False)
-            fig = scale_figure(scale)
+                table.to_csv(tmp, index=False)
+            fig = scale_figure(table)
             figures += [fig] if fig is not None else []
     if (out / "reversal.csv").exists():
         fig = reversal_figure(pd.read_csv(out / "reversal.csv"))
@@ -1068,7 +1071,10 @@ def run_experiment(
             with atomic_path(out / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
     fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(out / "results.parquet")}}
-    report, corr, figures = render_experiment(cfg, out, probe, embed, qa, inverse, png=png, provenance=fig_rec)
+    from probekit.scaling import model_axes, varying_axes
+
+    report, corr, figures = render_experiment(cfg, out, probe, embed, qa, inverse, png=png, provenance=fig_rec,
+                                              scale=bool(varying_axes(model_axes(full))))  # fmt: skip
     if report.png_error:
         log.warning(report.png_error)
     summary = summarize(probe, qa, inverse, embed, reversal, recall)

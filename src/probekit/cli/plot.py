@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COMMANDS = {"plot": "re-render probe figures from results tables"}
 
@@ -14,12 +18,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from probekit.plots import check_layer, render_figures
     from probekit.results import RESULTS_PARQUET, read_provenance, read_results
 
-    if (args.results is None) == (args.experiment is None):
-        raise UserError("give either --results TABLE... (probe figures) or --experiment DIR (an experiment's "
-                        "figures, comparisons across its models included)")  # fmt: skip
+    if sum(v is not None for v in (args.results, args.experiment, args.scale)) != 1:
+        raise UserError("give one of --results TABLE... (probe figures), --experiment DIR (an experiment's "
+                        "figures, comparisons across its models included) or --scale CSV... (storage and QA "
+                        "against scale from the scale tables of several runs)")  # fmt: skip
+    if args.scale is not None:
+        scale_tables = _read_scale_tables(args.scale)  # checked before --out is touched
     _check_figures_dir(Path(args.out))
     if args.experiment is not None:
         return _plot_experiment(args)
+    if args.scale is not None:
+        return _plot_scale(args, scale_tables)
     df = read_results(args.results)
     check_layer(df, args.layer)
     tables = [Path(r) / RESULTS_PARQUET if Path(r).is_dir() else Path(r) for r in args.results]
@@ -38,11 +47,69 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_scale_tables(paths: list[str]) -> list[tuple[Path, pd.DataFrame]]:
+    """The ``comparison/scale.csv`` tables of ``paths`` (files, or experiment output directories)."""
+    import pandas as pd
+
+    from probekit.errors import UserError
+
+    need = {"model", "augmentation", "n_layers", "d_model", "n_people", "measure", "q_name", "q_low", "q_high",
+            "qa", "qa_low", "qa_high", "baseline"}  # fmt: skip
+    out = []
+    for p in map(Path, paths):
+        f = p / "comparison" / "scale.csv" if p.is_dir() else p
+        if not f.is_file():
+            raise UserError(f"--scale {p}: no scale table there (an experiment directory's comparison/scale.csv, "
+                            "written by `probekit run` for experiments that vary depth, width or people)")  # fmt: skip
+        try:
+            t = pd.read_csv(f)
+        except (ValueError, OSError) as e:
+            raise UserError(f"--scale {f}: not a readable CSV ({e})") from e
+        if missing := sorted(need - set(t.columns)):
+            raise UserError(f"--scale {f}: not a scale table (missing columns {', '.join(missing)})")
+        out.append((f, t))
+    return out
+
+
+def _plot_scale(args: argparse.Namespace, tables: list[tuple[Path, pd.DataFrame]]) -> int:
+    """Q at the name and QA against depth, width and people from the scale tables of several runs (each a part of
+    one experiment, as ``probekit run --models`` writes them): a model in two tables must have the same row."""
+    import pandas as pd
+
+    from probekit import provenance as prov
+    from probekit.errors import UserError
+    from probekit.figures import write_figures
+    from probekit.scaling import scale_figure, scale_summary
+
+    joined = pd.concat([t.assign(_table=str(f)) for f, t in tables], ignore_index=True)
+    if joined["measure"].nunique() > 1:
+        raise UserError(f"--scale: the tables measure storage differently ({', '.join(joined['measure'].unique())}); "
+                        "join tables of one experiment config")  # fmt: skip
+    cols = [c for c in joined.columns if c != "_table"]
+    for model, g in joined.groupby("model", sort=False):
+        if len(g.drop_duplicates(cols)) > 1:
+            raise UserError(f"--scale: model {model} has different rows in {', '.join(g['_table'])}; give each "
+                            "model's table once")  # fmt: skip
+    table = joined.drop_duplicates(cols).drop(columns="_table").reset_index(drop=True)
+    fig = scale_figure(table)
+    if fig is None:
+        raise UserError(f"--scale: the {len(table)} models share one depth, width and people count; nothing varies "
+                        "to plot against (add the table of a run with other values)")  # fmt: skip
+    rec = prov.record(inputs={f"table{i}": f for i, (f, _) in enumerate(tables)})
+    report = write_figures([fig], args.out, png=not args.no_png, provenance=rec)
+    print("\n".join(scale_summary(table)))
+    print(f"rendered {fig.name} from {len(tables)} scale tables ({len(table)} models) into {args.out}")
+    if report.png_error:
+        print(f"warning: {report.png_error}")
+    return 0
+
+
 def _plot_experiment(args: argparse.Namespace) -> int:
     """Every figure of a finished experiment from its tables (``probekit.experiments.render_experiment``)."""
     from probekit import provenance as prov
     from probekit.experiments import config_record, load_experiment_tables, render_experiment
     from probekit.report import write_report
+    from probekit.scaling import model_axes, varying_axes
 
     run = Path(args.experiment).resolve()
     cfg, probe, embed, qa, inverse = load_experiment_tables(run)
@@ -59,6 +126,7 @@ def _plot_experiment(args: argparse.Namespace) -> int:
         provenance=rec,
         control=not args.no_control,
         figures_dir=Path(args.out),
+        scale=bool(varying_axes(model_axes(cfg))),
     )
     summary = (run / "summary.txt").read_text() if (run / "summary.txt").exists() else ""
     write_report(Path(args.out) / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
@@ -103,6 +171,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--results", nargs="+", help="results.parquet/.csv files or probe output dirs")
     p.add_argument("--experiment", help="an experiment's output directory (probekit run): all its figures, the "
                    "comparison across its models included")  # fmt: skip
+    p.add_argument("--scale", nargs="+", metavar="CSV",
+                   help="scale tables (comparison/scale.csv, or experiment directories) of runs of one experiment, "
+                        "e.g. parts run with --models into different --out directories: Q-probe at the name and QA "
+                        "extraction against each axis that varies over all of them")  # fmt: skip
     p.add_argument("--out", required=True, help="directory for the figures")
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
