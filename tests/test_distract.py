@@ -279,9 +279,11 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
     out = tmp_path / "d"
     args = ["eval", "distract", "--checkpoint", str(checkpoint), "--data", str(ds.root), "--out", str(out),
             "--attrs", "major", "--epochs", "1", "--rewrite-epochs", "1", "--warmup-steps", "1", "--n-boot", "100",
-            "--no-png"]  # fmt: skip
+            "--no-png", "--no-progress"]  # fmt: skip
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "%|" not in captured.err  # --no-progress: no tqdm bar from finetuning or generation
     assert "hint_wrong, s2a_rule: gap closed" in printed and "hint_wrong, s2a_learned" in printed
     table = pd.read_parquet(out / "results.parquet")
     n_test = len(ds.split["test"])
@@ -314,8 +316,15 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
     assert (probes["n"] <= n_test).all() and (probes[probes["target"] == "true"]["n"] == n_test).all()
     # unseen people: trained on with hints, and new ones asked under each kind
     ghost_out = tmp_path / "ghosts"
-    assert main(args[:7] + [str(ghost_out)] + args[8:] + ["--s2a", "rule", "--no-probes", "--no-patching",
-                                                          "--distract.unseen-people", "5", "--unseen-test", "4"]) == 0
+    assert (
+        main(
+            args[:7]
+            + [str(ghost_out)]
+            + args[8:]
+            + ["--s2a", "rule", "--no-probes", "--no-patching", "--distract.unseen-people", "5", "--unseen-test", "4"]
+        )
+        == 0
+    )
     unseen = pd.read_csv(ghost_out / "unseen.csv")
     assert set(unseen[unseen["metric"] == "exact_match"]["task"]) == set(KINDS)
     assert (unseen[unseen["metric"] == "exact_match"]["n"] == 4).all()  # 4 people x the one attribute asked

@@ -246,6 +246,10 @@ def test_cli_eval_qa(tiny_single, models, tmp_path: Path, capsys: pytest.Capture
 
     args = ["eval", "qa", "--checkpoint", str(models["abi"]), "--data", str(tiny_single.root), "--finetune", "none",
             "--attrs", "major,company", "--no-png", "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert main([*args[:-2], "--no-progress", "--out", str(tmp_path / "quiet")]) == 0
+    assert "%|" not in capsys.readouterr().err  # no tqdm bar
+    assert main([*args[:-2], "--out", str(tmp_path / "loud")]) == 0
+    assert "%|" in capsys.readouterr().err  # bars by default
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "overall" in printed and "exact_match" in printed and "results.parquet" in printed
@@ -253,8 +257,22 @@ def test_cli_eval_qa(tiny_single, models, tmp_path: Path, capsys: pytest.Capture
     assert main(args[:-1] + [str(tmp_path / "x"), "--attrs", "height"]) == 2
     assert "unknown attribute" in capsys.readouterr().err
     # compare several evaluations in one table and figure
-    assert main(["eval", "compare", str(tmp_path / "cli"), str(tmp_path / "cli"), "--out", str(tmp_path / "cmp"),
-                 "--metrics", "exact_match,first_token", "--no-png"]) == 2  # the same run twice: ambiguous bars
+    assert (
+        main(
+            [
+                "eval",
+                "compare",
+                str(tmp_path / "cli"),
+                str(tmp_path / "cli"),
+                "--out",
+                str(tmp_path / "cmp"),
+                "--metrics",
+                "exact_match,first_token",
+                "--no-png",
+            ]
+        )
+        == 2
+    )  # the same run twice: ambiguous bars
     assert "same model, objective and task" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
     assert main(["eval", "compare", str(tmp_path / "cli"), "--out", str(tmp_path / "cmp2"), "--no-png"]) == 0
     cmp = pd.read_csv(tmp_path / "cmp2" / "comparison_exact_match.csv")

@@ -128,13 +128,14 @@ def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
     attrs = _attrs(args.attrs)
     ft = _finetune_cfg(args)
     common = dict(model_name=args.name, objective=args.objective, eval_train=args.eval_train,
-                  batch_size=args.eval_batch_size, device=args.device, png=not args.no_png)  # fmt: skip
+                  batch_size=args.eval_batch_size, device=args.device, png=not args.no_png,
+                  progress=not args.no_progress)  # fmt: skip
     checkpoint = args.checkpoint
     if getattr(args, "mixed", False):
         if checkpoint or not args.train_config:
             raise UserError("--mixed trains a new model: give --train-config (a TrainConfig YAML) and no --checkpoint")
         cfg = _train_config(args.train_config, out, args.objective, args.data)
-        result = mixed_train(cfg, args.bio_qa_ratio, overwrite=args.overwrite)
+        result = mixed_train(cfg, args.bio_qa_ratio, progress=not args.no_progress, overwrite=args.overwrite)
         print(f"mixed training: {result.steps} steps, loss {result.train_loss:.3f}, checkpoint {result.checkpoint}")
         checkpoint, ft.method = result.checkpoint, "none"
     elif not checkpoint:
@@ -175,7 +176,7 @@ def cmd_reversal(args: argparse.Namespace) -> int:
         raise UserError(f"--tasks: {unknown} not available in {args.data}; available: {data.tasks}")
     if args.train_config:
         cfg = _train_config(args.train_config, out, args.objective)
-        result = train_reversal(data, cfg, overwrite=args.overwrite)
+        result = train_reversal(data, cfg, progress=not args.no_progress, overwrite=args.overwrite)
         print(f"trained {cfg.objective}: {result.steps} steps, loss {result.train_loss:.3f}, "
               f"checkpoint {result.checkpoint}")  # fmt: skip
         checkpoint = result.checkpoint
@@ -183,7 +184,7 @@ def cmd_reversal(args: argparse.Namespace) -> int:
         checkpoint, data, out, tasks, model_name=args.name,
         objective=None if args.train_config else args.objective, seed=args.seed, test=args.test,
         batch_size=args.eval_batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config),
-        png=not args.no_png,
+        png=not args.no_png, progress=not args.no_progress,
     )  # fmt: skip
     _record_session(out, {"checkpoint": checkpoint, "data": args.data}, args.seed)
     _print_summary(res.table, res.paths, ("exact_match", "logprob_correct", "logprob_random", "p_value"))
@@ -223,7 +224,7 @@ def cmd_distract(args: argparse.Namespace) -> int:
     cfg = from_dict(DistractEvalConfig, data)
     res = run_distract(args.checkpoint, args.data, args.out, cfg, model_name=args.name, objective=args.objective,
                        device=args.device, overwrite=args.overwrite, resume=args.resume,
-                       png=not args.no_png)  # fmt: skip
+                       png=not args.no_png, progress=not args.no_progress)  # fmt: skip
     t = res.table[(res.table["attr"] == "overall") & res.table["metric"].isin(("exact_match", "follows_suggested"))]
     wide = t.pivot_table(index=["task", "regime"], columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -247,6 +248,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-png", action="store_true", help="skip PNG figures (HTML and CSV are still written)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
 
 
 def _extraction_args(p: argparse.ArgumentParser, default_attrs: str) -> None:
