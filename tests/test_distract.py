@@ -316,15 +316,8 @@ def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: py
     assert (probes["n"] <= n_test).all() and (probes[probes["target"] == "true"]["n"] == n_test).all()
     # unseen people: trained on with hints, and new ones asked under each kind
     ghost_out = tmp_path / "ghosts"
-    assert (
-        main(
-            args[:7]
-            + [str(ghost_out)]
-            + args[8:]
-            + ["--s2a", "rule", "--no-probes", "--no-patching", "--distract.unseen-people", "5", "--unseen-test", "4"]
-        )
-        == 0
-    )
+    assert main(args[:7] + [str(ghost_out)] + args[8:] + ["--s2a", "rule", "--no-probes", "--no-patching",
+                                                          "--distract.unseen-people", "5", "--unseen-test", "4"]) == 0
     unseen = pd.read_csv(ghost_out / "unseen.csv")
     assert set(unseen[unseen["metric"] == "exact_match"]["task"]) == set(KINDS)
     assert (unseen[unseen["metric"] == "exact_match"]["n"] == 4).all()  # 4 people x the one attribute asked

@@ -257,22 +257,8 @@ def test_cli_eval_qa(tiny_single, models, tmp_path: Path, capsys: pytest.Capture
     assert main(args[:-1] + [str(tmp_path / "x"), "--attrs", "height"]) == 2
     assert "unknown attribute" in capsys.readouterr().err
     # compare several evaluations in one table and figure
-    assert (
-        main(
-            [
-                "eval",
-                "compare",
-                str(tmp_path / "cli"),
-                str(tmp_path / "cli"),
-                "--out",
-                str(tmp_path / "cmp"),
-                "--metrics",
-                "exact_match,first_token",
-                "--no-png",
-            ]
-        )
-        == 2
-    )  # the same run twice: ambiguous bars
+    assert main(["eval", "compare", str(tmp_path / "cli"), str(tmp_path / "cli"), "--out", str(tmp_path / "cmp"),
+                 "--metrics", "exact_match,first_token", "--no-png"]) == 2  # the same run twice: ambiguous bars
     assert "same model, objective and task" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
     assert main(["eval", "compare", str(tmp_path / "cli"), "--out", str(tmp_path / "cmp2"), "--no-png"]) == 0
     cmp = pd.read_csv(tmp_path / "cmp2" / "comparison_exact_match.csv")

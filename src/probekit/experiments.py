@@ -942,7 +942,7 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
                       qa: pd.DataFrame | None, inverse: pd.DataFrame | None, layer: int | None = None,
                       png: bool = True, provenance: dict | None = None, control: bool = True,
                       figures_dir: Path | None = None,
-                      scale: bool | None = None) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
+                      scale: bool = False) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
     """Every figure of an experiment from its tables: each model's probe figures (``probekit.plots``) and, with
     two or more trained models, the comparison across them (``probekit.compare``: P grids and Q profiles side
     by side, storage at the name against QA and inverse search with correlations, extraction per model). The
@@ -950,7 +950,8 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
     report, the correlations (None without a comparison) and the figures. ``probekit plot --experiment`` calls
     this too. ``scale``: write ``comparison/scale.csv`` (per model: Q at the name and QA against depth, width and
     people) even when these models share every axis value, as a part (``--models``) of an experiment whose whole
-    config varies them does: ``probekit plot --scale`` joins such parts' tables (None: when the axes vary here)."""
+    config varies them does: ``probekit plot --scale`` joins such parts' tables (it is written anyway when the
+    axes vary among these models)."""
     from probekit import compare
     from probekit.plots import build_figures, check_layer, write_figures
 
