@@ -359,3 +359,63 @@ def test_spec_engine_selects_the_solver():
     assert (cfg.backend, cfg.solver) == ("torch", "classic")
     with pytest.raises(ValueError, match="valid engines are"):
         ProbeSpec(engine="torch-newton")
+
+
+def test_path_stop_leaves_the_path_after_a_worse_strength_and_keeps_unimodal_choices(monkeypatch):
+    """``path_stop``: a task leaves the L2 path (strongest first) right after a strength that scores below its
+    best so far on validation; the weaker strengths are never fitted, and wherever the full path's validation
+    counts are unimodal the choice is the full path's."""
+    from probekit.probes import engine
+
+    # one label set (so the validation counts' rows are the probes, in order); the signal grows with the group,
+    # and on 100 fitting rows of 48 noisy features the weak strengths overfit the weak-signal groups
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    G, N, d, C = 6, 300, 48, 8
+    labels = rng.integers(0, C, size=(1, N))
+    X = torch.randn(G, N, d, generator=gen)
+    means = torch.randn(C, d, generator=gen)
+    for g in range(G):
+        X[g] += 0.15 * (g + 1) * means[labels[0]]
+    perm = rng.permutation(N)
+    split = Split(train=perm[:150], val=perm[:50], test=perm[150:])
+    n_val = len(split.val)
+    grid = EngineConfig().l2_grid
+    order = np.argsort(-np.asarray(grid))
+    seen: list[np.ndarray] = []
+    real_choose, real_lbfgs = engine.choose_l2, engine.lbfgs
+    fitted = [0]
+
+    def spy_choose(counts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(np.asarray(counts).copy())
+        return real_choose(counts, *args, **kwargs)
+
+    def spy_lbfgs(prob, theta, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fitted[0] += prob.T
+        return real_lbfgs(prob, theta, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "choose_l2", spy_choose)
+    monkeypatch.setattr(engine, "lbfgs", spy_lbfgs)
+    stop = run_probes(X, labels, split, EngineConfig(path_stop=True))
+    c_stop, n_stop = np.concatenate(seen), fitted[0]
+    seen.clear()
+    fitted[0] = 0
+    full = run_probes(X, labels, split, EngineConfig(path_stop=False))
+    c_full, n_full = np.concatenate(seen), fitted[0]
+    assert n_stop < n_full  # some task left the path early
+    left = 0
+    for row_s, row_f in zip(c_stop[:, order], c_full[:, order]):
+        n_fit = int((row_s >= 0).sum())
+        assert (row_s[:n_fit] >= 0).all() and (row_s[n_fit:] == -1).all()  # a prefix of the path
+        assert np.abs(row_s[:n_fit] - row_f[:n_fit]).max() <= 1  # the same fits (up to batching round-off)
+        if n_fit < len(grid):
+            left += 1
+            last, best = row_s[n_fit - 1], row_s[: n_fit - 1].max(initial=-1)
+            assert last == n_val or last < best  # it left exactly after a worse (or perfect) strength
+    assert left
+    n_unimodal = 0
+    for a, b, row in zip(stop, full, c_full[:, order]):
+        peak = int(np.argmax(row))
+        if (np.diff(row[: peak + 1]) >= 0).all() and (np.diff(row[peak:]) <= 0).all():
+            n_unimodal += 1
+            assert a.l2 == b.l2
+    assert n_unimodal

@@ -22,11 +22,15 @@ the same objectives and choose the strength by the same rule:
   wins on the validation people, and stopped at tol 1e-4 the weak ones ran into the iteration cap anyway; the
   reported probe is still the refit on all training rows at ``tol``. L-BFGS uses the exact per-class diagonal of
   the Hessian as its preconditioner, refreshed every ``curvature_every`` iterations
-  (``Problem.refresh_curvature``), and a task whose validation score is already perfect skips the weaker
-  strengths (a tie goes to the strongest, so the choice is the one the whole grid would give). On the
-  2,000-people P sweep of ``benchmarks/bench_probes.py``: 26.7 task-evaluations per fit instead of 55.7
-  (curvature refreshes counted), 2.1x less time. The chosen strength can differ from ``classic``'s where
-  validation scores nearly tie (near-chance probes), within a point of a converged reference there.
+  (``Problem.refresh_curvature``). A task leaves the path early when its validation score is already perfect
+  (a tie goes to the strongest, so the choice is the one the whole grid would give) or, with ``path_stop`` (on
+  by default), as soon as a strength scores below its best so far: wherever validation accuracy is unimodal
+  along the path (it rises while regularisation eases underfitting, then falls as the probe overfits) the
+  weaker strengths score below that best, so neither rule can choose them and the choice is the whole grid's.
+  The weakest strengths take the most iterations, so this is where the path's work goes. The chosen strength
+  can differ from ``classic``'s where validation scores nearly tie (near-chance probes), within a point of a
+  converged reference there; ``benchmarks/bench_probes.py`` reports the evaluations per fit and the accuracy
+  differences.
 
 Protocol (both backends, identical): features are standardised per group with the training rows' mean and
 std; classes are the distinct training labels (a test label never seen in training is an error, counted in
@@ -79,6 +83,9 @@ class EngineConfig:
     solver: str = "fast"
     path_tol: float = 1e-3  # fast: max |gradient| at which the validation-path fits stop (the refit uses ``tol``)
     curvature_every: int = 5  # fast: iterations between refreshes of the curvature preconditioner
+    # fast: leave the path once a strength scores below the best so far on validation (exact when validation
+    # accuracy is unimodal along the path: the weaker strengths then score below that best and are never chosen)
+    path_stop: bool = True
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -301,8 +308,13 @@ def _fit_bucket_torch(
                 counts[:, r] = n_correct(X_val, Y_val, theta, prob.valid)
             else:
                 # a task whose validation score is already perfect cannot choose a weaker strength (under either
-                # rule a tie goes to the strongest): it skips the rest of the path (its count -1: never chosen)
-                need = (counts[:, order[: order.index(r)]] < n_val).all(1)
+                # rule a tie goes to the strongest): it skips the rest of the path (its count -1: never chosen);
+                # with ``path_stop``, so does a task whose last strength scored below its best so far
+                done = order[: order.index(r)]
+                need = (counts[:, done] < n_val).all(1)
+                if cfg.path_stop and len(done) > 1:
+                    last, best = counts[:, done[-1]], counts[:, done].amax(1)
+                    need &= last >= best  # -1 (skipped) is below any count: a stopped task stays stopped
                 theta = theta.clone()
                 counts[:, r] = -1.0
                 if bool(need.all()):
