@@ -37,3 +37,19 @@ def test_pool_limit_that_is_not_a_number_names_the_problem(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert "major=abc" in err and "whole number" in err
     assert not out.exists()
+
+
+def test_train_help_reads_the_config_without_importing_torch(tmp_path: Path) -> None:
+    """``probekit train --help`` builds its flags from TrainConfig and ModelConfig (torch-free modules); the
+    objective names are checked only when a value is given, and a wrong one is still refused at parse time."""
+    code = ("import sys\nfrom probekit.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--objective OBJECTIVE", "--model.d-model", "--precision {no,bf16,fp16}"):
+        assert flag in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "False"  # torch was never imported
+    r = subprocess.run([sys.executable, "-m", "probekit.cli", "train", "--objective", "bogus", "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "invalid choice: 'bogus'" in r.stderr and "'bico'" in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,9 +133,12 @@ def _add(parser: Any, schema: type, prefix: tuple[str, ...], flags: Flags, rules
             what = "a value or a list" if _bare(tp) is Any else _type_name(tp)
             what += ", comma-separated" if _is_sequence(tp) else ""
             shown = "no default" if default is dataclasses.MISSING else f"default: {_show(default)}"
-            choices = rules.choices.get(dotted) or f.metadata.get("choices")
-            parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, choices=choices,
-                                metavar=_metavar(f.name, choices),
+            choices = rules.choices.get(dotted)
+            if choices is None:  # (not `or`: a LazyChoices must not be loaded to build the parser)
+                choices = f.metadata.get("choices")
+            lazy = isinstance(choices, LazyChoices)  # checked by its own type function, not argparse's choices
+            parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, choices=None if lazy else choices,
+                                metavar=_metavar(f.name, choices), **({"type": choices} if lazy else {}),
                                 help=f"{doc} ({what}; {shown})")  # fmt: skip
         flags.flags[dest] = Flag(path, tp, options[0], docs.get(f.name, ""))
 
@@ -169,7 +172,40 @@ def _show(value: Any) -> str:
 
 
 def _metavar(name: str, choices: Any) -> str:
+    if isinstance(choices, LazyChoices):
+        return choices.metavar
     return "{" + ",".join(choices) + "}" if choices else name.upper()
+
+
+class LazyChoices(Sequence[str]):
+    """A flag's valid values, computed only when a value is given, not when the parser is built or ``--help`` is
+    printed: e.g. the objective registry, whose import pulls in torch. ``add_flags`` makes it the flag's argparse
+    ``type`` (a call checks a value and returns it; argparse's own ``choices`` would list them in every help
+    text), and ``metavar`` stands in for the list in the help."""
+
+    def __init__(self, load: Callable[[], Sequence[str]], metavar: str) -> None:
+        self._load, self.metavar = load, metavar
+        self._values: Sequence[str] | None = None
+
+    def _get(self) -> Sequence[str]:
+        if self._values is None:
+            self._values = tuple(self._load())
+        return self._values
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._get()
+
+    def __call__(self, value: str) -> str:
+        if value not in self._get():
+            choices = ", ".join(map(repr, self._get()))
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {choices})")
+        return value
 
 
 def _dataclass_of(tp: Any) -> type | None:

@@ -50,7 +50,7 @@ def build_config(args: argparse.Namespace) -> Any:
     """TrainConfig from --config (or, with --resume and no --config, the run's saved config), then the settings
     given as flags (generated from TrainConfig), then --set."""
     from probekit.config import from_dict, load_mapping
-    from probekit.train import TRAIN_CONFIG_FILE
+    from probekit.train_config import TRAIN_CONFIG_FILE
 
     given = args.train_flags.given(args)
     out = given.get("out")
@@ -73,7 +73,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if not sep or not key:
             raise UserError(f"--set {item!r} must look like KEY=VALUE (e.g. model.n_layers=2)")
         _set(data, key, raw)
-    from probekit.train import TrainConfig
+    from probekit.train_config import TrainConfig
 
     cfg = from_dict(TrainConfig, data)
     cfg.validate()
@@ -109,6 +109,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _objective_names() -> tuple[str, ...]:
+    from probekit.objectives import objective_names  # imports torch: only when a value is checked
+
+    return objective_names()
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -123,8 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from probekit.objectives import objective_names
-    from probekit.train import PRECISIONS, TrainConfig
+    from probekit.cli.flags import LazyChoices
+    from probekit.train_config import PRECISIONS, TrainConfig
 
     p.add_argument("--config", help="YAML/JSON TrainConfig (optional with --resume: the run's own config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -138,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     flags = add_flags(group, TrainConfig, names={"max_steps": ("--steps", "--max-steps")},
                       exclude=("model.vocab_size",),
-                      choices={"objective": objective_names(), "precision": PRECISIONS})  # fmt: skip
+                      choices={"objective": LazyChoices(_objective_names, "OBJECTIVE"),
+                               "precision": PRECISIONS})  # fmt: skip
     p.set_defaults(train_flags=flags)
     p.set_defaults(func=cmd_train)
