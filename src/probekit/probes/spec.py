@@ -29,7 +29,8 @@ Vocabulary:
   (the default): causal, plus abi for models trained with ABI. Rows carry the ``reading``; the
   embedding-update probe reads causally.
 - engine: ``torch`` (the batched engine with its default solver, ``fast``), ``torch-fast`` (the same: loose
-  validation-path fits, a refreshed per-class curvature preconditioner), ``torch-classic`` (the solver before
+  validation-path fits, a refreshed per-class curvature preconditioner, the L2 path left once a strength
+  scores below the best so far), ``torch-classic`` (the solver before
   issue 11, which made the tables committed before the switch) or ``sklearn`` (the reference); all choose the
   L2 strength on validation people by ``l2_rule`` and refit at ``max_iter`` / tol 1e-4
   (``probekit.probes.engine``).
