@@ -73,7 +73,7 @@ def add_flags(
     names: Mapping[str, str | Sequence[str]] | None = None,
     negatives: Mapping[str, str] | None = None,
     exclude: Collection[str] = (),
-    choices: Mapping[str, Sequence[str]] | None = None,
+    choices: Mapping[str, Sequence[str] | LazyChoices] | None = None,
     defaults: Any = None,
     prefix: Sequence[str] = (),
 ) -> Flags:
@@ -98,7 +98,7 @@ class _Rules:
     names: dict[str, Any]
     negatives: dict[str, str]
     exclude: set[str]
-    choices: dict[str, Sequence[str]]
+    choices: dict[str, Sequence[str] | LazyChoices]
 
 
 def _add(parser: Any, schema: type, prefix: tuple[str, ...], flags: Flags, rules: _Rules, defaults: Any) -> None:
@@ -133,13 +133,14 @@ def _add(parser: Any, schema: type, prefix: tuple[str, ...], flags: Flags, rules
             what = "a value or a list" if _bare(tp) is Any else _type_name(tp)
             what += ", comma-separated" if _is_sequence(tp) else ""
             shown = "no default" if default is dataclasses.MISSING else f"default: {_show(default)}"
-            choices = rules.choices.get(dotted)
-            if choices is None:  # (not `or`: a LazyChoices must not be loaded to build the parser)
-                choices = f.metadata.get("choices")
-            lazy = isinstance(choices, LazyChoices)  # checked by its own type function, not argparse's choices
-            parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, choices=None if lazy else choices,
-                                metavar=_metavar(f.name, choices), **({"type": choices} if lazy else {}),
-                                help=f"{doc} ({what}; {shown})")  # fmt: skip
+            choices = rules.choices.get(dotted) or f.metadata.get("choices")
+            if isinstance(choices, LazyChoices):  # checked by its own type function, not argparse's choices
+                parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, type=choices,
+                                    metavar=choices.metavar, help=f"{doc} ({what}; {shown})")  # fmt: skip
+            else:
+                parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, choices=choices,
+                                    metavar=_metavar(f.name, choices),
+                                    help=f"{doc} ({what}; {shown})")  # fmt: skip
         flags.flags[dest] = Flag(path, tp, options[0], docs.get(f.name, ""))
 
 
@@ -172,12 +173,10 @@ def _show(value: Any) -> str:
 
 
 def _metavar(name: str, choices: Any) -> str:
-    if isinstance(choices, LazyChoices):
-        return choices.metavar
     return "{" + ",".join(choices) + "}" if choices else name.upper()
 
 
-class LazyChoices(Sequence[str]):
+class LazyChoices:
     """A flag's valid values, computed only when a value is given, not when the parser is built or ``--help`` is
     printed: e.g. the objective registry, whose import pulls in torch. ``add_flags`` makes it the flag's argparse
     ``type`` (a call checks a value and returns it; argparse's own ``choices`` would list them in every help
@@ -185,26 +184,11 @@ class LazyChoices(Sequence[str]):
 
     def __init__(self, load: Callable[[], Sequence[str]], metavar: str) -> None:
         self._load, self.metavar = load, metavar
-        self._values: Sequence[str] | None = None
-
-    def _get(self) -> Sequence[str]:
-        if self._values is None:
-            self._values = tuple(self._load())
-        return self._values
-
-    def __getitem__(self, i: Any) -> Any:
-        return self._get()[i]
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._get()
 
     def __call__(self, value: str) -> str:
-        if value not in self._get():
-            choices = ", ".join(map(repr, self._get()))
-            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {choices})")
+        valid = tuple(self._load())
+        if value not in valid:
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(map(repr, valid))})")
         return value
 
 

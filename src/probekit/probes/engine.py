@@ -312,7 +312,7 @@ def _fit_bucket_torch(
                 # with ``path_stop``, so does a task whose last strength scored below its best so far
                 done = order[: order.index(r)]
                 need = (counts[:, done] < n_val).all(1)
-                if cfg.path_stop and len(done) > 1:
+                if cfg.path_stop and done:
                     last, best = counts[:, done[-1]], counts[:, done].amax(1)
                     need &= last >= best  # -1 (skipped) is below any count: a stopped task stays stopped
                 theta = theta.clone()
