@@ -187,6 +187,22 @@ def test_chunked_memory_budget_gives_the_same_results():
         assert a.l2 == b.l2
 
 
+def test_padded_buckets_give_the_same_results_as_tight_ones():
+    from probekit.probes.engine import _buckets
+
+    assert _buckets([4, 12, 3], 1.0) == [[2], [0], [1]]  # one bucket per class count
+    assert _buckets([4, 12, 3], 10.0) == [[2, 0, 1]]  # all padded to 12 classes
+    assert _buckets([100, 104, 140], 1.05) == [[0, 1], [2]]  # 2 x 104 / 204 <= 1.05; 3 x 140 / 344 > 1.05
+    X, labels, split = planted(G=3)
+    tight = run_probes(X, labels, split, EngineConfig(bucket_waste=1.0))
+    padded = run_probes(X, labels, split, EngineConfig(bucket_waste=10.0))  # padded classes are masked out
+    for a, b in zip(tight, padded):
+        assert a.accuracy == pytest.approx(b.accuracy, abs=0.01)
+        assert a.l2 == b.l2
+    with pytest.raises(ValueError, match="bucket_waste"):
+        EngineConfig(bucket_waste=0.9)
+
+
 def test_split_rejects_overlap_and_bad_config():
     with pytest.raises(ValueError, match="overlap"):
         Split(train=np.arange(10), test=np.arange(5, 15))

@@ -7,8 +7,8 @@ pair is an independent multinomial logistic regression:
     minimise   mean_i CE(softmax(W^T x_i + b), y_i) + l2/2 * ||W||^2        (the bias is not penalised)
 
 which is exactly scikit-learn's ``LogisticRegression(C=1/(l2 * n_train))`` objective. The torch backend solves
-all regressions of a bucket of label sets at once (label sets of similar class counts share a bucket, padded
-classes masked out): one task per (group, label set, current L2 strength), each with its own L-BFGS state, so
+all regressions of a bucket of label sets at once (label sets whose class counts are within
+``EngineConfig.bucket_waste`` of each other share a bucket, padded classes masked out): one task per (group, label set, current L2 strength), each with its own L-BFGS state, so
 every result is that regression's own optimum, not a compromise of a joint problem (``probekit.probes.solver``
 explains the solver). The L2 grid is walked as a regularisation path, strongest first, each fit warm-started
 from the previous one, and the refit starts from the chosen strength's solution.
@@ -86,6 +86,11 @@ class EngineConfig:
     # fast: leave the path once a strength scores below the best so far on validation (exact when validation
     # accuracy is unimodal along the path: the weaker strengths then score below that best and are never chosen)
     path_stop: bool = True
+    # torch: label sets share a bucket (one batch of tasks, classes padded to the bucket's largest count) only while
+    # padding wastes at most this factor of matrix-multiply work; on a CPU every task pays for its own padded
+    # products and a bucket's size buys nothing, so the default keeps buckets tight (1.5 before issue 11's last
+    # change: 30% of the benchmark's P work was padding)
+    bucket_waste: float = 1.05
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -102,6 +107,8 @@ class EngineConfig:
             raise UserError(f"unknown l2_rule {self.l2_rule!r}; valid rules are {list(L2_RULES)}")
         if self.solver not in SOLVERS:
             raise UserError(f"unknown probe solver {self.solver!r}; valid solvers are {list(SOLVERS)}")
+        if not self.bucket_waste >= 1.0:
+            raise UserError(f"bucket_waste must be >= 1 (1 = no padded classes), got {self.bucket_waste}")
         if not self.path_tol > 0 or self.curvature_every < 0:
             raise UserError(f"path_tol must be > 0 and curvature_every >= 0, got {self.path_tol}, "
                             f"{self.curvature_every}")  # fmt: skip
@@ -238,7 +245,7 @@ def _rotate(X: Tensor, train: Tensor) -> Tensor:
     return torch.bmm(X, U.to(X.dtype))
 
 
-def _buckets(sizes: Sequence[int], waste: float = 1.5) -> list[list[int]]:
+def _buckets(sizes: Sequence[int], waste: float) -> list[list[int]]:
     """Group label sets of similar class counts so padding to the largest wastes at most ``waste`` x."""
     out: list[list[int]] = []
     cur: list[int] = []
@@ -412,7 +419,8 @@ def _groups_per_chunk(n_rows: int, d: int, buckets: Sequence[tuple[int, int]], c
     budget = cfg.memory_budget_mb * 2**20 / 4  # float32 elements
     # parameter-sized tensors: history pairs, iterates, path (and the fast solver's per-class preconditioner)
     state = 2 * cfg.history + 7 + len(cfg.l2_grid)
-    per_group = max(L * (2 * n_rows * d + state * C * (d + 1)) for L, C in buckets) + n_rows * d
+    copies = 3 if cfg.solver == "fast" else 2  # per-task feature copies (the fast solver keeps their squares too)
+    per_group = max(L * (copies * n_rows * d + state * C * (d + 1)) for L, C in buckets) + n_rows * d
     return max(1, int(budget // max(per_group, 1)))
 
 
@@ -465,7 +473,7 @@ def run_probes(
     if progress and G:
         progress(G * (K - len(live)))
     if live:
-        buckets = [[live[i] for i in b] for b in _buckets([len(labs[k].classes) for k in live])]
+        buckets = [[live[i] for i in b] for b in _buckets([len(labs[k].classes) for k in live], cfg.bucket_waste)]
         if cfg.backend == "torch":
             shapes = [(len(b), max(len(labs[k].classes) for k in b)) for b in buckets]
             gchunk = _groups_per_chunk(len(split.train), src.d, shapes, cfg)

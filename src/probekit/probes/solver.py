@@ -66,6 +66,7 @@ class Problem:
         self.mask = torch.where(valid, 0.0, -torch.inf).to(X.dtype)  # [T, C]
         self.padded = not bool(valid.all())
         self.var = (X * X).mean(1) if self.n else torch.ones(self.T, self.d, dtype=X.dtype, device=X.device)  # [T, d]
+        self.X2: Tensor | None = None  # X * X [T, n, d], made by the first curvature refresh and kept
         self.set_lam(lam)
 
     def set_lam(self, lam: Tensor) -> None:
@@ -80,6 +81,7 @@ class Problem:
         sub = Problem.__new__(Problem)
         sub.X, sub.Y, sub.valid, sub.lam = self.X[idx], self.Y[idx], self.valid[idx], self.lam[idx]
         sub.mask, sub.var, sub.pinv = self.mask[idx], self.var[idx], self.pinv[idx]
+        sub.X2 = None if self.X2 is None else self.X2[idx]
         sub.budget, sub.n, sub.d, sub.C, sub.T = self.budget, self.n, self.d, self.C, len(idx)
         sub.padded = self.padded
         return sub
@@ -119,12 +121,19 @@ class Problem:
             grad *= self.valid[:, :, None]  # masked (padding) classes stay exactly where they are
         return f, grad
 
+    def squared(self) -> Tensor:
+        """X * X [T, n, d], made once and kept (by this problem and the ``take`` and copies made after)."""
+        if self.X2 is None:
+            self.X2 = self.X * self.X
+        return self.X2
+
     def refresh_curvature(self, theta: Tensor) -> None:
         """Replace the preconditioner by the exact diagonal of the Hessian at ``theta``: for class c and feature
         j, ``mean_i p_ic (1 - p_ic) x_ij^2 + lam`` (the bias: ``mean_i p_ic (1 - p_ic)``). One matrix product of
         the size of a gradient's; away from the uniform start the classes' curvatures differ by orders of
         magnitude (frequent vs rare classes, confident vs uncertain), which the start's preconditioner ignores."""
         T, n, d, C = self.T, self.n, self.d, self.C
+        X2 = self.squared()
         pinv = torch.empty(T, C, d + 1, dtype=self.X.dtype, device=self.X.device)
         tb = max(1, self.budget // max(1, n * C))
         for t0 in range(0, T, tb):
@@ -133,7 +142,7 @@ class Problem:
             Z = torch.baddbmm(bias, self.X[ts], theta[ts, :, :d].transpose(1, 2))  # [t, n, C]
             P = torch.softmax(Z, -1)
             Q = P.sub_(P * P)  # p (1 - p)
-            h = torch.bmm(Q.transpose(1, 2), self.X[ts] * self.X[ts]).div_(n)  # [t, C, d]
+            h = torch.bmm(Q.transpose(1, 2), X2[ts]).div_(n)  # [t, C, d]
             pinv[ts, :, :d] = h + self.lam[ts, None, None]
             pinv[ts, :, d] = Q.sum(1) / n
         floor = 1e-3 * pinv.amax(1, keepdim=True)  # no class's curvature far below the largest (padding: 0)
@@ -183,6 +192,7 @@ def lbfgs(
     Hessian as the preconditioner (``Problem.refresh_curvature``, on a copy of ``prob``)."""
     T = theta.shape[0]
     if curvature_every:
+        prob.squared()  # cached on the caller's problem: the next call on it (the L2 path's next strength) reuses it
         prob = copy.copy(prob)  # the refreshed preconditioner stays with this call
         prob.refresh_curvature(theta)
     theta = theta.clone()  # updated in place
