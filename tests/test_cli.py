@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from probekit.cli import build_parser, main
 
 
@@ -53,3 +55,19 @@ def test_train_help_reads_the_config_without_importing_torch(tmp_path: Path) -> 
                         str(tmp_path / "run")], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "invalid choice: 'bogus'" in r.stderr and "'bico'" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", ["qa", "inverse", "reversal", "distract"])
+def test_eval_help_reads_its_configs_without_importing_torch(task: str, tmp_path: Path) -> None:
+    """``probekit eval <task> --help`` builds its flags from FinetuneConfig and DistractEvalConfig (torch-free
+    modules); a wrong objective is still refused at parse time, before any work."""
+    code = (f"import sys\nfrom probekit.cli import main\ntry:\n    main(['eval', {task!r}, '--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "--objective OBJECTIVE" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "False"  # torch was never imported
+    r = subprocess.run([sys.executable, "-m", "probekit.cli", "eval", "qa", "--data", str(tmp_path), "--objective",
+                        "bogus", "--out", str(tmp_path / "out")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "invalid choice: 'bogus'" in r.stderr and "'abi'" in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -27,10 +27,11 @@ import torch
 from probekit.config import to_dict
 from probekit.data.tokenizer import EOS_ID
 from probekit.errors import UserError, UserFileNotFoundError
+from probekit.finetune_config import METHODS as METHODS  # re-exported: torch-free, for configs and --help
+from probekit.finetune_config import FinetuneConfig as FinetuneConfig
 from probekit.io import atomic_write_json
-from probekit.objectives import REGISTRY, Objective, as_objective, get_objective, objective_names
+from probekit.objectives import Objective, as_objective, get_objective
 
-METHODS: tuple[str, ...] = ("full", "lora", "none")
 # Finetuning items end with EOS after the answer (``answer_item``), so an infilling (ABI) model's blank sits
 # before an EOS: its Part A at inference is [EOS] + prompt + [MASK] + [EOS].
 ANSWER_SUFFIX: tuple[int, ...] = (EOS_ID,)
@@ -56,44 +57,6 @@ class EvalItem:
     task: str
     prompt: str
     answer: str
-
-
-@dataclass
-class FinetuneConfig:
-    """How to finetune before evaluating (defaults: 20 epochs over the P_train items)."""
-
-    method: str = "full"  # full: every weight; lora: peft adapters on lora_targets; none: evaluate as is
-    lora_rank: int = 8  # LoRA: rank of the adapters
-    lora_alpha: float = 16.0  # LoRA: scaling alpha of the adapters
-    lora_dropout: float = 0.0  # LoRA: dropout on the adapters' input
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LoRA: the linear layers that get adapters
-    embed_rank: int = 0  # LoRA rank of the input-embedding update (paper: 128); 0 = embedding frozen
-    objective: str | None = None  # finetuning objective (a registry name); None = the checkpoint's own
-    epochs: float | None = 20.0  # passes over the P_train items
-    max_steps: int | None = None  # optimiser steps; overrides epochs when set
-    batch_size: int = 32  # items per optimiser step
-    lr: float | None = None  # learning rate; None: 3e-4 for full, 1e-3 for LoRA
-    warmup_steps: int = 10  # steps of linear learning-rate warmup
-    weight_decay: float = 0.0  # AdamW weight decay
-    merge: bool = True  # LoRA: merge the adapter into the weights (the checkpoint is then a plain model)
-    save_adapter: bool = False  # LoRA: also write the adapter (peft format) to <out>/adapter
-    seed: int = 0  # seed of the finetuning (LoRA initialisation, item order)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"finetune method {self.method!r}: choose one of {METHODS}")
-        if self.objective is not None and self.objective not in REGISTRY:
-            raise UserError(f"finetune objective {self.objective!r}: choose one of {objective_names()}")
-        if self.lora_rank < 1 or self.embed_rank < 0:
-            raise UserError("lora_rank must be >= 1 and embed_rank >= 0")
-        if self.epochs is None and self.max_steps is None:
-            raise UserError("set epochs or max_steps for finetuning")
-        if not self.lora_targets:
-            raise UserError("lora_targets is empty; e.g. ('q_proj', 'v_proj')")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-3 if self.method == "lora" else 3e-4)
 
 
 @dataclass

@@ -54,7 +54,7 @@ def _attrs(text: str | None) -> tuple[str, ...]:
 def _finetune_cfg(args: argparse.Namespace) -> Any:
     """FinetuneConfig from the finetuning flags (generated from its fields) and --seed."""
     from probekit.config import from_dict
-    from probekit.finetune import FinetuneConfig
+    from probekit.finetune_config import FinetuneConfig
 
     given = args.finetune_flags.given(args)
     if given.get("max_steps"):
@@ -238,9 +238,9 @@ def cmd_distract(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
     p.add_argument("--name", help="model name in the results table (default: the run directory's name)")
-    from probekit.objectives import objective_names
+    from probekit.cli.flags import objective_choices
 
-    p.add_argument("--objective", choices=objective_names(),
+    p.add_argument("--objective", type=objective_choices(), metavar="OBJECTIVE",
                    help="the checkpoint's objective, if its meta.json does not record one (with a training config: "
                         "the objective to train with)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
@@ -255,14 +255,14 @@ def _extraction_args(p: argparse.ArgumentParser, default_attrs: str) -> None:
     p.add_argument("--checkpoint", help="checkpoint or run directory (latest checkpoint) of a pretrained model")
     p.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
     p.add_argument("--attrs", default=default_attrs, help="comma-separated attributes, or 'all'")
-    from probekit.finetune import METHODS, FinetuneConfig
-    from probekit.objectives import objective_names
+    from probekit.cli.flags import objective_choices
+    from probekit.finetune_config import METHODS, FinetuneConfig
 
     g = p.add_argument_group("finetuning on P_train (FinetuneConfig; --seed seeds it)")
     flags = add_flags(g, FinetuneConfig, exclude=("seed",),
                       names={"method": ("--finetune",), "objective": ("--ft-objective",),
                              "max_steps": ("--steps", "--max-steps")},
-                      choices={"method": METHODS, "objective": objective_names()})  # fmt: skip
+                      choices={"method": METHODS, "objective": objective_choices()})  # fmt: skip
     p.set_defaults(finetune_flags=flags)
     p.add_argument("--eval-train", action="store_true", help="also evaluate on P_train (memorisation check)")
 
@@ -362,8 +362,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
     d.add_argument("--config", help="DistractEvalConfig YAML/JSON (flags below override it)")
     d.add_argument("--warmup-steps", type=int, help="warm-up steps of both finetuning runs (default 10)")
-    from probekit.evaluate.distract import FALLBACKS, DistractEvalConfig
-    from probekit.finetune import METHODS
+    from probekit.data.distract import FALLBACKS
+    from probekit.distract_config import DistractEvalConfig
+    from probekit.finetune_config import METHODS
 
     g = d.add_argument_group("distraction settings (DistractEvalConfig; each replaces the --config value; "
                              "--seed seeds it, --eval-batch-size is its batch_size)")  # fmt: skip

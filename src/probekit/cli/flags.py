@@ -192,6 +192,17 @@ class LazyChoices:
         return value
 
 
+def _objective_names() -> tuple[str, ...]:
+    from probekit.objectives import objective_names  # imports torch: only when a value is checked
+
+    return tuple(objective_names())
+
+
+def objective_choices() -> LazyChoices:
+    """The objective registry's names (``--objective``), loaded only when a value is checked."""
+    return LazyChoices(_objective_names, "OBJECTIVE")
+
+
 def _dataclass_of(tp: Any) -> type | None:
     """The dataclass of ``tp`` or of ``tp | None``, else None."""
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):

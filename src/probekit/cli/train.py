@@ -109,12 +109,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _objective_names() -> tuple[str, ...]:
-    from probekit.objectives import objective_names  # imports torch: only when a value is checked
-
-    return objective_names()
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -129,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from probekit.cli.flags import LazyChoices
+    from probekit.cli.flags import objective_choices
     from probekit.train_config import PRECISIONS, TrainConfig
 
     p.add_argument("--config", help="YAML/JSON TrainConfig (optional with --resume: the run's own config)")
@@ -144,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     flags = add_flags(group, TrainConfig, names={"max_steps": ("--steps", "--max-steps")},
                       exclude=("model.vocab_size",),
-                      choices={"objective": LazyChoices(_objective_names, "OBJECTIVE"),
+                      choices={"objective": objective_choices(),
                                "precision": PRECISIONS})  # fmt: skip
     p.set_defaults(train_flags=flags)
     p.set_defaults(func=cmd_train)

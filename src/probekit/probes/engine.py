@@ -6,12 +6,13 @@ pair is an independent multinomial logistic regression:
 
     minimise   mean_i CE(softmax(W^T x_i + b), y_i) + l2/2 * ||W||^2        (the bias is not penalised)
 
-which is exactly scikit-learn's ``LogisticRegression(C=1/(l2 * n_train))`` objective. The torch backend solves
-all regressions of a bucket of label sets at once (label sets whose class counts are within
-``EngineConfig.bucket_waste`` of each other share a bucket, padded classes masked out): one task per (group, label set, current L2 strength), each with its own L-BFGS state, so
-every result is that regression's own optimum, not a compromise of a joint problem (``probekit.probes.solver``
-explains the solver). The L2 grid is walked as a regularisation path, strongest first, each fit warm-started
-from the previous one, and the refit starts from the chosen strength's solution.
+which is exactly scikit-learn's ``LogisticRegression(C=1/(l2 * n_train))`` objective. The torch backend solves all
+regressions of a bucket of label sets at once (label sets whose class counts are within
+``EngineConfig.bucket_waste`` of each other share a bucket, padded classes masked out): one task per (group, label
+set, current L2 strength), each with its own L-BFGS state, so every result is that regression's own optimum, not a
+compromise of a joint problem (``probekit.probes.solver`` explains the solver). The L2 grid is walked as a
+regularisation path, strongest first, each fit warm-started from the previous one, and the refit starts from the
+chosen strength's solution.
 
 Two torch solvers (``EngineConfig.solver``; in a probe spec, ``engine: torch-fast`` or ``torch-classic``) solve
 the same objectives and choose the strength by the same rule:
