@@ -14,8 +14,12 @@ for Q) on a randomly initialised 4-layer model (weights do not change the cost) 
    groups where the two engines disagree most: the difference each engine's default settings make. L-BFGS stopped at
    tol 1e-4 / 100 iterations is not at the optimum on weakly regularised probes, and near-chance probes flip
    between classes on tiny changes, so (2) mixes the two engines' truncation errors; (3) tells whose they are.
+4. the protocol's own noise on those groups (``--val-resamples N``, default 8): a tightly converged torch reference
+   refitted under the run's validation split and N - 1 redrawn ones (training and test people fixed): how far a
+   probe's test accuracy moves when only the people who choose its L2 strength change, set beside each engine's
+   deviation from the converged reference.
 
-    python benchmarks/bench_probes.py                 # 2,000 people, 4 layers x 128 (about 35 minutes)
+    python benchmarks/bench_probes.py                 # 2,000 people, 4 layers x 128 (about 40 minutes)
     python benchmarks/bench_probes.py --people 300    # quick check
 
 ``--sklearn-groups N`` times scikit-learn on N evenly spaced feature groups per task set only and scales its time
@@ -116,6 +120,55 @@ class FlopCounter:
         return self.flops / rate, rate / 1e9
 
 
+def val_noise(t, X: torch.Tensor, rg: list[int], by: dict, solvers: list[str], n: int, device: str,  # type: ignore[no-untyped-def]
+              spec, report: dict[str, object]) -> None:  # fmt: skip
+    """The protocol's own noise on the reference groups ``rg``: a tightly converged torch reference (classic
+    solver, float32, tol 1e-6, up to 1,500 iterations; the full L2 path) refitted with the task set's validation
+    people and ``n - 1`` redrawn ones (the same number, drawn by person from the training people). The training and
+    test people never change, so a probe's spread is what the L2 choice on validation people alone does to its test
+    accuracy; each engine's deviation from the converged reference is set beside its probe's spread."""
+    from probekit.probes.engine import EngineConfig, Split, run_probes
+
+    cfg = dataclasses.replace(EngineConfig(solver="classic", tol=1e-6, max_iter=1500, device=device),
+                              l2_grid=spec.l2_grid, l2_rule=spec.l2_rule)  # fmt: skip
+    train_people = np.unique(t.pids[t.split.train])
+    n_val_people = len(np.unique(t.pids[t.split.val]))
+    accs = []
+    for seed in range(n):
+        if seed == 0:
+            val = t.split.val
+        else:
+            rng = np.random.default_rng(1000 + seed)
+            people = rng.choice(train_people, size=n_val_people, replace=False)
+            val = t.split.train[np.isin(t.pids[t.split.train], people)]
+        fits = run_probes(X[rg], t.labels, Split(t.split.train, t.split.test, val), cfg)
+        accs.append({(rg[f.group], f.label): f.accuracy for f in fits if f.status == "ok"})
+    keys = sorted(accs[0])
+    A = 100 * np.array([[a[k] for k in keys] for a in accs])  # [n, probes] points
+    spread = A.max(0) - A.min(0)
+    wg, wk = keys[int(spread.argmax())]
+    print(f"  validation noise: the converged torch reference under {n} validation splits on groups {rg}: a probe's "
+          f"test accuracy spans max {spread.max():.1f} / mean {spread.mean():.2f} points (sd over splits: max "
+          f"{A.std(0).max():.2f}; widest: group {wg}, {'/'.join(t.label_keys[wk])}, "
+          f"{A[:, spread.argmax()].min():.1f}-{A[:, spread.argmax()].max():.1f}); {int((spread >= 1.0).sum())} of "
+          f"{len(keys)} probes move by >= 1 point")  # fmt: skip
+    report[f"{t.kind}_val_noise_span_max_points"] = round(float(spread.max()), 2)
+    report[f"{t.kind}_val_noise_span_mean_points"] = round(float(spread.mean()), 3)
+    ref = by.get("reference", {})
+    for name in solvers:
+        dev = [(abs(by[name][k].accuracy - ref[k].accuracy) * 100, j) for j, k in enumerate(keys) if k in ref]
+        if not dev:
+            continue
+        worst, j = max(dev)
+        inside = sum(A[:, jj].min() - 1e-9 <= 100 * by[name][keys[jj]].accuracy <= A[:, jj].max() + 1e-9
+                     for _, jj in dev)  # fmt: skip
+        g, k = keys[j]
+        print(f"  {name}: largest deviation from the converged reference {worst:.1f} points (group {g}, "
+              f"{'/'.join(t.label_keys[k])}), whose accuracy spans {A[:, j].min():.1f}-{A[:, j].max():.1f} over "
+              f"the validation splits; {inside} of {len(dev)} {name} accuracies lie within their probe's span")  # fmt: skip
+        report[f"{t.kind}_{name}_within_val_span"] = f"{inside}/{len(dev)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, default=2000)
@@ -128,6 +181,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sklearn-groups", type=int, default=0, help="0 = every group")
     ap.add_argument("--reference-groups", type=int, default=2, help="groups per task set for the converged reference")
+    ap.add_argument("--val-resamples", type=int, default=8,
+                    help="validation splits (the run's own and N - 1 redrawn) under which a tightly converged torch "
+                         "reference is refitted on the reference groups: how far a probe's accuracy moves when only "
+                         "the validation people that choose its L2 change (0 skips it)")  # fmt: skip
     ap.add_argument("--solvers", default="fast,classic",
                     help="torch solvers to time side by side (EngineConfig.solver), comma-separated; the first is "
                          "the one whose disagreement with scikit-learn picks the reference groups")  # fmt: skip
@@ -277,6 +334,8 @@ def main() -> None:
                 print(f"  {name} vs the converged reference (scikit-learn, tol 1e-7, 2,000 iterations) on the "
                       f"{len(rg)} groups of largest disagreement {rg}: |acc diff| max {100 * max(dd):.2f} / mean "
                       f"{100 * np.mean(dd):.3f} points over {len(dd)} probes")  # fmt: skip
+            if args.val_resamples:
+                val_noise(t, X, rg, by, solvers, args.val_resamples, args.device, spec, report)
         for k in sorted(by[solvers[0]]):
             row: dict[str, object] = {"kind": t.kind, "group": k[0], "label": "/".join(t.label_keys[k[1]])}
             for name, fits in by.items():
