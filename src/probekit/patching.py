@@ -64,63 +64,23 @@ import torch
 from torch import Tensor
 
 from probekit.activations import HookPoint, hook_points, model_dims
-from probekit.data.pools import ATTRIBUTES
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
 from probekit.data.tokenizer import EOS_ID, PAD_ID
 from probekit.errors import UserError
+from probekit.patch_config import CORRUPTIONS as CORRUPTIONS  # re-exported: torch-free, for configs and --help
+from probekit.patch_config import MODES as MODES
+from probekit.patch_config import PROMPTS as PROMPTS
+from probekit.patch_config import SPLITS as SPLITS
+from probekit.patch_config import PatchConfig as PatchConfig
 from probekit.stats import person_bootstrap
 
 log = logging.getLogger(__name__)
 
-MODES: tuple[str, ...] = ("patch", "restore")
-CORRUPTIONS: tuple[str, ...] = ("noise", "swap")
-PROMPTS: tuple[str, ...] = ("qa", "bio")
-SPLITS: tuple[str, ...] = ("test", "train", "all")
 BIO_SLOTS: tuple[str, ...] = ("bos", "name_first", "name_middle", "name_last", "template", "last")
 COLUMNS: tuple[str, ...] = (
     "model", "objective", "dataset", "prompts", "mode", "corruption", "attribute", "hook", "layer", "position",
     "position_label", "token", "metric", "value", "ci_low", "ci_high", "n_pairs", "clean", "corrupt",
 )  # fmt: skip
-
-
-@dataclass
-class PatchConfig:
-    """What to patch and measure (``probekit patch`` flags are generated from these fields)."""
-
-    attributes: tuple[str, ...] = ATTRIBUTES  # attributes asked about ('all': the six)
-    prompts: str = "qa"  # qa | bio (first-sentence biography prefixes)
-    modes: tuple[str, ...] = ("patch",)  # patch (name swap, source -> target) and/or restore (corrupt, restore)
-    corruption: str = "noise"  # restore mode: noise (Gaussian on the name embeddings) | swap (another name)
-    noise_scale: float = 3.0  # restore/noise: noise std = noise_scale x std of the clean name-token embeddings
-    hooks: tuple[str, ...] = ("resid",)  # resid (L+1 boundaries), attn_out, mlp_out (L each), resid_mid
-    layers: tuple[int, ...] | None = None  # None: every layer of each hook
-    split: str = "test"  # people whose prompts are used: test (P_test), train (P_train) or all
-    groups: tuple[str, ...] = ()  # only people of these dataset groups (e.g. minority), sources and targets alike
-    n_pairs: int = 50  # pairs per attribute (fewer when fewer qualify)
-    whole_answer: bool = False  # also teacher-force the whole answer: logp_answer, greedy_answer
-    require_correct: bool = True  # keep pairs whose clean (and, swapping, corrupted) run answers right (1st token)
-    n_boot: int = 1000  # person-clustered bootstrap resamples (0: no intervals)
-    batch_size: int = 256  # sequences per forward pass
-    seed: int = 0  # seed of the pairing, the noise and the bootstrap
-
-    def __post_init__(self) -> None:
-        self.attributes, self.modes, self.hooks = tuple(self.attributes), tuple(self.modes), tuple(self.hooks)
-        self.groups = tuple(self.groups)
-        if self.layers is not None:
-            self.layers = tuple(int(v) for v in self.layers)
-        bad = [a for a in self.attributes if a not in ATTRIBUTES]
-        if bad or not self.attributes:
-            raise UserError(f"attributes {list(self.attributes)}: choose a non-empty subset of {', '.join(ATTRIBUTES)}")
-        if not self.modes or any(m not in MODES for m in self.modes):
-            raise UserError(f"modes {list(self.modes)}: choose one or more of {', '.join(MODES)}")
-        for name, value, valid in (("corruption", self.corruption, CORRUPTIONS), ("prompts", self.prompts, PROMPTS),
-                                   ("split", self.split, SPLITS)):  # fmt: skip
-            if value not in valid:
-                raise UserError(f"{name} {value!r}: choose one of {', '.join(valid)}")
-        if self.n_pairs < 1 or self.batch_size < 1 or self.n_boot < 0:
-            raise UserError("n_pairs and batch_size must be at least 1 and n_boot at least 0")
-        if self.noise_scale <= 0:
-            raise UserError(f"noise_scale must be positive, got {self.noise_scale}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

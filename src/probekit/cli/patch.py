@@ -21,7 +21,7 @@ def _config(args: argparse.Namespace) -> Any:
     """PatchConfig from the flags generated from its fields (``--attributes all``: the six)."""
     from probekit.config import from_dict
     from probekit.data.pools import ATTRIBUTES
-    from probekit.patching import PatchConfig
+    from probekit.patch_config import PatchConfig
 
     given = args.patch_flags.given(args)
     if given.get("attributes") == ("all",):
@@ -68,7 +68,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from probekit.cli.flags import add_flags
-    from probekit.patching import CORRUPTIONS, PROMPTS, SPLITS, PatchConfig
+    from probekit.patch_config import CORRUPTIONS, PROMPTS, SPLITS, PatchConfig
 
     p = subparsers.add_parser(
         "patch",
