@@ -57,16 +57,19 @@ def test_train_help_reads_the_config_without_importing_torch(tmp_path: Path) -> 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("command", ["eval qa", "eval inverse", "eval reversal", "eval distract", "patch"])
-def test_eval_and_patch_help_read_their_configs_without_importing_torch(command: str, tmp_path: Path) -> None:
-    """``probekit eval <task> --help`` and ``patch --help`` build their flags from FinetuneConfig,
-    DistractEvalConfig and PatchConfig (torch-free modules); a wrong objective is still refused at parse time,
-    before any work."""
+HELP_FLAG = {"eval": "--objective OBJECTIVE", "patch": "--corruption {noise,swap}", "probe": "--spec.engine"}
+
+
+@pytest.mark.parametrize("command", ["eval qa", "eval inverse", "eval reversal", "eval distract", "patch", "probe"])
+def test_command_help_reads_its_configs_without_importing_torch(command: str, tmp_path: Path) -> None:
+    """``probekit eval <task> --help``, ``patch --help`` and ``probe --help`` build their flags from FinetuneConfig,
+    DistractEvalConfig, PatchConfig and ProbeSpec (torch-free modules); a wrong objective is still refused at
+    parse time, before any work."""
     code = (f"import sys\nfrom probekit.cli import main\ntry:\n    main({command.split() + ['--help']!r})\n"
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert ("--objective OBJECTIVE" if command.startswith("eval") else "--corruption {noise,swap}") in r.stdout
+    assert HELP_FLAG[command.split()[0]] in r.stdout
     assert r.stdout.strip().splitlines()[-1] == "False"  # torch was never imported
     r = subprocess.run([sys.executable, "-m", "probekit.cli", "eval", "qa", "--data", str(tmp_path), "--objective",
                         "bogus", "--out", str(tmp_path / "out")], capture_output=True, text=True)  # fmt: skip

@@ -107,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "the spec's `threads` for probes, 1 unless set, so tables do not depend on the thread "
                    "count)")  # fmt: skip
     from probekit.cli.flags import add_flags
-    from probekit.probes.engine import BACKENDS
+    from probekit.probes.config import BACKENDS
     from probekit.probes.spec import STORAGE, ProbeSpec
 
     group = p.add_argument_group("probe spec settings (ProbeSpec; each replaces the --spec file's value)")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,36 +35,12 @@ from torch import Tensor, nn
 
 from probekit.activations import _is_hooked_lm, _Stop, hook_points, model_dims, padded_batch, run_causal
 from probekit.errors import UserError
+from probekit.probes.config import EmbedProbeConfig as EmbedProbeConfig  # re-exported: torch-free
 from probekit.probes.engine import ProbeFit, _base_fit, _map_labels
 from probekit.probes.tasks import ProbeTaskSet
 
 HOOK_NAME = "embed_update"
 PAPER_RANK = {"p": 2, "q": 16}  # the paper's ranks per probe kind
-
-
-@dataclass
-class EmbedProbeConfig:
-    """Training settings of the embedding-update probe (``rank = 0``: the paper's rank for the probe kind)."""
-
-    rank: int = 0  # rank of the embedding update (0: the paper's, 2 for P and 16 for Q probes)
-    lr: float = 1e-3  # AdamW learning rate of the update and the heads
-    weight_decay: float = 0.3  # AdamW weight decay
-    epochs: int = 20  # most passes over the training people
-    patience: int = 4  # stop after this many epochs in which no head (per_head) or the mean (mean) improved
-    batch_size: int = 32  # sequences per optimiser step
-    seed: int = 0  # seed of the initialisation and the batch order
-    select: str = "per_head"  # per_head: each head at its own best validation epoch; mean: one epoch for all
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"embed probe {name} must be >= 1, got {getattr(self, name)}")
-        if self.rank < 0:
-            raise UserError(f"embed probe rank must be >= 0 (0 = the paper's), got {self.rank}")
-        if self.select not in ("per_head", "mean"):
-            raise UserError(f"embed probe select must be 'per_head' or 'mean', got {self.select!r}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise UserError(f"embed probe needs lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
 
 class LowRankEmbedding(nn.Module):

@@ -49,70 +49,20 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from probekit.errors import UserError
+from probekit.probes.config import BACKENDS as BACKENDS  # re-exported: torch-free, for specs and --help
+from probekit.probes.config import L2_RULES as L2_RULES
+from probekit.probes.config import SOLVERS as SOLVERS
+from probekit.probes.config import Backend as Backend
+from probekit.probes.config import EngineConfig as EngineConfig
 from probekit.probes.solver import Problem, lbfgs, predict
 
 log = logging.getLogger(__name__)
-
-Backend = Literal["torch", "torch-fast", "torch-classic", "sklearn"]
-# torch-fast / torch-classic: the torch backend with that solver (EngineConfig normalises them to backend torch)
-BACKENDS: tuple[str, ...] = ("torch", "torch-fast", "torch-classic", "sklearn")
-SOLVERS: tuple[str, ...] = ("fast", "classic")
-L2_RULES: tuple[str, ...] = ("one_se", "best")
-
-
-@dataclass
-class EngineConfig:
-    """Settings shared by both backends (the sklearn backend ignores the torch-only memory settings)."""
-
-    backend: Backend = "torch"
-    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
-    l2_rule: str = "one_se"  # one_se: strongest L2 within one standard error of the best; best: the best
-    max_iter: int = 100  # L-BFGS iterations (scikit-learn's default)
-    tol: float = 1e-4  # stop when max |gradient| of the mean loss falls below this (scikit-learn's gtol)
-    history: int = 3  # L-BFGS memory: with the preconditioner 3 pairs do as well as 10 (fewer vector passes)
-    memory_budget_mb: float = 1024.0  # torch: working memory for one chunk of groups
-    # torch: "fast" (the default; see the module doc: loose validation-path fits, a per-class curvature
-    # preconditioner, no weaker strengths after a perfect validation score) or "classic" (the solver before
-    # issue 11: every fit at ``tol``; it made the tables committed before the switch)
-    solver: str = "fast"
-    path_tol: float = 1e-3  # fast: max |gradient| at which the validation-path fits stop (the refit uses ``tol``)
-    curvature_every: int = 5  # fast: iterations between refreshes of the curvature preconditioner
-    # fast: leave the path once a strength scores below the best so far on validation (exact when validation
-    # accuracy is unimodal along the path: the weaker strengths then score below that best and are never chosen)
-    path_stop: bool = True
-    # torch: label sets share a bucket (one batch of tasks, classes padded to the bucket's largest count) only while
-    # padding wastes at most this factor of matrix-multiply work; on a CPU every task pays for its own padded
-    # products and a bucket's size buys nothing, so the default keeps buckets tight (1.5 before issue 11's last
-    # change: 30% of the benchmark's P work was padding)
-    bucket_waste: float = 1.05
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown probe engine {self.backend!r}; valid engines are {list(BACKENDS)}")
-        if self.backend in ("torch-fast", "torch-classic"):
-            self.backend, self.solver = "torch", self.backend.removeprefix("torch-")
-        self.l2_grid = tuple(float(v) for v in self.l2_grid)
-        if not self.l2_grid or any(v <= 0 for v in self.l2_grid):
-            raise UserError(f"l2_grid must be a non-empty list of positive numbers, got {list(self.l2_grid)}")
-        if self.max_iter < 1:
-            raise UserError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.l2_rule not in L2_RULES:
-            raise UserError(f"unknown l2_rule {self.l2_rule!r}; valid rules are {list(L2_RULES)}")
-        if self.solver not in SOLVERS:
-            raise UserError(f"unknown probe solver {self.solver!r}; valid solvers are {list(SOLVERS)}")
-        if not self.bucket_waste >= 1.0:
-            raise UserError(f"bucket_waste must be >= 1 (1 = no padded classes), got {self.bucket_waste}")
-        if not self.path_tol > 0 or self.curvature_every < 0:
-            raise UserError(f"path_tol must be > 0 and curvature_every >= 0, got {self.path_tol}, "
-                            f"{self.curvature_every}")  # fmt: skip
 
 
 @dataclass

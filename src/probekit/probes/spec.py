@@ -51,8 +51,7 @@ import yaml
 from probekit.config import from_dict
 from probekit.data.pools import ATTRIBUTES
 from probekit.errors import UserError, UserFileNotFoundError
-from probekit.probes.embed_probe import EmbedProbeConfig
-from probekit.probes.engine import BACKENDS, EngineConfig
+from probekit.probes.config import BACKENDS, EmbedProbeConfig, EngineConfig
 
 PROBE_KINDS: tuple[str, ...] = ("p", "q")
 TARGET_KINDS: tuple[str, ...] = ("first_token", "value")
