@@ -28,7 +28,7 @@ class EngineConfig:
     tol: float = 1e-4  # stop when max |gradient| of the mean loss falls below this (scikit-learn's gtol)
     history: int = 3  # L-BFGS memory: with the preconditioner 3 pairs do as well as 10 (fewer vector passes)
     memory_budget_mb: float = 1024.0  # torch: working memory for one chunk of groups
-    # torch: "fast" (the default; see the module doc: loose validation-path fits, a per-class curvature
+    # torch: "fast" (the default; see ``probekit.probes.engine``: loose validation-path fits, a per-class curvature
     # preconditioner, no weaker strengths after a perfect validation score) or "classic" (the solver before
     # issue 11: every fit at ``tol``; it made the tables committed before the switch)
     solver: str = "fast"
@@ -39,8 +39,8 @@ class EngineConfig:
     path_stop: bool = True
     # torch: label sets share a bucket (one batch of tasks, classes padded to the bucket's largest count) only while
     # padding wastes at most this factor of matrix-multiply work; on a CPU every task pays for its own padded
-    # products and a bucket's size buys nothing, so the default keeps buckets tight (1.5 before issue 11's last
-    # change: 30% of the benchmark's P work was padding)
+    # products and a bucket's size buys nothing, so the default keeps buckets tight (it was 1.5: on the benchmark's
+    # P sweep, 30% of the largest bucket's work was padding)
     bucket_waste: float = 1.05
     device: str = "cpu"
 
