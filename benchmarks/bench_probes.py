@@ -145,13 +145,14 @@ def val_noise(t, X: torch.Tensor, rg: list[int], by: dict, solvers: list[str], n
         accs.append({(rg[f.group], f.label): f.accuracy for f in fits if f.status == "ok"})
     keys = sorted(accs[0])
     A = 100 * np.array([[a[k] for k in keys] for a in accs])  # [n, probes] points
-    spread = A.max(0) - A.min(0)
-    wg, wk = keys[int(spread.argmax())]
+    lo, hi = A.min(0), A.max(0)  # [probes] each probe's range over the splits
+    spread = hi - lo
+    w = int(spread.argmax())
+    wg, wk = keys[w]
     print(f"  validation noise: the converged torch reference under {n} validation splits on groups {rg}: a probe's "
           f"test accuracy spans max {spread.max():.1f} / mean {spread.mean():.2f} points (sd over splits: max "
-          f"{A.std(0).max():.2f}; widest: group {wg}, {'/'.join(t.label_keys[wk])}, "
-          f"{A[:, spread.argmax()].min():.1f}-{A[:, spread.argmax()].max():.1f}); {int((spread >= 1.0).sum())} of "
-          f"{len(keys)} probes move by >= 1 point")  # fmt: skip
+          f"{A.std(0).max():.2f}; widest: group {wg}, {'/'.join(t.label_keys[wk])}, {lo[w]:.1f}-{hi[w]:.1f}); "
+          f"{int((spread >= 1.0).sum())} of {len(keys)} probes move by >= 1 point")  # fmt: skip
     report[f"{t.kind}_val_noise_span_max_points"] = round(float(spread.max()), 2)
     report[f"{t.kind}_val_noise_span_mean_points"] = round(float(spread.mean()), 3)
     ref = by.get("reference", {})
@@ -160,11 +161,10 @@ def val_noise(t, X: torch.Tensor, rg: list[int], by: dict, solvers: list[str], n
         if not dev:
             continue
         worst, j = max(dev)
-        inside = sum(A[:, jj].min() - 1e-9 <= 100 * by[name][keys[jj]].accuracy <= A[:, jj].max() + 1e-9
-                     for _, jj in dev)  # fmt: skip
+        inside = sum(lo[jj] - 1e-9 <= 100 * by[name][keys[jj]].accuracy <= hi[jj] + 1e-9 for _, jj in dev)
         g, k = keys[j]
         print(f"  {name}: largest deviation from the converged reference {worst:.1f} points (group {g}, "
-              f"{'/'.join(t.label_keys[k])}), whose accuracy spans {A[:, j].min():.1f}-{A[:, j].max():.1f} over "
+              f"{'/'.join(t.label_keys[k])}), whose accuracy spans {lo[j]:.1f}-{hi[j]:.1f} over "
               f"the validation splits; {inside} of {len(dev)} {name} accuracies lie within their probe's span")  # fmt: skip
         report[f"{t.kind}_{name}_within_val_span"] = f"{inside}/{len(dev)}"
 

@@ -41,18 +41,29 @@ def test_pool_limit_that_is_not_a_number_names_the_problem(tmp_path: Path, capsy
     assert not out.exists()
 
 
+def _help(argv: list[str]) -> tuple[str, bool]:
+    """``probekit <argv> --help`` in a fresh interpreter: (the help text, whether torch got imported)."""
+    code = (f"import sys\nfrom probekit.cli import main\ntry:\n    main({argv + ['--help']!r})\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    *text, imported = r.stdout.strip().splitlines()
+    return "\n".join(text), imported == "True"
+
+
+def _refused_objective(argv: list[str], out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "probekit.cli", *argv, "--objective", "bogus", "--out", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+
+
 def test_train_help_reads_the_config_without_importing_torch(tmp_path: Path) -> None:
     """``probekit train --help`` builds its flags from TrainConfig and ModelConfig (torch-free modules); the
     objective names are checked only when a value is given, and a wrong one is still refused at parse time."""
-    code = ("import sys\nfrom probekit.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n"
-            "    pass\nprint('torch' in sys.modules)")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    text, imported = _help(["train"])
     for flag in ("--objective OBJECTIVE", "--model.d-model", "--precision {no,bf16,fp16}"):
-        assert flag in r.stdout
-    assert r.stdout.strip().splitlines()[-1] == "False"  # torch was never imported
-    r = subprocess.run([sys.executable, "-m", "probekit.cli", "train", "--objective", "bogus", "--out",
-                        str(tmp_path / "run")], capture_output=True, text=True)  # fmt: skip
+        assert flag in text
+    assert not imported  # torch was never imported
+    r = _refused_objective(["train"], tmp_path / "run")
     assert r.returncode == 2 and "invalid choice: 'bogus'" in r.stderr and "'bico'" in r.stderr
     assert not (tmp_path / "run").exists()
 
@@ -61,17 +72,16 @@ HELP_FLAG = {"eval": "--objective OBJECTIVE", "patch": "--corruption {noise,swap
 
 
 @pytest.mark.parametrize("command", ["eval qa", "eval inverse", "eval reversal", "eval distract", "patch", "probe"])
-def test_command_help_reads_its_configs_without_importing_torch(command: str, tmp_path: Path) -> None:
+def test_command_help_reads_its_configs_without_importing_torch(command: str) -> None:
     """``probekit eval <task> --help``, ``patch --help`` and ``probe --help`` build their flags from FinetuneConfig,
-    DistractEvalConfig, PatchConfig and ProbeSpec (torch-free modules); a wrong objective is still refused at
-    parse time, before any work."""
-    code = (f"import sys\nfrom probekit.cli import main\ntry:\n    main({command.split() + ['--help']!r})\n"
-            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert HELP_FLAG[command.split()[0]] in r.stdout
-    assert r.stdout.strip().splitlines()[-1] == "False"  # torch was never imported
-    r = subprocess.run([sys.executable, "-m", "probekit.cli", "eval", "qa", "--data", str(tmp_path), "--objective",
-                        "bogus", "--out", str(tmp_path / "out")], capture_output=True, text=True)  # fmt: skip
+    DistractEvalConfig, PatchConfig and ProbeSpec (torch-free modules)."""
+    text, imported = _help(command.split())
+    assert HELP_FLAG[command.split()[0]] in text
+    assert not imported  # torch was never imported
+
+
+def test_eval_refuses_a_wrong_objective_at_parse_time(tmp_path: Path) -> None:
+    """The lazily checked ``--objective`` of ``eval`` still refuses a wrong name before any work."""
+    r = _refused_objective(["eval", "qa", "--data", str(tmp_path)], tmp_path / "out")
     assert r.returncode == 2 and "invalid choice: 'bogus'" in r.stderr and "'abi'" in r.stderr
     assert not (tmp_path / "out").exists()

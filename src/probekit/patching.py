@@ -67,11 +67,7 @@ from probekit.activations import HookPoint, hook_points, model_dims
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
 from probekit.data.tokenizer import EOS_ID, PAD_ID
 from probekit.errors import UserError
-from probekit.patch_config import CORRUPTIONS as CORRUPTIONS  # re-exported: torch-free, for configs and --help
-from probekit.patch_config import MODES as MODES
-from probekit.patch_config import PROMPTS as PROMPTS
-from probekit.patch_config import SPLITS as SPLITS
-from probekit.patch_config import PatchConfig as PatchConfig
+from probekit.patch_config import PatchConfig as PatchConfig  # re-exported: torch-free, for configs and --help
 from probekit.stats import person_bootstrap
 
 log = logging.getLogger(__name__)

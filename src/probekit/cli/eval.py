@@ -240,7 +240,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="model name in the results table (default: the run directory's name)")
     from probekit.cli.flags import objective_choices
 
-    p.add_argument("--objective", type=objective_choices(), metavar="OBJECTIVE",
+    objectives = objective_choices()
+    p.add_argument("--objective", type=objectives, metavar=objectives.metavar,
                    help="the checkpoint's objective, if its meta.json does not record one (with a training config: "
                         "the objective to train with)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)

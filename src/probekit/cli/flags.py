@@ -195,7 +195,7 @@ class LazyChoices:
 def _objective_names() -> tuple[str, ...]:
     from probekit.objectives import objective_names  # imports torch: only when a value is checked
 
-    return tuple(objective_names())
+    return objective_names()
 
 
 def objective_choices() -> LazyChoices:

@@ -62,8 +62,7 @@ from probekit.data.distract import (
     unseen_people,
     unseen_train_items,
 )
-from probekit.distract_config import S2A_CHOICES as S2A_CHOICES  # re-exported: torch-free, for configs and --help
-from probekit.distract_config import DistractEvalConfig as DistractEvalConfig
+from probekit.distract_config import DistractEvalConfig as DistractEvalConfig  # re-exported: torch-free
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.evaluate.figures import results_frame, write_figure, write_table
 from probekit.evaluate.qa import default_model_name, generate_answers, model_objective

@@ -55,11 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probekit.probes.config import BACKENDS as BACKENDS  # re-exported: torch-free, for specs and --help
-from probekit.probes.config import L2_RULES as L2_RULES
-from probekit.probes.config import SOLVERS as SOLVERS
-from probekit.probes.config import Backend as Backend
-from probekit.probes.config import EngineConfig as EngineConfig
+from probekit.probes.config import EngineConfig as EngineConfig  # re-exported: torch-free, for specs and --help
 from probekit.probes.solver import Problem, lbfgs, predict
 
 log = logging.getLogger(__name__)
