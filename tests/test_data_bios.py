@@ -178,3 +178,26 @@ def test_outputs_have_ordinary_permissions(tiny_single) -> None:
     for f in ("manifest.json", "bios.jsonl"):
         assert stat.S_IMODE((tiny_single.root / f).stat().st_mode) == 0o666 & ~mask
     assert stat.S_IMODE(tiny_single.root.stat().st_mode) == 0o777 & ~mask
+
+
+def test_name_pools_make_people_share_names(tmp_path: Path) -> None:
+    ds = build_dataset(tmp_path / "n", n_people=120, seed=3, name_pools={"first": 6, "middle": 5, "last": 4})
+    firsts, middles, lasts = ({getattr(p, part) for p in ds.people} for part in ("first", "middle", "last"))
+    assert (len(firsts), len(middles), len(lasts)) == (6, 5, 4)
+    assert len({p.full_name for p in ds.people}) == 120  # the combination still identifies everyone
+    full = load_pools()
+    assert firsts <= set(full.first_names) and lasts <= set(full.last_names)
+    genders = dict(zip(full.first_names, full.first_genders))
+    assert all(p.gender == genders[p.first] for p in ds.people if genders[p.first])  # genders stay aligned
+    assert ds.manifest["name_pools"] == {"first": 6, "last": 4, "middle": 5}
+    assert ds.manifest["people_per_name"] == {"first": 20.0, "middle": 24.0, "last": 30.0}
+    again = build_dataset(tmp_path / "m", n_people=120, seed=3, name_pools={"first": 6, "middle": 5, "last": 4})
+    assert [p.full_name for p in again.people] == [p.full_name for p in ds.people]  # seeded
+    plain = build_dataset(tmp_path / "p", n_people=120, seed=3)
+    assert "name_pools" not in plain.manifest  # the default keeps earlier datasets' bytes
+
+
+def test_name_pools_too_small_for_n_are_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="unique full names, fewer than the 100"):
+        build_dataset(tmp_path / "x", n_people=100, name_pools={"first": 4, "middle": 4, "last": 4})
+    assert not (tmp_path / "x").exists()

@@ -45,6 +45,8 @@ class DatasetSpec:
     augmentation: str = "single"
     seed: int = 0
     pool_limits: dict[str, int] = field(default_factory=dict)
+    # seeded subsets of the name pools ({first: 12, middle: 12, last: 12}) so that people share name parts
+    name_pools: dict[str, int] = field(default_factory=dict)
     # shares of the people rendered under their own augmentation (replacing ``augmentation``), e.g. celebrities
     # (multi5+permute) and minorities (single) in one corpus; each group is split 50/50 like the whole
     groups: list[PersonGroup] = field(default_factory=list)
@@ -212,9 +214,15 @@ class ExperimentConfig:
             if d.n_people < 1:
                 raise UserError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
             from probekit.data.integrity import check_memory
-            from probekit.data.pools import LIMITABLE
+            from probekit.data.pools import LIMITABLE, NAME_PARTS, check_name_space, load_pools
 
             check_memory(d.n_people, multi)
+            if d.name_pools:
+                wrong = sorted(set(d.name_pools) - set(NAME_PARTS))
+                if wrong:
+                    raise UserError(f"dataset {d.name!r}: name_pools {wrong}: the name parts are "
+                                    f"{', '.join(NAME_PARTS)}")  # fmt: skip
+                check_name_space(d.n_people, d.name_pools, load_pools())
             bad = {k: v for k, v in d.pool_limits.items() if k not in LIMITABLE or v < 2}
             if bad:
                 raise UserError(f"dataset {d.name!r}: pool_limits {bad}: only {', '.join(LIMITABLE)} can be "
@@ -405,7 +413,8 @@ def _stage_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
             aug = ", ".join(f"{g.name} {g.augmentation}" for g in d.groups) if d.groups else d.augmentation
             log.info(f"[data] {key}: {d.n_people} people, {aug}, seed {seed}")
             build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=seed,
-                          pool_limits=d.pool_limits or None, overwrite=True, name=d.name,
+                          pool_limits=d.pool_limits or None, name_pools=d.name_pools or None, overwrite=True,
+                          name=d.name,
                           groups=d.groups or None)  # fmt: skip
         paths[key] = p
     return paths

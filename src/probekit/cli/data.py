@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from probekit.data.pools import LIMITABLE, POOL_FILES
+from probekit.data.pools import LIMITABLE, NAME_PARTS, POOL_FILES
 from probekit.errors import UserError, UserFileNotFoundError
 
 HELP = "generate and inspect datasets"
@@ -46,23 +46,38 @@ def _distract_vocab(on: bool) -> tuple[str, ...]:
 def cmd_bios(args: argparse.Namespace) -> int:
     from probekit.data.store import build_dataset
 
-    limits = {}
-    for k, v in _pairs(args.pool_limit, "--pool-limit").items():
-        if not v.strip().isdigit():
-            raise UserError(f"--pool-limit {k}={v}: the limit must be a whole number of values, e.g. {k}=20")
-        limits[k] = int(v)
+    limits = _counts(args.pool_limit, "--pool-limit")
+    names = _counts(args.name_pool, "--name-pool")
     t0 = time.perf_counter()
     ds = build_dataset(
         args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=_pool_files(args),
-        pool_limits=limits, overwrite=args.overwrite, extra_vocab=_distract_vocab(args.distract_vocab),
+        pool_limits=limits, name_pools=names, overwrite=args.overwrite, extra_vocab=_distract_vocab(args.distract_vocab),
     )  # fmt: skip
     c = ds.manifest["counts"]
     print(f"wrote {ds.root}  ({time.perf_counter() - t0:.1f}s)")
     print(f"  augmentation {ds.manifest['augmentation']}, seed {args.seed}")
     print(f"  {c['people']} people ({c['train_people']} P_train / {c['test_people']} P_test), {c['entries']} entries, "
           f"{c['qa']} QA pairs, vocabulary {c['vocab_size']} tokens")  # fmt: skip
+    print(f"  {_sharing(ds.people)}")
     print(f"  example: {ds.entries[0].text[:160]}...")
     return 0
+
+
+def _counts(items: list[str], flag: str) -> dict[str, int]:
+    out = {}
+    for k, v in _pairs(items, flag).items():
+        if not v.strip().isdigit():
+            raise UserError(f"{flag} {k}={v}: the size must be a whole number of values, e.g. {k}=20")
+        out[k] = int(v)
+    return out
+
+
+def _sharing(people: list) -> str:
+    """One line: mean people per first, middle and last name (how much a single name token identifies)."""
+    from probekit.data.pools import people_per_name
+
+    ppn = people_per_name([p.first for p in people], [p.middle for p in people], [p.last for p in people])
+    return "people per name: " + ", ".join(f"{k} {v:.2f}" for k, v in ppn.items())
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -71,6 +86,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dir)
     print(json.dumps({k: ds.manifest[k] for k in ("augmentation", "seed", "n_people", "counts", "pool_sizes")},
                      indent=2))  # fmt: skip
+    print(_sharing(ds.people))
     for e in ds.entries[: args.n]:
         print(f"\n[person {e.pid}, entry {e.idx}] {e.text}")
         for s in e.spans:
@@ -107,6 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--pool-limit", action="append", default=[], metavar="ATTR=K",
                    help=f"use a seeded subset of K values for an attribute ({', '.join(LIMITABLE)}) so small "
                         "runs have enough people per value for probes")  # fmt: skip
+    b.add_argument("--name-pool", action="append", default=[], metavar="PART=K",
+                   help=f"use a seeded subset of K names for a name part ({', '.join(NAME_PARTS)}) so that people "
+                        "share names as in the paper's 100,000 people (e.g. first=12 middle=12 last=12)")  # fmt: skip
     b.add_argument("--distract-vocab", action="store_true",
                    help="add the words of the distractor opinions and the S2A rewrite marker to the tokenizer (needed "
                         "by `probekit eval distract`)")  # fmt: skip

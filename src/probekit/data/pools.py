@@ -52,6 +52,9 @@ POOL_FILES: dict[str, str] = {
 }
 # Attributes whose values can be subsampled (``pool_limits``) to give a probe enough people per value.
 LIMITABLE: tuple[str, ...] = ("birth_city", "university", "major", "company")
+# Name parts whose pools can be subsampled (``name_pools``) so that people share first, middle and last names, as
+# in the paper's 100,000 people drawn from 400 x 400 x 1,000 names: no single name token then identifies a person.
+NAME_PARTS: tuple[str, ...] = ("first", "middle", "last")
 _SLOT_RE = re.compile(r"\{([^{}]*)\}")
 
 
@@ -130,6 +133,41 @@ class Pools:
                 raise UserError(f"pool limit {attr}={k}: must be between 2 and the pool size {len(full)}")
             setattr(out, attr_to_field[attr], rng.sample(full, k))
         return out
+
+
+    def with_name_pools(self, sizes: Mapping[str, int], seed: int) -> Pools:
+        """A copy whose first, middle and/or last name pools are seeded random subsets (``{"first": 12}``)."""
+        rng = random.Random(f"name-pools-{seed}")
+        out = Pools(**{k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.__dict__.items()})
+        for part, k in sorted(sizes.items()):
+            if part not in NAME_PARTS:
+                raise UserError(f"name pool {part!r}: the name parts are {', '.join(NAME_PARTS)}")
+            full = getattr(self, f"{part}_names")
+            if not 1 <= k <= len(full):
+                raise UserError(f"name pool {part}={k}: must be between 1 and the pool size {len(full)}")
+            keep = sorted(rng.sample(range(len(full)), k))
+            setattr(out, f"{part}_names", [full[i] for i in keep])
+            if part == "first":
+                out.first_genders = [self.first_genders[i] for i in keep]
+        return out
+
+
+def check_name_space(n_people: int, sizes: Mapping[str, int], pools: Pools) -> None:
+    """Refuse name pool sizes whose combinations cannot give ``n_people`` unique full names (before any work)."""
+    space = 1
+    for part in NAME_PARTS:
+        space *= int(sizes.get(part, len(getattr(pools, f"{part}_names"))))
+    if space < n_people:
+        raise UserError(
+            f"name pools {dict(sizes)} give {space:,} unique full names, fewer than the {n_people:,} people asked "
+            "for; enlarge a name pool or lower the number of people"
+        )
+
+
+def people_per_name(first: list[str], middle: list[str], last: list[str]) -> dict[str, float]:
+    """Mean number of people per distinct first, middle and last name (1.0: every name part is unique)."""
+    return {part: round(len(names) / max(1, len(set(names))), 3)
+            for part, names in (("first", first), ("middle", middle), ("last", last))}  # fmt: skip
 
 
 def birth_dates() -> list[str]:

@@ -41,7 +41,15 @@ from probekit.data.bios import (
     render_entries,
     render_grouped,
 )
-from probekit.data.pools import ATTRIBUTES, POOL_FILES, Pools, birth_dates, load_pools
+from probekit.data.pools import (
+    ATTRIBUTES,
+    POOL_FILES,
+    Pools,
+    birth_dates,
+    check_name_space,
+    load_pools,
+    people_per_name,
+)
 from probekit.data.qa import QAItem, inverse_prompt, qa_items, split_people
 from probekit.data.tokenizer import WordCounter, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_counts
 from probekit.errors import UserError, UserFileNotFoundError
@@ -203,6 +211,7 @@ def build_dataset(
     seed: int = 0,
     pool_files: Mapping[str, str | Path] | None = None,
     pool_limits: Mapping[str, int] | None = None,
+    name_pools: Mapping[str, int] | None = None,
     overwrite: bool = False,
     name: str | None = None,
     extra_vocab: Sequence[str] = (),
@@ -215,6 +224,8 @@ def build_dataset(
     recorded in the manifest when given (the default leaves the files byte-identical to earlier versions).
     ``groups``: shares of the people rendered under their own augmentations instead of ``augmentation``
     (``probekit.data.bios.PersonGroup``; written to ``groups.json``), each split 50/50 like the whole.
+    ``name_pools``: sizes of seeded subsets of the first/middle/last name pools (``{"first": 12, ...}``), so that
+    people share names; recorded in the manifest with the mean number of people per name.
     """
     out = prepare_output_dir(out_dir, overwrite)
     aug = parse_augmentation(augmentation)
@@ -223,6 +234,9 @@ def build_dataset(
     # a huge N is refused here, not by running out of memory (groups are checked on the way)
     check_memory(n_people, entries_per_person(augmentation, groups or ()))
     pools = load_pools(pool_files)
+    if name_pools:
+        check_name_space(n_people, name_pools, pools)
+        pools = pools.with_name_pools(name_pools, seed)
     if pool_limits:
         pools = pools.limited(pool_limits, seed)
     people = generate_people(n_people, pools, seed)
@@ -253,6 +267,10 @@ def build_dataset(
                    "train_people": len(split["train"]), "test_people": len(split["test"]),
                    "vocab_size": len(tok)},
     }  # fmt: skip
+    if name_pools:  # only when set: datasets of the full pools keep their earlier bytes
+        manifest["name_pools"] = dict(sorted(name_pools.items()))
+        manifest["people_per_name"] = people_per_name([p.first for p in people], [p.middle for p in people],
+                                                      [p.last for p in people])  # fmt: skip
     if extra_vocab:
         manifest["extra_vocab"] = list(extra_vocab)
     if groups and members is not None:
