@@ -51,7 +51,8 @@ def cmd_bios(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ds = build_dataset(
         args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=_pool_files(args),
-        pool_limits=limits, name_pools=names, overwrite=args.overwrite, extra_vocab=_distract_vocab(args.distract_vocab),
+        pool_limits=limits, name_pools=names, overwrite=args.overwrite,
+        extra_vocab=_distract_vocab(args.distract_vocab),
     )  # fmt: skip
     c = ds.manifest["counts"]
     print(f"wrote {ds.root}  ({time.perf_counter() - t0:.1f}s)")

@@ -134,7 +134,6 @@ class Pools:
             setattr(out, attr_to_field[attr], rng.sample(full, k))
         return out
 
-
     def with_name_pools(self, sizes: Mapping[str, int], seed: int) -> Pools:
         """A copy whose first, middle and/or last name pools are seeded random subsets (``{"first": 12}``)."""
         rng = random.Random(f"name-pools-{seed}")
