@@ -4,6 +4,7 @@ the docs' code is a real subcommand; the API reference lists every module of the
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -116,6 +117,57 @@ def test_api_reference_lists_every_module() -> None:
     }
     assert sorted(modules - listed) == [], "modules missing from docs/reference/"
     assert sorted(listed - modules) == [], "docs/reference/ lists modules that do not exist"
+
+
+DOTTED = re.compile(r"\bprobekit(?:\.[A-Za-z_]\w*)+")
+
+
+def defined_names(tree: ast.Module | ast.ClassDef) -> set[str]:
+    """The names a module (or class body) defines or imports at its top level."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``probekit.a.b[.Name[.member]]`` is a module of the source tree, or a name defined in one (read
+    from the source, nothing imported)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        base = ROOT / "src" / Path(*parts[:i])
+        path = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.exists()), None)
+        if path is None:
+            continue
+        scope: ast.Module | ast.ClassDef = ast.parse(path.read_text(encoding="utf-8"))
+        for name in parts[i:]:
+            if name not in defined_names(scope):
+                return False
+            found = [n for n in scope.body if isinstance(n, ast.ClassDef) and n.name == name]
+            if not found:
+                return True  # a function, constant or import: its members are not checked
+            scope = found[0]
+        return True
+    return False
+
+
+def test_docs_name_only_modules_and_names_that_exist() -> None:
+    """Every ``probekit.x.y`` the README and the docs name is where they say it is (a guard against moves)."""
+    bad = sorted(
+        f"{page.relative_to(ROOT)}: {name}"
+        for page in pages()
+        for name in set(DOTTED.findall(page.read_text()))
+        if not resolves(name)
+    )
+    assert bad == [], "names that are not in src/probekit:\n" + "\n".join(bad)
+    assert resolves("probekit.model.transformer.HookedLM") and not resolves("probekit.model.transformer.Nope")
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
