@@ -23,9 +23,10 @@ from collections.abc import Callable
 
 import torch
 
-from probekit.batch import ModelBatch
-from probekit.model import Attention, HookedLM, ModelConfig
-from probekit.objectives import compute_loss, get_objective
+from probekit.model.batch import ModelBatch
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import Attention, HookedLM, compute_loss
+from probekit.objectives import get_objective
 
 
 def step_fn(model: HookedLM, batch: ModelBatch, bico_impl: str, materialise: bool, fast: bool = False

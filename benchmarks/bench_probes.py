@@ -3,7 +3,7 @@
 A full P+Q sweep (6 positions x 6 attributes x 2 targets per layer for P; 6 attributes x 2 targets per layer
 for Q) on a randomly initialised 4-layer model (weights do not change the cost) and a fresh bioS dataset:
 
-1. activation collection (``probekit.activations.collect_activations``) vs a plain forward pass over the same
+1. activation collection (``probekit.probes.activations.collect_activations``) vs a plain forward pass over the same
    batches (sequences/s; target >= 0.8x);
 2. ``run_probes`` with ``backend="torch"`` (each solver of ``--solvers``: ``fast`` and ``classic``, the solver
    before issue 11) vs ``backend="sklearn"`` (one ``LogisticRegression`` per probe and L2 value) on the same
@@ -127,7 +127,8 @@ def val_noise(t, X: torch.Tensor, rg: list[int], by: dict, solvers: list[str], n
     people and ``n - 1`` redrawn ones (the same number, drawn by person from the training people). The training and
     test people never change, so a probe's spread is what the L2 choice on validation people alone does to its test
     accuracy; each engine's deviation from the converged reference is set beside its probe's spread."""
-    from probekit.probes.engine import EngineConfig, Split, run_probes
+    from probekit.probes.config import EngineConfig
+    from probekit.probes.engine import Split, run_probes
 
     cfg = dataclasses.replace(EngineConfig(solver="classic", tol=1e-6, max_iter=1500, device=device),
                               l2_grid=spec.l2_grid, l2_rule=spec.l2_rule)  # fmt: skip
@@ -198,9 +199,10 @@ def main() -> None:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     solvers = [v.strip() for v in args.solvers.split(",") if v.strip()]
 
-    from probekit.activations import collect_activations, hook_points
     from probekit.data.store import build_dataset
-    from probekit.model import HookedLM, ModelConfig
+    from probekit.model.config import ModelConfig
+    from probekit.model.transformer import HookedLM
+    from probekit.probes.activations import collect_activations, hook_points
     from probekit.probes.engine import TensorFeatures, run_probes
     from probekit.probes.runner import build_tasks
     from probekit.probes.spec import ProbeSpec

@@ -7,7 +7,7 @@ For each model shape LAYERSxWIDTH (heads of 32 dimensions, d_mlp = 4 x width), m
 process, on the same random token windows, one contender after another within every round (the order reversed
 every other round, so drift in machine load hits all of them alike):
 
-1. NTP tokens/s of ``probekit.train.Trainer`` (batch build + ``train_step``: forward, loss, ``accelerator.backward``,
+1. NTP tokens/s of ``probekit.training.trainer.Trainer`` (batch build + ``train_step``: forward, loss, ``accelerator.backward``,
    clipping, AdamW) with ``ModelConfig.fast_path`` on (the default: fused BICO attention, fused RMSNorm, chunked
    fused unembedding + cross-entropy) and off (the reference path), against ``LlamaForCausalLM``
    (``attn_implementation="sdpa"``, same shape, untied embeddings; loss through its own ``labels=``; the same
@@ -39,8 +39,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
-from probekit.train import TrainConfig, Trainer
-from probekit.train_data import ItemSource, TrainItem
+from probekit.training.config import TrainConfig
+from probekit.training.data import ItemSource
+from probekit.model.batch import TrainItem
+from probekit.training.trainer import Trainer
 
 
 def _sync() -> None:

@@ -7,8 +7,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from probekit.config import from_dict, to_dict
-from probekit.experiments import ExperimentConfig, load_experiment
+from probekit.experiment.spec import ExperimentConfig, load_experiment
+from probekit.serde import from_dict, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 160}

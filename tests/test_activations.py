@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from probekit.activations import collect_activations, hook_points, load_activations
 from probekit.cli import main
 from probekit.data.store import build_dataset
 from probekit.data.tokenizer import EOS_ID, save_tokenizer
-from probekit.model import HookedLM, ModelConfig
-from probekit.probes.engine import EngineConfig, Split, run_probes
-from probekit.results import COLUMNS
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.probes.activations import collect_activations, hook_points, load_activations
+from probekit.probes.config import EngineConfig
+from probekit.probes.engine import Split, run_probes
+from probekit.reporting.results import COLUMNS
 
 TINY_SPEC = """\
 kinds: [p, q]
@@ -137,7 +139,7 @@ def _run_cli(tmp_path: Path, model_dir: Path, data: Path, *extra: str) -> pd.Dat
 
 
 def test_probekit_checkpoint_end_to_end_with_random_control(ds, tmp_path, capsys):
-    from probekit.checkpoint import save_checkpoint
+    from probekit.model.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, tiny_lm(len(ds.tokenizer)), ds.tokenizer, meta={"objective": "ntp", "dataset": ds.name})
@@ -155,7 +157,7 @@ def test_probekit_checkpoint_end_to_end_with_random_control(ds, tmp_path, capsys
 def test_hugging_face_checkpoint_probed_through_transformer_bridge(ds, tmp_path, arch):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from probekit.hf import load_bridge
+    from probekit.model.hf import load_bridge
 
     V = len(ds.tokenizer)
     torch.manual_seed(0)
@@ -186,7 +188,7 @@ def test_hugging_face_checkpoint_probed_through_transformer_bridge(ds, tmp_path,
 
 
 def test_cli_rejects_mismatched_tokenizer_and_existing_output(ds, tmp_path, capsys):
-    from probekit.checkpoint import save_checkpoint
+    from probekit.model.checkpoint import save_checkpoint
 
     other = build_dataset(tmp_path / "other", n_people=6, seed=99)
     ckpt = tmp_path / "ckpt_other"
@@ -232,8 +234,9 @@ def test_abi_reading_is_the_prefix_as_a_bidirectional_part_a() -> None:
     import numpy as np
     import torch
 
-    from probekit.activations import collect_activations, hook_points
-    from probekit.model import HookedLM, ModelConfig
+    from probekit.model.config import ModelConfig
+    from probekit.model.transformer import HookedLM
+    from probekit.probes.activations import collect_activations, hook_points
 
     torch.manual_seed(0)
     model = HookedLM(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, d_mlp=64, n_ctx=32)).eval()
@@ -260,7 +263,8 @@ def test_abi_reading_is_the_prefix_as_a_bidirectional_part_a() -> None:
 def test_abi_models_are_probed_in_both_readings(tiny_single) -> None:
     import torch
 
-    from probekit.model import HookedLM, ModelConfig
+    from probekit.model.config import ModelConfig
+    from probekit.model.transformer import HookedLM
     from probekit.probes.runner import ProbeModel, run_spec
     from probekit.probes.spec import ProbeSpec
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from probekit.config import from_dict
 from probekit.errors import UserError
-from probekit.experiments import ExperimentConfig, run_experiment
+from probekit.experiment.runner import run_experiment
+from probekit.experiment.spec import ExperimentConfig
+from probekit.serde import from_dict
 from tests.quick import quick_config, quick_record
 
 

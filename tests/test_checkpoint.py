@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from probekit.checkpoint import (
+from probekit.data.tokenizer import build_tokenizer
+from probekit.model.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_model_config,
     load_trainer_state,
     save_checkpoint,
 )
-from probekit.data.tokenizer import build_tokenizer
-from probekit.model import HookedLM, ModelConfig
-from probekit.train import TrainConfig
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,16 @@ import pytest
 import yaml
 
 from probekit.cli import build_parser, main
-from probekit.config import Section, field_docs, from_dict, load_mapping, to_dict
 from probekit.data.distract import DistractConfig
 from probekit.data.reversal import ReversalConfig
-from probekit.evaluate.distract import DistractEvalConfig
-from probekit.experiments import ExperimentConfig, config_record, demo_config, load_experiment
-from probekit.finetune import FinetuneConfig
-from probekit.model import ModelConfig
-from probekit.patching import PatchConfig
-from probekit.probes.embed_probe import EmbedProbeConfig
+from probekit.evaluate.config import DistractEvalConfig
+from probekit.experiment.spec import ExperimentConfig, config_record, demo_config, load_experiment
+from probekit.model.config import ModelConfig
+from probekit.patching.config import PatchConfig
+from probekit.probes.config import EmbedProbeConfig
 from probekit.probes.spec import ProbeSpec, load_spec
-from probekit.train import TrainConfig
+from probekit.serde import Section, field_docs, from_dict, load_mapping, to_dict
+from probekit.training.config import FinetuneConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = json.loads((ROOT / "tests" / "data" / "config_records.json").read_text(encoding="utf-8"))

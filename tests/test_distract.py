@@ -50,7 +50,8 @@ def items(ds):
 
 @pytest.fixture(scope="module")
 def checkpoint(ds, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from probekit.train import TrainConfig, train
+    from probekit.training.config import TrainConfig
+    from probekit.training.trainer import train
 
     cfg = TrainConfig(data=str(ds.root), out=str(tmp_path_factory.mktemp("distract_model") / "pt"), objective="ntp",
                       model=TINY, seq_len=64, batch_size=8, max_steps=4, warmup_steps=1, eval_windows=0)  # fmt: skip
@@ -221,9 +222,10 @@ def test_decoded_regenerations_parse_as_the_generator_wrote_them(ds, items) -> N
 
 
 def test_learned_regenerator_trains_on_a_tiny_corpus(ds, checkpoint, tmp_path: Path) -> None:
-    from probekit.checkpoint import load_checkpoint
     from probekit.evaluate.distract import regenerate_learned
-    from probekit.evaluate.qa import EvalItem, FinetuneConfig, finetune
+    from probekit.model.checkpoint import load_checkpoint
+    from probekit.training.config import FinetuneConfig
+    from probekit.training.finetune import EvalItem, finetune
 
     model, tok, meta = load_checkpoint(checkpoint)
     b = builder_for(ds, DistractConfig())
@@ -244,7 +246,8 @@ def test_learned_regenerator_trains_on_a_tiny_corpus(ds, checkpoint, tmp_path: P
 
 
 def test_summary_intervals_are_person_clustered_and_the_gap_paired() -> None:
-    from probekit.evaluate.distract import DistractEvalConfig, summarize
+    from probekit.evaluate.config import DistractEvalConfig
+    from probekit.evaluate.distract import summarize
 
     rng = np.random.default_rng(0)
     know = rng.random(60) < 0.7  # 60 people x 4 attributes; a person's items are all right or all wrong

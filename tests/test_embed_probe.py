@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.activations import collect_activations, hook_points
 from probekit.data.tokenizer import EOS_ID
-from probekit.model import HookedLM, ModelConfig
-from probekit.probes.embed_probe import EmbedProbeConfig, LowRankEmbedding, probe_states, train_embed_probe
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.probes.activations import collect_activations, hook_points
+from probekit.probes.config import EmbedProbeConfig
+from probekit.probes.embed_probe import LowRankEmbedding, probe_states, train_embed_probe
 from probekit.probes.engine import Split
 from probekit.probes.tasks import ProbeTaskSet
 
@@ -92,7 +94,7 @@ def test_run_spec_adds_embed_update_rows_and_yaml_settings_are_checked(tmp_path)
     from probekit.data.store import build_dataset
     from probekit.probes.runner import ProbeModel, run_spec
     from probekit.probes.spec import ProbeSpec, load_spec
-    from probekit.results import summary_table
+    from probekit.reporting.results import summary_table
 
     ds = build_dataset(tmp_path / "ds", n_people=24, augmentation="single", seed=7)
     spec = ProbeSpec(kinds=["p", "q"], positions=["major", "company"], attributes=["major"], targets=["first_token"],
@@ -137,8 +139,8 @@ def test_per_head_selection_reads_each_head_at_its_own_best_validation_epoch():
 
 
 def test_frozen_false_needs_the_papers_probe() -> None:
-    from probekit.config import from_dict
     from probekit.probes.spec import ProbeSpec
+    from probekit.serde import from_dict
 
     with pytest.raises(ValueError, match="frozen"):
         from_dict(ProbeSpec, {"name": "x", "frozen": False})

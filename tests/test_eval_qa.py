@@ -9,24 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
-from probekit.checkpoint import load_checkpoint, save_checkpoint
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
 from probekit.evaluate import qa as qa_mod
 from probekit.evaluate.inverse import inverse_items, name_preference, run_inverse
-from probekit.evaluate.qa import (
-    EvalItem,
-    FinetuneConfig,
-    evaluate_items,
-    finetune,
-    load_adapter,
-    mixed_train,
-    parse_ratio,
-    qa_eval_items,
-    run_qa,
-)
-from probekit.model import HookedLM, ModelConfig
-from probekit.train import TrainConfig, train
-from probekit.train_data import bios_source
+from probekit.evaluate.qa import evaluate_items, mixed_train, parse_ratio, qa_eval_items, run_qa
+from probekit.model.checkpoint import load_checkpoint, save_checkpoint
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.training.config import FinetuneConfig, TrainConfig
+from probekit.training.data import bios_source
+from probekit.training.finetune import EvalItem, finetune, load_adapter
+from probekit.training.trainer import train
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}
 
@@ -171,7 +164,7 @@ def test_inverse_search(tiny_single, models, tmp_path: Path) -> None:
 @pytest.mark.parametrize("objective", ["ntp", "abi"])
 def test_name_preference_scores_the_right_name_against_another_persons(tiny_single, models, objective: str) -> None:
     from probekit.evaluate.scoring import completion_logprobs
-    from probekit.finetune import encode_items
+    from probekit.training.finetune import encode_items
 
     ds = tiny_single
     model, tok, _ = load_checkpoint(models[objective])

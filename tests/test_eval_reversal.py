@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from probekit.checkpoint import load_checkpoint, save_checkpoint
 from probekit.data.reversal import ReversalConfig, load_reversal_dir, make_reversal_dataset
 from probekit.data.tokenizer import EOS_ID
 from probekit.evaluate.reversal import random_others, reversal_source, run_reversal, train_reversal
 from probekit.evaluate.scoring import completion_logprobs
-from probekit.model import HookedLM, ModelConfig
-from probekit.train import TrainConfig
+from probekit.model.checkpoint import load_checkpoint, save_checkpoint
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.training.config import TrainConfig
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}
 

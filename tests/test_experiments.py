@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from probekit.experiments import demo_config, load_experiment, run_experiment
+from probekit.experiment.runner import run_experiment
+from probekit.experiment.spec import demo_config, load_experiment
 
 TINY_TRAIN = {"objective": "ntp", "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 128},
               "seq_len": 64, "batch_size": 8, "max_steps": 12, "warmup_steps": 2, "save_every": 6,
@@ -74,7 +75,7 @@ def test_seeds_axis_trains_probes_and_aggregates_each_seed(tmp_path: Path) -> No
     assert sorted(res.probe_table["seed"].unique()) == [3, 4]
     assert set(res.probe_table["model"]) == {"m"}  # one model name, two seeds
     assert "(n=2)" in res.summary  # mean +- sd over the seeds
-    from probekit.checkpoint import load_checkpoint
+    from probekit.model.checkpoint import load_checkpoint
 
     w = [load_checkpoint(out / "models" / "m" / f"seed_{s}")[0].state_dict() for s in (3, 4)]
     # different seeds: different people (so vocabularies) and different weights
@@ -181,7 +182,7 @@ def test_part_of_an_experiment_runs_first_and_the_rest_joins_later(tmp_path: Pat
 
 
 def test_cli_run_passes_its_options_to_the_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import probekit.experiments as experiments
+    import probekit.experiment.runner as experiments
     from probekit.cli import main
 
     seen: dict[str, object] = {}

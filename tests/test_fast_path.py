@@ -1,4 +1,4 @@
-"""ModelConfig.fast_path (probekit.kernels) against the reference path: same losses, logits and gradients.
+"""ModelConfig.fast_path (probekit.model.kernels) against the reference path: same losses, logits and gradients.
 
 Tolerance (also in the README): losses within 1e-5 relative, logits within 1e-5 absolute, and every parameter's
 gradient within 1e-4 of that gradient's largest entry (max |fast - reference| <= 1e-4 * max |reference|); the
@@ -13,15 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probekit import kernels
-from probekit.model import (
-    HookedLM,
-    ModelConfig,
-    build_attention_mask,
-    rotary_cos_sin,
-    rotate_both,
-)
-from probekit.objectives import compute_loss, get_objective
+from probekit.model import kernels
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM, build_attention_mask, compute_loss, rotary_cos_sin, rotate_both
+from probekit.objectives import get_objective
 
 V = 60
 LOSS_RTOL, LOGIT_ATOL, GRAD_RTOL = 1e-5, 1e-5, 1e-4

@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, START_ID, build_tokenizer
-from probekit.generate import abi_generate, greedy_generate
-from probekit.model import HookedLM, ModelConfig
-from probekit.train import TrainConfig, train
-from probekit.train_data import ItemSource, TrainItem, answer_item
+from probekit.model.batch import TrainItem, answer_item
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.objectives.abi import abi_generate
+from probekit.objectives.generate import greedy_generate
+from probekit.training.config import TrainConfig
+from probekit.training.data import ItemSource
+from probekit.training.trainer import train
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon"
 

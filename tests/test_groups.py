@@ -1,4 +1,4 @@
-"""People groups rendered under their own augmentation (celebrities + minorities in one corpus, METHODS 1):
+"""People groups rendered under their own augmentation (celebrities + minorities in one corpus, Physics of LMs 3.1):
 the assignment, the rendering, the stored files, finetuning on one group and the per-group QA rates."""
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def test_all_single_groups_leave_the_corpus_byte_identical(tmp_path: Path) -> No
 
 
 def test_patching_takes_its_people_from_the_named_groups(tmp_path: Path) -> None:
-    from probekit.patching import PatchConfig, _people
+    from probekit.patching.config import PatchConfig
+    from probekit.patching.patch import _people
 
     mixed = build_dataset(tmp_path / "mixed", 40, seed=3, groups=CELEB)
     assert mixed.groups is not None

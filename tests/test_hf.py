@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from probekit.data.tokenizer import build_tokenizer
-from probekit.hf import EXTRA_JSON, EXTRA_TENSORS, export_llama, import_llama, load_bridge
-from probekit.model import HookedLM, ModelConfig
+from probekit.model.config import ModelConfig
+from probekit.model.hf import EXTRA_JSON, EXTRA_TENSORS, export_llama, import_llama, load_bridge
+from probekit.model.transformer import HookedLM
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -84,7 +85,8 @@ def test_bridge_resid_post_matches_run_with_cache(tmp_path: Path, tokenizer) -> 
 
 
 def test_embed_update_probe_trains_the_same_through_the_bridge(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    from probekit.probes.embed_probe import EmbedProbeConfig, train_embed_probe
+    from probekit.probes.config import EmbedProbeConfig
+    from probekit.probes.embed_probe import train_embed_probe
     from tests.test_embed_probe import token_task
 
     model = trained_like(len(tokenizer))
@@ -113,7 +115,7 @@ def test_abi_span_table_goes_to_side_file_and_comes_back(tmp_path: Path, tokeniz
     from transformers import LlamaForCausalLM
 
     model = trained_like(len(tokenizer), span_positions=True, tie_embeddings=True)
-    with caplog.at_level(logging.WARNING, logger="probekit.hf"):
+    with caplog.at_level(logging.WARNING, logger="probekit.model.hf"):
         out = export_llama(model, tokenizer, tmp_path / "abi")
     assert any("span" in r.getMessage() for r in caplog.records)
     assert (out / EXTRA_TENSORS).exists()

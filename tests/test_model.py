@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probekit.model import Attention, HookedLM, ModelConfig, apply_rotary, rotary_cos_sin
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import Attention, HookedLM, apply_rotary, rotary_cos_sin
 
 V = 40
 

@@ -11,15 +11,16 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from probekit.batch import IGNORE_INDEX, ModelBatch
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
-from probekit.evaluate.qa import EvalItem, FinetuneConfig, evaluate_items, finetune, generate_answers
+from probekit.evaluate.qa import evaluate_items, generate_answers
 from probekit.evaluate.scoring import completion_logprobs
-from probekit.generate import generate
-from probekit.objectives import OBJECTIVES, REGISTRY, Objective, get_objective
+from probekit.model.batch import IGNORE_INDEX, ModelBatch, TrainItem
+from probekit.objectives import OBJECTIVES, REGISTRY, generate, get_objective
+from probekit.objectives.base import Objective
 from probekit.objectives.ntp import ntp_batch
-from probekit.train import TrainConfig, train
-from probekit.train_data import TrainItem
+from probekit.training.config import FinetuneConfig, TrainConfig
+from probekit.training.finetune import EvalItem, finetune
+from probekit.training.trainer import train
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon"
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_mlp": 32}

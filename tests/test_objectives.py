@@ -8,17 +8,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from probekit.batch import IGNORE_INDEX
 from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, PAD_ID, START_ID, UNK_ID
-from probekit.model import HookedLM, ModelConfig
-from probekit.objectives import (
-    OBJECTIVES,
-    ABIObjective,
-    abi_generation_inputs,
-    compute_loss,
-    get_objective,
-    reconstruct,
-)
+from probekit.model.batch import IGNORE_INDEX
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM, compute_loss
+from probekit.objectives import OBJECTIVES, get_objective
+from probekit.objectives.abi import ABIObjective, abi_generation_inputs, reconstruct
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probekit.config import from_dict
-from probekit.experiments import ExperimentConfig, run_experiment
+from probekit.experiment.runner import run_experiment
+from probekit.experiment.spec import ExperimentConfig
+from probekit.serde import from_dict
 from tests.quick import QUICK_FINETUNE, quick_record
 
 
@@ -65,7 +66,7 @@ def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Pat
     assert set(recall["model"]) == set(names) and "overall" in set(recall["task"])
     assert "Memorisation" in res.summary
     report = (out / "report.html").read_text()
-    from probekit.report import figure_ids
+    from probekit.reporting.report import figure_ids
 
     assert all(f'id="{i}"' in report for i in figure_ids(sorted(figs)))
     # resuming redoes nothing and gives the same tables

@@ -11,17 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from probekit.activations import hook_points
-from probekit.model import HookedLM, ModelConfig
-from probekit.patching import (
-    PatchConfig,
-    TracePair,
-    build_pairs,
-    cluster_bootstrap,
-    patch_figures,
-    summarize,
-    trace_pairs,
-)
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.patching.config import PatchConfig
+from probekit.patching.patch import TracePair, build_pairs, cluster_bootstrap, patch_figures, summarize, trace_pairs
+from probekit.probes.activations import hook_points
 
 FILLERS, KEYS, ANSWERS = (6, 7, 8, 9), (10, 11, 12, 13), (14, 15, 16, 17)
 KEY_AT = 2  # the planted lookup reads the token at this position: [BOS, filler, KEY, filler, filler]
@@ -199,7 +193,7 @@ def test_summary_table_and_bootstrap() -> None:
 
 def test_bridge_gives_the_same_map(tmp_path: Path) -> None:
     from probekit.data.tokenizer import build_tokenizer
-    from probekit.hf import export_llama, load_bridge
+    from probekit.model.hf import export_llama, load_bridge
 
     tok = build_tokenizer([" ".join(f"w{i}" for i in range(30))])
     model = planted_model(vocab=len(tok))
@@ -213,7 +207,8 @@ def test_bridge_gives_the_same_map(tmp_path: Path) -> None:
 
 def test_cli_patch_end_to_end(tiny_single, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from probekit.cli import main
-    from probekit.train import TrainConfig, train
+    from probekit.training.config import TrainConfig
+    from probekit.training.trainer import train
 
     cfg = TrainConfig(data=str(tiny_single.root), out=str(tmp_path / "run"), objective="ntp",
                       model={"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}, seq_len=64, batch_size=8,
@@ -242,8 +237,8 @@ def test_cli_patch_end_to_end(tiny_single, tmp_path: Path, capsys: pytest.Captur
     assert main([*argv[:-1], "--attributes", "height", "--overwrite"]) == 2
     assert "height" in capsys.readouterr().err
     # the same checkpoint as a Hugging Face directory, through TransformerBridge: the same map
-    from probekit.checkpoint import load_checkpoint
-    from probekit.hf import export_llama
+    from probekit.model.checkpoint import load_checkpoint
+    from probekit.model.hf import export_llama
 
     model, tok, _ = load_checkpoint(ckpt)
     hf_dir = export_llama(model, tok, tmp_path / "hf")
@@ -260,7 +255,7 @@ def test_cli_patch_end_to_end(tiny_single, tmp_path: Path, capsys: pytest.Captur
 
 def test_require_correct_tries_further_targets(tiny_single, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each source the model answers right tries targets in its seeded order until one also answers right."""
-    from probekit import patching
+    from probekit.patching import patch as patching
 
     ds, tok = tiny_single, tiny_single.tokenizer
     name_of = {tuple(tok(ds.person(p.pid).full_name, add_special_tokens=False)["input_ids"]): p.pid for p in ds.people}

@@ -10,8 +10,8 @@ import pytest
 
 from probekit.cli import main
 from probekit.data.pools import ATTRIBUTES
-from probekit.plots import build_figures, render_figures
-from probekit.results import COLUMNS, make_table, read_results, summary_table, write_results
+from probekit.reporting.plots import build_figures, render_figures
+from probekit.reporting.results import COLUMNS, make_table, read_results, summary_table, write_results
 
 
 def _chromium() -> str | None:

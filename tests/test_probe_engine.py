@@ -10,7 +10,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from probekit.probes.engine import EngineConfig, Split, _rotate, _standardise, choose_l2, run_probes
+from probekit.probes.config import EngineConfig
+from probekit.probes.engine import Split, _rotate, _standardise, choose_l2, run_probes
 from probekit.probes.solver import Problem, lbfgs, predict
 
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from probekit.probes.engine import EngineConfig, Split, run_probes
+from probekit.probes.config import EngineConfig
+from probekit.probes.engine import Split, run_probes
 from probekit.probes.runner import ProbeModel, probe_stats, run_spec
 from probekit.probes.spec import ProbeSpec
 from probekit.probes.tasks import ProbeTaskSet, control_labels
@@ -88,7 +89,8 @@ def test_a_planted_linear_feature_is_selective_and_memorisation_is_not() -> None
 
 
 def test_run_spec_writes_intervals_and_selectivity(tiny_multi) -> None:
-    from probekit.model import HookedLM, ModelConfig
+    from probekit.model.config import ModelConfig
+    from probekit.model.transformer import HookedLM
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(tiny_multi.tokenizer), d_model=32, n_layers=1, n_heads=2, d_mlp=64, n_ctx=128)
@@ -118,8 +120,9 @@ def test_spec_rejects_bad_rigour_settings(bad: dict) -> None:
 
 
 def test_embedding_update_probe_rows_get_intervals_and_a_control(tiny_single) -> None:
-    from probekit.model import HookedLM, ModelConfig
-    from probekit.probes.embed_probe import EmbedProbeConfig
+    from probekit.model.config import ModelConfig
+    from probekit.model.transformer import HookedLM
+    from probekit.probes.config import EmbedProbeConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(tiny_single.tokenizer), d_model=32, n_layers=1, n_heads=2, d_mlp=64, n_ctx=128)
@@ -138,7 +141,8 @@ def test_tables_do_not_depend_on_the_process_thread_count(tiny_multi, monkeypatc
     """Probes run with the spec's thread count whatever the process's, so two thread counts give identical
     tables (and the engine really sees the spec's count: the identity alone could hold by luck on a tiny model)."""
     import probekit.probes.runner as runner
-    from probekit.model import HookedLM, ModelConfig
+    from probekit.model.config import ModelConfig
+    from probekit.model.transformer import HookedLM
 
     torch.manual_seed(1)
     cfg = ModelConfig(vocab_size=len(tiny_multi.tokenizer), d_model=64, n_layers=2, n_heads=2, d_mlp=128, n_ctx=128)

@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from probekit.plots import Figure
-from probekit.report import ERRORS_ID, figure_ids, group_figures, write_report
+from probekit.reporting.figures import Figure
+from probekit.reporting.report import ERRORS_ID, figure_ids, group_figures, write_report
 
 EVIL = "<script>alert(1)</script>"
 

@@ -15,7 +15,8 @@ from probekit.evaluate.scoring import (
     paired_test,
     text_exact_match,
 )
-from probekit.model import HookedLM, ModelConfig
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
 
 
 def test_ids_exact_match_rules() -> None:

@@ -11,23 +11,16 @@ from typing import Any
 import pytest
 import torch
 
-from probekit.batch import IGNORE_INDEX
-from probekit.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from probekit.cli import main
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
 from probekit.io import read_jsonl
-from probekit.model import HookedLM, ModelConfig
-from probekit.train import TrainConfig, Trainer, train
-from probekit.train_data import (
-    DataStream,
-    ItemSource,
-    PackedSource,
-    TrainItem,
-    answer_item,
-    bios_source,
-    pack_windows,
-    qa_answer_items,
-)
+from probekit.model.batch import IGNORE_INDEX, TrainItem, answer_item
+from probekit.model.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.training.config import TrainConfig
+from probekit.training.data import DataStream, ItemSource, PackedSource, bios_source, pack_windows, qa_answer_items
+from probekit.training.trainer import Trainer, train
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64}
 
@@ -273,7 +266,7 @@ def test_cli_train_and_resume(tiny_single, tmp_path: Path, capsys: pytest.Captur
 
 
 def test_example_config_is_valid() -> None:
-    from probekit.config import load_config
+    from probekit.serde import load_config
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "ntp_small.yaml"
     cfg = load_config(TrainConfig, path)

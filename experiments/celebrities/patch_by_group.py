@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from probekit.figures import write_figures
-from probekit.patching import route_figure, route_table
+from probekit.patching.patch import route_figure, route_table
+from probekit.reporting.figures import write_figures
 
 HERE = Path(__file__).resolve().parent
 RUNS = {"ntp_celebrities": "celebrities_minorities", "ntp_single_control": "single_control"}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Distraction and System 2 Attention on biography QA (issue 15; METHODS 5).
+# Distraction and System 2 Attention on biography QA (issue 15; Weston & Sukhbaatar, S2A).
 # Usage: bash experiments/distraction/run.sh [OUT=runs/distraction]
 # 1. bioS multi5+permute, 200 people, pools of 10 values, with the distractor words in the tokenizer;
 # 2. a 4-layer, 128-wide NTP model pretrained on it (resumes from its last checkpoint when interrupted);

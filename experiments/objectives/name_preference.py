@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probekit.checkpoint import load_checkpoint
 from probekit.data.store import load_dataset
 from probekit.evaluate.inverse import inverse_items, name_preference
 from probekit.evaluate.scoring import paired_test
 from probekit.io import atomic_path
+from probekit.model.checkpoint import load_checkpoint
 from probekit.stats import person_bootstrap
 
 HERE = Path(__file__).resolve().parent

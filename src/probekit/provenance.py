@@ -126,21 +126,6 @@ def describe_input(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def weights_file(model: str | Path) -> Path:
-    """The weights a model path stands for: a run directory's latest checkpoint's ``model.safetensors``, a
-    checkpoint's own, or the path itself (a Hugging Face directory is hashed whole)."""
-    p = Path(model)
-    if (p / "model.safetensors").is_file():
-        return p / "model.safetensors"
-    if (p / "checkpoints").is_dir():
-        from probekit.checkpoint import latest_checkpoint
-
-        ckpt = latest_checkpoint(p)
-        if ckpt is not None and (ckpt / "model.safetensors").is_file():
-            return ckpt / "model.safetensors"
-    return p
-
-
 def record(
     inputs: Mapping[str, str | Path] | None = None, seeds: Mapping[str, Any] | None = None, **extra: Any
 ) -> dict[str, Any]:
@@ -269,4 +254,4 @@ def to_parquet(df: Any, path: str | Path, rec: dict[str, Any]) -> None:
 
 __all__ = ["PNG_KEY", "PROVENANCE_FILE", "append_session", "command_line", "compact", "describe_input", "git_state",
            "png_text", "png_with_text", "read_sessions", "record", "set_command_line", "sha256_dir", "sha256_file",
-           "to_parquet", "weights_file", "write_table_sidecar"]  # fmt: skip
+           "to_parquet", "write_table_sidecar"]  # fmt: skip

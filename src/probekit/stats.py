@@ -3,7 +3,7 @@
 A test set of biography entries, QA items or probe rows holds several rows per person (five entries under
 ``multi5``, six questions per person), and rows of one person are not independent: a model that knows a person
 tends to get all of their rows right. The bootstrap therefore resamples *people* with replacement and takes all
-of a resampled person's rows together (METHODS section 7): one resample draws ``P`` people out of the ``P`` test
+of a resampled person's rows together (the cluster bootstrap): one resample draws ``P`` people out of the ``P`` test
 people, and the statistic is recomputed on the union of their rows (a person drawn twice counts twice).
 
 ``person_bootstrap`` works on many statistics at once (every probe of a sweep shares its test people), so one

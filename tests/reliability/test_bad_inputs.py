@@ -61,8 +61,9 @@ def _experiment(**changes: object) -> dict:
 @pytest.fixture(scope="module")
 def env(tiny_single, tmp_path_factory: pytest.TempPathFactory) -> Env:
     from probekit.data.reversal import ReversalConfig, make_reversal_dataset
-    from probekit.results import write_results
-    from probekit.train import TrainConfig, train
+    from probekit.reporting.results import write_results
+    from probekit.training.config import TrainConfig
+    from probekit.training.trainer import train
     from tests.test_plots import table
 
     root = tmp_path_factory.mktemp("bad")
@@ -304,7 +305,7 @@ def test_a_plain_value_error_inside_probekit_is_a_bug_with_a_traceback(monkeypat
 
     import numpy as np
 
-    import probekit.results as results_mod
+    import probekit.reporting.results as results_mod
     from probekit.errors import UserFileNotFoundError
 
     def buggy_read(paths):  # an internal invariant broken by a bug, not by the user's input
@@ -332,8 +333,9 @@ def test_a_plain_value_error_inside_probekit_is_a_bug_with_a_traceback(monkeypat
 
 
 def test_corrected_experiment_replaces_a_config_that_produced_nothing(tmp_path: Path) -> None:
-    from probekit.config import from_dict
-    from probekit.experiments import ExperimentConfig, _check_out, config_record
+    from probekit.experiment.runner import _check_out
+    from probekit.experiment.spec import ExperimentConfig, config_record
+    from probekit.serde import from_dict
 
     cfg = from_dict(ExperimentConfig, json.loads(json.dumps(EXPERIMENT)))
     out = tmp_path / "run"
@@ -349,7 +351,7 @@ def test_corrected_experiment_replaces_a_config_that_produced_nothing(tmp_path: 
 
 
 def test_relative_and_absolute_paths_are_the_same_run(tmp_path: Path, monkeypatch) -> None:
-    from probekit.train import config_differences
+    from probekit.training.config import config_differences
 
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -13,12 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probekit.config import from_dict, load_mapping
 from probekit.errors import is_user_error
-from probekit.evaluate.qa import FinetuneConfig
-from probekit.experiments import ExperimentConfig, load_experiment
+from probekit.experiment.spec import ExperimentConfig, load_experiment
 from probekit.probes.spec import ProbeSpec, load_spec
-from probekit.train import TrainConfig
+from probekit.serde import from_dict, load_mapping
+from probekit.training.config import FinetuneConfig, TrainConfig
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 WORDS = ["1e-3", "all", "ntp", "p", "q", "value", "torch", "-1", "0"]

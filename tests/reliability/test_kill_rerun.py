@@ -73,10 +73,11 @@ def test_data_bios_killed_while_writing_then_rerun(tmp_path: Path, monkeypatch) 
 
 def test_train_killed_after_a_checkpoint_resumes_from_another_directory(tiny_single, tmp_path: Path,
                                                                         monkeypatch) -> None:  # fmt: skip
-    from probekit.checkpoint import latest_checkpoint
     from probekit.io import read_jsonl
+    from probekit.model.checkpoint import latest_checkpoint
     from probekit.provenance import describe_input, sha256_file
-    from probekit.train import TrainConfig, train
+    from probekit.training.config import TrainConfig
+    from probekit.training.trainer import train
 
     (tmp_path / "a").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -106,8 +107,9 @@ def test_train_killed_after_a_checkpoint_resumes_from_another_directory(tiny_sin
 
 
 def test_run_killed_during_training_then_rerun(tmp_path: Path, monkeypatch) -> None:
-    from probekit.config import from_dict
-    from probekit.experiments import ExperimentConfig, run_experiment
+    from probekit.experiment.runner import run_experiment
+    from probekit.experiment.spec import ExperimentConfig
+    from probekit.serde import from_dict
 
     exp = {"name": "tiny", "datasets": [{"name": "s", "n_people": 40, "augmentation": "single", "seed": 0}],
            "models": [{"name": "m", "data": "s", "train": {**TRAIN, "max_steps": 60}}],
@@ -133,7 +135,8 @@ def test_run_killed_during_training_then_rerun(tmp_path: Path, monkeypatch) -> N
 
 
 def test_probe_killed_while_probing_then_rerun(tiny_single, tmp_path: Path, monkeypatch) -> None:
-    from probekit.train import TrainConfig, train
+    from probekit.training.config import TrainConfig
+    from probekit.training.trainer import train
 
     tc = {**TRAIN, "max_steps": 10, "model": {**TINY, "n_ctx": 128}}  # P-probes read up to ~70 tokens
     train(TrainConfig(data=str(tiny_single.root), out=str(tmp_path / "model"), **tc), progress=False)
@@ -157,7 +160,8 @@ def test_probe_killed_while_probing_then_rerun(tiny_single, tmp_path: Path, monk
 def test_eval_qa_killed_while_finetuning_then_rerun(tiny_single, tmp_path: Path, monkeypatch, capsys) -> None:
     """An evaluation is not resumable mid-finetune: the same command names the interruption and --overwrite, and
     the seeded re-run gives the uninterrupted run's results."""
-    from probekit.train import TrainConfig, train
+    from probekit.training.config import TrainConfig
+    from probekit.training.trainer import train
 
     tc = {**TRAIN, "max_steps": 10, "model": {**TINY, "n_ctx": 128}}
     train(TrainConfig(data=str(tiny_single.root), out=str(tmp_path / "model"), **tc), progress=False)

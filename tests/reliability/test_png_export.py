@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from probekit.cli import main
-from probekit.results import write_results
+from probekit.reporting.results import write_results
 from tests.test_plots import table
 
 
@@ -60,7 +60,7 @@ def test_hanging_browser_is_stopped_and_html_csv_are_written(tmp_path: Path, mon
 
 def test_png_timeout_setting_is_checked(monkeypatch) -> None:
     from probekit.errors import UserError
-    from probekit.png_export import default_timeout
+    from probekit.reporting.png_export import default_timeout
 
     monkeypatch.setenv("PROBEKIT_PNG_TIMEOUT", "soon")
     with pytest.raises(UserError, match="PROBEKIT_PNG_TIMEOUT"):
@@ -74,7 +74,7 @@ def test_successful_export_publishes_every_png_with_provenance(tmp_path: Path, m
     carrying the provenance text chunk."""
     import plotly.graph_objects as go
 
-    import probekit.png_export as pe
+    import probekit.reporting.png_export as pe
     from probekit.provenance import PNG_KEY, png_text
 
     png = (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"\x00" * 13 + b"\x00\x00\x00\x00"

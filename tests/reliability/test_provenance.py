@@ -11,8 +11,8 @@ import pyarrow.parquet as papq
 from probekit import __version__
 from probekit import provenance as prov
 from probekit.io import atomic_write_text, clean_stale_temps
-from probekit.plots import render_figures
-from probekit.results import read_provenance, write_results
+from probekit.reporting.plots import render_figures
+from probekit.reporting.results import read_provenance, write_results
 from tests.test_plots import table
 
 

@@ -138,8 +138,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=2, help="entries to print")
     s.set_defaults(func=cmd_show)
 
-    try:  # reversal-curse data lives with the evaluation stage
-        from probekit.data.reversal import register_cli as register_reversal
-    except ImportError:
-        return
-    register_reversal(dsub)
+    _register_reversal(dsub)
+
+
+def _register_reversal(sub: argparse._SubParsersAction) -> None:
+    """Add ``probekit data reversal``."""
+    from probekit.data.reversal import ReversalConfig
+
+    p = sub.add_parser(
+        "reversal",
+        help="reversal-curse data: fictitious people in the public JSONL format + tokenizer",
+        description=(
+            "Generate fictitious people with invented names and unique descriptions in three groups "
+            "(NameToDescription only, DescriptionToName only, Both), paraphrase every fact with training templates "
+            "and held-out test templates, and write the public reversal-curse files (p2d_prompts_train.jsonl, "
+            "d2p_reverse_prompts_test.jsonl, ...), people.jsonl, manifest.json and a word-level tokenizer."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from probekit.cli.flags import add_flags
+
+    p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    flags = add_flags(p, ReversalConfig, names={"n_train_templates": "--train-templates",
+                                                "n_test_templates": "--test-templates"})  # fmt: skip
+    p.set_defaults(func=_cmd_reversal, reversal_flags=flags)
+
+
+def _cmd_reversal(args: argparse.Namespace) -> int:
+    import re
+
+    from probekit.data.reversal import ReversalConfig, make_reversal_dataset
+    from probekit.errors import UserError
+    from probekit.serde import from_dict
+
+    try:
+        cfg = from_dict(ReversalConfig, args.reversal_flags.given(args))
+    except UserError as e:  # name the command-line flags, not the config fields behind them
+        msg = str(e)
+        for name, flag in args.reversal_flags.options().items():
+            msg = re.sub(rf"\b{name}\b", flag, msg)
+        raise UserError(msg) from None
+
+    data = make_reversal_dataset(args.out, cfg, overwrite=args.overwrite)
+    m = data.manifest
+    print(f"wrote {data.root}")
+    print(f"  {sum(m['groups'].values())} people ({', '.join(f'{g} {n}' for g, n in m['groups'].items())}), "
+          f"vocabulary {m['vocab_size']} tokens")  # fmt: skip
+    for stem, n in m["files"].items():
+        print(f"  {stem}.jsonl: {n} rows")
+    ex = data.files["p2d_prompts_train"][0]
+    print(f"  example: {ex.prompt!r} -> {ex.completion!r}")
+    return 0

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from probekit.experiments import ExperimentResult
+    from probekit.experiment.runner import ExperimentResult
 
 COMMANDS = {
     "demo": "the whole pipeline with built-in defaults (about 12 min on 2 idle CPU cores)",
@@ -33,7 +33,8 @@ def _check_jobs(jobs: int) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from probekit.experiments import demo_config, run_experiment
+    from probekit.experiment.runner import run_experiment
+    from probekit.experiment.spec import demo_config
 
     _check_jobs(args.jobs)
     cfg = demo_config()
@@ -44,7 +45,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from probekit.experiments import load_experiment, run_experiment
+    from probekit.experiment.runner import run_experiment
+    from probekit.experiment.spec import load_experiment
 
     _check_jobs(args.jobs)
     cfg = load_experiment(args.config)

@@ -53,8 +53,8 @@ def _attrs(text: str | None) -> tuple[str, ...]:
 
 def _finetune_cfg(args: argparse.Namespace) -> Any:
     """FinetuneConfig from the finetuning flags (generated from its fields) and --seed."""
-    from probekit.config import from_dict
-    from probekit.finetune_config import FinetuneConfig
+    from probekit.serde import from_dict
+    from probekit.training.config import FinetuneConfig
 
     given = args.finetune_flags.given(args)
     if given.get("max_steps"):
@@ -63,8 +63,8 @@ def _finetune_cfg(args: argparse.Namespace) -> Any:
 
 
 def _train_config(path: str, out: Path, objective: str | None, data: str | None = None) -> Any:
-    from probekit.config import load_config
-    from probekit.train import TrainConfig
+    from probekit.serde import load_config
+    from probekit.training.config import TrainConfig
 
     cfg = load_config(TrainConfig, path)
     if objective:
@@ -113,8 +113,9 @@ def _output_dir(args: argparse.Namespace) -> Path:
 def _record_session(out: Path, inputs: dict[str, Any], seed: int) -> None:
     """``out/provenance.json``: this command, its seed, and the checksums of the model weights and data used."""
     from probekit import provenance as prov
+    from probekit.model.checkpoint import weights_file
 
-    paths = {k: prov.weights_file(v) if k == "checkpoint" else v for k, v in inputs.items() if v}
+    paths = {k: weights_file(v) if k == "checkpoint" else v for k, v in inputs.items() if v}
     prov.append_session(out, prov.record(inputs=paths, seeds={"seed": seed}))
 
 
@@ -192,8 +193,8 @@ def cmd_reversal(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from probekit.evaluate.figures import write_comparison
     from probekit.io import prepare_output_dir
+    from probekit.reporting.evaluation import write_comparison
 
     out = prepare_output_dir(args.out, args.overwrite)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -204,10 +205,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_distract(args: argparse.Namespace) -> int:
     from probekit.cli.flags import merge
-    from probekit.config import from_dict, load_mapping
     from probekit.errors import check_device
-    from probekit.evaluate.distract import DistractEvalConfig, run_distract
+    from probekit.evaluate.config import DistractEvalConfig
+    from probekit.evaluate.distract import run_distract
     from probekit.io import prepare_output_dir
+    from probekit.serde import from_dict, load_mapping
 
     check_device(args.device)
     prepare_output_dir(args.out, args.overwrite or args.resume)
@@ -257,13 +259,13 @@ def _extraction_args(p: argparse.ArgumentParser, default_attrs: str) -> None:
     p.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
     p.add_argument("--attrs", default=default_attrs, help="comma-separated attributes, or 'all'")
     from probekit.cli.flags import objective_choices
-    from probekit.finetune_config import METHODS, FinetuneConfig
+    from probekit.training.config import FINETUNE_METHODS, FinetuneConfig
 
     g = p.add_argument_group("finetuning on P_train (FinetuneConfig; --seed seeds it)")
     flags = add_flags(g, FinetuneConfig, exclude=("seed",),
                       names={"method": ("--finetune",), "objective": ("--ft-objective",),
                              "max_steps": ("--steps", "--max-steps")},
-                      choices={"method": METHODS, "objective": objective_choices()})  # fmt: skip
+                      choices={"method": FINETUNE_METHODS, "objective": objective_choices()})  # fmt: skip
     p.set_defaults(finetune_flags=flags)
     p.add_argument("--eval-train", action="store_true", help="also evaluate on P_train (memorisation check)")
 
@@ -364,8 +366,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--config", help="DistractEvalConfig YAML/JSON (flags below override it)")
     d.add_argument("--warmup-steps", type=int, help="warm-up steps of both finetuning runs (default 10)")
     from probekit.data.distract import FALLBACKS
-    from probekit.distract_config import DistractEvalConfig
-    from probekit.finetune_config import METHODS
+    from probekit.evaluate.config import DistractEvalConfig
+    from probekit.training.config import FINETUNE_METHODS
 
     g = d.add_argument_group("distraction settings (DistractEvalConfig; each replaces the --config value; "
                              "--seed seeds it, --eval-batch-size is its batch_size)")  # fmt: skip
@@ -376,8 +378,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "finetune.method": ("--finetune", "--finetune.method"),
                              "finetune.epochs": ("--epochs", "--finetune.epochs"),
                              "rewrite_finetune.epochs": ("--rewrite-epochs", "--rewrite-finetune.epochs")},
-                      choices={"fallback": FALLBACKS, "finetune.method": METHODS,
-                               "rewrite_finetune.method": METHODS})  # fmt: skip
+                      choices={"fallback": FALLBACKS, "finetune.method": FINETUNE_METHODS,
+                               "rewrite_finetune.method": FINETUNE_METHODS})  # fmt: skip
     d.set_defaults(distract_flags=flags)
     d.add_argument("--resume", action="store_true", help="continue in --out, reusing finished finetuning runs")
     _common(d)

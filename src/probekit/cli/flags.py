@@ -2,7 +2,7 @@
 
 ``add_flags(parser, TrainConfig)`` adds one flag per field: ``batch_size`` becomes ``--batch-size``, the fields of
 a nested dataclass or ``Section`` are ``--model.d-model`` and so on, and each flag's help is the field's doc
-(``probekit.config.field_docs``: the comment beside the field), the type it wants and its default. A flag the
+(``probekit.serde.field_docs``: the comment beside the field), the type it wants and its default. A flag the
 command line does not give leaves the setting alone, so ``flags.given(args)`` is the nested mapping of only the
 settings given, with values converted and checked by the field's type, ready to lay over a config file's
 mapping (``merge``) before ``from_dict`` builds the config. No value is copied by hand from a flag into a config.
@@ -24,8 +24,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from probekit.config import _NO_VALUE, _check, _section_schema, _type_name, field_docs
 from probekit.errors import UserError
+from probekit.serde import _NO_VALUE, _check, _section_schema, _type_name, field_docs
 
 DEST_PREFIX = "cfg:"
 

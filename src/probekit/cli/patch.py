@@ -19,9 +19,9 @@ COMMANDS = {"patch": "activation patching: which layer x position states carry t
 
 def _config(args: argparse.Namespace) -> Any:
     """PatchConfig from the flags generated from its fields (``--attributes all``: the six)."""
-    from probekit.config import from_dict
     from probekit.data.pools import ATTRIBUTES
-    from probekit.patch_config import PatchConfig
+    from probekit.patching.config import PatchConfig
+    from probekit.serde import from_dict
 
     given = args.patch_flags.given(args)
     if given.get("attributes") == ("all",):
@@ -30,11 +30,11 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from probekit.activations import hook_points, model_dims
     from probekit.data.store import load_dataset
     from probekit.errors import check_device
     from probekit.io import atomic_dir, prepare_output_dir
-    from probekit.patching import MAX_TARGET_TRIES, run_patching, save_patching
+    from probekit.patching.patch import MAX_TARGET_TRIES, run_patching, save_patching
+    from probekit.probes.activations import hook_points, model_dims
     from probekit.probes.runner import check_compatible, load_probe_model
 
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from probekit.cli.flags import add_flags
-    from probekit.patch_config import CORRUPTIONS, PROMPTS, SPLITS, PatchConfig
+    from probekit.patching.config import CORRUPTIONS, PROMPTS, SPLITS, PatchConfig
 
     p = subparsers.add_parser(
         "patch",

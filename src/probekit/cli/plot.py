@@ -15,8 +15,8 @@ COMMANDS = {"plot": "re-render probe figures from results tables"}
 def cmd_plot(args: argparse.Namespace) -> int:
     from probekit import provenance as prov
     from probekit.errors import UserError
-    from probekit.plots import check_layer, render_figures
-    from probekit.results import RESULTS_PARQUET, read_provenance, read_results
+    from probekit.reporting.plots import check_layer, render_figures
+    from probekit.reporting.results import RESULTS_PARQUET, read_provenance, read_results
 
     if sum(v is not None for v in (args.results, args.experiment, args.scale)) != 1:
         raise UserError("give one of --results TABLE... (probe figures), --experiment DIR (an experiment's "
@@ -78,8 +78,8 @@ def _plot_scale(args: argparse.Namespace, tables: list[tuple[Path, pd.DataFrame]
 
     from probekit import provenance as prov
     from probekit.errors import UserError
-    from probekit.figures import write_figures
-    from probekit.scaling import scale_figure, scale_summary
+    from probekit.reporting.figures import write_figures
+    from probekit.reporting.scaling import scale_figure, scale_summary
 
     joined = pd.concat([t.assign(_table=str(f)) for f, t in tables], ignore_index=True)
     if joined["measure"].nunique() > 1:
@@ -105,11 +105,12 @@ def _plot_scale(args: argparse.Namespace, tables: list[tuple[Path, pd.DataFrame]
 
 
 def _plot_experiment(args: argparse.Namespace) -> int:
-    """Every figure of a finished experiment from its tables (``probekit.experiments.render_experiment``)."""
+    """Every figure of a finished experiment from its tables (``probekit.experiment.runner.render_experiment``)."""
     from probekit import provenance as prov
-    from probekit.experiments import config_record, load_experiment_tables, render_experiment
-    from probekit.report import write_report
-    from probekit.scaling import model_axes, varying_axes
+    from probekit.experiment.runner import load_experiment_tables, render_experiment
+    from probekit.experiment.spec import config_record
+    from probekit.reporting.report import write_report
+    from probekit.reporting.scaling import model_axes, varying_axes
 
     run = Path(args.experiment).resolve()
     cfg, probe, embed, qa, inverse = load_experiment_tables(run)

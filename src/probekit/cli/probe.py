@@ -10,15 +10,15 @@ COMMANDS = {"probe": "P-/Q-probe a model's residual stream for biography attribu
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from probekit import provenance as prov
-    from probekit.activations import model_dims
-    from probekit.config import to_dict
     from probekit.data.store import load_dataset
     from probekit.errors import UserError, check_device, check_threads
     from probekit.io import atomic_dir, atomic_write_json, prepare_output_dir
-    from probekit.plots import render_figures
+    from probekit.probes.activations import model_dims
     from probekit.probes.runner import check_compatible, load_probe_model, random_init_like, run_spec
     from probekit.probes.spec import load_spec
-    from probekit.results import summary_table, write_results
+    from probekit.reporting.plots import render_figures
+    from probekit.reporting.results import summary_table, write_results
+    from probekit.serde import to_dict
 
     t0 = time.perf_counter()
     check_threads(args.threads, "--threads", allow_zero=True)
@@ -31,8 +31,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     given = args.spec_flags.given(args).get("spec", {})
     if given:  # --spec.* flags replace the spec file's settings
         from probekit.cli.flags import merge
-        from probekit.config import from_dict
         from probekit.probes.spec import ProbeSpec
+        from probekit.serde import from_dict
 
         spec = from_dict(ProbeSpec, merge(to_dict(spec), given))
     if args.threads:  # an explicit count overrides the spec's (fixed, thread-independent) setting
@@ -55,7 +55,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         embed_logs: list[dict[str, object]] = []
         df = run_spec(spec, ds, models, engine=engine, work_dir=tmp / ".activations", progress=True,
                       embed_logs=embed_logs)  # fmt: skip
-        rec = prov.record(inputs={"model": prov.weights_file(args.model), "data": args.data, "spec": args.spec},
+        from probekit.model.checkpoint import weights_file
+
+        rec = prov.record(inputs={"model": weights_file(args.model), "data": args.data, "spec": args.spec},
                           seeds={"probe": spec.seed, "control_random": spec.seed + 12345}, engine=engine)  # fmt: skip
         write_results(df, tmp, provenance=rec)
         fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(tmp / "results.parquet")}}

@@ -49,8 +49,8 @@ BUDGETS = ("max_steps", "epochs", "tokens")
 def build_config(args: argparse.Namespace) -> Any:
     """TrainConfig from --config (or, with --resume and no --config, the run's saved config), then the settings
     given as flags (generated from TrainConfig), then --set."""
-    from probekit.config import from_dict, load_mapping
-    from probekit.train_config import TRAIN_CONFIG_FILE
+    from probekit.serde import from_dict, load_mapping
+    from probekit.training.config import TRAIN_CONFIG_FILE
 
     given = args.train_flags.given(args)
     out = given.get("out")
@@ -73,7 +73,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if not sep or not key:
             raise UserError(f"--set {item!r} must look like KEY=VALUE (e.g. model.n_layers=2)")
         _set(data, key, raw)
-    from probekit.train_config import TrainConfig
+    from probekit.training.config import TrainConfig
 
     cfg = from_dict(TrainConfig, data)
     cfg.validate()
@@ -81,7 +81,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from probekit.train import Trainer
+    from probekit.training.trainer import Trainer
 
     cfg = build_config(args)
     t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from probekit.cli.flags import objective_choices
-    from probekit.train_config import PRECISIONS, TrainConfig
+    from probekit.training.config import PRECISIONS, TrainConfig
 
     p.add_argument("--config", help="YAML/JSON TrainConfig (optional with --resume: the run's own config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

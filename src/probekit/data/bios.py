@@ -229,7 +229,8 @@ def _unpack(template: Template) -> tuple[str, str, str, str, str]:
 
 @dataclass(frozen=True)
 class PersonGroup:
-    """A share of the people rendered under their own augmentation (METHODS 1, "celebrity helps minority": half
+    """A share of the people rendered under their own augmentation (Allen-Zhu & Li, Physics of LMs 3.1, "celebrity
+    helps minority": half
     the people ``multi5+permute``, the other half ``single``, in one corpus)."""
 
     name: str

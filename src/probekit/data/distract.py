@@ -1,4 +1,5 @@
-"""Distractor contexts for biography QA, and the rewrite targets of System 2 Attention (METHODS 5).
+"""Distractor contexts for biography QA, and the rewrite targets of System 2 Attention (Weston & Sukhbaatar, arXiv
+2311.11829).
 
 A distracted prompt is ``context + " " + question``: the question is the dataset's QA prompt, verbatim
 (``What is the birth city of X? Answer:``), and the context is a few sentences in front of it. Sentences are of

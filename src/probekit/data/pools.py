@@ -137,7 +137,8 @@ class Pools:
     def with_name_pools(self, sizes: Mapping[str, int], seed: int) -> Pools:
         """A copy whose first, middle and/or last name pools are seeded random subsets (``{"first": 12}``)."""
         rng = random.Random(f"name-pools-{seed}")
-        out = Pools(**{k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.__dict__.items()})
+        copied: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.__dict__.items()}
+        out = Pools(**copied)
         for part, k in sorted(sizes.items()):
             if part not in NAME_PARTS:
                 raise UserError(f"name pool {part!r}: the name parts are {', '.join(NAME_PARTS)}")

@@ -1,6 +1,7 @@
 """QA data for knowledge extraction, the P_train/P_test split, and inverse-search prompts.
 
-Each of the six questions is followed by ``Answer:`` and the value (METHODS §1). A training/evaluation sequence is
+Each of the six questions is followed by ``Answer:`` and the value (Allen-Zhu & Li, Physics of LMs 3.1). A
+training/evaluation sequence is
 ``<|endoftext|> {prompt} {answer} <|endoftext|>``; exact match is judged on the answer's token ids.
 """
 

@@ -30,7 +30,6 @@ one downloaded from the public repository (it then builds the tokenizer in memor
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from dataclasses import dataclass, field
@@ -38,14 +37,14 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from probekit.config import to_dict
 from probekit.data.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
+from probekit.serde import to_dict
 
 GROUPS: tuple[str, ...] = ("p2d", "d2p", "both")
 TRAIN_FILES: tuple[str, ...] = ("p2d_prompts_train", "d2p_prompts_train", "both_prompts_train")
-# Test task name -> public file stem (METHODS section 2).
+# Test task name -> public file stem (Berglund et al., the reversal curse).
 TASK_FILES: dict[str, str] = {
     "N2D": "p2d_prompts_test",
     "D2N": "d2p_prompts_test",
@@ -401,50 +400,3 @@ def load_reversal_dir(path: str | Path) -> ReversalData:
         people = [FictitiousPerson(**row) for row in read_jsonl(root / "people.jsonl")]
     manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else {}
     return ReversalData(root, files, tok, people, manifest)
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add ``probekit data reversal`` (called by ``probekit.cli.data``)."""
-    p = sub.add_parser(
-        "reversal",
-        help="reversal-curse data: fictitious people in the public JSONL format + tokenizer",
-        description=(
-            "Generate fictitious people with invented names and unique descriptions in three groups "
-            "(NameToDescription only, DescriptionToName only, Both), paraphrase every fact with training templates "
-            "and held-out test templates, and write the public reversal-curse files (p2d_prompts_train.jsonl, "
-            "d2p_reverse_prompts_test.jsonl, ...), people.jsonl, manifest.json and a word-level tokenizer."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    from probekit.cli.flags import add_flags
-
-    p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    flags = add_flags(p, ReversalConfig, names={"n_train_templates": "--train-templates",
-                                                "n_test_templates": "--test-templates"})  # fmt: skip
-    p.set_defaults(func=_cmd_reversal, reversal_flags=flags)
-
-
-def _cmd_reversal(args: argparse.Namespace) -> int:
-    import re
-
-    from probekit.config import from_dict
-    from probekit.errors import UserError
-
-    try:
-        cfg = from_dict(ReversalConfig, args.reversal_flags.given(args))
-    except UserError as e:  # name the command-line flags, not the config fields behind them
-        msg = str(e)
-        for name, flag in args.reversal_flags.options().items():
-            msg = re.sub(rf"\b{name}\b", flag, msg)
-        raise UserError(msg) from None
-    data = make_reversal_dataset(args.out, cfg, overwrite=args.overwrite)
-    m = data.manifest
-    print(f"wrote {data.root}")
-    print(f"  {sum(m['groups'].values())} people ({', '.join(f'{g} {n}' for g, n in m['groups'].items())}), "
-          f"vocabulary {m['vocab_size']} tokens")  # fmt: skip
-    for stem, n in m["files"].items():
-        print(f"  {stem}.jsonl: {n} rows")
-    ex = data.files["p2d_prompts_train"][0]
-    print(f"  example: {ex.prompt!r} -> {ex.completion!r}")
-    return 0

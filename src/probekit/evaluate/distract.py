@@ -1,8 +1,8 @@
-"""Distraction and System 2 Attention on biography QA (METHODS 5).
+"""Distraction and System 2 Attention on biography QA (Weston & Sukhbaatar, arXiv 2311.11829).
 
 ``run_distract(checkpoint, data, out, DistractEvalConfig(...))``:
 
-1. **A model that can be distracted.** The pretrained model is finetuned (``probekit.finetune.finetune``) on
+1. **A model that can be distracted.** The pretrained model is finetuned (``probekit.training.finetune.finetune``) on
    P_train questions whose prompts often carry a context that is usually helpful (``probekit.data.distract``:
    a hint right ``hint_accuracy`` of the time, plus irrelevant sentences; ``context_ratio`` of prompts).
 2. **A learned S2A regenerator** (``s2a`` holds ``learned``): a copy of the same pretrained model finetuned on the
@@ -17,7 +17,8 @@
    0.8 on ``hint_wrong``).
 5. **What probes see** (``probes``): frozen linear probes at the queried name and at the answer position, every layer,
    fit on P_train clean prompts and read on P_test prompts of each kind (the true value, and the suggested one).
-6. **Where a wrong hint acts** (``patching``): ``probekit.patching.trace_pairs`` patches the right-hint run's state
+6. **Where a wrong hint acts** (``patching``): ``probekit.patching.patch.trace_pairs`` patches the right-hint run's
+state
    into the wrong-hint run of the same prompt at every layer x position slot (context, hint value, question, name
    tokens, answer position) and measures the true answer's probability.
 
@@ -48,7 +49,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probekit.config import to_dict
 from probekit.data.distract import (
     DistractItem,
     Regeneration,
@@ -62,15 +62,18 @@ from probekit.data.distract import (
     unseen_people,
     unseen_train_items,
 )
-from probekit.distract_config import DistractEvalConfig as DistractEvalConfig  # re-exported: torch-free
 from probekit.errors import UserError, UserFileNotFoundError
-from probekit.evaluate.figures import results_frame, write_figure, write_table
+from probekit.evaluate.config import DistractEvalConfig
 from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import first_token_match, ids_exact_match
-from probekit.finetune import EvalItem, FinetuneConfig, check_fits, encode_items, finetune
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
-from probekit.objectives import Objective, get_objective
+from probekit.objectives import get_objective
+from probekit.objectives.base import Objective
+from probekit.reporting.evaluation import results_frame, write_figure, write_table
+from probekit.serde import to_dict
 from probekit.stats import bootstrap_means, person_bootstrap
+from probekit.training.config import FinetuneConfig
+from probekit.training.finetune import EvalItem, check_fits, encode_items, finetune
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ def _finetune_stage(model: torch.nn.Module, tokenizer: Any, objective: Objective
                     cfg: FinetuneConfig, run_dir: Path, meta: dict[str, Any], progress: bool, resume: bool,
                     ) -> torch.nn.Module:  # fmt: skip
     """Finetune (or, with ``resume``, reuse the finished run in ``run_dir`` made with the same settings)."""
-    from probekit.checkpoint import latest_checkpoint, load_checkpoint
+    from probekit.model.checkpoint import latest_checkpoint, load_checkpoint
 
     stage = stage_record(cfg, items, meta)
     stage_file = run_dir / STAGE_FILE
@@ -310,8 +313,8 @@ def run_distract(
     distractor vocabulary, and that every prompt fits the model's context. ``resume`` continues in a non-empty
     ``out``, reusing finetuning runs that finished with the same settings.
     """
-    from probekit.checkpoint import load_checkpoint
     from probekit.data.store import load_dataset
+    from probekit.model.checkpoint import load_checkpoint
 
     cfg = cfg or DistractEvalConfig()
     out = prepare_output_dir(out, overwrite or resume)
@@ -534,8 +537,9 @@ def probe_distraction(model: torch.nn.Module, tokenizer: Any, dataset: Any, cfg:
     (``target=suggested``, on the rows whose suggested first token differs from the true one). One row per person
     per attribute, so the rows are independent people: Wilson intervals.
     """
-    from probekit.activations import collect_activations, hook_points
-    from probekit.probes.engine import EngineConfig, Split, run_probes
+    from probekit.probes.activations import collect_activations, hook_points
+    from probekit.probes.config import EngineConfig
+    from probekit.probes.engine import Split, run_probes
 
     engine = engine or EngineConfig(l2_grid=(1e-3, 1e-2, 1e-1), max_iter=80)
     builder = builder_for(dataset, cfg.distract)
@@ -610,13 +614,13 @@ HINT_SLOTS: tuple[str, ...] = ("bos", "context", "hint_prefix", "hint_value", "h
 
 
 def hint_pair(tokenizer: Any, right: DistractItem, wrong: DistractItem) -> Any:
-    """A ``probekit.patching.TracePair``: clean = the prompt whose hint suggests the true value, corrupted = the same
-    prompt suggesting the wrong value (same person, context and question), labelled by ``HINT_SLOTS``; None when
+    """A ``probekit.patching.patch.TracePair``: clean = the prompt whose hint suggests the true value, corrupted = the
+    same prompt suggesting the wrong value (same person, context and question), labelled by ``HINT_SLOTS``; None when
     the two values differ in token count (the runs would not align) or share their first token (the first-token
     metrics could not tell them apart)."""
     from probekit.data.distract import split_question
     from probekit.data.tokenizer import EOS_ID, encode_with_offsets
-    from probekit.patching import TracePair
+    from probekit.patching.patch import TracePair
 
     ans = tokenizer([right.answer, wrong.suggested], add_special_tokens=False)["input_ids"]
     if len(ans[0]) != len(ans[1]) or ans[0][0] == ans[1][0]:
@@ -664,11 +668,11 @@ def patch_hints(model: torch.nn.Module, tokenizer: Any, items: Sequence[Distract
                 seed: int = 0, batch_size: int = 128) -> tuple[pd.DataFrame, int]:  # fmt: skip
     """Activation patching from the right-hint run into the wrong-hint run of the same prompt, every residual layer
     boundary x position slot (``HINT_SLOTS``; a pair's positions in one slot averaged), all attributes pooled.
-    Metrics (``probekit.patching``): ``p_answer`` (probability of the true answer's first token), ``greedy_first``
+    Metrics (``probekit.patching.patch``): ``p_answer`` (probability of the true answer's first token), ``greedy_first``
     (the greedy first token becomes the true one), ``p_other`` (the wrong hint's first token). Returns the tidy
     table (mean over pairs, person-clustered interval, the unpatched right/wrong-hint means) and the pair count."""
-    from probekit.activations import hook_points
-    from probekit.patching import cluster_bootstrap, trace_pairs
+    from probekit.patching.patch import cluster_bootstrap, trace_pairs
+    from probekit.probes.activations import hook_points
 
     by_key: dict[tuple[int, str], dict[str, DistractItem]] = {}
     for it in items:

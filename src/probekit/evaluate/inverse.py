@@ -1,4 +1,4 @@
-"""Inverse search on biographies (Physics of LMs Part 3.2; METHODS 2): given attributes, name the person.
+"""Inverse search on biographies (Allen-Zhu & Li, Physics of LMs Part 3.2): given attributes, name the person.
 
 A prompt lists a subset of a person's attributes and asks for the name (``probekit.data.qa.inverse_prompt``,
 ending in ``Answer:``); the answer is the full name, scored by exact match on its token ids (and first-token
@@ -16,7 +16,8 @@ from probekit.data.pools import ATTRIBUTES
 from probekit.data.qa import inverse_prompt
 from probekit.errors import UserError
 from probekit.evaluate.qa import ExtractionResult, check_pids, run_extraction
-from probekit.finetune import EvalItem, FinetuneConfig
+from probekit.training.config import FinetuneConfig
+from probekit.training.finetune import EvalItem
 
 
 def inverse_task_name(attrs: Sequence[str]) -> str:
@@ -66,7 +67,7 @@ def name_preference(
 
     from probekit.evaluate.qa import QA_ABI_SUFFIX
     from probekit.evaluate.scoring import completion_logprobs
-    from probekit.finetune import encode_items
+    from probekit.training.finetune import encode_items
 
     if len(items) < 2:
         raise UserError("a name preference needs at least two items (one's name is the other's foil)")

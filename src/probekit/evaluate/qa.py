@@ -1,11 +1,11 @@
-"""Knowledge extraction (METHODS 1): finetune on P_train questions, answer P_test questions.
+"""Knowledge extraction (Allen-Zhu & Li, Physics of LMs 3.1): finetune on P_train questions, answer P_test questions.
 
 Regimes:
 
 - pretrain -> finetune: a pretrained checkpoint is finetuned on P_train items, fully or with LoRA, by the
-  finetuning stage ``probekit.finetune`` (the loss covers the answer only; ABI models learn the answer as their
+  finetuning stage ``probekit.training.finetune`` (the loss covers the answer only; ABI models learn the answer as their
   blank span). ``method="none"`` evaluates as is. ``FinetuneConfig``, ``finetune``, ``EvalItem`` and friends are
-  re-exported here from ``probekit.finetune``.
+  re-exported here from ``probekit.training.finetune``.
 - mixed training: ``mixed_train`` trains from scratch on every biography plus P_train QA sequences in one run
   (``bio_qa_ratio`` e.g. "2:8" of tokens), then evaluation runs with ``method="none"``.
 
@@ -33,59 +33,31 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probekit.config import to_dict
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.tokenizer import EOS_ID
 from probekit.errors import UserError
-from probekit.evaluate.figures import results_frame, write_results
 from probekit.evaluate.scoring import first_token_match, ids_exact_match
-from probekit.finetune import (
+from probekit.io import atomic_path, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
+from probekit.objectives import REGISTRY, as_objective, get_objective, objective_names
+from probekit.objectives.base import Objective
+from probekit.reporting.evaluation import results_frame, write_results
+from probekit.serde import to_dict
+from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
+from probekit.training.config import FinetuneConfig
+from probekit.training.finetune import (
     ANSWER_SUFFIX,
-    METHODS,
     EvalItem,
-    FinetuneConfig,
     FinetuneResult,
     check_fits,
     encode_items,
     finetune,
-    load_adapter,
 )
-from probekit.io import atomic_path, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
-from probekit.objectives import OBJECTIVES, REGISTRY, Objective, as_objective, get_objective, objective_names
-from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
 
 log = logging.getLogger(__name__)
 
 # QA training sequences end with EOS after the answer (answer_item), so an ABI model's blank sits before an EOS:
 # its Part A at inference is [EOS] + prompt + [MASK] + [EOS], as in ABIObjective.answer_batch.
 QA_ABI_SUFFIX: tuple[int, ...] = ANSWER_SUFFIX
-
-__all__ = [  # the finetuning names are re-exported from probekit.finetune (experiment code imports them here)
-    "METHODS",
-    "OBJECTIVES",
-    "QA_ABI_SUFFIX",
-    "EvalItem",
-    "ExtractionResult",
-    "FinetuneConfig",
-    "FinetuneResult",
-    "check_fits",
-    "check_pids",
-    "default_model_name",
-    "encode_items",
-    "evaluate_items",
-    "finetune",
-    "generate_answers",
-    "load_adapter",
-    "mixed_train",
-    "model_objective",
-    "parse_ratio",
-    "qa_eval_items",
-    "read_items",
-    "run_extraction",
-    "run_qa",
-    "select_items",
-    "summarize",
-]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,8 +248,8 @@ def run_extraction(
     Every input is checked before any training: the output directory, the checkpoint, the dataset, the
     tokenizer match, the items (people present, answers non-empty, sequences within the context).
     """
-    from probekit.checkpoint import load_checkpoint
     from probekit.data.store import load_dataset
+    from probekit.model.checkpoint import load_checkpoint
 
     out = prepare_output_dir(out, overwrite)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -382,7 +354,7 @@ def mixed_train(
 ) -> Any:
     """Mixed training: biographies of everyone plus P_train QA sequences in one run (``TrainConfig.qa_mix`` set
     from ``bio_qa_ratio``). Returns the trainer's ``TrainResult``; evaluate its checkpoint with ``method="none"``."""
-    from probekit.train import train
+    from probekit.training.trainer import train
 
     cfg = copy.deepcopy(train_cfg)
     cfg.qa_mix = parse_ratio(bio_qa_ratio)

@@ -23,7 +23,8 @@ import torch
 
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.tokenizer import EOS_ID, char_span_to_token_span, encode_with_offsets
-from probekit.objectives import Objective, as_objective
+from probekit.objectives import as_objective
+from probekit.objectives.base import Objective
 from probekit.stats import DEFAULT_N_BOOT, person_bootstrap_table
 
 

@@ -1,4 +1,4 @@
-"""Reversal-curse tasks (Berglund et al.; METHODS 2): N2D, D2N and their reverses on fictitious people.
+"""Reversal-curse tasks (Berglund et al., arXiv 2309.12288): N2D, D2N and their reverses on fictitious people.
 
 Given a directory in the public format (``probekit.data.reversal``) and a model trained on its training facts
 (``train_reversal``: every training row ``[EOS] + ids(prompt + completion)`` through the trainer with any
@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 from probekit.data.reversal import TASK_FILES, ReversalData, load_reversal_dir
 from probekit.data.tokenizer import EOS_ID
 from probekit.errors import UserError
-from probekit.evaluate.figures import results_frame, write_results
 from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import completion_logprobs, normalize_text, paired_test, text_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
-from probekit.objectives import Objective, as_objective, get_objective
+from probekit.objectives import as_objective, get_objective
+from probekit.objectives.base import Objective
+from probekit.reporting.evaluation import results_frame, write_results
 from probekit.stats import DEFAULT_N_BOOT, person_bootstrap
 
 DEFAULT_TASKS: tuple[str, ...] = ("N2D", "D2N", "N2D-reverse", "D2N-reverse")
@@ -158,7 +159,8 @@ def evaluate_reversal(
 
 def reversal_source(data: ReversalData, seed: int = 0) -> Any:
     """The training facts as trainer items: ``[EOS] + ids(prompt + completion)`` per row, loss on every token."""
-    from probekit.train_data import ItemSource, TrainItem
+    from probekit.model.batch import TrainItem
+    from probekit.training.data import ItemSource
 
     texts = data.train_texts()
     if not texts:
@@ -187,7 +189,7 @@ def train_reversal(
     """
     import copy
 
-    from probekit.train import train
+    from probekit.training.trainer import train
 
     data = _load(data_dir)
     cfg = copy.deepcopy(train_cfg)
@@ -215,7 +217,7 @@ def run_reversal(
 
     Checked before any work: the output directory, the data files, the tokenizer match, the tasks, the lengths.
     """
-    from probekit.checkpoint import load_checkpoint
+    from probekit.model.checkpoint import load_checkpoint
 
     out = prepare_output_dir(out, overwrite)
     data = _load(data_dir)

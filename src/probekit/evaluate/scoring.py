@@ -11,7 +11,7 @@ Exact match comes in two forms:
 ``completion_logprobs`` is the summed log-probability of a completion given a prompt under a model's own
 inference mode (``Objective.score_completion``): an NTP or BICO model is scored causally on ``[EOS] + prompt +
 completion``; an ABI model scores the completion as a Part B span after ``[EOS] + prompt + [MASK]``, the way
-``probekit.generate.abi_generate`` asks.
+``probekit.objectives.generate.abi_generate`` asks.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 
 from probekit.data.tokenizer import END_ID, EOS_ID
 from probekit.errors import UserError
-from probekit.objectives import Objective, as_objective
-from probekit.objectives.base import causal_inputs
+from probekit.objectives import as_objective
+from probekit.objectives.base import Objective, causal_inputs
 
 __all__ = [
     "STOP_IDS",

@@ -2,7 +2,7 @@
 batches, generates, scores completions and says how much context it needs.
 
 ``get_objective("ntp" | "abi" | "bico", tokenizer=None, **settings)`` picks one by name from ``REGISTRY``;
-``compute_loss(model, batch)`` is the shared loss (mean cross-entropy over labels != -100, ``probekit.batch``).
+``compute_loss(model, batch)`` is the shared loss (mean cross-entropy over labels != -100, ``probekit.model.batch``).
 
 * ``ntp``: next-token prediction, causal attention. No settings.
 * ``abi``: GLM autoregressive blank infilling. Settings: ``mask_ratio`` (0.15), ``span_lambda`` (3.0).
@@ -17,16 +17,20 @@ Adding an objective: subclass ``Objective`` in a new module (a dataclass whose f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from probekit.batch import SPECIAL_IDS, check_special_ids, compute_loss
-from probekit.config import from_dict
+if TYPE_CHECKING:
+    import torch
+
 from probekit.errors import UserError
-from probekit.objectives.abi import ABIObjective, abi_generation_inputs, reconstruct
+from probekit.model.batch import check_special_ids
+from probekit.objectives.abi import ABIObjective
 from probekit.objectives.base import Objective
 from probekit.objectives.bico import BICOObjective
 from probekit.objectives.ntp import NTPObjective
+from probekit.serde import from_dict
 
 # The registry: name -> class, the names coming from each class's ``name``. Add a new objective here.
 REGISTRY: dict[str, type[Objective]] = {cls.name: cls for cls in (NTPObjective, ABIObjective, BICOObjective)}
@@ -61,19 +65,14 @@ def as_objective(objective: Objective | str) -> Objective:
     return get_objective(objective) if isinstance(objective, str) else objective
 
 
-__all__ = [
-    "OBJECTIVES",
-    "REGISTRY",
-    "SPECIAL_IDS",
-    "ABIObjective",
-    "BICOObjective",
-    "NTPObjective",
-    "Objective",
-    "abi_generation_inputs",
-    "as_objective",
-    "check_special_ids",
-    "compute_loss",
-    "get_objective",
-    "objective_names",
-    "reconstruct",
-]
+def generate(
+    model: torch.nn.Module,
+    objective: Objective | str,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    suffix: Sequence[int] = (),
+) -> list[list[int]]:
+    """Greedy answers to ``prompts`` (each ``[EOS] + ids``) the way ``objective`` (or its name) answers; ``suffix``:
+    the tokens that followed the answer in training (an infilling objective keeps them after the blank)."""
+    return as_objective(objective).generate(model, prompts, max_new_tokens, batch_size=batch_size, suffix=suffix)

@@ -1,4 +1,4 @@
-"""GLM autoregressive blank infilling (Du et al., GLM; METHODS 4).
+"""GLM autoregressive blank infilling (Du et al., GLM).
 
 Per sequence: span lengths are drawn from Poisson(``span_lambda``) (a draw of 0 counts as 1) until
 ``mask_ratio`` of the maskable tokens (never position 0, never a special token) are covered; the last length is
@@ -26,17 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import ClassVar, cast
 
 import torch
 
-from probekit.batch import IGNORE_INDEX, ModelBatch, check_sequences, lengths_mask, maskable, pad_right
 from probekit.data.tokenizer import END_ID, EOS_ID, MASK_ID, PAD_ID, START_ID
 from probekit.errors import UserError
+from probekit.model.batch import IGNORE_INDEX, ModelBatch, TrainItem, check_sequences, lengths_mask, maskable, pad_right
 from probekit.objectives.base import Objective, summed_logprobs
-
-if TYPE_CHECKING:
-    from probekit.train_data import TrainItem
+from probekit.objectives.generate import check_prompts, device_of, length_chunks
 
 
 @dataclass
@@ -181,8 +179,6 @@ class ABIObjective(Objective):
         suffix: Sequence[int] = (),
     ) -> list[list[int]]:
         """The answer to each prompt as the Part B span of a [MASK] after it (Part A = prompt + [MASK] + suffix)."""
-        from probekit.generate import abi_generate
-
         return abi_generate(model, prompts, max_new_tokens, batch_size=batch_size, suffix=suffix)
 
     @torch.no_grad()
@@ -274,3 +270,45 @@ def abi_generation_inputs(
         key_mask=key_mask,
         prefix_len=torch.full((B,), a, dtype=torch.long),
     )
+
+
+@torch.no_grad()
+def abi_generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    stop_id: int | None = END_ID,
+    batch_size: int = 64,
+    suffix: Sequence[int] = (),
+) -> list[list[int]]:
+    """GLM-style greedy infilling: each prompt is Part A with a trailing [MASK] (then ``suffix``, e.g. ``[EOS_ID]``
+    when training items ended with EOS after the blank); the answer is generated as its Part B span after [START],
+    until ``stop_id`` ([END]) or ``max_new_tokens``. Returns the span tokens (without [START]/[END]). Inputs come
+    from ``abi_generation_inputs`` (the layout ABI training uses); batched rows equal
+    one-by-one generation (Part A pads are masked keys; explicit positions)."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    extra = ABIObjective().inference_extra_tokens(len(suffix))  # [MASK], suffix and [START]
+    check_prompts(prompts, max_new_tokens, n_ctx, extra=extra)
+    results: list[list[int]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    device = device_of(model)
+    try:
+        for chunk in length_chunks(prompts, batch_size):
+            sub = [prompts[i] for i in chunk]
+            gen: list[list[int]] = [[] for _ in chunk]
+            done = torch.zeros(len(chunk), dtype=torch.bool)
+            for _ in range(max_new_tokens):
+                batch = abi_generation_inputs(sub, gen, suffix).to(device)
+                logits = model(**batch.model_kwargs())  # [B, T, V]
+                nxt = logits[:, -1].argmax(-1).cpu()  # [B]
+                done |= (nxt == stop_id) if stop_id is not None else torch.zeros_like(done)
+                for b in range(len(chunk)):
+                    gen[b].append(int(nxt[b]))
+                if bool(done.all()):
+                    break
+            for i, g in zip(chunk, gen):
+                results[i] = g[: g.index(stop_id)] if stop_id is not None and stop_id in g else g
+    finally:
+        model.train(was_training)
+    return results

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from probekit.batch import ModelBatch, compute_loss
 from probekit.data.tokenizer import EOS_ID, PAD_ID
-
-if TYPE_CHECKING:
-    from probekit.train_data import TrainItem
+from probekit.model.batch import ModelBatch, TrainItem, answer_item, apply_loss_mask
+from probekit.model.transformer import compute_loss
+from probekit.objectives.generate import greedy_generate
 
 
 class Objective(ABC):
@@ -64,14 +63,10 @@ class Objective(ABC):
 
     def answer_item(self, prompt: Sequence[int], answer: Sequence[int]) -> TrainItem:
         """A finetuning item ``[EOS] + prompt + answer + [EOS]`` with the loss on the answer (and its stop)."""
-        from probekit.train_data import answer_item
-
         return answer_item(prompt, answer, loss_on_eos=self.answer_loss_on_eos)
 
     def answer_batch(self, items: Sequence[TrainItem], generator: torch.Generator) -> ModelBatch:
         """A training batch of items whose ``loss_mask`` marks the target tokens (the loss covers only those)."""
-        from probekit.train_data import apply_loss_mask
-
         return apply_loss_mask(self.build([it.ids for it in items], generator), items)
 
     @torch.no_grad()
@@ -84,9 +79,8 @@ class Objective(ABC):
         suffix: Sequence[int] = (),
     ) -> list[list[int]]:
         """Greedy answers to ``prompts`` (each ``[EOS] + ids``), without the stop token; ``suffix`` is unused."""
-        from probekit.generate import greedy_generate
-
-        return greedy_generate(model, prompts, max_new_tokens, batch_size=batch_size)
+        return greedy_generate(model, prompts, max_new_tokens, batch_size=batch_size,
+                               extra_tokens=self.inference_extra_tokens())  # fmt: skip
 
     @torch.no_grad()
     def score_completion(

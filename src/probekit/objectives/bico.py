@@ -1,4 +1,4 @@
-"""BICO: bidirectional causal optimisation (Lv et al., arXiv 2311.07468; METHODS 3).
+"""BICO: bidirectional causal optimisation (Lv et al., arXiv 2311.07468).
 
 With probability ``bico_prob`` a whole batch is a BICO batch, otherwise an ordinary NTP batch; the coin is
 drawn from the generator, so a seeded run makes the same choices. A BICO batch:
@@ -7,7 +7,8 @@ drawn from the generator, so a seeded run makes the same choices. A BICO batch:
   placeholder ``UNK_ID`` (an existing vocabulary token: no new embedding);
 * labels: the output at position i predicts the original token at i+1 when input i+1 was replaced, else -100;
 * ``key_mask`` is False at placeholders (and pads): they are never attended to, though they still act as queries;
-* ``attn_mode="bico"``: bidirectional attention with sin-flipped rotary above the diagonal (see ``probekit.model``).
+* ``attn_mode="bico"``: bidirectional attention with sin-flipped rotary above the diagonal (see
+``probekit.model.transformer``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import ClassVar
 
 import torch
 
-from probekit.batch import IGNORE_INDEX, ModelBatch, check_sequences, lengths_mask, maskable, pad_right
 from probekit.data.tokenizer import PAD_ID, UNK_ID
 from probekit.errors import UserError
+from probekit.model.batch import IGNORE_INDEX, ModelBatch, check_sequences, lengths_mask, maskable, pad_right
 from probekit.objectives.base import Objective
 from probekit.objectives.ntp import ntp_batch
 

@@ -2,7 +2,8 @@
 
 Sequences are token-id lists that begin with ``EOS_ID`` (the start marker). A batch is padded on the right to
 its longest sequence with ``PAD_ID``; pads get label -100 and ``key_mask`` False. The pieces every objective
-shares (padding, masks, special ids, the loss) live in ``probekit.batch`` and are re-exported here for old imports.
+shares (padding, masks, special ids, the loss) live in ``probekit.model.batch`` and are re-exported here for old
+imports.
 """
 
 from __future__ import annotations
@@ -13,31 +14,15 @@ from typing import ClassVar
 
 import torch
 
-from probekit.batch import (
+from probekit.data.tokenizer import PAD_ID
+from probekit.model.batch import (
     IGNORE_INDEX,
-    N_SPECIAL,
-    SPECIAL_IDS,
     ModelBatch,
     check_sequences,
-    compute_loss,
     lengths_mask,
-    maskable,
     pad_right,
 )
-from probekit.data.tokenizer import PAD_ID
 from probekit.objectives.base import Objective
-
-__all__ = [
-    "N_SPECIAL",
-    "SPECIAL_IDS",
-    "NTPObjective",
-    "Objective",
-    "check_sequences",
-    "compute_loss",
-    "maskable",
-    "ntp_batch",
-    "pad_right",
-]
 
 
 def ntp_batch(sequences: Sequence[Sequence[int]]) -> ModelBatch:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from probekit.probes.engine import EngineConfig, ProbeFit, Split, TensorFeatures, run_probes
+    from probekit.probes.config import EngineConfig
+    from probekit.probes.engine import ProbeFit, Split, TensorFeatures, run_probes
 
 __all__ = ["EngineConfig", "ProbeFit", "Split", "TensorFeatures", "run_probes"]
 

@@ -1,7 +1,7 @@
 """The paper's probe: a frozen model plus a trainable low-rank update of its input embedding, read at the last layer.
 
 The frozen-feature engine (``probekit.probes.engine``) fits a linear map on cached activations. Allen-Zhu & Li's
-probes do more (METHODS §1): the model's weights stay frozen, but the probe trains
+probes do more (Allen-Zhu & Li, Physics of LMs 3.1): the model's weights stay frozen, but the probe trains
 
 * a rank-r update of the input embedding, ``E + A B`` (A ``[vocab, r]``, B ``[r, d]``; the paper's r is 2 for
   P-probing and 16 for Q-probing), so the input can be nudged, and
@@ -16,7 +16,7 @@ Which epoch a head is read at is chosen on the validation people only (``select`
 reads every head at its own best validation epoch, so the heads that share the update do not trade accuracy with
 each other; ``mean`` reads all heads at the epoch of the best mean validation accuracy. Training stops after
 ``patience`` epochs without an improvement. Test people never choose anything: their accuracy is recorded at the
-epochs validation picks. The model is read causally (as every probekit probe; see ``probekit.activations``) and
+epochs validation picks. The model is read causally (as every probekit probe; see ``probekit.probes.activations``) and
 its parameters' ``requires_grad`` flags are restored afterwards.
 
 Rows carry ``hook = "embed_update"`` and ``layer = L`` in the results table, so figures and comparisons keep them
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from probekit.activations import _is_hooked_lm, _Stop, hook_points, model_dims, padded_batch, run_causal
 from probekit.errors import UserError
-from probekit.probes.config import EmbedProbeConfig as EmbedProbeConfig  # re-exported: torch-free
+from probekit.probes.activations import _is_hooked_lm, _Stop, hook_points, model_dims, padded_batch, run_causal
+from probekit.probes.config import EmbedProbeConfig
 from probekit.probes.engine import ProbeFit, _base_fit, _map_labels
 from probekit.probes.tasks import ProbeTaskSet
 

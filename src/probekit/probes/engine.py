@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probekit.probes.config import EngineConfig as EngineConfig  # re-exported: torch-free, for specs and --help
+from probekit.probes.config import EngineConfig
 from probekit.probes.solver import Problem, lbfgs, predict
 
 log = logging.getLogger(__name__)

@@ -31,13 +31,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probekit.activations import (
+from probekit.errors import UserError, UserFileNotFoundError
+from probekit.probes.activations import (
     collect_activations,
     estimate_bytes,
     hook_points,
     model_dims,
 )
-from probekit.errors import UserError, UserFileNotFoundError
 from probekit.probes.embed_probe import HOOK_NAME as EMBED_HOOK
 from probekit.probes.embed_probe import train_embed_probe
 from probekit.probes.engine import ProbeFit, run_probes
@@ -49,7 +49,7 @@ from probekit.probes.tasks import (
     control_labels,
     people_split,
 )
-from probekit.results import make_table
+from probekit.reporting.results import make_table
 from probekit.stats import person_bootstrap
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,12 @@ def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = N
     if not path.exists():
         raise UserFileNotFoundError(f"model directory {path} does not exist")
     if _is_hf_dir(path):
-        from probekit.hf import load_bridge, load_dir_tokenizer
+        from probekit.model.hf import load_bridge, load_dir_tokenizer
 
         bridge = load_bridge(path, device=device)
         bridge.eval()
         return ProbeModel(bridge, name or path.name, "unknown", "unknown", load_dir_tokenizer(path), path, "hf")
-    from probekit.checkpoint import load_checkpoint
+    from probekit.model.checkpoint import load_checkpoint
 
     model, tok, meta = load_checkpoint(path, device=device)
     if name is None:  # a run directory's name, or <run>/step_N for one of its checkpoints
@@ -114,7 +114,7 @@ def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = N
 def random_init_like(target: ProbeModel, seed: int = 12345) -> ProbeModel:
     """The control: a randomly initialised model of the same shape (and the same names + " (random init)")."""
     if target.kind == "probekit":
-        from probekit.model import HookedLM
+        from probekit.model.transformer import HookedLM
 
         cfg = dataclasses.replace(target.model.cfg, seed=seed)
         model = HookedLM(cfg).to(next(target.model.parameters()).device).eval()
@@ -270,7 +270,7 @@ def person_rows(
     m: ProbeModel, t: ProbeTaskSet, fits: list[ProbeFit], hook: str, layer: int, reading: str
 ) -> list[dict[str, Any]]:
     """Per-test-person correctness of Q-probe fits (one row per fit x P_test person): what lets a comparison
-    resample people jointly across probes and evaluations (``probekit.compare``). Q task sets have one row per
+    resample people jointly across probes and evaluations (``probekit.reporting.compare``). Q task sets have one row per
     person, so a fit's ``test_correct`` lines up with the task's test pids."""
     pids = t.pids[t.split.test]  # [n_test]
     rows = []
@@ -316,7 +316,7 @@ def run_spec(
     embed_logs: list[dict[str, Any]] | None = None,
     q_people: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """Probe every model with ``spec`` on ``ds``; returns the tidy results table (``probekit.results``).
+    """Probe every model with ``spec`` on ``ds``; returns the tidy results table (``probekit.reporting.results``).
 
     ``engine`` overrides ``spec.engine``. Activations go to memory or, when ``spec.storage`` says so (or auto
     and larger than ``spec.memory_limit_mb``), to float16 memmaps in ``work_dir`` (a temp dir if None), deleted

@@ -24,7 +24,7 @@ Vocabulary:
   last-bit differences into different fits, so a fixed count makes the table the same whatever ``--threads`` the
   process runs with. ``null`` uses the process's thread count (faster on many cores; then tables move slightly
   between thread counts).
-- readings: how each model is read (``probekit.activations``): ``causal`` (the prefix, causally; every model),
+- readings: how each model is read (``probekit.probes.activations``): ``causal`` (the prefix, causally; every model),
   ``abi`` (the prefix as one bidirectional ABI Part A, a pass per read position; probekit models), or ``auto``
   (the default): causal, plus abi for models trained with ABI. Rows carry the ``reading``; the
   embedding-update probe reads causally.
@@ -48,10 +48,10 @@ from typing import Any
 
 import yaml
 
-from probekit.config import from_dict
 from probekit.data.pools import ATTRIBUTES
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.probes.config import BACKENDS, EmbedProbeConfig, EngineConfig
+from probekit.serde import from_dict
 
 PROBE_KINDS: tuple[str, ...] = ("p", "q")
 TARGET_KINDS: tuple[str, ...] = ("first_token", "value")
@@ -138,7 +138,7 @@ class ProbeSpec:
         if not isinstance(self.ci_level, (int, float)) or not 0.0 < float(self.ci_level) < 1.0:
             raise UserError(f"ci_level must be a number in (0, 1), e.g. 0.95, got {self.ci_level!r}")
         if self.readings != "auto":
-            from probekit.activations import READINGS
+            from probekit.probes.activations import READINGS
 
             self.readings = _names(self.readings, READINGS, "readings")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)

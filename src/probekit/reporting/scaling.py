@@ -1,9 +1,10 @@
-"""Storage at the name and extraction against scale (METHODS 6; the storage_scale experiment).
+"""Storage at the name and extraction against scale (the storage_scale experiment).
 
 Each trained model of an experiment sits at a point of three axes: depth (``n_layers``), width (``d_model``) and
 people (``n_people`` of its dataset), for one augmentation. ``scale_table`` gives per model the Q-probe accuracy
 at the name (mean over attributes of each attribute's probe at its validation-chosen layer; one storage measure
-of ``probekit.compare.MEASURES``) and QA exact match (mean over the same attributes), each with a person-bootstrap
+of ``probekit.reporting.compare.MEASURES``) and QA exact match (mean over the same attributes), each with a
+person-bootstrap
 interval over P_test people, beside the mean majority baseline. ``scale_figure`` plots both against each axis
 that varies, holding the other two at the base (their most common values).
 """
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probekit.compare import Points
+from probekit.reporting.compare import Points
 from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
 
 AXES: dict[str, str] = {"n_layers": "layers", "d_model": "width (d_model)", "n_people": "people"}
@@ -24,7 +25,7 @@ AXES: dict[str, str] = {"n_layers": "layers", "d_model": "width (d_model)", "n_p
 
 def model_axes(cfg: Any) -> pd.DataFrame:
     """One row per model of ``cfg`` (``ExperimentConfig``): model, augmentation, n_layers, d_model, n_people."""
-    from probekit.model import ModelConfig
+    from probekit.model.config import ModelConfig
 
     rows = []
     for m in cfg.models:
@@ -77,7 +78,7 @@ def scale_figure(table: pd.DataFrame) -> Any:
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    from probekit.figures import Figure
+    from probekit.reporting.figures import Figure
 
     varying = varying_axes(table) if not table.empty else []
     if not varying:

@@ -63,11 +63,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from probekit.activations import HookPoint, hook_points, model_dims
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
 from probekit.data.tokenizer import EOS_ID, PAD_ID
 from probekit.errors import UserError
-from probekit.patch_config import PatchConfig as PatchConfig  # re-exported: torch-free, for configs and --help
+from probekit.patching.config import PatchConfig
+from probekit.probes.activations import HookPoint, hook_points, model_dims
 from probekit.stats import person_bootstrap
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class TraceResult:
 
 
 def _is_hooked_lm(model: Any) -> bool:
-    from probekit.model import HookedLM
+    from probekit.model.transformer import HookedLM
 
     return isinstance(model, HookedLM)
 
@@ -699,11 +699,12 @@ def patch_figures(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> lis
     """One figure per (prompts, mode, hook, attribute): a position x layer heatmap per metric, side by side.
 
     Rows are prompt positions in order (top to bottom), columns layers; the title gives the clean-run and
-    unpatched corrupted-run means of each metric. Returns ``probekit.plots.Figure`` objects."""
+    unpatched corrupted-run means of each metric. Returns ``probekit.reporting.plots.Figure`` objects."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from probekit.plots import Figure, slug
+    from probekit.reporting.figures import Figure
+    from probekit.reporting.plots import slug
 
     figs = []
     keys = ["prompts", "mode", "hook", "attribute"]
@@ -750,10 +751,10 @@ def save_patching(res: PatchResult, cfg: PatchConfig, dest: Any, png: bool = Tru
     figure writer's report."""
     from pathlib import Path
 
-    from probekit.config import to_dict
-    from probekit.evaluate.figures import write_table
-    from probekit.figures import write_figures
     from probekit.io import atomic_write_json, atomic_write_jsonl
+    from probekit.reporting.evaluation import write_table
+    from probekit.reporting.figures import write_figures
+    from probekit.serde import to_dict
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -801,12 +802,13 @@ def route_summary(route: pd.DataFrame) -> list[str]:
 
 def route_figure(route: pd.DataFrame) -> Any:
     """Flip rate against layer, one panel per attribute: a line per model and state (whole name solid, answer
-    position dashed), with 95% person-bootstrap bands. Returns a ``probekit.figures.Figure`` (None if empty)."""
+    position dashed), with 95% person-bootstrap bands. Returns a ``probekit.reporting.figures.Figure`` (None if
+    empty)."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    from probekit.figures import Figure
+    from probekit.reporting.figures import Figure
 
     if route.empty:
         return None

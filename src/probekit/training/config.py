@@ -1,5 +1,9 @@
-"""``TrainConfig``: everything a training run depends on, in a module without torch, so that configs (and
-``probekit train --help``) can be read without importing the trainer. ``probekit.train`` re-exports all of it."""
+"""The training stage's settings, in a module without torch, so that configs (and ``probekit train --help``,
+``probekit eval --help``) can be read without importing the trainer.
+
+``TrainConfig``: everything a pretraining run depends on (``probekit.training.trainer.train``).
+``FinetuneConfig``: how a model is finetuned before evaluation (``probekit.training.finetune``).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from probekit.config import Section, from_dict, init_sections, section
 from probekit.errors import UserError
-from probekit.model_config import ModelConfig
+from probekit.model.config import ModelConfig
+from probekit.serde import Section, from_dict, init_sections, section
 
 TRAIN_CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -24,7 +28,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (YAML/JSON via ``probekit.config``).
+    """Everything a training run depends on (YAML/JSON via ``probekit.serde``).
 
     Budget: set exactly one of ``max_steps``, ``epochs`` (passes over the packed windows / items) or ``tokens``.
     ``model`` holds ModelConfig fields (``vocab_size`` comes from the tokenizer; ``n_ctx`` defaults to the longest
@@ -151,3 +155,47 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     changes: dict[str, Any] = {k: str(Path(v).expanduser().resolve()) for k in ("data", "out", "init_from")
                if isinstance(v := getattr(cfg, k), str) and v}  # fmt: skip
     return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+FINETUNE_METHODS: tuple[str, ...] = ("full", "lora", "none")
+
+
+@dataclass
+class FinetuneConfig:
+    """How to finetune before evaluating (defaults: 20 epochs over the P_train items)."""
+
+    method: str = "full"  # full: every weight; lora: peft adapters on lora_targets; none: evaluate as is
+    lora_rank: int = 8  # LoRA: rank of the adapters
+    lora_alpha: float = 16.0  # LoRA: scaling alpha of the adapters
+    lora_dropout: float = 0.0  # LoRA: dropout on the adapters' input
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LoRA: the linear layers that get adapters
+    embed_rank: int = 0  # LoRA rank of the input-embedding update (paper: 128); 0 = embedding frozen
+    objective: str | None = None  # finetuning objective (a registry name); None = the checkpoint's own
+    epochs: float | None = 20.0  # passes over the P_train items
+    max_steps: int | None = None  # optimiser steps; overrides epochs when set
+    batch_size: int = 32  # items per optimiser step
+    lr: float | None = None  # learning rate; None: 3e-4 for full, 1e-3 for LoRA
+    warmup_steps: int = 10  # steps of linear learning-rate warmup
+    weight_decay: float = 0.0  # AdamW weight decay
+    merge: bool = True  # LoRA: merge the adapter into the weights (the checkpoint is then a plain model)
+    save_adapter: bool = False  # LoRA: also write the adapter (peft format) to <out>/adapter
+    seed: int = 0  # seed of the finetuning (LoRA initialisation, item order)
+
+    def __post_init__(self) -> None:
+        if self.method not in FINETUNE_METHODS:
+            raise UserError(f"finetune method {self.method!r}: choose one of {FINETUNE_METHODS}")
+        if self.objective is not None:
+            from probekit.objectives import REGISTRY, objective_names  # torch: only when an objective is named
+
+            if self.objective not in REGISTRY:
+                raise UserError(f"finetune objective {self.objective!r}: choose one of {objective_names()}")
+        if self.lora_rank < 1 or self.embed_rank < 0:
+            raise UserError("lora_rank must be >= 1 and embed_rank >= 0")
+        if self.epochs is None and self.max_steps is None:
+            raise UserError("set epochs or max_steps for finetuning")
+        if not self.lora_targets:
+            raise UserError("lora_targets is empty; e.g. ('q_proj', 'v_proj')")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.method == "lora" else 3e-4)

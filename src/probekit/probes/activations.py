@@ -7,7 +7,7 @@ forward pass of a probekit ``HookedLM`` stops as soon as the last requested hook
 unembedding are never computed).
 
 Models: a probekit ``HookedLM`` or a TransformerLens ``TransformerBridge`` over any Hugging Face causal LM
-(``probekit.hf.load_bridge``); both expose TransformerLens hook names. ``hook_points(n_layers)`` gives the
+(``probekit.model.hf.load_bridge``); both expose TransformerLens hook names. ``hook_points(n_layers)`` gives the
 L+1 layer boundaries: ``blocks.{l}.hook_resid_pre`` for l < L (layer 0 = the embeddings) and
 ``blocks.{L-1}.hook_resid_post`` as layer L.
 
@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probekit.batch import pad_right
 from probekit.data.tokenizer import PAD_ID
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json
+from probekit.model.batch import pad_right
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def model_dims(model: Any) -> ModelDims:
 
 
 def _is_hooked_lm(model: Any) -> bool:
-    from probekit.model import HookedLM
+    from probekit.model.transformer import HookedLM
 
     return isinstance(model, HookedLM)
 

@@ -11,7 +11,7 @@ errors), ``baseline`` (training majority class scored on the test people), ``n_t
 interval of the accuracy, ``probekit.stats``), ``control_accuracy`` (the same probe trained on a per-person
 random control labelling), ``selectivity`` (accuracy - control accuracy) with ``selectivity_ci_low``/``_high``,
 ``n_test_people``, ``seed`` (the model's training seed) and ``reading`` (``causal`` or ``abi``: how the model
-was read, ``probekit.activations``). Tables written before these columns existed read back with them empty (and
+was read, ``probekit.probes.activations``). Tables written before these columns existed read back with them empty (and
 ``reading`` causal).
 """
 

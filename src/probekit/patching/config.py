@@ -1,5 +1,5 @@
-"""``PatchConfig``: what ``probekit.patching.run_patching`` patches and measures, in a module without torch, so
-that configs (and the CLI's ``patch --help``) can be read without importing the model. ``probekit.patching``
+"""``PatchConfig``: what ``probekit.patching.patch.run_patching`` patches and measures, in a module without torch, so
+that configs (and the CLI's ``patch --help``) can be read without importing the model. ``probekit.patching.patch``
 re-exports it."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any
 from plotly.offline import get_plotlyjs
 
 from probekit.io import atomic_path
-from probekit.plots import Figure
+from probekit.reporting.figures import Figure
 
 ERRORS_ID = "report-errors"
 COMPARE_PREFIX = "compare_"

@@ -6,7 +6,7 @@ browser for all of them, which is also faster than one browser per figure) and w
 seconds (default: ``PROBEKIT_PNG_TIMEOUT`` from the environment, else 60 s + 5 s per figure). On timeout the
 child and every process it started (the browser starts in its own session) are killed, and the caller gets an
 error message instead of a hang; figures' HTML and CSV are written before PNG export starts, so they are never
-lost. Run as ``python -m probekit.png_export JOB.json`` by ``export_pngs`` only.
+lost. Run as ``python -m probekit.reporting.png_export JOB.json`` by ``export_pngs`` only.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def export_pngs(jobs: Sequence[PngJob], timeout: float | None = None) -> str | N
                             encoding="utf-8")  # fmt: skip
         log_file = Path(work) / "stderr.txt"
         with open(log_file, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "probekit.png_export", str(job_file)],
+            proc = subprocess.Popen([sys.executable, "-m", "probekit.reporting.png_export", str(job_file)],
                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                     start_new_session=True)  # fmt: skip
             t0 = time.monotonic()

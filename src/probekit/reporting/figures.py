@@ -2,7 +2,7 @@
 as ``<name>.html``, ``<name>.csv`` (the exact rows the figure shows) and ``<name>.png``.
 
 ``write_figures(figures, out_dir)`` writes the HTML and CSV of every ``Figure`` first, then all PNGs in one
-bounded child process (``probekit.png_export``: a browser that never answers costs a time limit, never the
+bounded child process (``probekit.reporting.png_export``: a browser that never answers costs a time limit, never the
 figures; a failed export is reported in ``RenderReport.png_error`` and the HTML and CSV stay). A provenance
 record (``probekit.provenance``) goes into each HTML file as a trailing comment, into each PNG as a text chunk
 and, with ``index=True``, into ``out_dir/provenance.json`` with the list of figure files.
@@ -54,7 +54,7 @@ def write_figures(figures: Sequence[Figure], out_dir: str | Path, png: bool = Tr
     """
     from probekit import provenance as prov
     from probekit.io import atomic_write_json
-    from probekit.png_export import write_pngs
+    from probekit.reporting.png_export import write_pngs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

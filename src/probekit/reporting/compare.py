@@ -1,7 +1,7 @@
 """Comparison across the models of one experiment: where each stores a fact, and whether that predicts
-extraction and reversal (METHODS 1-4, 7).
+extraction and reversal (the questions of Physics of LMs 3.1/3.2 and the reversal curse).
 
-Input: the experiment's tables (``probekit.experiments``): frozen and embedding-update probe results, the
+Input: the experiment's tables (``probekit.experiment.runner``): frozen and embedding-update probe results, the
 per-test-person Q-probe correctness (``probes/<run>/q_people.parquet``), and the QA and inverse-search
 predictions (``qa/<run>/predictions.jsonl``, ``inverse/<run>/predictions.jsonl``). Every model is read the way
 it is used (``reading_of``: the ABI reading for ABI models, causal otherwise) and every figure title says so.
@@ -31,7 +31,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy.stats import rankdata
 
-from probekit.plots import _SCALE, Figure, _heat, _ok, _order
+from probekit.reporting.figures import Figure
+from probekit.reporting.plots import _SCALE, _heat, _ok, _order
 from probekit.stats import DEFAULT_N_BOOT, bootstrap_means
 
 OBJECTIVE_COLORS = {"ntp": "#1f77b4", "abi": "#d62728", "bico": "#2ca02c"}

@@ -1,5 +1,5 @@
 """``ModelConfig``: the hooked model's shape and settings, in a module without torch, so that configs (and the
-CLI's ``--help``) can be read without importing the model. ``probekit.model`` re-exports it."""
+CLI's ``--help``) can be read without importing the model. ``probekit.model.transformer`` re-exports it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class ModelConfig:
     span_positions: bool = False  # ABI: learned intra-span position table (n_ctx rows) added to the embeddings
     init_range: float = 0.02  # standard deviation of the normal weight initialisation
     seed: int = 0  # initialisation seed
-    # Fused CPU training kernels (probekit.kernels): the loss as a chunked fused unembedding + cross-entropy over
+    # Fused CPU training kernels (probekit.model.kernels): the loss as a chunked fused unembedding + cross-entropy over
     # the labelled rows only (forward(labels=...), used by objectives.compute_loss), BICO attention in cache-sized
     # blocks with a hand-written backward, RMSNorm with a hand-written backward. Same function as the reference
     # path up to float32 rounding (tolerance in tests/test_fast_path.py). Used only for float32 on CPU without

@@ -28,10 +28,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from probekit.config import from_dict, to_dict
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json
-from probekit.model import HookedLM, ModelConfig
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.serde import from_dict, to_dict
 
 log = logging.getLogger(__name__)
 

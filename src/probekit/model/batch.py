@@ -2,18 +2,19 @@
 
 An objective (NTP, ABI, BICO) turns token sequences into a ``ModelBatch``; the model consumes its inputs and the
 loss consumes its labels. Labels are already aligned with outputs: ``labels[b, t]`` is the token the output at
-position ``t`` must predict (-100 = no loss), so NTP, ABI and BICO share one cross-entropy (``compute_loss``).
+position ``t`` must predict (-100 = no loss), so NTP, ABI and BICO share one
+cross-entropy (``probekit.model.transformer.compute_loss``).
 
 Shared pieces (used by objectives, probing and scoring alike, so none of them imports a training objective):
 ``SPECIAL_IDS``/``check_special_ids``, ``pad_right``, ``lengths_mask``, ``maskable``, ``check_sequences`` and
-``compute_loss``. ``AttnMode`` (the model's attention modes) is defined here, once; ``probekit.model`` imports it.
+``AttnMode`` (the model's attention modes) is defined here, once; ``probekit.model.transformer`` imports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -37,7 +38,6 @@ __all__ = [
     "ModelBatch",
     "check_sequences",
     "check_special_ids",
-    "compute_loss",
     "lengths_mask",
     "maskable",
     "pad_right",
@@ -122,30 +122,59 @@ def maskable(ids: Tensor) -> Tensor:
     return ok
 
 
-def compute_loss(model: torch.nn.Module, batch: ModelBatch) -> Tensor:
-    """Mean cross-entropy over labels != -100 (0.0, still differentiable, when a batch has none).
+@dataclass
+class TrainItem:
+    """One training sequence. ``loss_mask[i]`` True = token i is a prediction target (None: every token)."""
 
-    A ``HookedLM`` (also inside DDP / peft wrappers) computes the loss in its own forward (``labels=``), which
-    with ``ModelConfig.fast_path`` fuses the unembedding with the cross-entropy; other models return logits.
+    ids: list[int]
+    loss_mask: list[bool] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.ids) == 0:
+            raise ValueError(f"empty training sequence; every sequence starts with EOS_ID={EOS_ID}")
+        if self.loss_mask is not None and len(self.loss_mask) != len(self.ids):
+            raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.ids)} tokens")
+
+
+ItemLike = TrainItem | Sequence[int] | tuple[Sequence[int], Sequence[bool] | None]
+
+
+def as_item(x: ItemLike) -> TrainItem:
+    """A ``TrainItem`` from a TrainItem, a token list, or an ``(ids, loss_mask)`` pair."""
+    if isinstance(x, TrainItem):
+        return x
+    if isinstance(x, tuple) and len(x) == 2 and not isinstance(x[0], int):
+        ids, mask = x
+        return TrainItem([int(t) for t in ids], None if mask is None else [bool(m) for m in mask])
+    return TrainItem([int(t) for t in x])
+
+
+def answer_item(prompt_ids: Sequence[int], answer_ids: Sequence[int], loss_on_eos: bool = True) -> TrainItem:
+    """A QA item ``[EOS_ID] + prompt + answer + [EOS_ID]`` whose loss covers only the answer (and, with
+    ``loss_on_eos``, the closing EOS_ID, so greedy decoding learns to stop after the answer). ``prompt_ids`` must
+    not include the leading EOS_ID. For ABI models use ``loss_on_eos=False``: the answer becomes the blank span,
+    ended by [END]."""
+    ids = [EOS_ID, *prompt_ids, *answer_ids, EOS_ID]
+    n_p, n_a = 1 + len(prompt_ids), len(answer_ids)
+    mask = [False] * n_p + [True] * n_a + [loss_on_eos]
+    return TrainItem(ids, mask)
+
+
+def apply_loss_mask(batch: ModelBatch, items: Sequence[TrainItem]) -> ModelBatch:
+    """Restrict the loss of a causal/BICO batch to the tokens each item marks as targets.
+
+    In those batches ``labels[b, t]`` is (a copy of) token ``t + 1`` of the sequence, so the label is kept only
+    where ``loss_mask[t + 1]`` is True. (ABI batches are built from masks directly: ``ABIObjective.answer_batch``.)
     """
-    from probekit.model import HookedLM, logits_cross_entropy  # the model imports this module
-
-    if isinstance(_base_model(model), HookedLM):
-        return model(**batch.model_kwargs(), labels=batch.labels)
-    return logits_cross_entropy(model(**batch.model_kwargs()), batch.labels)
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP (``.module``), ``torch.compile`` (``._orig_mod``) and peft (``get_base_model()``)."""
-    for _ in range(8):
-        if hasattr(model, "get_base_model"):
-            # peft's get_base_model; torch types unknown nn.Module attributes as Tensor | Module
-            model = cast(torch.nn.Module, model.get_base_model())  # type: ignore[operator]
-            continue
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, torch.nn.Module):
-            inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            break
-        model = inner
-    return model
+    if all(it.loss_mask is None for it in items):
+        return batch
+    if batch.attn_mode == "abi":
+        raise ValueError("apply_loss_mask: ABI batches are built with ABIObjective.answer_batch")
+    B, T = batch.labels.shape
+    keep = torch.zeros(B, T, dtype=torch.bool)
+    for b, it in enumerate(items):
+        m = it.loss_mask if it.loss_mask is not None else [True] * len(it.ids)
+        n = min(len(m) - 1, T)
+        keep[b, :n] = torch.tensor(m[1 : n + 1], dtype=torch.bool)
+    batch.labels = torch.where(keep, batch.labels, IGNORE_INDEX)
+    return batch

@@ -24,13 +24,13 @@ from typing import Any, cast
 
 import torch
 
-from probekit.config import to_dict
 from probekit.data.tokenizer import EOS_ID
 from probekit.errors import UserError, UserFileNotFoundError
-from probekit.finetune_config import METHODS as METHODS  # re-exported: torch-free, for configs and --help
-from probekit.finetune_config import FinetuneConfig as FinetuneConfig
 from probekit.io import atomic_write_json
-from probekit.objectives import Objective, as_objective, get_objective
+from probekit.objectives import as_objective, get_objective
+from probekit.objectives.base import Objective
+from probekit.serde import to_dict
+from probekit.training.config import FinetuneConfig as FinetuneConfig
 
 # Finetuning items end with EOS after the answer (``answer_item``), so an infilling (ABI) model's blank sits
 # before an EOS: its Part A at inference is [EOS] + prompt + [MASK] + [EOS].
@@ -38,7 +38,6 @@ ANSWER_SUFFIX: tuple[int, ...] = (EOS_ID,)
 
 __all__ = [
     "ANSWER_SUFFIX",
-    "METHODS",
     "EvalItem",
     "FinetuneConfig",
     "FinetuneResult",
@@ -151,9 +150,10 @@ def finetune(
     is also written in peft format to ``<run_dir>/adapter`` (load with ``load_adapter``). ``base_meta``: the base
     checkpoint's meta; its dataset, data and path are recorded in the finetuned checkpoint's meta.
     """
-    from probekit.checkpoint import save_checkpoint
-    from probekit.train import TrainConfig, train
-    from probekit.train_data import ItemSource
+    from probekit.model.checkpoint import save_checkpoint
+    from probekit.training.config import TrainConfig
+    from probekit.training.data import ItemSource
+    from probekit.training.trainer import train
 
     if cfg.method == "none":
         raise ValueError("finetune called with method 'none'")
@@ -219,7 +219,7 @@ def load_adapter(checkpoint: str | Path, adapter: str | Path, device: str = "cpu
     """A base checkpoint with a saved LoRA adapter applied: ``(peft_model, tokenizer, meta)``."""
     from peft import PeftModel
 
-    from probekit.checkpoint import load_checkpoint
+    from probekit.model.checkpoint import load_checkpoint
 
     if not (Path(adapter) / "adapter_config.json").exists():
         raise UserFileNotFoundError(f"{adapter} holds no adapter_config.json; write one with save_adapter=True")

@@ -7,7 +7,7 @@ Every evaluation produces rows of the long results table::
 ``task`` is an attribute (QA), ``overall``, an attribute subset (inverse search) or a reversal task (N2D, ...);
 ``metric`` e.g. ``exact_match``, ``first_token``, ``logprob_correct``, ``p_value``; ``n`` the number of items behind
 the value. Every file is written atomically (``probekit.io.atomic_path``); figures by the same writer as the
-probe figures (``probekit.figures.write_figures``: HTML, CSV of the plotted rows, PNG).
+probe figures (``probekit.reporting.figures.write_figures``: HTML, CSV of the plotted rows, PNG).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from probekit.errors import UserError, UserFileNotFoundError
-from probekit.figures import Figure, write_figures
 from probekit.io import atomic_path
+from probekit.reporting.figures import Figure, write_figures
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,13 @@ EVAL_PNG_SIZE = (900, 500)  # evaluation bar charts: PNG layout size (drawn at 2
 
 
 def eval_figure(fig: Any, data: pd.DataFrame, stem: str) -> Figure:
-    """An evaluation figure for ``probekit.figures.write_figures`` (PNG 900 x 500 at 2x)."""
+    """An evaluation figure for ``probekit.reporting.figures.write_figures`` (PNG 900 x 500 at 2x)."""
     return Figure(stem, fig, data, png_size=EVAL_PNG_SIZE, png_scale=2.0)
 
 
 def write_figure(fig: Any, data: pd.DataFrame, out_dir: str | Path, stem: str, png: bool = True) -> list[Path]:
     """Write ``stem.html``, ``stem.png`` (skipped with a warning if it fails) and ``stem.csv`` (the plotted data)
-    into ``out_dir`` with the one figure writer (``probekit.figures``); returns the paths written."""
+    into ``out_dir`` with the one figure writer (``probekit.reporting.figures``); returns the paths written."""
     return write_figures([eval_figure(fig, data, stem)], out_dir, png=png, plotlyjs="cdn", index=False).files
 
 
@@ -120,7 +120,7 @@ def write_results(
     """Table (Parquet + CSV) plus one accuracy figure per metric present (``{stem}_{metric}.html/png/csv``).
 
     Figures are built before anything is written, so a table that cannot be drawn writes nothing; all of them
-    are written together by ``probekit.figures.write_figures`` (one bounded PNG export for every figure)."""
+    are written together by ``probekit.reporting.figures.write_figures`` (one bounded PNG export for every figure)."""
     figures = [eval_figure(*accuracy_figure(df, m, title=f"{stem}: {m}"), f"{stem}_{m}") for m in metrics
                if (df["metric"] == m).any()]  # fmt: skip
     paths = write_table(df, out_dir, stem)

@@ -1,4 +1,4 @@
-"""Plotly figures from probe-results tables (see ``probekit.results``).
+"""Plotly figures from probe-results tables (see ``probekit.reporting.results``).
 
 ``render_figures(df, out_dir)`` draws every figure a table supports and writes each as ``<name>.html``,
 ``<name>.png`` and ``<name>.csv`` (the exact rows the figure shows):
@@ -17,7 +17,8 @@ With several training seeds in a table (column ``seed``), heatmaps and lines sho
 add each seed as a point, and bars' error bars span the seeds' range. Hovering a heatmap cell shows its interval,
 baseline and number of seeds.
 
-Files are written by ``probekit.figures.write_figures`` (the one figure writer, which evaluation figures use too;
+Files are written by ``probekit.reporting.figures.write_figures`` (the one figure writer, which evaluation figures use
+too;
 ``Figure``, ``RenderReport`` and ``write_figures`` are re-exported here): HTML files load plotly.js from
 ``plotly.min.js`` written once beside them (viewable offline). PNG export uses kaleido (needs Chromium:
 ``apt-get install chromium``); if it fails, the HTML and CSV are still written and the error is returned in
@@ -37,10 +38,10 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from probekit.data.pools import ATTRIBUTES
-from probekit.figures import Figure as Figure
-from probekit.figures import RenderReport as RenderReport
-from probekit.figures import write_figures as write_figures
-from probekit.results import normalise
+from probekit.reporting.figures import Figure as Figure
+from probekit.reporting.figures import RenderReport as RenderReport
+from probekit.reporting.figures import write_figures as write_figures
+from probekit.reporting.results import normalise
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def compare_q(df: pd.DataFrame, target: str, layer: int | None = None, hook: str
 def build_figures(df: pd.DataFrame, layer: int | None = None, control: bool = True) -> list[Figure]:
     """Every figure the table supports (see the module docstring). ``control``: where the table has control-task
     probes, also draw their accuracy (dotted, Q) and the selectivity grids (P)."""
-    from probekit.results import reading_labels
+    from probekit.reporting.results import reading_labels
 
     df = reading_labels(normalise(df))  # an ABI model's abi reading is drawn as its own model: '<name> [abi reading]'
     figs: list[Figure | None] = []

@@ -3,24 +3,24 @@
 ``HookedLM`` is a small Llama (RMSNorm, rotary position embeddings, SwiGLU MLP, no biases) built on
 TransformerLens' ``HookedRootModule``, so ``run_with_cache`` and ``run_with_hooks`` work with TransformerLens
 hook names. Module names follow Llama (``q_proj``, ``gate_proj``, ...) so Hugging Face export and peft targeting
-are renamings (see ``probekit.hf``).
+are renamings (see ``probekit.model.hf``).
 
 Attention modes (``forward(..., attn_mode=...)``):
 
 * ``"causal"``: ordinary next-token attention; ``key_mask`` (False = padding) removes keys.
-* ``"bico"`` (BICO, METHODS 3): bidirectional. The score between query ``m`` and key ``n`` uses the usual
+* ``"bico"`` (BICO, Lv et al.): bidirectional. The score between query ``m`` and key ``n`` uses the usual
   rotary when ``n <= m`` and rotary with every sin term negated when ``n > m`` (rotating q and k by the negated
   positions), so a key ``d`` tokens ahead scores exactly like the same key ``d`` tokens behind and the model never
   sees a positive relative distance. Keys with ``key_mask`` False (placeholders, pads) get zero attention.
-* ``"abi"`` (GLM blank infilling, METHODS 4): positions ``< prefix_len[b]`` (Part A) attend to all of Part A;
+* ``"abi"`` (GLM blank infilling, Du et al.): positions ``< prefix_len[b]`` (Part A) attend to all of Part A;
   Part B positions attend to Part A and to earlier-or-same Part B positions. ``positions`` carries GLM's first
   position coordinate (Part B tokens repeat their [MASK]'s Part A index) and, when ``cfg.span_positions``, a
   learned ``span_embed`` table indexed by ``span_positions`` (the second coordinate) is added to the embeddings.
 
 The attention pattern is only materialised when ``hook_pattern`` or ``hook_attn_scores`` has a hook attached;
 otherwise attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (BICO on CPU: the fused
-kernel of ``probekit.kernels``). All paths compute the same function (tested). ``ModelConfig.fast_path`` (on by
-default) selects the fused CPU kernels of ``probekit.kernels`` for training; ``forward(..., labels=...)`` returns
+kernel of ``probekit.model.kernels``). All paths compute the same function (tested). ``ModelConfig.fast_path`` (on by
+default) selects the fused CPU kernels of ``probekit.model.kernels`` for training; ``forward(..., labels=...)`` returns
 the loss instead of the logits.
 
 Hook points (shapes): ``hook_embed`` [B,T,d], ``hook_span_embed`` [B,T,d] (span table only),
@@ -34,6 +34,7 @@ RMSNorm weight, as in TransformerLens).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +42,10 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from probekit import kernels
-from probekit.batch import ATTN_MODES, IGNORE_INDEX
-from probekit.batch import AttnMode as AttnMode  # re-exported: defined once, in probekit.batch
 from probekit.errors import UserError
-from probekit.model_config import ModelConfig as ModelConfig  # re-exported: torch-free, for configs and --help
+from probekit.model import kernels
+from probekit.model.batch import ATTN_MODES, IGNORE_INDEX, ModelBatch
+from probekit.model.config import ModelConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -407,3 +407,30 @@ def logits_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     if 2 * n_keep > keep.numel():  # dense labels (NTP): skip the gather
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
     return F.cross_entropy(logits[keep].float(), labels[keep])  # sparse labels (ABI, BICO): only labelled rows
+
+
+def compute_loss(model: torch.nn.Module, batch: ModelBatch) -> Tensor:
+    """Mean cross-entropy over labels != -100 (0.0, still differentiable, when a batch has none).
+
+    A ``HookedLM`` (also inside DDP / peft wrappers) computes the loss in its own forward (``labels=``), which
+    with ``ModelConfig.fast_path`` fuses the unembedding with the cross-entropy; other models return logits.
+    """
+    if isinstance(_base_model(model), HookedLM):
+        return model(**batch.model_kwargs(), labels=batch.labels)
+    return logits_cross_entropy(model(**batch.model_kwargs()), batch.labels)
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP (``.module``), ``torch.compile`` (``._orig_mod``) and peft (``get_base_model()``)."""
+    for _ in range(8):
+        if hasattr(model, "get_base_model"):
+            # peft's get_base_model; torch types unknown nn.Module attributes as Tensor | Module
+            model = cast(torch.nn.Module, model.get_base_model())  # type: ignore[operator]
+            continue
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    return model

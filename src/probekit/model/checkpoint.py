@@ -31,10 +31,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from transformers import PreTrainedTokenizerFast
 
-from probekit.config import from_dict, to_dict
 from probekit.data.tokenizer import load_tokenizer, save_tokenizer
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json
+from probekit.serde import from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 def load_model_config(path: str | Path) -> Any:
     """The ModelConfig of a checkpoint (or of a run's latest checkpoint), without loading weights."""
-    from probekit.model import ModelConfig
+    from probekit.model.config import ModelConfig
 
     ckpt = resolve_checkpoint(path)
     file = ckpt / MODEL_CONFIG_FILE
@@ -180,7 +180,7 @@ def load_checkpoint(
     (the ModelConfig) and ``path`` (the checkpoint directory). Raises ``FileNotFoundError``/``ValueError``
     naming the file for a missing, truncated or mismatched checkpoint.
     """
-    from probekit.model import HookedLM
+    from probekit.model.transformer import HookedLM
 
     ckpt = resolve_checkpoint(path)
     for name in (WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE):
@@ -248,3 +248,16 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "step" not in state:
         raise UserError(f"{file} is not a probekit trainer state: {_fix_hint(Path(path))}")
     return state
+
+
+def weights_file(model: str | Path) -> Path:
+    """The weights a model path stands for: a run directory's latest checkpoint's ``model.safetensors``, a
+    checkpoint's own, or the path itself (a Hugging Face directory is hashed whole)."""
+    p = Path(model)
+    if (p / "model.safetensors").is_file():
+        return p / "model.safetensors"
+    if (p / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(p)
+        if ckpt is not None and (ckpt / "model.safetensors").is_file():
+            return ckpt / "model.safetensors"
+    return p

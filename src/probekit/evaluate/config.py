@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from probekit.data.distract import FALLBACKS, KINDS, DistractConfig
 from probekit.data.pools import ATTRIBUTES
 from probekit.errors import UserError
-from probekit.finetune_config import FinetuneConfig
+from probekit.training.config import FinetuneConfig
 
 S2A_CHOICES: tuple[str, ...] = ("rule", "learned")
 
@@ -20,7 +20,7 @@ def _ft(epochs: float) -> FinetuneConfig:
 
 @dataclass
 class DistractEvalConfig:
-    """Everything ``run_distract`` depends on (YAML/JSON via ``probekit.config``)."""
+    """Everything ``run_distract`` depends on (YAML/JSON via ``probekit.serde``)."""
 
     distract: DistractConfig = field(default_factory=DistractConfig)  # how distractor contexts are drawn
     finetune: FinetuneConfig = field(default_factory=lambda: _ft(10.0))  # the distractable QA regime

@@ -4,10 +4,10 @@
 the first step, and runs AdamW (the fused kernel) with linear warmup then cosine decay to ``min_lr`` and gradient
 clipping. Weight decay applies to the linear layers' weights only (attention, MLP, an untied ``unembed``):
 embeddings (``embed``, ``span_embed``, a tied ``unembed``) and RMSNorm weights are not decayed. Metrics go to
-``<out>/metrics.jsonl``; checkpoints (see ``probekit.checkpoint``) to ``<out>/checkpoints/step_XXXXXXXX`` every
+``<out>/metrics.jsonl``; checkpoints (see ``probekit.model.checkpoint``) to ``<out>/checkpoints/step_XXXXXXXX`` every
 ``save_every`` steps and at the end.
 
-Data (``probekit.train_data``): by default the dataset's biographies are shuffled across the corpus every epoch
+Data (``probekit.training.data``): by default the dataset's biographies are shuffled across the corpus every epoch
 and packed into windows of ``seq_len`` tokens (NTP, BICO: one window = one causal/BICO sequence; ABI: one window =
 one sequence through blank infilling, whose input is two tokens longer per span, so the model's ``n_ctx``
 defaults to ``objective.max_input_len(seq_len)``, e.g. 332 for ``seq_len`` 256 at 15% masking). Callers can pass
@@ -43,8 +43,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from probekit.batch import ModelBatch
-from probekit.checkpoint import (
+from probekit.data.tokenizer import load_tokenizer
+from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
+from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
+from probekit.model.batch import ItemLike, ModelBatch, TrainItem
+from probekit.model.checkpoint import (
     CHECKPOINTS_SUBDIR,
     latest_checkpoint,
     list_checkpoints,
@@ -53,14 +56,12 @@ from probekit.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from probekit.config import from_dict, load_config, to_dict
-from probekit.data.tokenizer import load_tokenizer
-from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
-from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
-from probekit.model import HookedLM, ModelConfig
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
 from probekit.objectives import get_objective
 from probekit.provenance import sha256_file
-from probekit.train_config import (
+from probekit.serde import from_dict, load_config, to_dict
+from probekit.training.config import (
     METRICS_FILE,
     SUMMARY_FILE,
     TRAIN_CONFIG_FILE,
@@ -68,14 +69,7 @@ from probekit.train_config import (
     absolute_paths,
     config_differences,
 )
-from probekit.train_data import (
-    DataStream,
-    ItemLike,
-    ItemSource,
-    SequenceSource,
-    TrainItem,
-    bios_source,
-)
+from probekit.training.data import DataStream, ItemSource, SequenceSource, bios_source
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +77,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     out_dir: Path
-    checkpoint: Path  # the final checkpoint directory (load with probekit.checkpoint.load_checkpoint)
+    checkpoint: Path  # the final checkpoint directory (load with probekit.model.checkpoint.load_checkpoint)
     steps: int
     tokens: int
     epochs: float  # passes over the source's epoch

@@ -1,7 +1,8 @@
 """Fused CPU training kernels for ``HookedLM`` (``ModelConfig.fast_path``), each a ``torch.autograd.Function``.
 
 Every function here computes the same mathematical function as the plain PyTorch code it replaces in
-``probekit.model`` / ``probekit.objectives`` (the "reference path"); only the order of float32 operations differs,
+``probekit.model.transformer`` / ``probekit.objectives`` (the "reference path"); only the order of float32 operations
+differs,
 so results agree to float32 rounding (tests: ``tests/test_fast_path.py``, tolerance stated there and in the README).
 What they save is memory traffic and allocations, which dominate the non-matmul time of a small model on a CPU:
 

@@ -1,4 +1,4 @@
-"""Greedy decoding: causal continuation and GLM-style (ABI) span infilling, batched.
+"""Greedy decoding shared by the objectives: causal continuation here, GLM-style (ABI) span infilling in ``abi``.
 
 Both functions take prompts as token-id lists (the caller builds them, e.g. ``[EOS_ID] + ids(question)``) and
 return only the generated tokens, without the stop token, so exact match is ``out == ids(answer)``.
@@ -15,8 +15,8 @@ How batching stays exact:
   tokens their [MASK]'s position), so every row sees exactly what it would see alone; Part B then starts at the
   same column in every row and grows one column per step.
 
-``generate(model, objective, ...)`` picks the objective's own decoding (``Objective.generate``: causal for NTP and
-BICO, span infilling for ABI).
+``probekit.objectives.generate(model, objective, ...)`` picks the objective's own decoding (``Objective.generate``:
+``greedy_generate`` for NTP and BICO, ``probekit.objectives.abi.abi_generate`` for ABI, which uses the helpers here).
 
 Neither keeps a KV cache: every step re-runs the sequence, which is cheap for the short prompts and answers
 of bioS QA (tens of tokens) and keeps the model code free of decoding state.
@@ -28,25 +28,11 @@ from collections.abc import Sequence
 
 import torch
 
-from probekit.data.tokenizer import END_ID, EOS_ID, PAD_ID
+from probekit.data.tokenizer import EOS_ID, PAD_ID
 from probekit.errors import UserError
-from probekit.objectives import ABIObjective, NTPObjective, Objective, abi_generation_inputs, as_objective
 
 
-def generate(
-    model: torch.nn.Module,
-    objective: Objective | str,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    batch_size: int = 64,
-    suffix: Sequence[int] = (),
-) -> list[list[int]]:
-    """Greedy answers to ``prompts`` (each ``[EOS] + ids``) the way ``objective`` (or its name) answers; ``suffix``:
-    the tokens that followed the answer in training (an infilling objective keeps them after the blank)."""
-    return as_objective(objective).generate(model, prompts, max_new_tokens, batch_size=batch_size, suffix=suffix)
-
-
-def _check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, n_ctx: int | None, extra: int) -> None:
+def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, n_ctx: int | None, extra: int) -> None:
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     for i, p in enumerate(prompts):
@@ -60,11 +46,11 @@ def _check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, n_ctx:
             )
 
 
-def _device(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _chunks(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+def length_chunks(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -78,20 +64,22 @@ def greedy_generate(
     max_new_tokens: int,
     stop_id: int | None = EOS_ID,
     batch_size: int = 64,
+    extra_tokens: int = 0,
 ) -> list[list[int]]:
     """Greedy causal continuation of every prompt; returns the new tokens of each (the stop token excluded).
 
     Generation of a row ends at ``stop_id`` (None: never) or after ``max_new_tokens`` tokens. The result is the
     same as generating each prompt alone (right padding under causal attention is exact; see module doc).
+    ``extra_tokens``: positions the objective needs beyond prompt and answer (``Objective.inference_extra_tokens``).
     """
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    _check_prompts(prompts, max_new_tokens, n_ctx, extra=NTPObjective().inference_extra_tokens())
+    check_prompts(prompts, max_new_tokens, n_ctx, extra=extra_tokens)
     results: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
-    device = _device(model)
+    device = device_of(model)
     try:
-        for chunk in _chunks(prompts, batch_size):
+        for chunk in length_chunks(prompts, batch_size):
             outs = _greedy_chunk(model, [prompts[i] for i in chunk], max_new_tokens, stop_id, device)
             for i, out in zip(chunk, outs):
                 results[i] = out
@@ -123,45 +111,3 @@ def _greedy_chunk(
         if bool(done.all()):
             break
     return [buf[b, plens[b] : lens[b]].tolist() for b in range(B)]
-
-
-@torch.no_grad()
-def abi_generate(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    stop_id: int | None = END_ID,
-    batch_size: int = 64,
-    suffix: Sequence[int] = (),
-) -> list[list[int]]:
-    """GLM-style greedy infilling: each prompt is Part A with a trailing [MASK] (then ``suffix``, e.g. ``[EOS_ID]``
-    when training items ended with EOS after the blank); the answer is generated as its Part B span after [START],
-    until ``stop_id`` ([END]) or ``max_new_tokens``. Returns the span tokens (without [START]/[END]). Inputs come
-    from ``probekit.objectives.abi_generation_inputs`` (the layout ABI training uses); batched rows equal
-    one-by-one generation (Part A pads are masked keys; explicit positions)."""
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    extra = ABIObjective().inference_extra_tokens(len(suffix))  # [MASK], suffix and [START]
-    _check_prompts(prompts, max_new_tokens, n_ctx, extra=extra)
-    results: list[list[int]] = [[] for _ in prompts]
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    try:
-        for chunk in _chunks(prompts, batch_size):
-            sub = [prompts[i] for i in chunk]
-            gen: list[list[int]] = [[] for _ in chunk]
-            done = torch.zeros(len(chunk), dtype=torch.bool)
-            for _ in range(max_new_tokens):
-                batch = abi_generation_inputs(sub, gen, suffix).to(device)
-                logits = model(**batch.model_kwargs())  # [B, T, V]
-                nxt = logits[:, -1].argmax(-1).cpu()  # [B]
-                done |= (nxt == stop_id) if stop_id is not None else torch.zeros_like(done)
-                for b in range(len(chunk)):
-                    gen[b].append(int(nxt[b]))
-                if bool(done.all()):
-                    break
-            for i, g in zip(chunk, gen):
-                results[i] = g[: g.index(stop_id)] if stop_id is not None and stop_id in g else g
-    finally:
-        model.train(was_training)
-    return results

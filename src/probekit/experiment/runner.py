@@ -18,363 +18,33 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from probekit.config import Section, from_dict, init_sections, section, to_dict
-from probekit.data.bios import PersonGroup
 from probekit.data.reversal import ReversalConfig
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
-from probekit.finetune import FinetuneConfig
+from probekit.experiment.spec import (
+    DatasetSpec,
+    ExperimentConfig,
+    InverseSpec,
+    ModelSpec,
+    QASpec,
+    Run,
+    config_record,
+    demo_config,
+    load_experiment,
+)
 from probekit.io import atomic_path, atomic_write_json, atomic_write_text
-from probekit.patching import PatchConfig
+from probekit.patching.config import PatchConfig
 from probekit.probes.spec import ProbeSpec
-from probekit.train import TrainConfig
+from probekit.serde import from_dict
+from probekit.training.config import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DatasetSpec:
-    name: str
-    n_people: int = 500
-    augmentation: str = "single"
-    seed: int = 0
-    pool_limits: dict[str, int] = field(default_factory=dict)
-    # seeded subsets of the name pools ({first: 12, middle: 12, last: 12}) so that people share name parts
-    name_pools: dict[str, int] = field(default_factory=dict)
-    # shares of the people rendered under their own augmentation (replacing ``augmentation``), e.g. celebrities
-    # (multi5+permute) and minorities (single) in one corpus; each group is split 50/50 like the whole
-    groups: list[PersonGroup] = field(default_factory=list)
-
-
-@dataclass
-class ModelSpec:
-    name: str
-    data: str  # a DatasetSpec name
-    train: Section[TrainConfig] = section(TrainConfig)  # TrainConfig fields (data and out are filled in)
-
-    def __post_init__(self) -> None:
-        init_sections(self)
-
-
-@dataclass
-class QASpec:
-    models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
-    finetune: Section[FinetuneConfig] = section(FinetuneConfig)  # FinetuneConfig fields
-    # per model: FinetuneConfig fields that replace ``finetune``'s, e.g. {mixed: {method: none}} for a model
-    # trained with QA mixed into its biographies
-    model_finetune: dict[str, Section[FinetuneConfig]] = field(default_factory=dict)
-    # finetune on the P_train people of these dataset groups only (empty: all of P_train); P_test is answered
-    # in full and the results are also broken down by group
-    finetune_groups: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        init_sections(self)
-
-    def finetune_for(self, model: str) -> dict[str, Any]:
-        """The finetune settings of ``model``: ``finetune`` updated by its ``model_finetune`` entry."""
-        return {**self.finetune, **self.model_finetune.get(model, {})}
-
-
-@dataclass
-class InverseSpec:
-    """Inverse search (attributes -> full name, the reversal direction on bioS) as a stage of the experiment."""
-
-    models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
-    finetune: Section[FinetuneConfig] = section(FinetuneConfig)  # FinetuneConfig fields
-    attributes: list[str] = field(default_factory=list)  # the attributes in the prompt; empty = all six
-
-    def __post_init__(self) -> None:
-        init_sections(self)
-
-
-@dataclass
-class ReversalSpec:
-    """The reversal curse (METHODS 2-3) as a stage: one model per objective trained from scratch on the same
-    fictitious name <-> description facts (``probekit data reversal``), evaluated on N2D, D2N and their reverses."""
-
-    objectives: list[str] = field(default_factory=lambda: ["ntp", "bico"])
-    data: Section[ReversalConfig] = section(ReversalConfig)  # ReversalConfig fields (n_per_group, templates, seed)
-    train: Section[TrainConfig] = section(TrainConfig)  # TrainConfig fields; objective is set per model
-
-    def __post_init__(self) -> None:
-        init_sections(self)
-
-
-@dataclass
-class PatchSpec:
-    """Activation patching (METHODS 7) as a stage: name-swap maps of every model the stage names, on QA prompts
-    of P_test people with the model the QA stage finetuned (or, with ``prompts: bio``, on biography prefixes with
-    the pretrained model). ``config``: ``probekit.patching.PatchConfig`` fields."""
-
-    models: list[str] = field(default_factory=list)  # ModelSpec names; empty = all
-    config: Section[PatchConfig] = section(PatchConfig)  # PatchConfig fields
-
-    def __post_init__(self) -> None:
-        init_sections(self)
-
-
-@dataclass(frozen=True)
-class Run:
-    """One model trained with one seed (``seed`` None: the seed of the model's train section)."""
-
-    model: ModelSpec
-    seed: int | None = None
-
-    @property
-    def key(self) -> str:
-        """Its directory under ``models/``, ``probes/`` and ``qa/``: the model name (+ ``/seed_<s>`` with seeds)."""
-        return self.model.name if self.seed is None else f"{self.model.name}/seed_{self.seed}"
-
-    @property
-    def train(self) -> dict[str, Any]:
-        """The model's train section with this run's seed."""
-        return {**self.model.train, **({"seed": self.seed} if self.seed is not None else {})}
-
-    @property
-    def train_seed(self) -> int:
-        return int(self.train.get("seed", 0))
-
-
-@dataclass
-class ExperimentConfig:
-    name: str
-    datasets: list[DatasetSpec]
-    models: list[ModelSpec]
-    probe: Section[ProbeSpec] = section(ProbeSpec)  # ProbeSpec fields (name: the experiment's)
-    # a second probe spec for the paper's embedding-update probe (ProbeSpec fields with an ``embed_probe``
-    # section); its rows (hook ``embed_update``) go to ``embed_update/results.parquet``
-    embed_probe: Section[ProbeSpec] | None = None
-    control_random: bool = True  # also probe a randomly initialised model of each shape
-    qa: QASpec | None = None
-    inverse: InverseSpec | None = None  # inverse search on P_test after finetuning on P_train's inverse prompts
-    reversal: ReversalSpec | None = None  # the reversal curse per objective, on its own fictitious-people data
-    patch: PatchSpec | None = None  # activation patching maps per model (after QA finetuning, on QA prompts)
-    recall: bool = False  # memorisation check: each model reproduces the values of its training biographies
-    figures_layer: int | None = None  # layer of the position x attribute grids (None = last)
-    notes: str = ""
-    # seeds as an axis: train every model once per seed (its train.seed replaced); None = one run per model with
-    # the seed of its train section. Tables carry the seed; summaries and figures aggregate over seeds.
-    seeds: list[int] | None = None
-    seed_data: bool = False  # with seeds: also draw each dataset anew per seed (new people and biographies)
-
-    def __post_init__(self) -> None:
-        init_sections(self)
-        self.datasets = [d if isinstance(d, DatasetSpec) else from_dict(DatasetSpec, d) for d in self.datasets]
-        self.models = [m if isinstance(m, ModelSpec) else from_dict(ModelSpec, m) for m in self.models]
-        if isinstance(self.qa, dict):
-            self.qa = from_dict(QASpec, self.qa)
-        if isinstance(self.inverse, dict):
-            self.inverse = from_dict(InverseSpec, self.inverse)
-        if isinstance(self.reversal, dict):
-            self.reversal = from_dict(ReversalSpec, self.reversal)
-        if isinstance(self.patch, dict):
-            self.patch = from_dict(PatchSpec, self.patch)
-        self.validate()
-
-    def runs(self) -> list[Run]:
-        """Every model x seed to train, probe and evaluate, in config order."""
-        return [Run(m, s) for m in self.models for s in (self.seeds if self.seeds is not None else [None])]
-
-    def dataset(self, name: str) -> DatasetSpec:
-        return next(d for d in self.datasets if d.name == name)
-
-    def data_key(self, run: Run) -> str:
-        """The dataset directory a run trains on (relative to ``<out>/data``)."""
-        return f"{run.model.data}/seed_{run.seed}" if self.seed_data and run.seed is not None else run.model.data
-
-    def validate(self) -> None:
-        """Cross-references and every stage's settings, checked before any work starts."""
-        from probekit.data.bios import entries_per_person
-        from probekit.evaluate.qa import FinetuneConfig
-        from probekit.probes.spec import ProbeSpec
-        from probekit.train import TrainConfig
-
-        names = [d.name for d in self.datasets]
-        if len(set(names)) != len(names) or len({m.name for m in self.models}) != len(self.models):
-            raise UserError(f"experiment {self.name}: dataset and model names must be unique")
-        if self.seeds is not None:
-            if (
-                not isinstance(self.seeds, list)
-                or not self.seeds
-                or len(set(self.seeds)) != len(self.seeds)
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
-            ):
-                raise UserError(f"seeds must be a non-empty list of distinct non-negative integers, e.g. [0, 1, 2], "
-                                f"got {self.seeds!r}")  # fmt: skip
-        elif self.seed_data:
-            raise UserError("seed_data: true needs a list of seeds (seeds: [0, 1, 2]); add one or drop seed_data")
-        for d in self.datasets:
-            multi = entries_per_person(d.augmentation, d.groups)
-            if d.n_people < 1:
-                raise UserError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
-            from probekit.data.integrity import check_memory
-            from probekit.data.pools import LIMITABLE, NAME_PARTS, check_name_space, load_pools
-
-            check_memory(d.n_people, multi)
-            if d.name_pools:
-                wrong = sorted(set(d.name_pools) - set(NAME_PARTS))
-                if wrong:
-                    raise UserError(f"dataset {d.name!r}: name_pools {wrong}: the name parts are "
-                                    f"{', '.join(NAME_PARTS)}")  # fmt: skip
-                check_name_space(d.n_people, d.name_pools, load_pools())
-            bad = {k: v for k, v in d.pool_limits.items() if k not in LIMITABLE or v < 2}
-            if bad:
-                raise UserError(f"dataset {d.name!r}: pool_limits {bad}: only {', '.join(LIMITABLE)} can be "
-                                "limited, each to at least 2 values")  # fmt: skip
-        for m in self.models:
-            if m.data not in names:
-                raise UserError(f"model {m.name!r} trains on unknown dataset {m.data!r}; datasets: {names}")
-            from_dict(TrainConfig, {**m.train, "data": "x", "out": "x"}).validate()
-            if self.figures_layer is not None and not m.train.get("init_from"):
-                from probekit.model import ModelConfig
-
-                n_layers = dict(m.train.get("model") or {}).get("n_layers", ModelConfig.n_layers)
-                if not 0 <= self.figures_layer <= n_layers:
-                    raise UserError(f"figures_layer {self.figures_layer}: model {m.name!r} has layers "
-                                    f"0..{n_layers} (0 = embeddings, {n_layers} = last block's output); "
-                                    "choose one of those")  # fmt: skip
-        from_dict(ProbeSpec, {"name": self.name, **self.probe})
-        if self.embed_probe is not None:
-            espec = from_dict(ProbeSpec, {"name": f"{self.name}_embed_update", **self.embed_probe})
-            if espec.embed_probe is None:
-                raise UserError("embed_probe: give the paper's probe settings under embed_probe.embed_probe "
-                                "(e.g. {rank: 0, epochs: 20}); see probes/embed_update.yaml")  # fmt: skip
-        for what, ev in (("qa", self.qa), ("inverse", self.inverse)):
-            if ev is None:
-                continue
-            unknown = sorted(set(ev.models) - {m.name for m in self.models})
-            if unknown:
-                raise UserError(f"{what}.models names unknown model(s) {unknown}; models: "
-                                f"{[m.name for m in self.models]}")  # fmt: skip
-            from_dict(FinetuneConfig, ev.finetune)
-        if self.qa is not None:
-            unknown = sorted(set(self.qa.model_finetune) - {m.name for m in self.models})
-            if unknown:
-                raise UserError(f"qa.model_finetune names unknown model(s) {unknown}; models: "
-                                f"{[m.name for m in self.models]}")  # fmt: skip
-            for name in self.qa.model_finetune:
-                from_dict(FinetuneConfig, self.qa.finetune_for(name))
-            for m in self.models:
-                if self.qa.models and m.name not in self.qa.models:
-                    continue
-                have = {g.name for g in self.dataset(m.data).groups}
-                missing = [g for g in self.qa.finetune_groups if g not in have]
-                if missing:
-                    raise UserError(f"qa.finetune_groups {missing}: model {m.name!r}'s dataset {m.data!r} has "
-                                    f"groups {sorted(have) or 'none'}; give every dataset those groups")  # fmt: skip
-        if self.reversal is not None:
-            from probekit.data.reversal import ReversalConfig
-            from probekit.evaluate.qa import OBJECTIVES
-
-            objectives = self.reversal.objectives
-            unknown = [o for o in objectives if o not in OBJECTIVES]
-            if unknown or not objectives or len(set(objectives)) != len(objectives):
-                raise UserError(f"reversal.objectives {self.reversal.objectives}: choose distinct objectives from "
-                                f"{list(OBJECTIVES)}")  # fmt: skip
-            from_dict(ReversalConfig, self.reversal.data)
-            from_dict(TrainConfig, {**self.reversal.train, "data": "x", "out": "x"}).validate()
-        if self.inverse is not None:
-            from probekit.data.pools import ATTRIBUTES
-
-            unknown = [a for a in self.inverse.attributes if a not in ATTRIBUTES]
-            if unknown or len(set(self.inverse.attributes)) != len(self.inverse.attributes):
-                raise UserError(f"inverse.attributes {self.inverse.attributes}: choose distinct attributes from "
-                                f"{list(ATTRIBUTES)} (empty: all six)")  # fmt: skip
-        if self.patch is not None:
-            pc = self.patch.config.build()
-            unknown = sorted(set(self.patch.models) - {m.name for m in self.models})
-            if unknown:
-                raise UserError(f"patch.models names unknown model(s) {unknown}; models: "
-                                f"{[m.name for m in self.models]}")  # fmt: skip
-            if pc.prompts == "qa":
-                chosen = self.patch.models or [m.name for m in self.models]
-                no_qa = [m for m in chosen if self.qa is None or (self.qa.models and m not in self.qa.models)]
-                if no_qa:
-                    raise UserError(f"patch on QA prompts uses the models the qa stage finetuned, but {no_qa} "
-                                    "have no qa stage; add them to qa (or patch biography prefixes: "
-                                    "patch.config.prompts: bio)")  # fmt: skip
-
-
-def load_experiment(path: str | Path) -> ExperimentConfig:
-    from probekit.config import load_mapping
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.yaml"
-    if not path.exists():
-        raise UserFileNotFoundError(f"experiment config {path} does not exist")
-    data = load_mapping(path, "experiment config")
-    data.setdefault("name", path.parent.name if path.name == "config.yaml" else path.stem)
-    return from_dict(ExperimentConfig, data)
-
-
-# The main job: the README's first command runs this, within 15 minutes on 2 CPU cores.
-DEMO = {
-    "name": "demo",
-    "notes": "bioS single vs multi5+permute, NTP, 4x128 Llama-shaped model, P- and Q-probes at every layer; "
-             "the reversal curse under NTP vs BICO.",
-    "datasets": [
-        {"name": "single", "n_people": 400, "augmentation": "single", "seed": 0,
-         "pool_limits": {"birth_city": 20, "university": 20, "major": 20, "company": 20}},
-        {"name": "multi5_permute", "n_people": 400, "augmentation": "multi5+permute", "seed": 0,
-         "pool_limits": {"birth_city": 20, "university": 20, "major": 20, "company": 20}},
-    ],
-    "models": [
-        {"name": "ntp_single", "data": "single", "train": {
-            "objective": "ntp", "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_mlp": 512},
-            "seq_len": 128, "batch_size": 16, "max_steps": 700, "warmup_steps": 50, "lr": 0.002, "min_lr": 0.0002,
-            "eval_every": 0, "save_every": 200, "log_every": 20, "seed": 0}},
-        {"name": "ntp_multi5_permute", "data": "multi5_permute", "train": {
-            "objective": "ntp", "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_mlp": 512},
-            "seq_len": 128, "batch_size": 16, "max_steps": 700, "warmup_steps": 50, "lr": 0.002, "min_lr": 0.0002,
-            "eval_every": 0, "save_every": 200, "log_every": 20, "seed": 0}},
-    ],
-    "probe": {"kinds": ["p", "q"], "targets": ["first_token", "value"], "l2_grid": [0.001, 0.01, 0.1],
-              "max_iter": 60, "control_task": True},
-    "control_random": True,
-    # the clearest contrast between objectives that fits the demo: the reversal curse under NTP, lifted by BICO
-    # (experiments/reversal_objectives at the same settings, without ABI)
-    "reversal": {"objectives": ["ntp", "bico"], "data": {"seed": 0}, "train": {
-        "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_mlp": 512, "n_ctx": 64}, "seq_len": 48,
-        "batch_size": 64, "epochs": 25, "lr": 0.001, "min_lr": 0.0001, "warmup_steps": 100, "weight_decay": 0.1,
-        "save_every": 500, "log_every": 25, "seed": 0}},
-}  # fmt: skip
-
-
-def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The config as written to ``experiment.json`` and compared on resume. Settings added after a run was
-    started are left out while they keep their defaults, so such runs still resume."""
-    rec = to_dict(cfg)
-    for d in rec["datasets"]:  # settings added to sections later, left out at their defaults
-        if not d.get("groups"):
-            d.pop("groups", None)
-    if rec.get("qa"):
-        for key in ("model_finetune", "finetune_groups"):
-            if not rec["qa"].get(key):
-                rec["qa"].pop(key, None)
-    for key, default in (
-        ("seeds", None),
-        ("seed_data", False),
-        ("embed_probe", None),
-        ("reversal", None),
-        ("recall", False),
-        ("patch", None),
-    ):
-        if rec.get(key) == default:
-            rec.pop(key, None)
-    return rec
-
-
-def demo_config(**overrides: Any) -> ExperimentConfig:
-    data = copy.deepcopy(DEMO)
-    data.update(overrides)
-    return from_dict(ExperimentConfig, data)
 
 
 @dataclass
@@ -427,7 +97,7 @@ def _train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: i
     import torch
 
     from probekit.provenance import set_command_line
-    from probekit.train import TrainConfig, train
+    from probekit.training.trainer import train
 
     if command is not None:
         set_command_line(command)
@@ -512,8 +182,7 @@ def _probe_one(spec_dict: dict[str, Any], data_dir: Path, model_dir: Path, name:
         random_init_like,
         run_spec,
     )
-    from probekit.probes.spec import ProbeSpec
-    from probekit.results import write_results
+    from probekit.reporting.results import write_results
 
     if command is not None:
         prov.set_command_line(command)
@@ -525,7 +194,9 @@ def _probe_one(spec_dict: dict[str, Any], data_dir: Path, model_dir: Path, name:
     people: list[dict[str, Any]] = []
     df = run_spec(spec, ds, models, progress=command is None, q_people=people)
     df["seed"] = seed  # also for tables of checkpoints that do not record their seed
-    rec = prov.record(inputs={"model": prov.weights_file(model_dir), "data": data_dir},
+    from probekit.model.checkpoint import weights_file
+
+    rec = prov.record(inputs={"model": weights_file(model_dir), "data": data_dir},
                       seeds={"probe": spec.seed, "train": seed})  # fmt: skip
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / "q_people.parquet") as tmp:
@@ -571,7 +242,7 @@ def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: 
     """Probe every run with the experiment's spec (into ``probes/<run>``) and, when configured, the paper's
     embedding-update probe (``probes/<run>/embed_update``); ``jobs`` > 1 probes that many models at once.
     Returns the frozen-probe table and the embedding-update table (None when not configured)."""
-    from probekit.results import read_results
+    from probekit.reporting.results import read_results
 
     specs = [("probes", {"name": cfg.name, **cfg.probe}, "")]
     if cfg.embed_probe is not None:
@@ -619,7 +290,7 @@ def _eval_one(kind: str, model_dir: Path, data_dir: Path, dest: Path, finetune: 
     P_train) items: QA extraction (``kind`` "qa") or inverse search ("inverse"). A top-level function so a
     worker process can run it."""
     from probekit.evaluate.inverse import run_inverse
-    from probekit.evaluate.qa import FinetuneConfig, run_qa
+    from probekit.evaluate.qa import run_qa
     from probekit.provenance import set_command_line
 
     if command is not None:
@@ -675,8 +346,8 @@ def group_table(cfg: ExperimentConfig, out: Path, kind: str = "qa") -> pd.DataFr
 
 def group_figure(table: pd.DataFrame) -> Any:
     """QA exact match on P_test per group of people (x) and model (bars), with 95% person-bootstrap intervals."""
-    from probekit.evaluate.figures import accuracy_figure
-    from probekit.figures import Figure
+    from probekit.reporting.evaluation import accuracy_figure
+    from probekit.reporting.figures import Figure
 
     view = table[(table["task"] == "overall") & (table["split"] == "test")].assign(task=lambda d: d["group"])
     fig, data = accuracy_figure(view.drop(columns=["split"]), "exact_match",
@@ -699,11 +370,11 @@ def group_summary(table: pd.DataFrame, title: str = "QA extraction") -> list[str
 
 def _recall_one(model_dir: Path, data_dir: Path, dest: Path, name: str, command: list[str] | None = None) -> None:
     """The memorisation check of one model (``probekit.evaluate.recall``) into ``dest``."""
-    from probekit.checkpoint import load_checkpoint
     from probekit.data.store import load_dataset
     from probekit.evaluate.qa import model_objective
     from probekit.evaluate.recall import biography_recall, recall_items, recall_table
     from probekit.io import atomic_write_jsonl
+    from probekit.model.checkpoint import load_checkpoint
 
     model, _, meta = load_checkpoint(model_dir, device="cpu")
     objective = model_objective(meta)
@@ -733,9 +404,9 @@ def _stage_recall(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs:
 
 def _patch_one(model_dir: Path, data_dir: Path, dest: Path, config: dict[str, Any], name: str, png: bool,
                command: list[str] | None = None) -> None:  # fmt: skip
-    """Patching maps of one model into ``dest`` (``probekit.patching.save_patching``); a worker can run it."""
+    """Patching maps of one model into ``dest`` (``probekit.patching.patch.save_patching``); a worker can run it."""
     from probekit.data.store import load_dataset
-    from probekit.patching import run_patching, save_patching
+    from probekit.patching.patch import run_patching, save_patching
     from probekit.probes.runner import check_compatible, load_probe_model
     from probekit.provenance import set_command_line
 
@@ -782,7 +453,6 @@ def _reversal_one(data_dir: Path, train: dict[str, Any], objective: str, dest: P
     """Train one model of ``objective`` on the reversal facts and evaluate it (a worker process can run it)."""
     from probekit.evaluate.reversal import run_reversal, train_reversal
     from probekit.provenance import set_command_line
-    from probekit.train import TrainConfig
 
     if command is not None:
         set_command_line(command)
@@ -800,7 +470,7 @@ def _stage_reversal(cfg: ExperimentConfig, out: Path, progress: bool, png: bool,
     rv = cfg.reversal
     if rv is None:
         return None
-    from probekit.data.reversal import ReversalConfig, make_reversal_dataset
+    from probekit.data.reversal import make_reversal_dataset
 
     data_dir = out / "reversal" / "data"
     if not (data_dir / "manifest.json").exists():
@@ -820,8 +490,8 @@ def _stage_reversal(cfg: ExperimentConfig, out: Path, progress: bool, png: bool,
 def reversal_figure(table: pd.DataFrame) -> Any:
     """Exact match per reversal task, one bar group per objective, with 95% person-bootstrap intervals (the
     evaluation figure of ``probekit eval compare``)."""
-    from probekit.evaluate.figures import accuracy_figure
-    from probekit.plots import Figure
+    from probekit.reporting.evaluation import accuracy_figure
+    from probekit.reporting.figures import Figure
 
     if not (table["metric"] == "exact_match").any():
         return None
@@ -858,7 +528,7 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
     its best layer on test people with the person-bootstrap interval, beside the majority baseline; the
     random-init control appears as its own model. With several training seeds a cell is the mean ± standard
     deviation over seeds of each seed's best layer."""
-    from probekit.results import normalise, reading_labels
+    from probekit.reporting.results import normalise, reading_labels
 
     probe = reading_labels(normalise(probe))
     ok = probe[(probe["status"] == "ok") & (probe["hook"] == "resid")]
@@ -907,7 +577,7 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
 
 def _embed_summary(embed: pd.DataFrame) -> list[str]:
     """The paper's embedding-update probe (last layer): Q at the name and P at each attribute's own position."""
-    from probekit.results import normalise
+    from probekit.reporting.results import normalise
 
     ok = normalise(embed)
     ok = ok[ok["status"] == "ok"]
@@ -952,8 +622,9 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
                       png: bool = True, provenance: dict | None = None, control: bool = True,
                       figures_dir: Path | None = None,
                       scale: bool = False) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
-    """Every figure of an experiment from its tables: each model's probe figures (``probekit.plots``) and, with
-    two or more trained models, the comparison across them (``probekit.compare``: P grids and Q profiles side
+    """Every figure of an experiment from its tables: each model's probe figures (``probekit.reporting.plots``) and,
+    with
+    two or more trained models, the comparison across them (``probekit.reporting.compare``: P grids and Q profiles side
     by side, storage at the name against QA and inverse search with correlations, extraction per model). The
     comparison's tables go to ``<out>/comparison/`` (``points.csv``, ``correlations.csv``). Returns the render
     report, the correlations (None without a comparison) and the figures. ``probekit plot --experiment`` calls
@@ -961,8 +632,9 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
     people) even when these models share every axis value, as a part (``--models``) of an experiment whose whole
     config varies them does: ``probekit plot --scale`` joins such parts' tables (it is written anyway when the
     axes vary among these models)."""
-    from probekit import compare
-    from probekit.plots import build_figures, check_layer, write_figures
+    from probekit.reporting import compare
+    from probekit.reporting.figures import write_figures
+    from probekit.reporting.plots import build_figures, check_layer
 
     layer = cfg.figures_layer if layer is None else layer
     check_layer(probe, layer)
@@ -984,7 +656,7 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
             with atomic_path(out / "comparison" / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
         figures += compare.comparison_figures(both, points, corr, qa, inverse, layer)
-        from probekit.scaling import model_axes, scale_figure, scale_table, varying_axes
+        from probekit.reporting.scaling import model_axes, scale_figure, scale_table, varying_axes
 
         axes = model_axes(cfg)
         axes = axes[axes["model"].isin(set(points.table["model"]))] if not points.table.empty else axes.iloc[:0]
@@ -1000,7 +672,7 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
     if (out / "qa_by_group.csv").exists():
         figures.append(group_figure(pd.read_csv(out / "qa_by_group.csv")))
     if (out / "patch.csv").exists():
-        from probekit.patching import route_figure, route_table
+        from probekit.patching.patch import route_figure, route_table
 
         fig = route_figure(route_table(pd.read_csv(out / "patch.csv")))
         figures += [fig] if fig is not None else []
@@ -1011,7 +683,7 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
 def load_experiment_tables(out: Path) -> tuple[ExperimentConfig, pd.DataFrame, pd.DataFrame | None,
                                                pd.DataFrame | None, pd.DataFrame | None]:  # fmt: skip
     """An experiment's config and tables from its output directory (for re-rendering its figures)."""
-    from probekit.results import read_results
+    from probekit.reporting.results import read_results
 
     rec = out / "experiment.json"
     if not rec.exists() or not (out / "results.parquet").exists():
@@ -1042,7 +714,7 @@ def run_experiment(
     ``models`` (or with the others) continues the same experiment and keeps what is finished.
     """
     from probekit import provenance as prov
-    from probekit.results import write_results
+    from probekit.reporting.results import write_results
 
     t0 = time.perf_counter()
     cfg.validate()  # everything is checked before the first file is written
@@ -1081,7 +753,7 @@ def run_experiment(
             with atomic_path(out / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
     fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(out / "results.parquet")}}
-    from probekit.scaling import model_axes, varying_axes
+    from probekit.reporting.scaling import model_axes, varying_axes
 
     report, corr, figures = render_experiment(cfg, out, probe, embed, qa, inverse, png=png, provenance=fig_rec,
                                               scale=bool(varying_axes(model_axes(full))))  # fmt: skip
@@ -1095,20 +767,20 @@ def run_experiment(
     if qa_groups is not None:
         summary += "\n" + "\n".join(group_summary(qa_groups))
     if patch is not None:
-        from probekit.patching import route_summary, route_table
+        from probekit.patching.patch import route_summary, route_table
 
         summary += "\n" + "\n".join(route_summary(route_table(patch)))
     if corr is not None:
-        from probekit.compare import correlation_summary
+        from probekit.reporting.compare import correlation_summary
 
         summary += "\n" + "\n".join(correlation_summary(corr))
     if (out / "comparison" / "scale.csv").exists() and corr is not None:
-        from probekit.scaling import scale_summary
+        from probekit.reporting.scaling import scale_summary
 
         summary += "\n" + "\n".join(scale_summary(pd.read_csv(out / "comparison" / "scale.csv")))
     seconds = time.perf_counter() - t0
     atomic_write_text(out / "summary.txt", summary + "\n")
-    from probekit.report import write_report
+    from probekit.reporting.report import write_report
 
     write_report(out / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
                  config=config_record(full), provenance=fig_rec, summary=summary, figures=figures)  # fmt: skip

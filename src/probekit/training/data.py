@@ -6,7 +6,7 @@ number, so a resumed run rebuilds exactly the epoch it stopped in and skips to t
 in a checkpoint is just ``(epoch, offset)``. Two sources ship:
 
 - ``PackedSource`` (pretraining on biographies, optionally mixed with QA): every epoch the entry sequences
-  ``[EOS_ID] + ids(text)`` are shuffled across the whole corpus (seeded by ``(seed, epoch)``; METHODS 1: a
+  ``[EOS_ID] + ids(text)`` are shuffled across the whole corpus (seeded by ``(seed, epoch)``; Physics of LMs 3.1: a
   person's entries must not stay adjacent), concatenated into one stream and cut into windows of exactly
   ``seq_len`` tokens (consecutive entries are thus separated by ``EOS_ID``; an entry may continue into the next
   window, as in GPT-style packing). The last, partial window is completed by wrapping around to the start of the
@@ -23,45 +23,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from probekit.batch import IGNORE_INDEX, ModelBatch
 from probekit.data.tokenizer import EOS_ID
 from probekit.errors import UserError
+from probekit.model.batch import ItemLike, ModelBatch, TrainItem, answer_item, as_item
+from probekit.objectives.abi import ABIObjective
 
 EVAL_EPOCH = 1_000_003  # the eval set is drawn as if it were this (never trained) epoch: disjoint random stream
-
-
-@dataclass
-class TrainItem:
-    """One training sequence. ``loss_mask[i]`` True = token i is a prediction target (None: every token)."""
-
-    ids: list[int]
-    loss_mask: list[bool] | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.ids) == 0:
-            raise ValueError(f"empty training sequence; every sequence starts with EOS_ID={EOS_ID}")
-        if self.loss_mask is not None and len(self.loss_mask) != len(self.ids):
-            raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.ids)} tokens")
-
-
-ItemLike = TrainItem | Sequence[int] | tuple[Sequence[int], Sequence[bool] | None]
-
-
-def as_item(x: ItemLike) -> TrainItem:
-    """A ``TrainItem`` from a TrainItem, a token list, or an ``(ids, loss_mask)`` pair."""
-    if isinstance(x, TrainItem):
-        return x
-    if isinstance(x, tuple) and len(x) == 2 and not isinstance(x[0], int):
-        ids, mask = x
-        return TrainItem([int(t) for t in ids], None if mask is None else [bool(m) for m in mask])
-    return TrainItem([int(t) for t in x])
 
 
 @runtime_checkable
@@ -254,17 +227,6 @@ class ItemSource:
         return max(len(it.ids) for it in self.items)
 
 
-def answer_item(prompt_ids: Sequence[int], answer_ids: Sequence[int], loss_on_eos: bool = True) -> TrainItem:
-    """A QA item ``[EOS_ID] + prompt + answer + [EOS_ID]`` whose loss covers only the answer (and, with
-    ``loss_on_eos``, the closing EOS_ID, so greedy decoding learns to stop after the answer). ``prompt_ids`` must
-    not include the leading EOS_ID. For ABI models use ``loss_on_eos=False``: the answer becomes the blank span,
-    ended by [END]."""
-    ids = [EOS_ID, *prompt_ids, *answer_ids, EOS_ID]
-    n_p, n_a = 1 + len(prompt_ids), len(answer_ids)
-    mask = [False] * n_p + [True] * n_a + [loss_on_eos]
-    return TrainItem(ids, mask)
-
-
 def qa_answer_items(dataset: Any, pids: Sequence[int] | None = None, loss_on_eos: bool = True) -> list[TrainItem]:
     """QA finetuning items of a ``BioDataset`` for ``pids`` (default: P_train), loss on the answers only."""
     keep = set(dataset.split["train"] if pids is None else pids)
@@ -338,28 +300,6 @@ class DataStream:
         return {"epoch": self.epoch, "offset": self.offset}
 
 
-def apply_loss_mask(batch: ModelBatch, items: Sequence[TrainItem]) -> ModelBatch:
-    """Restrict the loss of a causal/BICO batch to the tokens each item marks as targets.
-
-    In those batches ``labels[b, t]`` is (a copy of) token ``t + 1`` of the sequence, so the label is kept only
-    where ``loss_mask[t + 1]`` is True. (ABI batches are built from masks directly: ``ABIObjective.answer_batch``.)
-    """
-    if all(it.loss_mask is None for it in items):
-        return batch
-    if batch.attn_mode == "abi":
-        raise ValueError("apply_loss_mask: ABI batches are built with ABIObjective.answer_batch")
-    B, T = batch.labels.shape
-    keep = torch.zeros(B, T, dtype=torch.bool)
-    for b, it in enumerate(items):
-        m = it.loss_mask if it.loss_mask is not None else [True] * len(it.ids)
-        n = min(len(m) - 1, T)
-        keep[b, :n] = torch.tensor(m[1 : n + 1], dtype=torch.bool)
-    batch.labels = torch.where(keep, batch.labels, IGNORE_INDEX)
-    return batch
-
-
 def abi_answer_batch(items: Sequence[TrainItem]) -> ModelBatch:
     """ABI batch in which each item's loss-masked run is the single blank: ``ABIObjective().answer_batch``."""
-    from probekit.objectives.abi import ABIObjective
-
     return ABIObjective().answer_batch(items, torch.Generator())
