@@ -13,15 +13,29 @@ COMMANDS = {"plot": "re-render probe figures from results tables"}
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from probekit.io import check_output
+
+    qa_dirs = [q.partition("=")[2] for q in getattr(args, "qa", None) or []]
+    check_output(args.out, {"--results": args.results, "--experiment": args.experiment, "--scale": args.scale,
+                            "--dynamics": getattr(args, "dynamics", None), "--qa": qa_dirs})  # fmt: skip
+    return _cmd_plot(args)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
     from probekit import provenance as prov
     from probekit.errors import UserError
     from probekit.reporting.plots import check_layer, render_figures
     from probekit.reporting.results import RESULTS_PARQUET, read_provenance, read_results
 
-    if sum(v is not None for v in (args.results, args.experiment, args.scale)) != 1:
+    if sum(v is not None for v in (args.results, args.experiment, args.scale, args.dynamics)) != 1:
         raise UserError("give one of --results TABLE... (probe figures), --experiment DIR (an experiment's "
-                        "figures, comparisons across its models included) or --scale CSV... (storage and QA "
-                        "against scale from the scale tables of several runs)")  # fmt: skip
+                        "figures, comparisons across its models included), --scale CSV... (storage and QA "
+                        "against scale from the scale tables of several runs) or --dynamics TABLE (storage "
+                        "through training, from `probekit probe --checkpoints all`)")  # fmt: skip
+    if args.qa and args.dynamics is None:
+        raise UserError("--qa STEP=DIR goes with --dynamics (QA of the probed checkpoints)")
+    if args.dynamics is not None:
+        return _plot_dynamics(args)
     if args.scale is not None:
         scale_tables = _read_scale_tables(args.scale)  # checked before --out is touched
     _check_figures_dir(Path(args.out))
@@ -42,6 +56,43 @@ def cmd_plot(args: argparse.Namespace) -> int:
     print(f"rendered {len(names)} figures from {len(df)} probe results into {args.out}:")
     for n in names:
         print(f"  {n}")
+    if report.png_error:
+        print(f"warning: {report.png_error}")
+    return 0
+
+
+def _plot_dynamics(args: argparse.Namespace) -> int:
+    """Layer x step figures of one run's checkpoint probes, with QA exact match at the steps ``--qa`` names."""
+    import pandas as pd
+
+    from probekit import provenance as prov
+    from probekit.errors import UserError
+    from probekit.io import atomic_path
+    from probekit.reporting.dynamics import dynamics_figure, dynamics_table, qa_point
+    from probekit.reporting.figures import write_figures
+    from probekit.reporting.results import read_results
+
+    points = []
+    for item in args.qa or []:  # every input is read before --out is touched
+        step, sep, d = item.partition("=")
+        if not sep or not step.strip().isdigit() or not d:
+            raise UserError(f"--qa {item!r} must look like STEP=DIR, e.g. 1000=runs/qa_step1000")
+        points.append(qa_point(d, int(step)))
+    df = read_results([args.dynamics])
+    table = dynamics_table(df)
+    qa = pd.DataFrame(points) if points else None
+    out = Path(args.out)
+    _check_figures_dir(out)
+    rec = prov.record(inputs={"probes": args.dynamics, **{f"qa {q}": q.partition("=")[2] for q in args.qa or []}})
+    figs = [dynamics_figure(table, qa, run) for run in dict.fromkeys(table["model"].astype(str))]
+    report = write_figures(figs, out, not args.no_png, rec)
+    with atomic_path(out / "dynamics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if qa is not None:
+        with atomic_path(out / "dynamics_qa.csv") as tmp:
+            qa.to_csv(tmp, index=False)
+    print(f"rendered {len(figs)} dynamics figure(s) into {out} (tables: dynamics.csv"
+          + (", dynamics_qa.csv)" if qa is not None else ")"))  # fmt: skip
     if report.png_error:
         print(f"warning: {report.png_error}")
     return 0
@@ -176,6 +227,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="scale tables (comparison/scale.csv, or experiment directories) of runs of one experiment, "
                         "e.g. parts run with --models into different --out directories: Q-probe at the name and QA "
                         "extraction against each axis that varies over all of them")  # fmt: skip
+    p.add_argument("--dynamics", metavar="TABLE",
+                   help="a probe table of a run's checkpoints (`probekit probe --checkpoints all`): Q at the name "
+                        "and P at the birth-date position, layer x step")  # fmt: skip
+    p.add_argument("--qa", nargs="+", metavar="STEP=DIR",
+                   help="with --dynamics: `probekit eval qa` outputs of checkpoints, by step")  # fmt: skip
     p.add_argument("--out", required=True, help="directory for the figures")
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip

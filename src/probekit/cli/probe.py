@@ -9,14 +9,23 @@ COMMANDS = {"probe": "P-/Q-probe a model's residual stream for biography attribu
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from probekit.io import check_output, output_lock
+
+    check_output(args.out, {"--data": args.data, "--model": args.model, "--spec": args.spec})
+    with output_lock(args.out):  # one writer per output directory
+        return _cmd_probe(args)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
     from probekit import provenance as prov
     from probekit.data.store import load_dataset
     from probekit.errors import UserError, check_device, check_threads
     from probekit.io import atomic_dir, atomic_write_json, prepare_output_dir
     from probekit.probes.activations import model_dims
-    from probekit.probes.runner import check_compatible, load_probe_model, random_init_like, run_spec
+    from probekit.probes.runner import check_compatible, load_checkpoint_series, random_init_like, run_spec
     from probekit.probes.spec import load_spec
-    from probekit.reporting.plots import render_figures
+    from probekit.reporting.figures import write_figures
+    from probekit.reporting.plots import build_figures, check_layer
     from probekit.reporting.results import summary_table, write_results
     from probekit.serde import to_dict
 
@@ -40,14 +49,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     engine = spec.engine
     out = prepare_output_dir(args.out, args.overwrite)
     ds = load_dataset(args.data)
-    target = load_probe_model(args.model, device=args.device, name=args.name)
-    check_compatible(target, ds)
+    series = load_checkpoint_series(args.model, args.checkpoints, device=args.device, name=args.name)
+    target = series[-1][1]  # the latest (or last named) checkpoint: its figures, its random-init control
+    for _, m in series:
+        check_compatible(m, ds)
     if args.layer is not None and "p" in spec.kinds and "resid" in spec.hooks:
         layers = spec.resolve_layers("resid", model_dims(target.model).n_layers)
         if args.layer not in layers:
             raise UserError(f"--layer {args.layer}: the spec probes residual layers {layers} of this model; choose "
                             "one of those (or omit --layer for the last)")  # fmt: skip
-    models = [target] + ([random_init_like(target, seed=spec.seed + 12345)] if args.control_random else [])
+    models = [m for _, m in series] + ([random_init_like(target, seed=spec.seed + 12345)] if args.control_random
+                                       else [])  # fmt: skip
+    steps = {m.name: st for st, m in series if st is not None}
+    if steps:
+        print(f"checkpoints of {args.model}: steps {', '.join(map(str, steps.values()))}")
     print(f"probing {target.name} ({target.kind}, objective {target.objective}) on dataset {ds.name} "
           f"with spec {spec.name!r}: kinds {list(spec.kinds)}, engine {engine}"
           + (", plus a random-init control" if args.control_random else ""))  # fmt: skip
@@ -59,9 +74,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
         rec = prov.record(inputs={"model": weights_file(args.model), "data": args.data, "spec": args.spec},
                           seeds={"probe": spec.seed, "control_random": spec.seed + 12345}, engine=engine)  # fmt: skip
+        if steps:  # a checkpoint series: the step of each row (random-init controls have none)
+            df["step"] = df["model"].astype(str).map(steps).astype("Int64")
         write_results(df, tmp, provenance=rec)
         fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(tmp / "results.parquet")}}
-        report = render_figures(df, tmp / "figures", layer=args.layer, png=not args.no_png, provenance=fig_rec)
+        shown = df[~df["model"].astype(str).isin([m for m in steps if m != target.name])]  # per-model: the last
+        check_layer(shown, args.layer)
+        figs = build_figures(shown, args.layer)
+        if len(steps) > 1:  # storage through training: layer x step
+            from probekit.reporting.dynamics import dynamics_figure, dynamics_table
+
+            figs.append(dynamics_figure(dynamics_table(df)))
+        report = write_figures(figs, tmp / "figures", not args.no_png, fig_rec)
         prov.append_session(tmp, rec)
         atomic_write_json(tmp / "run.json", {
             "spec": to_dict(spec),
@@ -96,6 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="probekit checkpoint or run directory, or a Hugging Face causal-LM directory")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset directory (from `probekit data bios`)")
     p.add_argument("--out", required=True, help="output directory (must be new or empty unless --overwrite)")
+    p.add_argument("--checkpoints", default="latest", metavar="WHICH",
+                   help="with a run directory: latest, all (every saved checkpoint: a step column and a layer x "
+                        "step dynamics figure), or a comma list of steps, e.g. 250,1000")  # fmt: skip
     p.add_argument("--control-random", action="store_true",
                    help="also probe a random-init model of the same shape ('<name> (random init)')")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

@@ -124,6 +124,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def step_of(checkpoint: str | Path) -> int:
+    """The training step of a ``step_<N>`` checkpoint directory."""
+    m = _STEP_DIR.match(Path(checkpoint).name)
+    if m is None:
+        raise UserError(f"{checkpoint} is not a step_<N> checkpoint directory")
+    return int(m.group(1))
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint of a training run directory, or None if it has none."""
     ckpts = list_checkpoints(run_dir)

@@ -111,6 +111,37 @@ def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = N
     )
 
 
+def load_checkpoint_series(path: str | Path, which: str = "latest", device: str = "cpu",
+                           name: str | None = None) -> list[tuple[int | None, ProbeModel]]:  # fmt: skip
+    """``(step, model)`` for the checkpoints of a probekit run directory that ``which`` names: ``latest`` (the
+    model as ``load_probe_model`` loads it, step None), ``all`` (every saved checkpoint, oldest first) or a comma
+    list of steps (``"250,1000"``). Series models are named ``<run>@<step>``."""
+    if which == "latest":
+        return [(None, load_probe_model(path, device=device, name=name))]
+    from probekit.model.checkpoint import list_checkpoints, step_of
+
+    path = Path(path)
+    ckpts = list_checkpoints(path)
+    if not ckpts:
+        raise UserError(f"--checkpoints {which}: {path} is not a training run with saved checkpoints "
+                        "(checkpoints/step_*); give a run directory (`probekit train --out`)")  # fmt: skip
+    by_step = {step_of(c): c for c in ckpts}
+    if which == "all":
+        steps = sorted(by_step)
+    else:
+        try:
+            steps = [int(x) for x in which.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--checkpoints {which!r}: give latest, all, or a comma list of steps such as "
+                            f"{','.join(map(str, sorted(by_step)[:2]))}") from None  # fmt: skip
+        missing = [st for st in steps if st not in by_step]
+        if missing or not steps:
+            raise UserError(f"--checkpoints: no checkpoint at step(s) {missing} of {path}; saved steps: "
+                            f"{', '.join(map(str, sorted(by_step)))}")  # fmt: skip
+    base = name or path.name
+    return [(st, load_probe_model(by_step[st], device=device, name=f"{base}@{st}")) for st in steps]
+
+
 def random_init_like(target: ProbeModel, seed: int = 12345) -> ProbeModel:
     """The control: a randomly initialised model of the same shape (and the same names + " (random init)")."""
     if target.kind == "probekit":
