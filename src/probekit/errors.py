@@ -33,16 +33,46 @@ class UserFileExistsError(UserError, FileExistsError):
     """An output the user named already exists (and probekit will not replace it unasked)."""
 
 
+_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full: free space there or choose a path on another filesystem",
+                 errno.EDQUOT: "the disk quota is exhausted: free space or choose a path on another filesystem",
+                 errno.EROFS: "the filesystem is read-only: choose a writable path",
+                 errno.EACCES: "permission denied: check the path's permissions or choose another path",
+                 errno.EPERM: "not permitted: check the path's permissions or choose another path"}  # fmt: skip
+_DISK_FULL_TEXT = ("No space left on device", "enforce fail at inline_container", "file write failed")
+
+
+def environment_errno(e: BaseException) -> int | None:
+    """The errno of a failure of the environment (disk full, read-only, forbidden) behind ``e``, wherever in its
+    chain it surfaced (torch reports a full disk as a ``RuntimeError``); None for anything else."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _WRITE_ERRNOS:
+            return cur.errno
+        if isinstance(cur, RuntimeError) and any(t in str(cur) for t in _DISK_FULL_TEXT):
+            return errno.ENOSPC
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def is_user_error(e: BaseException) -> bool:
     """True for errors the command line shows as one line (see the module docstring)."""
     if isinstance(e, UserError):
         return True
-    # a path that is missing, forbidden, full or read-only: the user's to fix wherever it surfaced
+    if environment_errno(e) is not None:  # disk full, read-only, forbidden: with or without a path
+        return True
+    # a path that is missing or in the way: the user's to fix wherever it surfaced
     return isinstance(e, OSError) and e.filename is not None and e.errno in _ENVIRONMENT_ERRNOS
 
 
-def one_line(e: BaseException) -> str:
-    """The error message on one line (a multi-line message has its lines joined with ' / ')."""
+def one_line(e: BaseException, where: str | None = None) -> str:
+    """The error message on one line (a multi-line message has its lines joined with ' / '). A failure of the
+    environment names its path (else ``where``, the output being written) and the fix."""
+    code = None if isinstance(e, UserError) else environment_errno(e)
+    if code is not None:
+        path = next((x.filename for x in _chain(e) if isinstance(x, OSError) and x.filename), None) or where
+        return f"{os.strerror(code)}{f': {path}' if path else ''}; {_WRITE_ERRNOS[code]} (nothing half-written is kept)"
     text = str(e)
     if isinstance(e, OSError) and e.filename is not None and not text.strip():
         text = f"{e.strerror}: {e.filename}"
@@ -50,14 +80,27 @@ def one_line(e: BaseException) -> str:
     return " / ".join(parts) if parts else type(e).__name__
 
 
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in out:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+MAX_THREADS = 1024
+"""The most CPU threads a thread flag accepts (torch crashes on absurd counts)."""
+
+
 def check_threads(value: int | None, flag: str = "--threads", allow_zero: bool = False) -> None:
     """Refuse a thread count torch cannot use (``allow_zero``: 0 means torch's default)."""
     if value is None:
         return
     low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_THREADS:
         extra = " (0: torch's default)" if allow_zero else ""
-        raise UserError(f"{flag} must be an integer >= {low}{extra}, got {value!r}")
+        raise UserError(f"{flag} must be an integer from {low} to {MAX_THREADS}{extra}, got {value!r}")
 
 
 def check_device(device: str | None, flag: str = "--device") -> None:
@@ -102,3 +145,19 @@ def available_memory_bytes() -> int | None:
         except (OSError, ValueError):
             return None
     return None
+
+
+def check_precision(precision: str | None, flag: str = "--precision") -> None:
+    """Refuse a mixed precision that cannot take effect here (accelerate would silently train in float32 while
+    the run's config and provenance record the setting): fp16 needs a CUDA GPU, bf16 a GPU that supports it
+    (or the CPU, where torch autocasts to bfloat16)."""
+    if precision in (None, "", "no"):
+        return
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "fp16" and not cuda:
+        raise UserError(f"{flag} fp16 cannot take effect on this machine (no CUDA GPU: training would run in float32 "
+                        "but be recorded as fp16); use --precision no (or bf16 on a CPU)")  # fmt: skip
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{flag} bf16: this GPU does not support bfloat16; use --precision fp16 or no")

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if not is_user_error(e):
             raise  # a bug (anything but a UserError or a user's path problem): keep the traceback
-        print(f"probekit: error: {one_line(e)}", file=sys.stderr)
+        print(f"probekit: error: {one_line(e, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)
