@@ -45,15 +45,19 @@ def _distract_vocab(on: bool) -> tuple[str, ...]:
 
 def cmd_bios(args: argparse.Namespace) -> int:
     from probekit.data.store import build_dataset
+    from probekit.io import check_output, output_lock
 
     limits = _counts(args.pool_limit, "--pool-limit")
     names = _counts(args.name_pool, "--name-pool")
+    pools = _pool_files(args)
+    check_output(args.out, {"--pools-dir": args.pools_dir, "--pool": list(pools.values())})
     t0 = time.perf_counter()
-    ds = build_dataset(
-        args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=_pool_files(args),
-        pool_limits=limits, name_pools=names, overwrite=args.overwrite,
-        extra_vocab=_distract_vocab(args.distract_vocab),
-    )  # fmt: skip
+    with output_lock(args.out):
+        ds = build_dataset(
+            args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=pools,
+            pool_limits=limits, name_pools=names, overwrite=args.overwrite,
+            extra_vocab=_distract_vocab(args.distract_vocab),
+        )  # fmt: skip
     c = ds.manifest["counts"]
     print(f"wrote {ds.root}  ({time.perf_counter() - t0:.1f}s)")
     print(f"  augmentation {ds.manifest['augmentation']}, seed {args.seed}")
@@ -180,7 +184,11 @@ def _cmd_reversal(args: argparse.Namespace) -> int:
             msg = re.sub(rf"\b{name}\b", flag, msg)
         raise UserError(msg) from None
 
-    data = make_reversal_dataset(args.out, cfg, overwrite=args.overwrite)
+    from probekit.io import check_output, output_lock
+
+    check_output(args.out, {})
+    with output_lock(args.out):
+        data = make_reversal_dataset(args.out, cfg, overwrite=args.overwrite)
     m = data.manifest
     print(f"wrote {data.root}")
     print(f"  {sum(m['groups'].values())} people ({', '.join(f'{g} {n}' for g, n in m['groups'].items())}), "

@@ -50,7 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _check_jobs(args.jobs)
     cfg = load_experiment(args.config)
-    out = args.out or f"runs/{cfg.name}"
+    out = args.out if args.out is not None else f"runs/{cfg.name}"
+    from probekit.io import check_output
+
+    check_output(out, {"config": args.config})
     print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
     models = [m for arg in args.models for m in arg.split(",") if m] if args.models is not None else None
     _report(run_experiment(cfg, out, progress=not args.no_progress, figures_out=args.figures_out,

@@ -119,7 +119,26 @@ def _record_session(out: Path, inputs: dict[str, Any], seed: int) -> None:
     prov.append_session(out, prov.record(inputs=paths, seeds={"seed": seed}))
 
 
+def _locked(args: argparse.Namespace, inputs: dict[str, Any], run: Any) -> int:
+    """``run(args)`` holding ``--out``'s lock, once ``--out`` is checked against every input and the settings
+    every evaluation shares are checked (before any model is loaded or finetuned)."""
+    from probekit.io import check_output, output_lock
+
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise UserError(f"--eval-batch-size must be a whole number >= 1 (prompts per batch), "
+                        f"got {args.eval_batch_size}")  # fmt: skip
+    check_output(args.out, inputs)
+    with output_lock(args.out):
+        return int(run(args))
+
+
 def cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--items": getattr(args, "items", None),
+              "--train-config": getattr(args, "train_config", None)}  # fmt: skip
+    return _locked(args, inputs, lambda a: _cmd_qa(a, kind))
+
+
+def _cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
     from probekit.errors import check_device
     from probekit.evaluate.inverse import run_inverse
     from probekit.evaluate.qa import mixed_train, run_qa
@@ -161,6 +180,11 @@ def cmd_inverse(args: argparse.Namespace) -> int:
 
 
 def cmd_reversal(args: argparse.Namespace) -> int:
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--train-config": args.train_config}
+    return _locked(args, inputs, _cmd_reversal)
+
+
+def _cmd_reversal(args: argparse.Namespace) -> int:
     from probekit.data.reversal import load_reversal_dir
     from probekit.errors import check_device
     from probekit.evaluate.reversal import run_reversal, train_reversal
@@ -193,9 +217,10 @@ def cmd_reversal(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from probekit.io import prepare_output_dir
+    from probekit.io import check_output, prepare_output_dir
     from probekit.reporting.evaluation import write_comparison
 
+    check_output(args.out, {"results": args.results})
     out = prepare_output_dir(args.out, args.overwrite)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     df, paths = write_comparison(args.results, out, metrics=metrics, split=args.split or None, png=not args.no_png)
@@ -204,6 +229,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_distract(args: argparse.Namespace) -> int:
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--config": args.config}
+    return _locked(args, inputs, _cmd_distract)
+
+
+def _cmd_distract(args: argparse.Namespace) -> int:
     from probekit.cli.flags import merge
     from probekit.errors import check_device
     from probekit.evaluate.config import DistractEvalConfig

@@ -30,6 +30,14 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
+    from probekit.io import check_output, output_lock
+
+    check_output(args.out, {"--data": args.data, "--model": args.model})
+    with output_lock(args.out):  # one writer per output directory
+        return _cmd_patch(args)
+
+
+def _cmd_patch(args: argparse.Namespace) -> int:
     from probekit.data.store import load_dataset
     from probekit.errors import check_device
     from probekit.io import atomic_dir, prepare_output_dir

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from probekit.cli.flags import add_flags, merge
-from probekit.errors import UserError
+from probekit.errors import UserError, check_precision
 
 HELP = "train a model (NTP, ABI or BICO) on a dataset"
 COMMANDS = {"train": HELP}
@@ -81,11 +81,19 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from probekit.io import check_output, output_lock
     from probekit.training.trainer import Trainer
 
     cfg = build_config(args)
+    check_output(cfg.out, {"--data": cfg.data, "init_from": cfg.init_from, "--config": args.config})
+    check_precision(cfg.precision)
+    with output_lock(cfg.out):
+        return _train(args, cfg, Trainer)
+
+
+def _train(args: argparse.Namespace, cfg: Any, trainer_cls: Any) -> int:
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    trainer = trainer_cls(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     start = trainer.step
     main_process = trainer.accelerator.is_main_process
     if start and main_process:

@@ -38,7 +38,7 @@ from probekit.experiment.spec import (
     demo_config,
     load_experiment,
 )
-from probekit.io import atomic_path, atomic_write_json, atomic_write_text
+from probekit.io import atomic_path, atomic_write_json, atomic_write_text, output_lock
 from probekit.patching.config import PatchConfig
 from probekit.probes.spec import ProbeSpec
 from probekit.serde import from_dict
@@ -713,15 +713,22 @@ def run_experiment(
     summary then cover those models); ``experiment.json`` records the whole config, so a later run without
     ``models`` (or with the others) continues the same experiment and keeps what is finished.
     """
-    from probekit import provenance as prov
-    from probekit.reporting.results import write_results
-
     t0 = time.perf_counter()
     cfg.validate()  # everything is checked before the first file is written
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
     part = _part(cfg, models)  # checked before the first file is written, like the config
     out = Path(out).expanduser().resolve()  # absolute: runs record paths that work from any directory
+    _check_out(cfg, out)
+    with output_lock(out):  # one writer per experiment directory
+        return _run_locked(cfg, part, out, progress, figures_out, png, jobs, t0)
+
+
+def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progress: bool,
+                figures_out: str | Path | None, png: bool, jobs: int, t0: float) -> ExperimentResult:  # fmt: skip
+    from probekit import provenance as prov
+    from probekit.reporting.results import write_results
+
     cfg_file = out / "experiment.json"
     _check_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)

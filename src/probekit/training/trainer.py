@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from probekit.data.tokenizer import load_tokenizer
-from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
+from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError, check_precision
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 from probekit.model.batch import ItemLike, ModelBatch, TrainItem
 from probekit.model.checkpoint import (
@@ -135,6 +135,7 @@ class Trainer:
         on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
     ) -> None:
         cfg.validate()
+        check_precision(cfg.precision, "precision")  # refused, never recorded, where it cannot take effect
         cfg = absolute_paths(cfg)
         if source is not None and not isinstance(source, SequenceSource):
             source = ItemSource(list(source), seed=cfg.seed)  # a plain list of items / (ids, loss_mask) pairs
