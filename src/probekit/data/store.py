@@ -430,11 +430,32 @@ def load_dataset(path: str | Path) -> BioDataset:
     split = read_json(root / "split.json")
     check_dataset(root, people, entries, qa, split, lists)
     lists["birth_date"] = birth_dates()
+    tokenizer = load_tokenizer(root)
+    _check_tokenizer(root, manifest, tokenizer, entries)
     return BioDataset(
         root=root, manifest=manifest, people=people, entries=entries, qa=qa, inverse=inverse,
-        split=split, tokenizer=load_tokenizer(root), pools=PoolValues({a: lists[a] for a in ATTRIBUTES}),
+        split=split, tokenizer=tokenizer, pools=PoolValues({a: lists[a] for a in ATTRIBUTES}),
         groups=_read_groups(root),
     )  # fmt: skip
+
+
+def _check_tokenizer(root: Path, manifest: dict[str, Any], tokenizer: Any, entries: list[Entry]) -> None:
+    """The tokenizer must be the dataset's own: its size as the manifest records it, and every word of the
+    first biographies known (a word-level tokenizer built from the dataset never maps its words to ``<unk>``)."""
+    want = (manifest.get("counts") or {}).get("vocab_size")
+    fix = "restore the dataset's own tokenizer.json (or rebuild the dataset with `probekit data bios`)"
+    if isinstance(want, int) and want != len(tokenizer):
+        raise UserError(f"{root / 'tokenizer.json'} has {len(tokenizer)} tokens but {root / 'manifest.json'} records "
+                        f"{want}: the tokenizer belongs to another dataset; {fix}")  # fmt: skip
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    sample = " ".join(e.text for e in entries[:20])
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    if ids and unk in ids:
+        n = sum(i == unk for i in ids)
+        raise UserError(f"{root / 'tokenizer.json'} does not know {n} of {len(ids)} tokens of the first biographies "
+                        f"(they become <unk>): the tokenizer belongs to another dataset; {fix}")  # fmt: skip
 
 
 __all__ = ["POOL_FILES", "BioDataset", "PoolValues", "build_dataset", "load_dataset"]

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerFast
 from probekit.data.tokenizer import load_tokenizer, save_tokenizer
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.io import atomic_dir, atomic_write_json
+from probekit.provenance import sha256_file
 from probekit.serde import from_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def save_checkpoint(
     info.update(meta or {})
     with atomic_dir(directory, overwrite=True) as tmp:
         save_model(model, str(tmp / WEIGHTS_FILE))
+        info["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)  # checked by every load (verify_weights)
         atomic_write_json(tmp / MODEL_CONFIG_FILE, to_dict(cfg))
         save_tokenizer(tokenizer, tmp)
         if tc is not None:
@@ -204,12 +206,13 @@ def load_checkpoint(
             f"checkpoint {ckpt}: model vocab_size {cfg.vocab_size} does not match its tokenizer "
             f"({len(tokenizer)} tokens); the files come from different runs: {_fix_hint(ckpt)}"
         )
-    model = HookedLM(cfg)
-    load_weights(model, ckpt)
-    model.to(device).eval()
     meta: dict[str, Any] = {}
     if (ckpt / META_FILE).exists():
         meta.update(_read_json(ckpt / META_FILE))
+    verify_weights(ckpt, meta)
+    model = HookedLM(cfg)
+    load_weights(model, ckpt)
+    model.to(device).eval()
     tc = _read_json(ckpt / TRAIN_CONFIG_FILE) if (ckpt / TRAIN_CONFIG_FILE).exists() else None
     meta.setdefault("objective", (tc or {}).get("objective"))
     meta.setdefault("dataset", _dataset_name((tc or {}).get("data")))
@@ -220,12 +223,70 @@ def load_checkpoint(
     return model, tokenizer, meta
 
 
+def recorded_weights_sha256(ckpt: Path, meta: dict[str, Any] | None = None) -> tuple[str, Path] | None:
+    """The SHA-256 recorded for a checkpoint's weights and the file recording it: its ``meta.json``, or the run's
+    ``summary.json`` when that names this checkpoint (None: nothing recorded)."""
+    if meta is None:
+        meta = _read_json(ckpt / META_FILE) if (ckpt / META_FILE).exists() else {}
+    if isinstance(meta.get("weights_sha256"), str):
+        return meta["weights_sha256"], ckpt / META_FILE
+    summary = ckpt.parent.parent / "summary.json"
+    if ckpt.parent.name == CHECKPOINTS_SUBDIR and summary.is_file():
+        try:
+            s = json.loads(summary.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if isinstance(s, dict) and isinstance(s.get("weights_sha256"), str) and Path(str(s.get("checkpoint"))).name \
+                == ckpt.name:  # fmt: skip
+            return s["weights_sha256"], summary
+    return None
+
+
+def verify_weights(ckpt: str | Path, meta: dict[str, Any] | None = None) -> None:
+    """Refuse weights whose SHA-256 differs from the one recorded when they were written (flipped bytes, a file
+    copied from another run): a one-line ``UserError`` naming the file, the record and the fix."""
+    ckpt = Path(ckpt)
+    rec = recorded_weights_sha256(ckpt, meta)
+    if rec is None:
+        return
+    want, where = rec
+    have = sha256_file(ckpt / WEIGHTS_FILE)
+    if have != want:
+        raise UserError(f"weights {ckpt / WEIGHTS_FILE} do not match the SHA-256 recorded in {where} ({have[:12]}... "
+                        f"vs {want[:12]}...): the file is corrupt or truncated, or was changed after it was written; "
+                        f"restore it or {_fix_hint(ckpt)}")  # fmt: skip
+
+
+def _shape_mismatch(model: torch.nn.Module, weights: Path) -> str | None:
+    """Which tensors of ``weights`` have another shape than ``model`` (built from config.json) expects, or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception:
+        return None
+    want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    bad = [f"{k} is {shapes[k]} in the weights but {want[k]} by the config" for k in want
+           if k in shapes and shapes[k] != want[k]]  # fmt: skip
+    return "; ".join(bad[:3]) if bad else None
+
+
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a checkpoint's ``model.safetensors`` into ``model`` in place (strict: every tensor must fit)."""
     ckpt = Path(path)
     weights = ckpt / WEIGHTS_FILE
     if not weights.exists():
         raise UserFileNotFoundError(f"checkpoint {ckpt} has no {WEIGHTS_FILE}; it is incomplete: {_fix_hint(ckpt)}")
+    shapes = _shape_mismatch(model, weights)
+    if shapes is not None:
+        rec = recorded_weights_sha256(ckpt)
+        intact = rec is not None and sha256_file(weights) == rec[0]  # the weights are as they were written
+        which = (f"the weights match their recorded SHA-256, so {ckpt / MODEL_CONFIG_FILE} is the wrong file: "
+                 "restore the config.json saved with these weights" if intact else
+                 f"{ckpt / MODEL_CONFIG_FILE} and {WEIGHTS_FILE} come from different models: restore the matching "
+                 "pair")  # fmt: skip
+        raise UserError(f"{ckpt / MODEL_CONFIG_FILE} does not describe {weights} ({shapes}); {which}")
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except Exception as e:  # SafetensorError, OSError, RuntimeError (shape mismatch) ...
