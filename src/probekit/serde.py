@@ -330,6 +330,40 @@ def _allows_none(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
+class DuplicateKeyError(ValueError):
+    """A mapping in a config file gives the same key twice (YAML and JSON loaders would keep the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(f"key {key!r} is given twice (lines {seen[key]} and {line})")
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKeyError(f"key {k!r} is given twice")
+        out[k] = v
+    return out
+
+
 def load_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML (``.yaml``/``.yml``, or any other suffix) or JSON (``.json``) file's top-level mapping.
 
@@ -347,7 +381,11 @@ def load_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     except OSError as e:
         raise UserError(f"{what} {path} cannot be read ({e.strerror}); check the path and its permissions") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_unique_pairs) if path.suffix == ".json" else _load_yaml(text)
+    except DuplicateKeyError as e:
+        raise UserError(f"{what} {path}: {e}; keep one of them") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to be a config; flatten it") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                         "fix the syntax") from None  # fmt: skip

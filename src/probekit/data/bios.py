@@ -79,6 +79,11 @@ def parse_augmentation(spec: str) -> Augmentation:
     parts = [p.strip() for p in spec.split("+") if p.strip()]
     if not parts:
         raise UserError(f"empty augmentation {spec!r}; valid parts: {', '.join(AUGMENTATIONS)} (e.g. multi5+permute)")
+    kinds = ["multi" if p.startswith("multi") or p == "single" else p for p in parts]  # single is multi1
+    if len(set(kinds)) < len(kinds):
+        twice = sorted({p for p, k in zip(parts, kinds, strict=True) if kinds.count(k) > 1})
+        raise UserError(f"augmentation {spec!r} gives {' and '.join(twice)}: the parts contradict or repeat each "
+                        "other; give each part once (one multiM), e.g. multi5+permute")  # fmt: skip
     for p in parts:
         if p == "single":
             continue

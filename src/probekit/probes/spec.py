@@ -46,12 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from probekit.data.pools import ATTRIBUTES
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.probes.config import BACKENDS, EmbedProbeConfig, EngineConfig
-from probekit.serde import from_dict
+from probekit.serde import from_dict, load_mapping
 
 PROBE_KINDS: tuple[str, ...] = ("p", "q")
 TARGET_KINDS: tuple[str, ...] = ("first_token", "value")
@@ -130,6 +128,9 @@ class ProbeSpec:
             self.layers = tuple(sorted(set(layers)))
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction == 0.0 and len(tuple(self.l2_grid)) > 1:
+            raise UserError(f"val_fraction 0 leaves no validation people to choose among the {len(self.l2_grid)} "
+                            "l2_grid strengths; set val_fraction > 0 (e.g. 0.2) or give one l2_grid value")  # fmt: skip
         for name in ("batch_size", "max_iter"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -185,12 +186,7 @@ def load_spec(path: str | Path) -> ProbeSpec:
     path = Path(path)
     if not path.exists():
         raise UserFileNotFoundError(f"probe spec {path} does not exist; see probes/default.yaml for an example")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"probe spec {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise UserError(f"probe spec {path} must be a mapping of settings, got {type(data).__name__}")
+    data = load_mapping(path, "probe spec")  # duplicate keys, bad encoding, malformed YAML: one line
     data.setdefault("name", path.stem)
     try:
         return from_dict(ProbeSpec, data)
