@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from probekit.errors import UserError, UserFileNotFoundError
-from probekit.io import atomic_path
+from probekit.io import atomic_path, read_table
 from probekit.reporting.figures import Figure, write_figures
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def read_eval_results(paths: Iterable[str | Path]) -> pd.DataFrame:
         file = p / "results.parquet" if p.is_dir() else p
         if not file.exists():
             raise UserFileNotFoundError(f"no evaluation results at {p} (expected results.parquet from `probekit eval`)")
-        frames.append(pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file))
+        frames.append(read_table(file, "evaluation results"))
     if not frames:
         raise UserError("no result tables given")
     return results_frame(pd.concat(frames, ignore_index=True).to_dict("records"))
@@ -153,6 +153,15 @@ def write_comparison(
     ``split`` keeps only that split's rows where a ``split`` column exists (None keeps all).
     """
     df = read_eval_results(paths)
+    metrics = tuple(metrics)
     if split is not None and "split" in df.columns:
+        splits = sorted(str(s) for s in df["split"].dropna().unique())
+        if splits and split not in splits:
+            raise UserError(f"--split {split!r}: the tables hold splits {', '.join(splits)}; choose one of them "
+                            "('' keeps all)")  # fmt: skip
         df = df[df["split"].isna() | (df["split"] == split)]
+    missing = [m for m in metrics if not (df["metric"] == m).any()]
+    if missing:
+        have = ", ".join(sorted(map(str, df["metric"].unique())))
+        raise UserError(f"--metrics: {', '.join(missing)} not in the tables (they hold {have}); choose from those")
     return df, write_results(df, out_dir, stem, metrics=metrics, png=png)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from probekit.errors import UserError, UserFileNotFoundError
-from probekit.io import atomic_path
+from probekit.io import atomic_path, read_table
 
 COLUMNS: tuple[str, ...] = (
     "model", "objective", "dataset", "probe_kind", "hook", "layer", "position", "attribute", "target_kind",
@@ -129,10 +129,8 @@ def read_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
             p = p / RESULTS_PARQUET
         if not p.exists():
             raise UserFileNotFoundError(f"results table {p} does not exist; run `probekit probe` first")
-        if p.suffix == ".csv":
-            frames.append(pd.read_csv(p))
-        elif p.suffix == ".parquet":
-            frames.append(pd.read_parquet(p))
+        if p.suffix in (".csv", ".parquet"):
+            frames.append(read_table(p, "results table"))
         else:
             raise UserError(f"{p}: unknown results format {p.suffix!r}; use .parquet or .csv")
     if not frames:
