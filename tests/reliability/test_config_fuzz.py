@@ -90,8 +90,12 @@ def test_random_files_give_only_user_errors(tmp_path_factory: pytest.TempPathFac
     for name in ("cfg.yaml", "cfg.json"):
         path = Path(root) / name
         path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
-        for load in (lambda p: load_mapping(p), load_spec, load_experiment, lambda p: from_dict(TrainConfig,
-                                                                                               load_mapping(p))):
+        for load in (
+            lambda p: load_mapping(p),
+            load_spec,
+            load_experiment,
+            lambda p: from_dict(TrainConfig, load_mapping(p)),
+        ):
             try:
                 load(path)
             except Exception as e:

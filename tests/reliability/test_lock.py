@@ -51,9 +51,9 @@ def test_a_writer_held_by_another_process_refuses_the_second(tiny: Tiny, tmp_pat
 
 
 def test_the_same_process_cannot_hold_two_writers(tmp_path: Path) -> None:
-    with output_lock(tmp_path / "x"), pytest.raises(OutputLockedError, match=r"pid \d+"):
-        with output_lock(tmp_path / "x"):
-            pass
+    held = pytest.raises(OutputLockedError, match=r"pid \d+")
+    with output_lock(tmp_path / "x"), held, output_lock(tmp_path / "x"):
+        pass
     with output_lock(tmp_path / "x"):  # released after the block
         pass
 
@@ -73,7 +73,7 @@ def test_two_train_processes_one_run_directory(tiny: Tiny, tmp_path: Path) -> No
         assert len(second.stderr.strip().splitlines()) == 1
     finally:
         gate.touch()
-        stdout, stderr = first.communicate(timeout=300)
+        _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     from probekit.model.checkpoint import load_checkpoint
 
