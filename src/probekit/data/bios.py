@@ -106,8 +106,8 @@ def parse_augmentation(spec: str) -> Augmentation:
 def generate_people(n: int, pools: Pools, seed: int) -> list[Person]:
     """N people with unique full names and uniformly drawn attributes (company city follows the company)."""
     space = pools.name_space
-    if n < 1:
-        raise UserError(f"number of people must be at least 1, got {n}")
+    if n < 2:
+        raise UserError(f"number of people must be at least 2 (one P_train and one P_test person), got {n}")
     if n > space:
         raise UserError(
             f"N={n} exceeds the {space:,} unique full names the name pools allow "
