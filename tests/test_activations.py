@@ -84,7 +84,7 @@ def test_disk_storage_streams_float16_memmaps(tmp_path):
     mem = collect_activations(model, seqs, pos, pts, batch_size=16)
     disk = collect_activations(model, seqs, pos, pts, batch_size=16, storage="disk", out_dir=tmp_path / "acts")
     assert isinstance(disk.data[0], np.memmap) and disk.data[0].dtype == np.float16
-    assert sorted(f.name for f in (tmp_path / "acts").iterdir()) == [
+    assert sorted(f.name for f in (tmp_path / "acts").iterdir() if not f.name.startswith(".")) == [
         "activations.json", "point_000.npy", "point_001.npy", "point_002.npy"]  # fmt: skip
     again = load_activations(tmp_path / "acts")
     for i in range(3):
@@ -138,6 +138,7 @@ def _run_cli(tmp_path: Path, model_dir: Path, data: Path, *extra: str) -> pd.Dat
     return df
 
 
+@pytest.mark.slow
 def test_probekit_checkpoint_end_to_end_with_random_control(ds, tmp_path, capsys):
     from probekit.model.checkpoint import save_checkpoint
 
@@ -153,6 +154,7 @@ def test_probekit_checkpoint_end_to_end_with_random_control(ds, tmp_path, capsys
     assert "Q-probes at the name" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_hugging_face_checkpoint_probed_through_transformer_bridge(ds, tmp_path, arch):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM

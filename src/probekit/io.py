@@ -165,8 +165,10 @@ def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
         raise UserError("the output path is empty; give a directory")
     if path.exists() and not path.is_dir():
         raise UserFileExistsError(f"output {path} is a file; give a directory (new, empty, or probekit's own output)")
-    if path.is_dir() and _foreign(path):
-        if not is_probekit_output(path):
+    entries = _foreign(path) if path.is_dir() else []
+    if entries:
+        ours = is_probekit_output(path) or all((path / e).is_dir() and is_probekit_output(path / e) for e in entries)
+        if not ours:  # (a directory holding only probekit outputs, e.g. an evaluation's train/, is probekit's)
             shown = ", ".join(_foreign(path)[:3])
             raise UserFileExistsError(f"output directory {path} is not empty and holds no probekit output ({shown}"
                                       f"{', ...' if len(_foreign(path)) > 3 else ''}); choose a new or empty "
