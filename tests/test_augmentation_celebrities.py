@@ -17,6 +17,7 @@ from probekit.serde import from_dict
 from tests.quick import quick_config, quick_record
 
 
+@pytest.mark.slow
 def test_quick_augmentation_experiment(tmp_path: Path) -> None:
     cfg = quick_config("augmentation")
     augs = {d.augmentation for d in cfg.datasets}
@@ -40,6 +41,7 @@ def test_quick_augmentation_experiment(tmp_path: Path) -> None:
     assert (out / "figures" / "patch_route.html").exists() and (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_quick_celebrities_experiment_finetunes_on_celebrities_and_reports_groups(tmp_path: Path) -> None:
     cfg = quick_config("celebrities")
     assert cfg.qa is not None and cfg.qa.finetune_groups == ["celebrity"]
@@ -74,6 +76,7 @@ def test_finetune_groups_must_exist_in_every_evaluated_dataset() -> None:
         from_dict(ExperimentConfig, rec)
 
 
+@pytest.mark.slow
 def test_a_stage_added_to_a_started_experiment_runs_alone(tmp_path: Path) -> None:
     """Adding a whole stage (here patching) to an experiment whose models are trained keeps them; changing a
     setting of a finished stage is still refused."""

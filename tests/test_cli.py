@@ -56,6 +56,7 @@ def _refused_objective(argv: list[str], out: Path) -> subprocess.CompletedProces
                           capture_output=True, text=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_help_reads_the_config_without_importing_torch(tmp_path: Path) -> None:
     """``probekit train --help`` builds its flags from TrainConfig and ModelConfig (torch-free modules); the
     objective names are checked only when a value is given, and a wrong one is still refused at parse time."""
@@ -80,6 +81,7 @@ def test_command_help_reads_its_configs_without_importing_torch(command: str) ->
     assert not imported  # torch was never imported
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_wrong_objective_at_parse_time(tmp_path: Path) -> None:
     """The lazily checked ``--objective`` of ``eval`` still refuses a wrong name before any work."""
     r = _refused_objective(["eval", "qa", "--data", str(tmp_path)], tmp_path / "out")

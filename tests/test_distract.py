@@ -275,6 +275,7 @@ def test_summary_intervals_are_person_clustered_and_the_gap_paired() -> None:
         g.loc["s2a_learned", "gap_closed"] >= 0.8)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_eval_distract_end_to_end(ds, checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from probekit.cli import main
     from probekit.data.store import build_dataset

@@ -170,6 +170,7 @@ def test_docs_name_only_modules_and_names_that_exist() -> None:
     assert resolves("probekit.model.transformer.HookedLM") and not resolves("probekit.model.transformer.Nope")
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]' to build the docs")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}

@@ -58,6 +58,7 @@ def test_zero_update_reads_exactly_the_models_last_layer():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_planted_label_is_learned_and_shuffled_labels_are_not():
     cfg = EmbedProbeConfig(epochs=30, patience=30, lr=1e-2, batch_size=16)
     planted, _ = train_embed_probe(tiny_model(), token_task(True), cfg)

@@ -25,6 +25,7 @@ def tiny_config(**kw):
     return demo_config(**base)
 
 
+@pytest.mark.slow
 def test_tiny_experiment_runs_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "exp"
     res = run_experiment(tiny_config(), out, progress=False, png=False)
@@ -123,6 +124,7 @@ def test_reversal_stage_trains_and_evaluates_each_objective(tmp_path: Path) -> N
         tiny_config(reversal={"objectives": ["mlm"]})
 
 
+@pytest.mark.slow
 def test_models_can_be_added_to_a_finished_experiment(tmp_path: Path) -> None:
     out = tmp_path / "grow"
     run_experiment(tiny_config(control_random=False), out, progress=False, png=False)
@@ -138,6 +140,7 @@ def test_models_can_be_added_to_a_finished_experiment(tmp_path: Path) -> None:
         run_experiment(tiny_config(control_random=False, models=changed), out, progress=False, png=False)
 
 
+@pytest.mark.slow
 def test_models_on_a_new_dataset_can_be_added_but_a_changed_dataset_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "grow"
     run_experiment(tiny_config(control_random=False), out, progress=False, png=False)
@@ -153,6 +156,7 @@ def test_models_on_a_new_dataset_can_be_added_but_a_changed_dataset_is_refused(t
                        png=False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_part_of_an_experiment_runs_first_and_the_rest_joins_later(tmp_path: Path) -> None:
     import json
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from probekit.experiment.runner import run_experiment
 from probekit.experiment.spec import ExperimentConfig
@@ -23,6 +24,7 @@ def quick_objectives_config() -> ExperimentConfig:
     return from_dict(ExperimentConfig, rec)
 
 
+@pytest.mark.slow
 def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Path) -> None:
     cfg = quick_objectives_config()
     assert {m.train["objective"] for m in cfg.models} == {"ntp", "abi", "bico"} and len(cfg.models) >= 6

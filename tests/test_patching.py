@@ -205,6 +205,7 @@ def test_bridge_gives_the_same_map(tmp_path: Path) -> None:
     np.testing.assert_allclose(ours.patched["p_answer"], theirs.patched["p_answer"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_patch_end_to_end(tiny_single, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from probekit.cli import main
     from probekit.training.config import TrainConfig

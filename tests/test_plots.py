@@ -63,6 +63,7 @@ def test_results_round_trip_and_summary(tmp_path):
         read_results(tmp_path / "nope.parquet")
 
 
+@pytest.mark.slow
 def test_figures_cover_every_view():
     names = {f.name for f in build_figures(table())}
     for model in ("single", "multi5_permute"):
@@ -73,6 +74,7 @@ def test_figures_cover_every_view():
     assert not any(n.startswith("compare_") for n in single)  # comparisons need two models
 
 
+@pytest.mark.slow
 def test_render_writes_html_png_and_csv(tmp_path):
     df = table(models=("a", "b"), layers=2)
     df = df[df.target_kind == "value"]  # 8 figures: enough to check every kind, quick to export
@@ -94,6 +96,7 @@ def test_render_writes_html_png_and_csv(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_png_failure_keeps_html_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("BROWSER_PATH", "/bin/false")  # a browser that exits at once (export runs in a child)
     report = render_figures(table(models=("a",), layers=1), tmp_path)
@@ -102,6 +105,7 @@ def test_png_failure_keeps_html_and_says_why(tmp_path, monkeypatch):
     assert list(tmp_path.glob("*.html")) and not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_plot_cli_rerenders_from_tables(tmp_path, capsys):
     write_results(table(models=("a",), layers=2), tmp_path / "a")
     write_results(table(models=("b",), layers=2, seed=1), tmp_path / "b")
@@ -128,6 +132,7 @@ def _with_rigour(df: pd.DataFrame, seeds: tuple[int, ...]) -> pd.DataFrame:
     return make_table(pd.concat(parts).to_dict("records"))
 
 
+@pytest.mark.slow
 def test_figures_show_intervals_control_and_seeds() -> None:
     one = _with_rigour(table(), (0,))
     figs = {f.name: f for f in build_figures(one)}

@@ -273,6 +273,7 @@ def _sweep(seed: int = 0, G: int = 2, N: int = 600, d: int = 24) -> tuple[torch.
     return X, labels, Split(train=perm[:400], val=perm[:80], test=perm[400:])
 
 
+@pytest.mark.slow
 def test_fast_solver_agrees_with_sklearn_and_a_converged_reference_on_a_harder_sweep():
     """The faster engine still agrees with scikit-learn within 2 points, and with a converged reference."""
     X, labels, split = _sweep()

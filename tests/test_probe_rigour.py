@@ -137,6 +137,7 @@ def test_embedding_update_probe_rows_get_intervals_and_a_control(tiny_single) ->
     assert [lg["control_task"] for lg in logs] == [False, True]  # the control is its own training run
 
 
+@pytest.mark.slow
 def test_tables_do_not_depend_on_the_process_thread_count(tiny_multi, monkeypatch) -> None:
     """Probes run with the spec's thread count whatever the process's, so two thread counts give identical
     tables (and the engine really sees the spec's count: the identity alone could hold by luck on a tiny model)."""

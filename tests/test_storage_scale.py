@@ -14,6 +14,7 @@ from probekit.serde import from_dict
 from tests.quick import quick_record
 
 
+@pytest.mark.slow
 def test_quick_storage_scale_experiment_plots_storage_and_qa_against_each_axis(tmp_path: Path) -> None:
     rec = quick_record("storage_scale")
     people = {"single": 40, "multi5_permute": 40, "single_1000": 60, "multi5_permute_1000": 60}
@@ -41,6 +42,7 @@ def test_quick_storage_scale_experiment_plots_storage_and_qa_against_each_axis(t
     assert set(embed["probe_kind"]) == {"q"}
 
 
+@pytest.mark.slow
 def test_parts_run_apart_join_into_one_scale_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A part of the experiment run with ``models`` into its own directory still writes its scale table (its
     models share every axis value), and ``probekit plot --scale`` joins it with another part's table; a model

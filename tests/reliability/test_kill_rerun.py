@@ -56,6 +56,7 @@ def _files(root: Path, skip: tuple[str, ...] = ("provenance.json",)) -> dict[str
             if p.is_file() and p.name not in skip}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_data_bios_killed_while_writing_then_rerun(tmp_path: Path, monkeypatch) -> None:
     from probekit.data.store import build_dataset
 
@@ -71,6 +72,7 @@ def test_data_bios_killed_while_writing_then_rerun(tmp_path: Path, monkeypatch) 
     assert _leftovers(tmp_path / "a") == []
 
 
+@pytest.mark.slow
 def test_train_killed_after_a_checkpoint_resumes_from_another_directory(tiny_single, tmp_path: Path,
                                                                         monkeypatch) -> None:  # fmt: skip
     from probekit.io import read_jsonl
@@ -106,6 +108,7 @@ def test_train_killed_after_a_checkpoint_resumes_from_another_directory(tiny_sin
     assert summary["weights_sha256"] == sha256_file(got / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_run_killed_during_training_then_rerun(tmp_path: Path, monkeypatch) -> None:
     from probekit.experiment.runner import run_experiment
     from probekit.experiment.spec import ExperimentConfig
@@ -134,6 +137,7 @@ def test_run_killed_during_training_then_rerun(tmp_path: Path, monkeypatch) -> N
     assert len(sessions) == 2 and sessions[1]["command"][-3:] == ["--out", str(out), "--no-png"]
 
 
+@pytest.mark.slow
 def test_probe_killed_while_probing_then_rerun(tiny_single, tmp_path: Path, monkeypatch) -> None:
     from probekit.training.config import TrainConfig
     from probekit.training.trainer import train
@@ -157,6 +161,7 @@ def test_probe_killed_while_probing_then_rerun(tiny_single, tmp_path: Path, monk
     assert _leftovers(tmp_path / "a") == []
 
 
+@pytest.mark.slow
 def test_eval_qa_killed_while_finetuning_then_rerun(tiny_single, tmp_path: Path, monkeypatch, capsys) -> None:
     """An evaluation is not resumable mid-finetune: the same command names the interruption and --overwrite, and
     the seeded re-run gives the uninterrupted run's results."""

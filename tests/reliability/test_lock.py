@@ -34,6 +34,7 @@ def _paused_train(tiny: Tiny, out: Path, gate: Path, *extra: str) -> subprocess.
                             text=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_writer_held_by_another_process_refuses_the_second(tiny: Tiny, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     with output_lock(out):  # this test process is the first writer

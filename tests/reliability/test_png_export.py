@@ -34,6 +34,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_hanging_browser_is_stopped_and_html_csv_are_written(tmp_path: Path, monkeypatch, capsys) -> None:
     script, pid_file = _sleeping_browser(tmp_path)
     monkeypatch.setenv("BROWSER_PATH", str(script))
