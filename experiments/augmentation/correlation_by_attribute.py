@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probekit.experiment.runner import load_experiment_tables, q_people_table
+from probekit.experiment.runner import load_experiment_tables
+from probekit.experiment.stages.probe import q_people_table
 from probekit.reporting import compare
 
 HERE = Path(__file__).resolve().parent

@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probekit.data.reversal import ReversalConfig
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
 from probekit.experiment.spec import (
     DatasetSpec,
@@ -38,11 +37,11 @@ from probekit.experiment.spec import (
     demo_config,
     load_experiment,
 )
+from probekit.experiment.stage import Context
+from probekit.experiment.stages import BUILTIN, STAGES
+from probekit.experiment.stages.probe import q_people_table
 from probekit.io import atomic_path, atomic_write_json, atomic_write_text, output_lock
-from probekit.patching.config import PatchConfig
-from probekit.probes.spec import ProbeSpec
 from probekit.serde import from_dict
-from probekit.training.config import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,291 +56,6 @@ class ExperimentResult:
     seconds: float
     inverse_table: pd.DataFrame | None = None
     reversal_table: pd.DataFrame | None = None
-
-
-def _done(path: Path) -> bool:
-    return (path / ".complete").exists()
-
-
-def _mark_done(path: Path, info: dict[str, Any] | None = None) -> None:
-    atomic_write_json(path / ".complete", info or {})
-
-
-def _stage_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
-    """Build every dataset the runs need; returns ``{data key: directory}`` (``ExperimentConfig.data_key``)."""
-    from probekit.data.store import build_dataset
-
-    paths = {}
-    for run in cfg.runs():
-        key = cfg.data_key(run)
-        if key in paths:
-            continue
-        d = cfg.dataset(run.model.data)
-        seed = run.seed if key != d.name else d.seed
-        p = out / "data" / key
-        if not (p / "manifest.json").exists():
-            aug = ", ".join(f"{g.name} {g.augmentation}" for g in d.groups) if d.groups else d.augmentation
-            log.info(f"[data] {key}: {d.n_people} people, {aug}, seed {seed}")
-            build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=seed,
-                          pool_limits=d.pool_limits or None, name_pools=d.name_pools or None, overwrite=True,
-                          name=d.name,
-                          groups=d.groups or None)  # fmt: skip
-        paths[key] = p
-    return paths
-
-
-def _train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: int | None,
-               command: list[str] | None = None) -> None:  # fmt: skip
-    """Train one model (a top-level function so a worker process can run it; ``command``: the parent's command
-    line, recorded in the run's provenance instead of the worker's own)."""
-    import torch
-
-    from probekit.provenance import set_command_line
-    from probekit.training.trainer import train
-
-    if command is not None:
-        set_command_line(command)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    train(from_dict(TrainConfig, tc_dict), resume=resume, overwrite=not resume, progress=progress)
-
-
-def _last_metrics(run: Path) -> dict[str, Any]:
-    try:
-        lines = (run / "metrics.jsonl").read_text().strip().splitlines()
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _watch(futures: dict[str, Any], runs: dict[str, Path], progress: bool) -> None:
-    """One progress line for trainings running in worker processes (read from their metrics.jsonl)."""
-    from concurrent.futures import wait
-
-    from tqdm.auto import tqdm
-
-    with tqdm(desc="train", unit="step", disable=not progress, bar_format="{desc} {postfix} [{elapsed}]") as bar:
-        while True:
-            _, pending = wait(list(futures.values()), timeout=2.0)
-            parts = []
-            for name in futures:
-                m = _last_metrics(runs[name])
-                if m:
-                    parts.append(f"{name} step {m.get('step')} loss {m.get('loss', float('nan')):.3f}")
-            bar.set_postfix_str(" | ".join(parts))
-            if not pending:
-                return
-
-
-def _stage_train(cfg: ExperimentConfig, out: Path, data: dict[str, Path], progress: bool,
-                 jobs: int = 1) -> dict[str, Path]:  # fmt: skip
-    """Train every run (model x seed) not yet complete; ``jobs`` > 1 trains that many at once, one torch thread
-    each. Returns ``{run key: run directory}``."""
-    runs = {r.key: out / "models" / r.key for r in cfg.runs()}
-    todo = []
-    for r in cfg.runs():
-        run = runs[r.key]
-        if _done(run):
-            continue
-        tc = {**r.train, "data": str(Path(data[cfg.data_key(r)]).resolve()), "out": str(run.resolve())}
-        resume = (run / "checkpoints").exists()
-        log.info(f"[train] {r.key} ({tc.get('objective', 'ntp')} on {cfg.data_key(r)}, seed {r.train_seed})"
-                 f"{' resuming' if resume else ''}")  # fmt: skip
-        todo.append((r.key, tc, resume))
-    if jobs > 1 and len(todo) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            from probekit.provenance import command_line
-
-            cmd = command_line()
-            futures = {name: pool.submit(_train_one, tc, resume, False, 1, cmd) for name, tc, resume in todo}
-            _watch(futures, runs, progress)
-            for name, fut in futures.items():
-                fut.result()
-                _mark_done(runs[name])
-    else:
-        for name, tc, resume in todo:
-            _train_one(tc, resume, progress, None)
-            _mark_done(runs[name])
-    return runs
-
-
-def _probe_one(spec_dict: dict[str, Any], data_dir: Path, model_dir: Path, name: str, control_random: bool,
-               dest: Path, seed: int, command: list[str] | None = None) -> None:  # fmt: skip
-    """Probe one trained model (and its random-init control) with one spec into ``dest``: ``results.parquet``
-    and ``q_people.parquet`` (per-test-person Q-probe correctness, for comparisons across models). A top-level
-    function so a worker process can run it."""
-    from probekit import provenance as prov
-    from probekit.data.store import load_dataset
-    from probekit.io import atomic_path
-    from probekit.probes.runner import (
-        check_compatible,
-        load_probe_model,
-        random_init_like,
-        run_spec,
-    )
-    from probekit.reporting.results import write_results
-
-    if command is not None:
-        prov.set_command_line(command)
-    spec = from_dict(ProbeSpec, spec_dict)
-    ds = load_dataset(data_dir)
-    target = load_probe_model(model_dir, name=name)
-    check_compatible(target, ds)
-    models = [target] + ([random_init_like(target)] if control_random else [])
-    people: list[dict[str, Any]] = []
-    df = run_spec(spec, ds, models, progress=command is None, q_people=people)
-    df["seed"] = seed  # also for tables of checkpoints that do not record their seed
-    from probekit.model.checkpoint import weights_file
-
-    rec = prov.record(inputs={"model": weights_file(model_dir), "data": data_dir},
-                      seeds={"probe": spec.seed, "train": seed})  # fmt: skip
-    dest.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest / "q_people.parquet") as tmp:
-        pd.DataFrame(people).assign(seed=seed).to_parquet(tmp, index=False)
-    write_results(df, dest, provenance=rec)
-    _mark_done(dest)
-
-
-Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (label, top-level function, its arguments)
-
-
-def _in_pool(todo: list[Job], jobs: int, progress: bool = True) -> None:
-    """Run ``fn(*args)`` for each ``(label, fn, args)``: in ``jobs`` worker processes (one torch thread each; the
-    last argument of each call, the parent's command line, is filled in) or, with ``jobs`` 1, here in order."""
-    if jobs > 1 and len(todo) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        from tqdm.auto import tqdm
-
-        from probekit.provenance import command_line
-
-        cmd = command_line()
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init) as pool:  # fmt: skip
-            futures = [(label, pool.submit(fn, *(*args, cmd))) for label, fn, args in todo]
-            for label, fut in tqdm(futures, desc="models", unit="model", disable=not progress):
-                fut.result()
-                log.info(f"  {label} done")
-    else:
-        for _, fn, args in todo:
-            fn(*args, None)
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _stage_probe(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path],
-                 progress: bool, jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame | None]:  # fmt: skip
-    """Probe every run with the experiment's spec (into ``probes/<run>``) and, when configured, the paper's
-    embedding-update probe (``probes/<run>/embed_update``); ``jobs`` > 1 probes that many models at once.
-    Returns the frozen-probe table and the embedding-update table (None when not configured)."""
-    from probekit.reporting.results import read_results
-
-    specs = [("probes", {"name": cfg.name, **cfg.probe}, "")]
-    if cfg.embed_probe is not None:
-        # the paper's probe alone (the frozen probes are the main spec's), read causally
-        spec_e = {"name": f"{cfg.name}_embed_update", "readings": ["causal"], **cfg.embed_probe, "frozen": False}
-        specs.append(("embed_update", spec_e, "embed_update"))
-    todo = []
-    for what, spec_dict, sub in specs:
-        for r in cfg.runs():
-            dest = out / "probes" / r.key / sub
-            if not _done(dest):
-                log.info(f"[probe] {r.key}: {what} on {cfg.data_key(r)}")
-                args = (spec_dict, data[cfg.data_key(r)], runs[r.key], r.model.name, cfg.control_random, dest,
-                        r.train_seed)  # fmt: skip
-                todo.append((f"{what} {r.key}", _probe_one, args))
-    _in_pool(todo, jobs, progress)
-    tables: dict[str, list[pd.DataFrame]] = {"": [], "embed_update": []}
-    for _, _, sub in specs:
-        for r in cfg.runs():
-            table = read_results(out / "probes" / r.key / sub / "results.parquet")
-            table["seed"] = table["seed"].fillna(r.train_seed)  # tables written before the seed column existed
-            tables[sub].append(table)
-    embed = pd.concat(tables["embed_update"], ignore_index=True) if tables["embed_update"] else None
-    return pd.concat(tables[""], ignore_index=True), embed
-
-
-def q_people_table(cfg: ExperimentConfig, out: Path, keys: list[str] | None = None) -> pd.DataFrame:
-    """The per-test-person Q-probe correctness (frozen and embedding-update probes) of every run (or of the run
-    ``keys``), with run keys."""
-    parts = []
-    for r in cfg.runs():
-        if keys is not None and r.key not in keys:
-            continue
-        for sub in ("", "embed_update"):
-            f = out / "probes" / r.key / sub / "q_people.parquet"
-            if f.exists():
-                parts.append(pd.read_parquet(f).assign(run=r.key, dataset=r.model.data))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def _eval_one(kind: str, model_dir: Path, data_dir: Path, dest: Path, finetune: dict[str, Any], name: str,
-              attrs: tuple[str, ...] | None, png: bool, train_groups: tuple[str, ...] = (),
-              command: list[str] | None = None) -> None:  # fmt: skip
-    """Finetune one model on P_train items (of ``train_groups`` only, when given) and answer P_test (and
-    P_train) items: QA extraction (``kind`` "qa") or inverse search ("inverse"). A top-level function so a
-    worker process can run it."""
-    from probekit.evaluate.inverse import run_inverse
-    from probekit.evaluate.qa import run_qa
-    from probekit.provenance import set_command_line
-
-    if command is not None:
-        set_command_line(command)
-    fcfg = from_dict(FinetuneConfig, finetune)
-    kw: dict[str, Any] = {"model_name": name, "eval_train": True, "progress": command is None, "overwrite": True,
-                          "png": png, "train_groups": train_groups}  # fmt: skip
-    if kind == "qa":
-        run_qa(model_dir, data_dir, dest, fcfg, **kw)
-    elif attrs:
-        run_inverse(model_dir, data_dir, dest, fcfg, attrs=attrs, **kw)
-    else:
-        run_inverse(model_dir, data_dir, dest, fcfg, **kw)
-    _mark_done(dest)
-
-
-def _stage_eval(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path], progress: bool,
-                kind: str, png: bool = True, jobs: int = 1) -> pd.DataFrame | None:  # fmt: skip
-    """QA extraction (``kind="qa"``) or inverse search (``"inverse"``) for every run the stage names: finetune
-    on P_train items, answer P_test (and P_train) items; ``jobs`` > 1 evaluates that many models at once.
-    Returns the tables with a ``seed`` column."""
-    ev = cfg.qa if kind == "qa" else cfg.inverse
-    if ev is None:
-        return None
-    chosen = [r for r in cfg.runs() if not ev.models or r.model.name in ev.models]
-    attrs = tuple(ev.attributes) if isinstance(ev, InverseSpec) and ev.attributes else None
-    todo = []
-    for r in chosen:
-        dest = out / kind / r.key
-        if not _done(dest):
-            what = "QAs" if kind == "qa" else "inverse prompts (attributes -> name)"
-            finetune = ev.finetune_for(r.model.name) if isinstance(ev, QASpec) else ev.finetune
-            groups = tuple(ev.finetune_groups) if isinstance(ev, QASpec) else ()
-            log.info(f"[{kind}] {r.key}: finetune ({finetune.get('method', 'full')}) on P_train {what}"
-                     f"{' of ' + ', '.join(groups) if groups else ''}, answer P_test")  # fmt: skip
-            args = (kind, runs[r.key], data[cfg.data_key(r)], dest, finetune, r.model.name, attrs, png, groups)
-            todo.append((f"{kind} {r.key}", _eval_one, args))
-    _in_pool(todo, jobs, progress)
-    tables = []
-    for r in chosen:
-        table = pd.read_csv(out / kind / r.key / "results.csv")
-        table["seed"] = r.train_seed
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True) if tables else None
-
-
-def group_table(cfg: ExperimentConfig, out: Path, kind: str = "qa") -> pd.DataFrame | None:
-    """The per-group rates (``results_by_group.csv``) of every run evaluated on a dataset with groups."""
-    parts = [pd.read_csv(f).assign(seed=r.train_seed) for r in cfg.runs()
-             if (f := out / kind / r.key / "results_by_group.csv").exists()]  # fmt: skip
-    return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def group_figure(table: pd.DataFrame) -> Any:
@@ -366,125 +80,6 @@ def group_summary(table: pd.DataFrame, title: str = "QA extraction") -> list[str
                      "exact match": cell})  # fmt: skip
     return [f"{title} by group (overall exact match % [95% person-bootstrap interval]; split train = the people "
             "finetuned on):", pd.DataFrame(rows).to_string(index=False), ""]  # fmt: skip
-
-
-def _recall_one(model_dir: Path, data_dir: Path, dest: Path, name: str, command: list[str] | None = None) -> None:
-    """The memorisation check of one model (``probekit.evaluate.recall``) into ``dest``."""
-    from probekit.data.store import load_dataset
-    from probekit.evaluate.qa import model_objective
-    from probekit.evaluate.recall import biography_recall, recall_items, recall_table
-    from probekit.io import atomic_write_jsonl
-    from probekit.model.checkpoint import load_checkpoint
-
-    model, _, meta = load_checkpoint(model_dir, device="cpu")
-    objective = model_objective(meta)
-    records = biography_recall(model, objective, recall_items(load_dataset(data_dir)))
-    dest.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(dest / "predictions.jsonl", records)
-    with atomic_path(dest / "results.csv") as tmp:
-        recall_table(records, name, objective).to_csv(tmp, index=False)
-    _mark_done(dest)
-
-
-def _stage_recall(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path], progress: bool,
-                  jobs: int) -> pd.DataFrame | None:  # fmt: skip
-    """The memorisation check of every run (``recall: true``)."""
-    if not cfg.recall:
-        return None
-    todo = []
-    for r in cfg.runs():
-        dest = out / "recall" / r.key
-        if not _done(dest):
-            log.info(f"[recall] {r.key}: values of its training biographies")
-            todo.append((f"recall {r.key}", _recall_one, (runs[r.key], data[cfg.data_key(r)], dest, r.model.name)))
-    _in_pool(todo, jobs, progress)
-    return pd.concat([pd.read_csv(out / "recall" / r.key / "results.csv").assign(seed=r.train_seed)
-                      for r in cfg.runs()], ignore_index=True)  # fmt: skip
-
-
-def _patch_one(model_dir: Path, data_dir: Path, dest: Path, config: dict[str, Any], name: str, png: bool,
-               command: list[str] | None = None) -> None:  # fmt: skip
-    """Patching maps of one model into ``dest`` (``probekit.patching.patch.save_patching``); a worker can run it."""
-    from probekit.data.store import load_dataset
-    from probekit.patching.patch import run_patching, save_patching
-    from probekit.probes.runner import check_compatible, load_probe_model
-    from probekit.provenance import set_command_line
-
-    if command is not None:
-        set_command_line(command)
-    t0 = time.perf_counter()
-    cfg = from_dict(PatchConfig, config)
-    ds = load_dataset(data_dir)
-    pm = load_probe_model(model_dir, name=name)
-    check_compatible(pm, ds)
-    res = run_patching(pm, ds, cfg, progress=command is None)
-    save_patching(res, cfg, dest, png, model=str(model_dir), model_name=name, data=str(data_dir),
-                  seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
-    _mark_done(dest)
-
-
-def _stage_patch(cfg: ExperimentConfig, out: Path, data: dict[str, Path], runs: dict[str, Path], progress: bool,
-                 png: bool, jobs: int) -> pd.DataFrame | None:  # fmt: skip
-    """Patching maps of every run the stage names: on QA prompts with the model the QA stage left (finetuned,
-    or the pretrained one where it answered without finetuning), on biography prefixes with the pretrained one."""
-    pt = cfg.patch
-    if pt is None:
-        return None
-    prompts = pt.config.build().prompts
-    chosen = [r for r in cfg.runs() if not pt.models or r.model.name in pt.models]
-    todo = []
-    for r in chosen:
-        dest = out / "patch" / r.key
-        if _done(dest):
-            continue
-        model = runs[r.key]
-        if prompts == "qa" and (out / "qa" / r.key / "finetune").is_dir():
-            model = out / "qa" / r.key / "finetune"
-        log.info(f"[patch] {r.key}: name-swap maps on {prompts} prompts ({model.relative_to(out)})")
-        args = (model, data[cfg.data_key(r)], dest, pt.config.to_dict(), r.model.name, png)
-        todo.append((f"patch {r.key}", _patch_one, args))
-    _in_pool(todo, jobs, progress)
-    return pd.concat([pd.read_parquet(out / "patch" / r.key / "results.parquet").assign(seed=r.train_seed)
-                      for r in chosen], ignore_index=True)  # fmt: skip
-
-
-def _reversal_one(data_dir: Path, train: dict[str, Any], objective: str, dest: Path, png: bool,
-                  command: list[str] | None = None) -> None:  # fmt: skip
-    """Train one model of ``objective`` on the reversal facts and evaluate it (a worker process can run it)."""
-    from probekit.evaluate.reversal import run_reversal, train_reversal
-    from probekit.provenance import set_command_line
-
-    if command is not None:
-        set_command_line(command)
-    model_dir = dest / "model"
-    tc = from_dict(TrainConfig, {**train, "objective": objective, "data": str(data_dir), "out": str(model_dir)})
-    resume = (model_dir / "checkpoints").exists()
-    result = train_reversal(data_dir, tc, progress=command is None, overwrite=not resume, resume=resume)
-    run_reversal(result.checkpoint, data_dir, dest / "eval", model_name=objective, progress=command is None,
-                 overwrite=True, png=png)  # fmt: skip
-    _mark_done(dest)
-
-
-def _stage_reversal(cfg: ExperimentConfig, out: Path, progress: bool, png: bool, jobs: int) -> pd.DataFrame | None:
-    """The reversal stage: data, then one model per objective trained and evaluated (``jobs`` at once)."""
-    rv = cfg.reversal
-    if rv is None:
-        return None
-    from probekit.data.reversal import make_reversal_dataset
-
-    data_dir = out / "reversal" / "data"
-    if not (data_dir / "manifest.json").exists():
-        log.info("[reversal] data: fictitious people, name <-> description facts")
-        make_reversal_dataset(data_dir, from_dict(ReversalConfig, rv.data), overwrite=True)
-    todo = []
-    for obj in rv.objectives:
-        dest = out / "reversal" / obj
-        if not _done(dest):
-            log.info(f"[reversal] {obj}: train on the facts, evaluate N2D, D2N and their reverses")
-            todo.append((f"reversal {obj}", _reversal_one, (data_dir, rv.train, obj, dest, png)))
-    _in_pool(todo, jobs, progress)
-    return pd.concat([pd.read_csv(out / "reversal" / o / "eval" / "results.csv") for o in rv.objectives],
-                     ignore_index=True)  # fmt: skip
 
 
 def reversal_figure(table: pd.DataFrame) -> Any:
@@ -715,6 +310,7 @@ def run_experiment(
     """
     t0 = time.perf_counter()
     cfg.validate()  # everything is checked before the first file is written
+    check_stages(cfg)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
     part = _part(cfg, models)  # checked before the first file is written, like the config
@@ -738,25 +334,23 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
              **{f"train.{r.key}": r.train_seed for r in cfg.runs()},
              "probe": cfg.probe.get("seed", 0)}  # fmt: skip
     prov.append_session(out, prov.record(seeds=seeds, jobs=jobs))
-    data = _stage_data(cfg, out)
-    runs = _stage_train(cfg, out, data, progress, jobs)
-    recall = _stage_recall(cfg, out, data, runs, progress, jobs)
-    probe, embed = _stage_probe(cfg, out, data, runs, progress, jobs)
-    qa = _stage_eval(cfg, out, data, runs, progress, "qa", png, jobs)
-    qa_groups = group_table(cfg, out, "qa") if qa is not None else None
-    inverse = _stage_eval(cfg, out, data, runs, progress, "inverse", png, jobs)
-    reversal = _stage_reversal(cfg, out, progress, png, jobs)
-    patch = _stage_patch(cfg, out, data, runs, progress, png, jobs)
+    ctx = Context(cfg, out, progress=progress, png=png, jobs=jobs)
+    for stage in STAGES:  # each stage skips the shares already done and schedules the rest across --jobs
+        if stage.enabled(cfg):
+            stage.run(ctx)
+            ctx.tables.update(stage.collect(ctx))
+    data, t = ctx.data, ctx.tables
+    probe, embed, qa, qa_groups = t["probe"], t.get("embed_update"), t.get("qa"), t.get("qa_by_group")
+    inverse, reversal, recall, patch = t.get("inverse"), t.get("reversal"), t.get("recall"), t.get("patch")
+    assert probe is not None
     inputs = {**{f"data/{k}": v for k, v in data.items()},
               **{f"probes/{r.key}": out / "probes" / r.key / "results.parquet" for r in cfg.runs()}}  # fmt: skip
     rec = prov.record(inputs=inputs, seeds=seeds)
     write_results(probe, out, provenance=rec)
     if embed is not None:
         write_results(embed, out / "embed_update", provenance=rec)
-    tables = {"qa": qa, "qa_by_group": qa_groups, "inverse": inverse, "reversal": reversal, "recall": recall,
-              "patch": patch}  # fmt: skip
-    for name, table in tables.items():
-        if table is not None:
+    for name, table in t.items():  # every stage table but the probe tables, which are written above
+        if table is not None and name not in ("probe", "embed_update"):
             with atomic_path(out / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
     fig_rec = {**rec, "tables": {"results.parquet": prov.sha256_file(out / "results.parquet")}}
@@ -777,6 +371,9 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
         from probekit.patching.patch import route_summary, route_table
 
         summary += "\n" + "\n".join(route_summary(route_table(patch)))
+    for stage in STAGES:
+        if stage.enabled(cfg):
+            summary += "".join("\n" + line for line in stage.summary(ctx))
     if corr is not None:
         from probekit.reporting.compare import correlation_summary
 
@@ -802,8 +399,26 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
     return ExperimentResult(out, probe, qa, files, summary, seconds, inverse, reversal)
 
 
-_STAGE_DIRS = ("data", "models", "recall", "probes", "qa", "inverse", "reversal", "patch", "figures")
-_ADDABLE_STAGES = ("qa", "inverse", "reversal", "patch", "embed_probe", "recall")  # sections whose stage adds outputs
+def _stage_dirs() -> tuple[str, ...]:
+    """Every stage's output directory, and the figures'."""
+    return (*dict.fromkeys(s.directory for s in STAGES), "figures")
+
+
+def _addable_sections() -> tuple[str, ...]:
+    """Config sections whose appearance in a started experiment adds a stage's outputs, keeping the rest."""
+    return (*(sec for s in STAGES for sec in s.sections), "stages")
+
+
+def check_stages(cfg: ExperimentConfig) -> None:
+    """Every name under ``stages`` is a registered plug-in stage, and every enabled stage accepts its settings."""
+    known = [s.name for s in STAGES if s.name not in BUILTIN]
+    unknown = sorted(set(cfg.stages) - set(known))
+    if unknown:
+        raise UserError(f"stages: unknown stage(s) {', '.join(unknown)}; registered plug-in stages: "
+                        f"{', '.join(known) or 'none'} (built-in stages have sections of their own)")  # fmt: skip
+    for stage in STAGES:
+        if stage.enabled(cfg):
+            stage.validate(cfg)
 
 
 def _part(cfg: ExperimentConfig, models: Sequence[str] | None) -> ExperimentConfig:
@@ -840,13 +455,13 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
     new = config_record(cfg)
     if json.loads(json.dumps(new)) == old:
         return
-    started = [d for d in _STAGE_DIRS if (out / d).is_dir() and any((out / d).iterdir())]
+    started = [d for d in _stage_dirs() if (out / d).is_dir() and any((out / d).iterdir())]
     if not started:
         return  # nothing was produced with the old config: the corrected one replaces it
     changed = sorted(k for k in set(new) | set(old or {}) if json.loads(json.dumps(new.get(k))) != (old or {}).get(k))
     if old is not None:
         # models or whole stages added to a started experiment: every stage writes outputs of its own, per model
-        stages = [k for k in changed if k in _ADDABLE_STAGES and old.get(k) is None]
+        stages = [k for k in changed if k in _addable_sections() and old.get(k) is None]
         rest = [k for k in changed if k not in stages]
         kept = json.loads(json.dumps(new["models"]))
         datasets = json.loads(json.dumps(new["datasets"]))  # datasets may be added with the models that use them

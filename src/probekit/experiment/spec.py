@@ -146,6 +146,8 @@ class ExperimentConfig:
     # the seed of its train section. Tables carry the seed; summaries and figures aggregate over seeds.
     seeds: list[int] | None = None
     seed_data: bool = False  # with seeds: also draw each dataset anew per seed (new people and biographies)
+    # settings of stages registered beyond the built-in ones (``probekit.experiment.stage``), by stage name
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         init_sections(self)
@@ -349,6 +351,7 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
         ("reversal", None),
         ("recall", False),
         ("patch", None),
+        ("stages", {}),
     ):
         if rec.get(key) == default:
             rec.pop(key, None)

@@ -1,0 +1,127 @@
+"""The ``Stage`` protocol: one step of an experiment, run per model, resumable.
+
+A stage says what it needs (``enabled``: whether the config asks for it), what it writes (``directory`` under the
+experiment's output, one sub-directory per model marked complete by a ``.complete`` file), whether a model's share
+is done (``done``), the work still to do (``jobs``: one picklable ``(label, function, arguments)`` per model, so
+``--jobs N`` can run them in worker processes) and its tables (``collect``). The runner
+(``probekit.experiment.runner.run_experiment``) does the rest: it walks ``probekit.experiment.stages.STAGES`` in
+order, skips finished shares, schedules the rest across ``--jobs``, resumes, and refuses changed settings.
+
+A new stage is one class in one module of ``probekit/experiment/stages/`` added to ``STAGES`` (or, outside the
+package, ``register_stage``). Its settings live in the experiment config's ``stages: {<name>: {...}}`` section
+(``settings(ctx)``) unless it is a built-in stage with a section of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from probekit.experiment.spec import ExperimentConfig
+from probekit.io import atomic_write_json
+
+log = logging.getLogger("probekit.experiment.runner")
+
+Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (label, top-level function, its arguments)
+
+
+@dataclass
+class Context:
+    """What the stages of one run share: the config, the output directory, how to run, and what earlier stages
+    made (``data``: dataset directory per data key, ``runs``: model directory per run key, ``tables``)."""
+
+    cfg: ExperimentConfig
+    out: Path
+    progress: bool = True
+    png: bool = True
+    jobs: int = 1
+    data: dict[str, Path] = field(default_factory=dict)
+    runs: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame | None] = field(default_factory=dict)
+
+
+def done(path: Path) -> bool:
+    """Whether a stage's share in ``path`` finished (its ``.complete`` marker exists)."""
+    return (path / ".complete").exists()
+
+
+def mark_done(path: Path, info: dict[str, Any] | None = None) -> None:
+    atomic_write_json(path / ".complete", info or {})
+
+
+class Stage(ABC):
+    """One experiment stage (see the module docstring). Subclasses set ``name`` and ``directory`` and implement
+    ``jobs`` and ``collect``; ``sections`` are the config keys whose appearance in a started experiment adds this
+    stage's outputs without invalidating the others (``probekit run`` then keeps what is finished)."""
+
+    name: ClassVar[str]
+    directory: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]] = ()
+
+    def enabled(self, cfg: ExperimentConfig) -> bool:
+        """Whether ``cfg`` asks for this stage (a plug-in stage: when ``stages`` names it)."""
+        return self.name in cfg.stages
+
+    def settings(self, ctx: Context) -> dict[str, Any]:
+        """This stage's entry of the config's ``stages`` section."""
+        return dict(ctx.cfg.stages.get(self.name) or {})
+
+    def validate(self, cfg: ExperimentConfig) -> None:
+        """Refuse settings that cannot work, before any stage runs (one-line ``UserError``); the default accepts
+        any settings."""
+        return None
+
+    def dest(self, ctx: Context, key: str) -> Path:
+        """The output directory of one run's share."""
+        return ctx.out / self.directory / key
+
+    @abstractmethod
+    def jobs(self, ctx: Context) -> list[Job]:
+        """The work still to do, one job per model whose share is not done."""
+
+    def run(self, ctx: Context) -> None:
+        """Run the jobs (``ctx.jobs`` at once in worker processes, else here in order)."""
+        in_pool(self.jobs(ctx), ctx.jobs, ctx.progress)
+
+    @abstractmethod
+    def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
+        """The stage's tables, read back from its outputs (by table name: ``<out>/<name>.csv``)."""
+
+    def summary(self, ctx: Context) -> list[str]:
+        """Lines this stage adds to the experiment's summary (after the probe tables)."""
+        return []
+
+
+def in_pool(todo: list[Job], jobs: int, progress: bool = True) -> None:
+    """Run ``fn(*args)`` for each ``(label, fn, args)``: in ``jobs`` worker processes (one torch thread each; the
+    last argument of each call, the parent's command line, is filled in) or, with ``jobs`` 1, here in order."""
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        from probekit.provenance import command_line
+
+        cmd = command_line()
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init) as pool:  # fmt: skip
+            futures = [(label, pool.submit(fn, *(*args, cmd))) for label, fn, args in todo]
+            for label, fut in tqdm(futures, desc="models", unit="model", disable=not progress):
+                fut.result()
+                log.info(f"  {label} done")
+    else:
+        for _, fn, args in todo:
+            fn(*args, None)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,0 +1,41 @@
+"""The data stage: build every dataset the runs need into ``<out>/data/<data key>``."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from probekit.experiment.spec import ExperimentConfig
+from probekit.experiment.stage import Context, Job, Stage, log
+
+
+class DataStage(Stage):
+    name = "data"
+    directory = "data"
+
+    def enabled(self, cfg: ExperimentConfig) -> bool:
+        return True
+
+    def jobs(self, ctx: Context) -> list[Job]:
+        return []  # datasets take seconds: built here, in order, by ``run``
+
+    def run(self, ctx: Context) -> None:
+        from probekit.data.store import build_dataset
+
+        cfg = ctx.cfg
+        for run in cfg.runs():
+            key = cfg.data_key(run)
+            if key in ctx.data:
+                continue
+            d = cfg.dataset(run.model.data)
+            seed = run.seed if key != d.name else d.seed
+            p = ctx.out / "data" / key
+            if not (p / "manifest.json").exists():
+                aug = ", ".join(f"{g.name} {g.augmentation}" for g in d.groups) if d.groups else d.augmentation
+                log.info(f"[data] {key}: {d.n_people} people, {aug}, seed {seed}")
+                build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=seed,
+                              pool_limits=d.pool_limits or None, name_pools=d.name_pools or None, overwrite=True,
+                              name=d.name, groups=d.groups or None)  # fmt: skip
+            ctx.data[key] = p
+
+    def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
+        return {}

@@ -1,0 +1,106 @@
+"""The train stage: every run (model x seed) into ``<out>/models/<run key>``, resumed from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from probekit.experiment.spec import ExperimentConfig
+from probekit.experiment.stage import Context, Job, Stage, done, log, mark_done
+from probekit.serde import from_dict
+from probekit.training.config import TrainConfig
+
+
+def train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: int | None,
+              command: list[str] | None = None) -> None:  # fmt: skip
+    """Train one model (a top-level function so a worker process can run it; ``command``: the parent's command
+    line, recorded in the run's provenance instead of the worker's own)."""
+    import torch
+
+    from probekit.provenance import set_command_line
+    from probekit.training.trainer import train
+
+    if command is not None:
+        set_command_line(command)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    train(from_dict(TrainConfig, tc_dict), resume=resume, overwrite=not resume, progress=progress)
+    mark_done(Path(tc_dict["out"]))
+
+
+def _last_metrics(run: Path) -> dict[str, Any]:
+    try:
+        lines = (run / "metrics.jsonl").read_text().strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _watch(futures: dict[str, Any], runs: dict[str, Path], progress: bool) -> None:
+    """One progress line for trainings running in worker processes (read from their metrics.jsonl)."""
+    from concurrent.futures import wait
+
+    from tqdm.auto import tqdm
+
+    with tqdm(desc="train", unit="step", disable=not progress, bar_format="{desc} {postfix} [{elapsed}]") as bar:
+        while True:
+            _, pending = wait(list(futures.values()), timeout=2.0)
+            parts = []
+            for name in futures:
+                m = _last_metrics(runs[name])
+                if m:
+                    parts.append(f"{name} step {m.get('step')} loss {m.get('loss', float('nan')):.3f}")
+            bar.set_postfix_str(" | ".join(parts))
+            if not pending:
+                return
+
+
+class TrainStage(Stage):
+    name = "train"
+    directory = "models"
+
+    def enabled(self, cfg: ExperimentConfig) -> bool:
+        return True
+
+    def _todo(self, ctx: Context) -> list[tuple[str, dict[str, Any], bool]]:
+        cfg = ctx.cfg
+        ctx.runs.update({r.key: ctx.out / "models" / r.key for r in cfg.runs()})
+        todo = []
+        for r in cfg.runs():
+            run = ctx.runs[r.key]
+            if done(run):
+                continue
+            tc = {**r.train, "data": str(Path(ctx.data[cfg.data_key(r)]).resolve()), "out": str(run.resolve())}
+            resume = (run / "checkpoints").exists()
+            log.info(f"[train] {r.key} ({tc.get('objective', 'ntp')} on {cfg.data_key(r)}, seed {r.train_seed})"
+                     f"{' resuming' if resume else ''}")  # fmt: skip
+            todo.append((r.key, tc, resume))
+        return todo
+
+    def jobs(self, ctx: Context) -> list[Job]:
+        return [(f"train {name}", train_one, (tc, resume, False, 1)) for name, tc, resume in self._todo(ctx)]
+
+    def run(self, ctx: Context) -> None:
+        """``--jobs`` > 1 trains that many models at once, one torch thread each, with one progress line."""
+        todo = self._todo(ctx)
+        if ctx.jobs > 1 and len(todo) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            from probekit.provenance import command_line
+
+            with ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=mp.get_context("spawn")) as pool:
+                cmd = command_line()
+                futures = {name: pool.submit(train_one, tc, resume, False, 1, cmd) for name, tc, resume in todo}
+                _watch(futures, ctx.runs, ctx.progress)
+                for fut in futures.values():
+                    fut.result()
+        else:
+            for _, tc, resume in todo:
+                train_one(tc, resume, ctx.progress, None)
+
+    def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
+        return {}
