@@ -129,7 +129,7 @@ def write_results(
 
 def read_eval_results(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Concatenate evaluation result tables: each path a ``results.parquet``/``.csv`` or a directory holding one."""
-    frames = []
+    frames, paths = [], list(paths)
     for p in map(Path, paths):
         file = p / "results.parquet" if p.is_dir() else p
         if not file.exists():
@@ -137,7 +137,10 @@ def read_eval_results(paths: Iterable[str | Path]) -> pd.DataFrame:
         frames.append(read_table(file, "evaluation results"))
     if not frames:
         raise UserError("no result tables given")
-    return results_frame(pd.concat(frames, ignore_index=True).to_dict("records"))
+    try:
+        return results_frame(pd.concat(frames, ignore_index=True).to_dict("records"))
+    except UserError as e:  # name the tables: a column problem is theirs
+        raise UserError(f"{', '.join(map(str, paths))}: {e}") from None
 
 
 def write_comparison(

@@ -135,7 +135,10 @@ def read_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
             raise UserError(f"{p}: unknown results format {p.suffix!r}; use .parquet or .csv")
     if not frames:
         raise UserError("no results tables given")
-    return normalise(pd.concat(frames, ignore_index=True))
+    try:
+        return normalise(pd.concat(frames, ignore_index=True))
+    except UserError as e:  # name the tables: a column problem is theirs
+        raise UserError(f"{', '.join(map(str, paths))}: {e}") from None
 
 
 def _attr_order(values: Iterable[str]) -> list[str]:
