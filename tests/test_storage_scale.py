@@ -83,3 +83,27 @@ def test_parts_run_apart_join_into_one_scale_figure(tmp_path: Path, capsys: pyte
         assert main(["plot", "--scale", *map(str, given), "--out", str(tmp_path / "bad")]) == 2
         assert error in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_name_pools_are_a_scale_axis() -> None:
+    from probekit.reporting.scaling import full_last_names, model_axes, varying_axes
+
+    rec = quick_record("shared_names")
+    cfg = from_dict(ExperimentConfig, rec)
+    axes = model_axes(cfg).set_index("model")
+    assert axes.loc["ntp_single_n12", "last_names"] == 12 and axes.loc["ntp_single_n50", "last_names"] == 50
+    assert varying_axes(axes) == ["last_names"]  # same depth, width and people: only the name pools vary
+    rec["datasets"] = [{k: v for k, v in d.items() if k != "name_pools"} for d in rec["datasets"]]
+    assert set(model_axes(from_dict(ExperimentConfig, rec))["last_names"]) == {full_last_names()}
+
+
+def test_scale_tables_from_before_the_name_axis_read_as_full_pools(tmp_path: Path) -> None:
+
+    from probekit.cli.plot import _read_scale_tables
+    from probekit.reporting.scaling import full_last_names
+
+    old = pd.read_csv(Path(__file__).resolve().parents[1] / "experiments/storage_scale/results/comparison/scale.csv")
+    assert "last_names" not in old.columns
+    (tmp_path / "old.csv").write_text(old.to_csv(index=False))
+    [(_, t)] = _read_scale_tables([str(tmp_path / "old.csv")])
+    assert (t["last_names"] == full_last_names()).all() and len(t) == len(old)

@@ -111,13 +111,18 @@ def _read_scale_tables(paths: list[str]) -> list[tuple[Path, pd.DataFrame]]:
         f = p / "comparison" / "scale.csv" if p.is_dir() else p
         if not f.is_file():
             raise UserError(f"--scale {p}: no scale table there (an experiment directory's comparison/scale.csv, "
-                            "written by `probekit run` for experiments that vary depth, width or people)")  # fmt: skip
+                            "written by `probekit run` for experiments that vary depth, width, people or name "
+                            "pools)")  # fmt: skip
         try:
             t = pd.read_csv(f)
         except (ValueError, OSError) as e:
             raise UserError(f"--scale {f}: not a readable CSV ({e})") from e
         if missing := sorted(need - set(t.columns)):
             raise UserError(f"--scale {f}: not a scale table (missing columns {', '.join(missing)})")
+        if "last_names" not in t.columns:  # tables from before the name-sharing axis: the full name pools
+            from probekit.reporting.scaling import full_last_names
+
+            t.insert(t.columns.get_loc("n_people") + 1, "last_names", full_last_names())
         out.append((f, t))
     return out
 

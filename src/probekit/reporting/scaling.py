@@ -1,7 +1,9 @@
 """Storage at the name and extraction against scale (the storage_scale experiment).
 
-Each trained model of an experiment sits at a point of three axes: depth (``n_layers``), width (``d_model``) and
-people (``n_people`` of its dataset), for one augmentation. ``scale_table`` gives per model the Q-probe accuracy
+Each trained model of an experiment sits at a point of four axes: depth (``n_layers``), width (``d_model``), people
+(``n_people`` of its dataset) and name sharing (``last_names``: the size of the last-name pool its people were
+drawn from, ``name_pools``; people per last name is about ``n_people / last_names`` once the pool is smaller than
+the people), for one augmentation. ``scale_table`` gives per model the Q-probe accuracy
 at the name (mean over attributes of each attribute's probe at its validation-chosen layer; one storage measure
 of ``probekit.reporting.compare.MEASURES``) and QA exact match (mean over the same attributes), each with a
 person-bootstrap
@@ -20,13 +22,24 @@ import pandas as pd
 from probekit.reporting.compare import Points
 from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
 
-AXES: dict[str, str] = {"n_layers": "layers", "d_model": "width (d_model)", "n_people": "people"}
+AXES: dict[str, str] = {"n_layers": "layers", "d_model": "width (d_model)", "n_people": "people",
+                        "last_names": "last names in the pool"}  # fmt: skip
+LOG_AXES = ("n_people", "last_names")
+
+
+def full_last_names() -> int:
+    """The size of the built-in last-name pool (the axis value of a dataset without ``name_pools``)."""
+    from probekit.data.pools import load_pools
+
+    return len(load_pools().last_names)
 
 
 def model_axes(cfg: Any) -> pd.DataFrame:
-    """One row per model of ``cfg`` (``ExperimentConfig``): model, augmentation, n_layers, d_model, n_people."""
+    """One row per model of ``cfg`` (``ExperimentConfig``): model, augmentation, n_layers, d_model, n_people,
+    last_names."""
     from probekit.model.config import ModelConfig
 
+    full = full_last_names()
     rows = []
     for m in cfg.models:
         shape = dict(m.train.get("model") or {})
@@ -35,7 +48,7 @@ def model_axes(cfg: Any) -> pd.DataFrame:
         rows.append({"model": m.name, "augmentation": aug + (" (mixed QA)" if m.train.get("qa_mix") else ""),
                      "n_layers": int(shape.get("n_layers", ModelConfig.n_layers)),
                      "d_model": int(shape.get("d_model", ModelConfig.d_model)),
-                     "n_people": int(d.n_people)})  # fmt: skip
+                     "n_people": int(d.n_people), "last_names": int(d.name_pools.get("last", full))})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -109,7 +122,7 @@ def scale_figure(table: pd.DataFrame) -> Any:
                 ), row=1, col=j + 1)  # fmt: skip
                 shown.append((aug, what))
         ticks = sorted(set(along[axis]))  # the values trained, not a continuous axis
-        fig.update_xaxes(title_text=AXES[axis], type="log" if axis == "n_people" else "linear", tickvals=ticks,
+        fig.update_xaxes(title_text=AXES[axis], type="log" if axis in LOG_AXES else "linear", tickvals=ticks,
                          row=1, col=j + 1)  # fmt: skip
     fig.update_yaxes(title_text="% on P_test (mean over attributes)", range=[-3, 103], col=1)
     measure = table["measure"].iloc[0]
@@ -128,7 +141,7 @@ def scale_summary(table: pd.DataFrame) -> list[str]:
         return "-" if pd.isna(v) else f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
     rows = [{"model": r.model, "augmentation": r.augmentation, "layers": r.n_layers, "width": r.d_model,
-             "people": r.n_people, "Q at name": cell(r.q_name, r.q_low, r.q_high),
+             "people": r.n_people, "last names": r.last_names, "Q at name": cell(r.q_name, r.q_low, r.q_high),
              "baseline": f"{100 * r.baseline:.1f}", "QA": cell(r.qa, r.qa_low, r.qa_high)}
             for r in table.itertuples()]  # fmt: skip
     measure = table["measure"].iloc[0]
