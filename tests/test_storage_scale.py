@@ -79,7 +79,7 @@ def test_parts_run_apart_join_into_one_scale_figure(tmp_path: Path, capsys: pyte
     base.assign(qa=base["qa"] + 0.01).to_csv(again, index=False)
     capsys.readouterr()
     for given, error in (([tmp_path / "base", again], "has different rows"), ([tmp_path / "base"], "nothing varies"),
-                         ([tmp_path], "no scale table")):  # fmt: skip
+                         ([tmp_path / "base" / "models"], "no scale table")):  # fmt: skip
         assert main(["plot", "--scale", *map(str, given), "--out", str(tmp_path / "bad")]) == 2
         assert error in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

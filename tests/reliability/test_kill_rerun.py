@@ -51,7 +51,15 @@ def _leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if _TEMP.search(p.name)]
 
 
-def _files(root: Path, skip: tuple[str, ...] = ("provenance.json",)) -> dict[str, bytes]:
+def _no_output(out: Path) -> bool:
+    """Nothing published at ``out``: absent, or holding only the writer's lock file (a killed writer's lock is
+    released by the kernel and taken over by the next run)."""
+    from probekit.io import LOCK_FILE
+
+    return not out.exists() or [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
+def _files(root: Path, skip: tuple[str, ...] = ("provenance.json", ".probekit.lock")) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name not in skip}  # fmt: skip
 
@@ -64,7 +72,7 @@ def test_data_bios_killed_while_writing_then_rerun(tmp_path: Path, monkeypatch) 
     (tmp_path / "a").mkdir()
     proc = _start(argv + ["ds"], cwd=tmp_path / "a")
     _kill_when(proc, lambda: any(p.is_dir() for p in (tmp_path / "a").glob(".ds.pid*")), "the dataset temp dir")
-    assert _leftovers(tmp_path / "a") and not (tmp_path / "a" / "ds").exists()  # the kill left a half-written dir
+    assert _leftovers(tmp_path / "a") and _no_output(tmp_path / "a" / "ds")  # the kill left a half-written dir
     monkeypatch.chdir(tmp_path / "a")
     assert main(argv + ["ds"]) == 0
     ref = build_dataset(tmp_path / "b" / "ds", n_people=600, augmentation="multi5+permute", seed=3)
@@ -152,7 +160,7 @@ def test_probe_killed_while_probing_then_rerun(tiny_single, tmp_path: Path, monk
     (tmp_path / "a").mkdir()
     proc = _start(argv + [str(tmp_path / "a" / "p")], cwd=tmp_path)
     _kill_when(proc, lambda: any(p.is_dir() for p in (tmp_path / "a").glob(".p.pid*")), "the probe temp dir")
-    assert not (tmp_path / "a" / "p").exists() and _leftovers(tmp_path / "a")
+    assert _no_output(tmp_path / "a" / "p") and _leftovers(tmp_path / "a")
     monkeypatch.chdir(tmp_path)
     assert main(["--threads", "1", *argv, str(tmp_path / "a" / "p")]) == 0
     assert main(["--threads", "1", *argv, str(tmp_path / "ref")]) == 0
