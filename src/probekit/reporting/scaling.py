@@ -25,6 +25,8 @@ from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
 AXES: dict[str, str] = {"n_layers": "layers", "d_model": "width (d_model)", "n_people": "people",
                         "last_names": "last names in the pool"}  # fmt: skip
 LOG_AXES = ("n_people", "last_names")
+SHORT: dict[str, str] = {"n_layers": "{} layers", "d_model": "width {}", "n_people": "{} people",
+                         "last_names": "{} last names"}  # fmt: skip
 
 
 def full_last_names() -> int:
@@ -97,7 +99,7 @@ def scale_figure(table: pd.DataFrame) -> Any:
     if not varying:
         return None
     base = _base(table)
-    titles = [f"{AXES[a]} (others: " + ", ".join(f"{AXES[b]} {base[b]}" for b in AXES if b != a) + ")"
+    titles = [f"{AXES[a]}<br>(" + ", ".join(SHORT[b].format(base[b]) for b in AXES if b != a) + ")"
               for a in varying]  # fmt: skip
     fig = make_subplots(rows=1, cols=len(varying), shared_yaxes=True, subplot_titles=titles)
     augs = list(dict.fromkeys(table["augmentation"]))
@@ -127,7 +129,7 @@ def scale_figure(table: pd.DataFrame) -> Any:
     fig.update_yaxes(title_text="% on P_test (mean over attributes)", range=[-3, 103], col=1)
     measure = table["measure"].iloc[0]
     fig.update_layout(title=f"Storage at the name ({measure}, solid)<br>and QA extraction (dashed) against scale",
-                      width=max(600, 420 * len(varying) + 100), height=600, margin={"t": 110},
+                      width=max(600, 420 * len(varying) + 100), height=620, margin={"t": 140},
                       legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0})  # fmt: skip
     return Figure("scale_storage_extraction", fig, table)
 
