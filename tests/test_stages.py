@@ -91,10 +91,18 @@ def test_a_stage_added_in_one_class_runs_resumes_and_reports(toy_stage: None, tm
     assert table["model"].tolist() == ["m"] and table["parameters"].iloc[0] > 0
     assert "toy: m has" in (out / "summary.txt").read_text()
     assert CALLS == ["m"]
-    # resume: the finished share is skipped
+    times = pd.read_csv(out / "timings.csv")  # where the time went: every stage and model that ran
+    assert list(times["stage"]) == ["data", "train", "probe", "toy"]
+    assert list(times["job"]) == ["data s", "train m", "probes m", "toy m"]
+    assert (times["wall_s"] > 0).all() and (times["cpu_s"] >= 0).all()
+    assert "Time per stage" in (out / "report.html").read_text()
+    assert "Time per stage" not in (out / "summary.txt").read_text()  # the summary stays reproducible
+    summary = (out / "summary.txt").read_text()
+    # resume: the finished share is skipped, its time kept
     assert main(["run", str(_config(tmp_path, stages={"toy": {"scale": 2}})), "--out", str(out), "--no-progress",
                  "--no-png"]) == 0  # fmt: skip
     assert CALLS == ["m"]
+    assert pd.read_csv(out / "timings.csv").equals(times) and (out / "summary.txt").read_text() == summary
 
 
 def test_a_stage_added_to_a_finished_experiment_keeps_the_rest(toy_stage: None, tmp_path: Path) -> None:

@@ -16,7 +16,11 @@ COMMANDS = {
 
 
 def _report(res: ExperimentResult) -> None:
+    from probekit.experiment.runner import TIMINGS_FILE, timing_summary
+
     print("\n" + res.summary)
+    if res.timings is not None and len(res.timings):
+        print("\n".join(timing_summary(res.timings)).rstrip() + f"  ({res.out / TIMINGS_FILE})")
     pngs = [f for f in res.figures if f.suffix == ".png"]
     print(f"\nresults: {res.out / 'results.parquet'} (+ .csv), summary: {res.out / 'summary.txt'}")
     print(f"figures: {len(res.figures)} files in {res.out / 'figures'} ({len(pngs)} PNG)")

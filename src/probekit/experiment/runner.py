@@ -37,7 +37,7 @@ from probekit.experiment.spec import (
     demo_config,
     load_experiment,
 )
-from probekit.experiment.stage import Context
+from probekit.experiment.stage import Context, Timing
 from probekit.experiment.stages import BUILTIN, STAGES
 from probekit.experiment.stages.probe import q_people_table
 from probekit.io import atomic_path, atomic_write_json, atomic_write_text, output_lock
@@ -56,6 +56,7 @@ class ExperimentResult:
     seconds: float
     inverse_table: pd.DataFrame | None = None
     reversal_table: pd.DataFrame | None = None
+    timings: pd.DataFrame | None = None  # wall and CPU seconds per stage and model (``timings.csv``)
 
 
 def group_figure(table: pd.DataFrame) -> Any:
@@ -335,9 +336,10 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
              "probe": cfg.probe.get("seed", 0)}  # fmt: skip
     prov.append_session(out, prov.record(seeds=seeds, jobs=jobs))
     ctx = Context(cfg, out, progress=progress, png=png, jobs=jobs)
+    times: list[tuple[str, Timing]] = []
     for stage in STAGES:  # each stage skips the shares already done and schedules the rest across --jobs
         if stage.enabled(cfg):
-            stage.run(ctx)
+            times += [(stage.name, t) for t in stage.run(ctx)]
             ctx.tables.update(stage.collect(ctx))
     data, t = ctx.data, ctx.tables
     probe, embed, qa, qa_groups = t["probe"], t.get("embed_update"), t.get("qa"), t.get("qa_by_group")
@@ -386,8 +388,10 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
     atomic_write_text(out / "summary.txt", summary + "\n")
     from probekit.reporting.report import write_report
 
+    timings = record_timings(out, times)  # not in summary.txt, which stays the same for the same config and seeds
     write_report(out / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
-                 config=config_record(full), provenance=fig_rec, summary=summary, figures=figures)  # fmt: skip
+                 config=config_record(full), provenance=fig_rec, figures=figures,
+                 summary=summary + "\n\n" + "\n".join(timing_summary(timings)))  # fmt: skip
     files = [*report.files, out / "report.html"]
     if figures_out is not None:
         dest = Path(figures_out)
@@ -396,7 +400,41 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
             if f.suffix in (".png", ".csv"):
                 shutil.copyfile(f, dest / f.name)
         shutil.copyfile(out / "figures" / prov.PROVENANCE_FILE, dest / prov.PROVENANCE_FILE)  # what made them
-    return ExperimentResult(out, probe, qa, files, summary, seconds, inverse, reversal)
+    return ExperimentResult(out, probe, qa, files, summary, seconds, inverse, reversal, timings)
+
+
+TIMINGS_FILE = "timings.csv"
+
+
+def record_timings(out: Path, times: list[tuple[str, Timing]]) -> pd.DataFrame:
+    """Add this run's job times to ``<out>/timings.csv`` (one row per stage and job; a job run again replaces its
+    row) and return the whole table: stage, job, wall_s, cpu_s."""
+    rows = [{"stage": stage, "job": t.label, "wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2)}
+            for stage, t in times]  # fmt: skip
+    new = pd.DataFrame(rows, columns=["stage", "job", "wall_s", "cpu_s"])
+    f = out / TIMINGS_FILE
+    if f.exists():
+        try:
+            old = pd.read_csv(f)
+        except (OSError, ValueError):  # an unreadable table from an interrupted write: start it again
+            old = new.iloc[:0]
+        new = pd.concat([old[~old.set_index(["stage", "job"]).index.isin(new.set_index(["stage", "job"]).index)],
+                         new], ignore_index=True)  # fmt: skip
+    with atomic_path(f) as tmp:
+        new.to_csv(tmp, index=False)
+    return new
+
+
+def timing_summary(timings: pd.DataFrame) -> list[str]:
+    """Where the time went: wall and CPU minutes per stage (summed over its jobs) and the largest jobs."""
+    if timings.empty:
+        return []
+    per = timings.groupby("stage", sort=False)[["wall_s", "cpu_s"]].sum() / 60
+    per["jobs"] = timings.groupby("stage", sort=False).size()
+    top = timings.sort_values("wall_s", ascending=False).head(5)
+    return ["Time per stage (minutes, summed over its jobs; timings.csv has every job):",
+            per.round(1).to_string(), "", "Longest jobs (minutes):",
+            (top.set_index("job")[["wall_s", "cpu_s"]] / 60).round(1).to_string(), ""]  # fmt: skip
 
 
 def _stage_dirs() -> tuple[str, ...]:

@@ -85,9 +85,9 @@ class Stage(ABC):
     def jobs(self, ctx: Context) -> list[Job]:
         """The work still to do, one job per model whose share is not done."""
 
-    def run(self, ctx: Context) -> None:
-        """Run the jobs (``ctx.jobs`` at once in worker processes, else here in order)."""
-        in_pool(self.jobs(ctx), ctx.jobs, ctx.progress)
+    def run(self, ctx: Context) -> list[Timing]:
+        """Run the jobs (``ctx.jobs`` at once in worker processes, else here in order); their times."""
+        return in_pool(self.jobs(ctx), ctx.jobs, ctx.progress)
 
     @abstractmethod
     def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
@@ -98,9 +98,30 @@ class Stage(ABC):
         return []
 
 
-def in_pool(todo: list[Job], jobs: int, progress: bool = True) -> None:
+@dataclass(frozen=True)
+class Timing:
+    """Where an experiment's time went: one job (a model's share of a stage), wall and CPU seconds of the
+    process that ran it (a worker's own CPU time under ``--jobs``; this process's, all its threads, otherwise)."""
+
+    label: str
+    wall_s: float
+    cpu_s: float
+
+
+def run_job(fn: Callable[..., None], args: tuple[Any, ...], command: list[str] | None) -> tuple[float, float]:
+    """``fn(*args, command)`` with its wall and CPU seconds (a top-level function: worker processes run it)."""
+    import time
+
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn(*args, command)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def in_pool(todo: list[Job], jobs: int, progress: bool = True) -> list[Timing]:
     """Run ``fn(*args)`` for each ``(label, fn, args)``: in ``jobs`` worker processes (one torch thread each; the
-    last argument of each call, the parent's command line, is filled in) or, with ``jobs`` 1, here in order."""
+    last argument of each call, the parent's command line, is filled in) or, with ``jobs`` 1, here in order.
+    Returns each job's wall and CPU time."""
+    times: list[Timing] = []
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -112,13 +133,14 @@ def in_pool(todo: list[Job], jobs: int, progress: bool = True) -> None:
         cmd = command_line()
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_worker_init) as pool:  # fmt: skip
-            futures = [(label, pool.submit(fn, *(*args, cmd))) for label, fn, args in todo]
+            futures = [(label, pool.submit(run_job, fn, args, cmd)) for label, fn, args in todo]
             for label, fut in tqdm(futures, desc="models", unit="model", disable=not progress):
-                fut.result()
+                times.append(Timing(label, *fut.result()))
                 log.info(f"  {label} done")
     else:
-        for _, fn, args in todo:
-            fn(*args, None)
+        for label, fn, args in todo:
+            times.append(Timing(label, *run_job(fn, args, None)))
+    return times
 
 
 def _worker_init() -> None:

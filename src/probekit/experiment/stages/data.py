@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import Context, Job, Stage, log
+from probekit.experiment.stage import Context, Job, Stage, Timing, log
 
 
 class DataStage(Stage):
@@ -18,9 +18,12 @@ class DataStage(Stage):
     def jobs(self, ctx: Context) -> list[Job]:
         return []  # datasets take seconds: built here, in order, by ``run``
 
-    def run(self, ctx: Context) -> None:
+    def run(self, ctx: Context) -> list[Timing]:
+        import time
+
         from probekit.data.store import build_dataset
 
+        times: list[Timing] = []
         cfg = ctx.cfg
         for run in cfg.runs():
             key = cfg.data_key(run)
@@ -32,10 +35,13 @@ class DataStage(Stage):
             if not (p / "manifest.json").exists():
                 aug = ", ".join(f"{g.name} {g.augmentation}" for g in d.groups) if d.groups else d.augmentation
                 log.info(f"[data] {key}: {d.n_people} people, {aug}, seed {seed}")
+                w0, c0 = time.perf_counter(), time.process_time()
                 build_dataset(p, n_people=d.n_people, augmentation=d.augmentation, seed=seed,
                               pool_limits=d.pool_limits or None, name_pools=d.name_pools or None, overwrite=True,
                               name=d.name, groups=d.groups or None)  # fmt: skip
+                times.append(Timing(f"data {key}", time.perf_counter() - w0, time.process_time() - c0))
             ctx.data[key] = p
+        return times
 
     def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
         return {}

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import Context, Job, Stage, done, log, mark_done
+from probekit.experiment.stage import Context, Job, Stage, Timing, done, log, mark_done, run_job
 from probekit.serde import from_dict
 from probekit.training.config import TrainConfig
 
@@ -83,9 +83,10 @@ class TrainStage(Stage):
     def jobs(self, ctx: Context) -> list[Job]:
         return [(f"train {name}", train_one, (tc, resume, False, 1)) for name, tc, resume in self._todo(ctx)]
 
-    def run(self, ctx: Context) -> None:
+    def run(self, ctx: Context) -> list[Timing]:
         """``--jobs`` > 1 trains that many models at once, one torch thread each, with one progress line."""
         todo = self._todo(ctx)
+        times: list[Timing] = []
         if ctx.jobs > 1 and len(todo) > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
@@ -94,13 +95,14 @@ class TrainStage(Stage):
 
             with ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=mp.get_context("spawn")) as pool:
                 cmd = command_line()
-                futures = {name: pool.submit(train_one, tc, resume, False, 1, cmd) for name, tc, resume in todo}
+                futures = {name: pool.submit(run_job, train_one, (tc, resume, False, 1), cmd)
+                           for name, tc, resume in todo}  # fmt: skip
                 _watch(futures, ctx.runs, ctx.progress)
-                for fut in futures.values():
-                    fut.result()
+                times += [Timing(f"train {name}", *fut.result()) for name, fut in futures.items()]
         else:
-            for _, tc, resume in todo:
-                train_one(tc, resume, ctx.progress, None)
+            for name, tc, resume in todo:
+                times.append(Timing(f"train {name}", *run_job(train_one, (tc, resume, ctx.progress, None), None)))
+        return times
 
     def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
         return {}
