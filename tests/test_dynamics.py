@@ -43,7 +43,7 @@ def test_probe_every_checkpoint_gives_a_step_column_and_the_figure(run_with_chec
     assert (df.groupby("step").size().nunique()) == 1  # the same probes at every step
     assert (out / "figures" / "dynamics_run.html").exists()
     table = pd.read_csv(out / "figures" / "dynamics_run.csv")
-    assert set(table["measure"]) == {"q_name", "p_first"} and sorted(table["step"].unique()) == [2, 4, 6]
+    assert set(table["measure"]) == {"q_name", "p_first", "p_own"} and sorted(table["step"].unique()) == [2, 4, 6]
     # each step's rows equal probing that checkpoint on its own (the series changes nothing but the name)
     single = tmp_path / "one"
     ckpt = run_with_checkpoints / "checkpoints" / "step_00000004"
@@ -70,6 +70,8 @@ def test_dynamics_table_means_over_attributes(run_with_checkpoints: Path) -> Non
     q = t[t["measure"] == "q_name"].set_index("step")["accuracy"]
     assert q.loc[10] == pytest.approx(0.4) and q.loc[20] == pytest.approx(0.5)
     assert (t[t["measure"] == "p_first"]["accuracy"] == 1.0).all()
+    own = t[t["measure"] == "p_own"]  # the probe of major read at the major position: 0.0 in these rows
+    assert len(own) == 2 and (own["accuracy"] == 0.0).all() and (own["n_attributes"] == 1).all()
     assert set(t["model"]) == {"r"}
 
 
@@ -100,5 +102,5 @@ def test_plot_dynamics_with_qa_points(run_with_checkpoints: Path, tiny_single, t
     assert points["step"].tolist() == [2, 6] and points["n"].tolist() == [120, 120]  # 20 P_test people x 6
     assert ((points["ci_low"] <= points["exact_match"]) & (points["exact_match"] <= points["ci_high"])).all()
     shown = pd.read_csv(figs / "dynamics_run.csv")
-    assert set(shown["measure"]) == {"q_name", "p_first", "qa_exact_match"}
+    assert set(shown["measure"]) == {"q_name", "p_first", "p_own", "qa_exact_match"}
     assert main(["plot", "--dynamics", str(probes), "--qa", "x=y", "--out", str(tmp_path / "bad")]) == 2

@@ -4,11 +4,12 @@
 ``step`` column to the results table. From such a table ``dynamics_table`` takes, per step and layer, two means
 over the attributes (first token of each value, P_test people, frozen linear probes):
 
+- ``p_own``: the P-probe at each attribute's own position (the token before its value): memorisation;
 - ``q_name``: the Q-probe at the last name token (the name read alone): is the person's knowledge at the name?
 - ``p_first``: the P-probe at the birth-date position (the first sentence of a ``single`` biography), predicting
   every *other* attribute: is the whole biography already known where it starts?
 
-beside the mean majority baseline of the same probes. ``dynamics_figure`` draws both as layer x step heatmaps,
+beside the mean majority baseline of the same probes. ``dynamics_figure`` draws them as layer x step heatmaps,
 with QA exact match against step (``qa`` rows: ``step``, ``exact_match``, ``ci_low``, ``ci_high``, from
 ``probekit eval qa`` on the same checkpoints) as a line under them, so a reader sees whether storage at the name
 appears before, with or after memorisation and extraction.
@@ -25,7 +26,9 @@ from probekit.errors import UserError
 from probekit.reporting.figures import Figure
 
 FIRST_POSITION = "birth_date"  # the P position of the first sentence of a biography
-MEASURE_LABELS = {"q_name": "Q-probe at the name", "p_first": "P-probe at the birth-date position (other attributes)"}
+MEASURE_LABELS = {"p_own": "P-probe at each attribute's own position (memorisation)",
+                  "p_first": "P-probe at the birth-date position (other attributes)",
+                  "q_name": "Q-probe at the name"}  # fmt: skip
 
 
 def dynamics_table(df: pd.DataFrame, target: str = "first_token") -> pd.DataFrame:
@@ -40,9 +43,11 @@ def dynamics_table(df: pd.DataFrame, target: str = "first_token") -> pd.DataFram
            & (df["status"].astype(str) == "ok")].copy()  # fmt: skip
     d["run"] = d["model"].astype(str).str.replace(r"@\d+$", "", regex=True)
     q = d[d["probe_kind"].astype(str) == "q"].assign(measure="q_name")
-    p = d[(d["probe_kind"].astype(str) == "p") & (d["position"].astype(str) == FIRST_POSITION)
-          & (d["attribute"].astype(str) != FIRST_POSITION)].assign(measure="p_first")  # fmt: skip
-    both = pd.concat([q, p], ignore_index=True)
+    pk = d[d["probe_kind"].astype(str) == "p"]
+    p = pk[(pk["position"].astype(str) == FIRST_POSITION)
+           & (pk["attribute"].astype(str) != FIRST_POSITION)].assign(measure="p_first")  # fmt: skip
+    own = pk[pk["position"].astype(str) == pk["attribute"].astype(str)].assign(measure="p_own")
+    both = pd.concat([q, p, own], ignore_index=True)
     if both.empty:
         raise UserError(f"no {target} Q-probes or P-probes at the {FIRST_POSITION} position in the table; "
                         "probe with kinds [p, q]")  # fmt: skip
@@ -71,9 +76,9 @@ def dynamics_figure(table: pd.DataFrame, qa: pd.DataFrame | None = None, model: 
     for i, m in enumerate(measures, start=1):
         grid = t[t["measure"] == m].pivot(index="layer", columns="step", values="accuracy").reindex(columns=steps)
         base = float(t[t["measure"] == m]["baseline"].mean())
-        fig.add_trace(go.Heatmap(z=(grid.to_numpy() * 100).round(1), x=[str(s) for s in steps],
+        fig.add_trace(go.Heatmap(z=(grid.to_numpy() * 100).round(1), x=steps,
                                  y=[str(int(v)) for v in grid.index], zmin=0, zmax=100, colorscale="Viridis",
-                                 showscale=i == 1, colorbar={"title": "%"},
+                                 showscale=i == 1, colorbar={"title": "%"}, texttemplate="%{z:.0f}",
                                  hovertemplate="step %{x}, layer %{y}: %{z}%<extra>" + f"baseline {base:.1%}"
                                  + "</extra>"), row=i, col=1)  # fmt: skip
         fig.update_yaxes(title_text=f"layer (baseline {base:.0%})", row=i, col=1)
@@ -81,10 +86,10 @@ def dynamics_figure(table: pd.DataFrame, qa: pd.DataFrame | None = None, model: 
         q = qa.sort_values("step")
         err = {"type": "data", "symmetric": False, "array": (q["ci_high"] - q["exact_match"]) * 100,
                "arrayminus": (q["exact_match"] - q["ci_low"]) * 100} if "ci_low" in q else None  # fmt: skip
-        fig.add_trace(go.Scatter(x=[str(s) for s in q["step"]], y=q["exact_match"] * 100, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=q["step"], y=q["exact_match"] * 100, mode="lines+markers",
                                  error_y=err, name="QA exact match"), row=rows, col=1)  # fmt: skip
         fig.update_yaxes(title_text="%", range=[0, 100], row=rows, col=1)
-    fig.update_xaxes(title_text="training step", type="category", row=rows, col=1)
+    fig.update_xaxes(title_text="training step", tickvals=steps, row=rows, col=1)
     fig.update_layout(title=f"{model}: storage through training", height=300 * rows, width=760, showlegend=False)
     data = table[table["model"] == model]
     if qa is not None and len(qa):
