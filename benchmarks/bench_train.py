@@ -39,9 +39,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
+from probekit.errors import cpu_bf16_units
+from probekit.model.batch import TrainItem
 from probekit.training.config import TrainConfig
 from probekit.training.data import ItemSource
-from probekit.model.batch import TrainItem
 from probekit.training.trainer import Trainer
 
 
@@ -73,6 +74,20 @@ def step_flops(layers: int, d: int, d_mlp: int, vocab: int, batch: int, seq: int
     return 3 * 2 * tokens * (proj + attn)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), to print beside every figure."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4x128,8x256", help="comma-separated LAYERSxWIDTH model shapes")
@@ -94,6 +109,10 @@ def main() -> None:
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.precision == "bf16" and not torch.cuda.is_available() and not cpu_bf16_units():
+        print(f"bf16 not measured: no bf16 unit on this CPU ({cpu_model()}: neither AMX-BF16 nor AVX-512-BF16)")
+        return
+    print(f"CPU {cpu_model()}, bf16 units: {', '.join(cpu_bf16_units()) or 'none'}")
     print(f"threads {torch.get_num_threads()}, precision {args.precision}, batch {args.batch} x {args.seq_len} tokens, "
           f"vocab {args.vocab}, clock {args.clock}")  # fmt: skip
     for shape in args.shapes.split(","):

@@ -147,10 +147,27 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
+    """The bfloat16 matrix units of this CPU: ``amx_bf16`` and/or ``avx512_bf16`` from ``/proc/cpuinfo``'s flags
+    (``cpuinfo``: that file's text, for tests); empty where it has none or the file cannot be read."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return [u for u in ("amx_bf16", "avx512_bf16") if u in flags]
+
+
 def check_precision(precision: str | None, flag: str = "--precision") -> None:
     """Refuse a mixed precision that cannot take effect here (accelerate would silently train in float32 while
-    the run's config and provenance record the setting): fp16 needs a CUDA GPU, bf16 a GPU that supports it
-    (or the CPU, where torch autocasts to bfloat16)."""
+    the run's config and provenance record the setting): fp16 needs a CUDA GPU, bf16 a GPU that supports it or a
+    CPU with bfloat16 matrix units (AMX-BF16 or AVX-512-BF16; elsewhere bfloat16 is emulated, slower than float32,
+    and the run would not be what its setting says)."""
     if precision in (None, "", "no"):
         return
     import torch
@@ -161,3 +178,6 @@ def check_precision(precision: str | None, flag: str = "--precision") -> None:
                         "but be recorded as fp16); use --precision no (or bf16 on a CPU)")  # fmt: skip
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError(f"{flag} bf16: this GPU does not support bfloat16; use --precision fp16 or no")
+    if precision == "bf16" and not cuda and not cpu_bf16_units():
+        raise UserError(f"{flag} bf16: this CPU has no bfloat16 matrix units (neither AMX-BF16 nor AVX-512-BF16), so "
+                        "bfloat16 would be emulated and slower than float32; use --precision no here")  # fmt: skip
