@@ -149,7 +149,11 @@ def test_probekit_checkpoint_end_to_end_with_random_control(ds, tmp_path, capsys
     assert set(df["objective"]) == {"ntp"} and set(df["dataset"]) == {ds.name}
     # 2 models x (P: 2 positions x 2 attrs x 2 targets x 3 layers + Q: 2 attrs x 2 targets x 3 layers)
     assert len(df) == 2 * (24 + 12)
-    assert (df["status"] == "ok").all() and df["accuracy"].between(0, 1).all()
+    assert (df["status"] == "ok").all()
+    # an accuracy and a baseline are counts of the test rows: k / n_test exactly, never a mean over something else
+    for col in ("accuracy", "baseline"):
+        k = df[col] * df["n_test"]
+        assert ((k - k.round()).abs() < 1e-9).all() and df[col].between(0, 1).all()
     assert (df["n_train"] + df["n_test"]).isin([24]).all()
     assert "Q-probes at the name" in capsys.readouterr().out
 

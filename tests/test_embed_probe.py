@@ -108,7 +108,9 @@ def test_run_spec_adds_embed_update_rows_and_yaml_settings_are_checked(tmp_path)
     # 3 resid layers x (2 P positions + 1 Q) frozen probes, plus (2 + 1) embedding-update probes at layer 2
     assert len(df) == 3 * 3 + 3 and len(emb) == 3
     assert set(emb.layer) == {2} and set(emb.engine) == {"embed_update_r2", "embed_update_r16"}
-    assert emb.accuracy.between(0, 1).all() and "tiny [embed_update]" in summary_table(df)
+    k = emb.accuracy * emb.n_test  # a count of the test rows, not a loose number in [0, 1]
+    assert ((k - k.round()).abs() < 1e-9).all() and emb.accuracy.between(0, 1).all()
+    assert "tiny [embed_update]" in summary_table(df)
     bad = tmp_path / "bad.yaml"
     bad.write_text("embed_probe: {epoch: 3}\n")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\]"):

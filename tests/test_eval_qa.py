@@ -157,6 +157,24 @@ def test_inverse_search(tiny_single, models, tmp_path: Path) -> None:
     t = res.table
     assert set(t.task) == {"birth_city+company", "overall"} and set(t.metric) == {"exact_match", "first_token"}
     assert (t.n == len(ds.split["test"])).all() and res.finetune is None
+    # the rates are those of the predictions, and each prediction is the model's own greedy answer to the prompt
+    from probekit.io import read_jsonl
+    from probekit.objectives import generate
+    from probekit.training.finetune import encode_items
+
+    preds = read_jsonl(tmp_path / "inv" / "predictions.jsonl")
+    assert [r["pid"] for r in preds] == [it.pid for it in items]
+    assert all(r["answer"] == ds.person(r["pid"]).full_name and r["prompt"] == it.prompt for r, it in zip(preds, items))
+    overall = t[(t.task == "overall") & (t.metric == "exact_match")]["value"].item()
+    assert overall == pytest.approx(sum(r["exact_match"] for r in preds) / len(preds))
+    model, tok, _ = load_checkpoint(models["bico"])
+    prompts, answers = encode_items(tok, items)
+    from probekit.data.tokenizer import EOS_ID
+
+    # generation runs one token past the longest answer, so an exact answer must also stop
+    gen = generate(model, "bico", [[EOS_ID, *q] for q in prompts], max(len(a) for a in answers) + 1)
+    assert [r["generated"] for r in preds] == [tok.decode(g) for g in gen]
+    assert [r["exact_match"] for r in preds] == [g == a for g, a in zip(gen, answers)]
     with pytest.raises(ValueError, match="distinct attributes"):
         inverse_items(ds, ds.split["test"], ["birth_city", "height"])
 

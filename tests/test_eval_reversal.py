@@ -74,6 +74,22 @@ def test_abi_model_answers_as_a_span(rev, tmp_path: Path) -> None:
     assert set(res.table.task) == {"D2N", "both"} and set(res.table.objective) == {"abi"}
     lp = res.table.set_index(["task", "metric"])["value"]
     assert math.isfinite(lp["D2N", "logprob_correct"]) and lp["D2N", "logprob_correct"] < 0
+    # each item's log-probability is the span's, teacher-forced token by token through the generation layout
+    # (Part A = [EOS] + prompt + [MASK], Part B = [START] + the tokens so far): an independent computation
+    import torch
+
+    from probekit.objectives.abi import abi_generation_inputs
+
+    model, tok, _ = load_checkpoint(runs["abi"])
+    model.eval()
+    for r in [x for x in res.records if x["task"] == "D2N"][:3]:
+        p, c = (tok(s, add_special_tokens=False)["input_ids"] for s in (r["prompt"], r["target"]))
+        total = 0.0
+        with torch.no_grad():
+            for k in range(len(c)):
+                logits = model(**abi_generation_inputs([p], [c[:k]], ()).model_kwargs())  # [1, T, V]
+                total += float(torch.log_softmax(logits[0, -1].double(), -1)[c[k]])
+        assert r["logprob_correct"] == pytest.approx(total, abs=1e-3)
 
 
 def test_random_others() -> None:

@@ -181,3 +181,12 @@ def check_precision(precision: str | None, flag: str = "--precision") -> None:
     if precision == "bf16" and not cuda and not cpu_bf16_units():
         raise UserError(f"{flag} bf16: this CPU has no bfloat16 matrix units (neither AMX-BF16 nor AVX-512-BF16), so "
                         "bfloat16 would be emulated and slower than float32; use --precision no here")  # fmt: skip
+
+
+MAX_SEED = 2**63 - 1  # torch, numpy and Python's random all take seeds up to this
+
+
+def check_seed(seed: object, name: str = "seed") -> None:
+    """Refuse a seed that is not a whole number in [0, 2**63 - 1] (torch's generators reject larger ones mid-run)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{name} must be a whole number from 0 to 2**63 - 1, got {seed!r}; pick a smaller seed")

@@ -263,3 +263,46 @@ def test_compare_refuses_a_metric_or_split_the_tables_lack(
              capsys, "exact_mtch", "exact_match")  # fmt: skip
     _refused(["eval", "compare", str(tmp_path / "ev"), "--out", str(tmp_path / "o2"), "--split", "val"], capsys,
              "--split 'val'", "test")  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["accuracy-above-one", "negative-baseline", "duplicated-rows"])
+def test_plot_refuses_tables_no_probe_writes(tiny: Tiny, tmp_path: Path, kind: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    import pandas as pd
+
+    df = pd.read_parquet(tiny.table)
+    if kind == "accuracy-above-one":
+        df.loc[df.index[0], "accuracy"], words = 1.5, ("'accuracy'", "outside [0, 1]")
+    elif kind == "negative-baseline":
+        df.loc[df.index[1], "baseline"], words = -0.2, ("'baseline'", "outside [0, 1]")
+    else:
+        df, words = pd.concat([df, df.iloc[:3]], ignore_index=True), ("repeat the same probe",)
+    f = tmp_path / "t.csv"
+    df.to_csv(f, index=False)
+    out = tmp_path / "out"
+    _refused(["plot", "--results", str(f), "--out", str(out), "--no-png"], capsys, str(f), *words)
+    assert not out.exists()
+    # the same table given twice is the same mistake
+    _refused(["plot", "--results", str(tiny.table), str(tiny.table), "--out", str(out), "--no-png"], capsys,
+             "repeat the same probe")  # fmt: skip
+
+
+def test_seeds_beyond_64_bits_are_refused_before_work(tiny: Tiny, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    big = str(2**64)
+    _refused(["data", "bios", "--n", "10", "--seed", big, "--out", str(tmp_path / "d")], capsys, "--seed", "2**63")
+    _refused(["train", "--config", str(tiny.train_yaml), "--data", str(tiny.data), "--seed", big, "--out",
+              str(tmp_path / "r")], capsys, "seed", "2**63")  # fmt: skip
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"kinds: [q]\nseed: {big}\n", encoding="utf-8")
+    _refused(["probe", "--spec", str(spec), "--model", str(tiny.run), "--data", str(tiny.data), "--out",
+              str(tmp_path / "p")], capsys, "probe seed", "2**63")  # fmt: skip
+    assert not any((tmp_path / n).exists() for n in ("d", "r", "p"))
+
+
+def test_layer_with_a_q_only_spec_is_refused(tiny: Tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "q.yaml"
+    spec.write_text("kinds: [q]\n", encoding="utf-8")
+    _refused(["probe", "--spec", str(spec), "--model", str(tiny.run), "--data", str(tiny.data), "--out",
+              str(tmp_path / "p"), "--layer", "99"], capsys, "--layer 99", "no residual P-probes")  # fmt: skip
+    assert not (tmp_path / "p").exists()

@@ -45,8 +45,10 @@ def _distract_vocab(on: bool) -> tuple[str, ...]:
 
 def cmd_bios(args: argparse.Namespace) -> int:
     from probekit.data.store import build_dataset
+    from probekit.errors import check_seed
     from probekit.io import check_output, output_lock
 
+    check_seed(args.seed, "--seed")
     limits = _counts(args.pool_limit, "--pool-limit")
     names = _counts(args.name_pool, "--name-pool")
     pools = _pool_files(args)

@@ -53,6 +53,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     target = series[-1][1]  # the latest (or last named) checkpoint: its figures, its random-init control
     for _, m in series:
         check_compatible(m, ds)
+    if args.layer is not None and not ("p" in spec.kinds and "resid" in spec.hooks):
+        raise UserError(f"--layer {args.layer} picks the layer of the P-probe grids, and spec {spec.name!r} has no "
+                        "residual P-probes; drop --layer (Q-probe figures show every layer)")  # fmt: skip
     if args.layer is not None and "p" in spec.kinds and "resid" in spec.hooks:
         layers = spec.resolve_layers("resid", model_dims(target.model).n_layers)
         if args.layer not in layers:

@@ -15,7 +15,7 @@ from typing import Any
 
 from probekit.data.bios import PersonGroup
 from probekit.data.reversal import ReversalConfig
-from probekit.errors import UserError, UserFileNotFoundError
+from probekit.errors import MAX_SEED, UserError, UserFileNotFoundError, check_seed
 from probekit.patching.config import PatchConfig
 from probekit.probes.spec import ProbeSpec
 from probekit.serde import Section, from_dict, init_sections, section, to_dict
@@ -188,7 +188,7 @@ class ExperimentConfig:
                 not isinstance(self.seeds, list)
                 or not self.seeds
                 or len(set(self.seeds)) != len(self.seeds)
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in self.seeds)
             ):
                 raise UserError(f"seeds must be a non-empty list of distinct non-negative integers, e.g. [0, 1, 2], "
                                 f"got {self.seeds!r}")  # fmt: skip
@@ -198,6 +198,7 @@ class ExperimentConfig:
             multi = entries_per_person(d.augmentation, d.groups)
             if d.n_people < 1:
                 raise UserError(f"dataset {d.name!r}: n_people must be at least 1, got {d.n_people}")
+            check_seed(d.seed, f"dataset {d.name!r}: seed")
             from probekit.data.integrity import check_memory
             from probekit.data.pools import LIMITABLE, NAME_PARTS, check_name_space, load_pools
 

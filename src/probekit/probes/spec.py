@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from probekit.data.pools import ATTRIBUTES
-from probekit.errors import UserError, UserFileNotFoundError
+from probekit.errors import UserError, UserFileNotFoundError, check_seed
 from probekit.probes.config import BACKENDS, EmbedProbeConfig, EngineConfig
 from probekit.serde import from_dict, load_mapping
 
@@ -113,6 +113,7 @@ class ProbeSpec:
         self.hooks = _names(self.hooks, HOOKS, "hooks")
         if self.engine not in BACKENDS:
             raise UserError(f"unknown engine {self.engine!r}; valid engines are {list(BACKENDS)}")
+        check_seed(self.seed, "probe seed")
         if self.storage not in STORAGE:
             raise UserError(f"unknown storage {self.storage!r}; valid storage modes are {list(STORAGE)}")
         if self.layers != "all":

@@ -136,9 +136,36 @@ def read_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     if not frames:
         raise UserError("no results tables given")
     try:
-        return normalise(pd.concat(frames, ignore_index=True))
-    except UserError as e:  # name the tables: a column problem is theirs
+        df = normalise(pd.concat(frames, ignore_index=True))
+        check_values(df)
+    except UserError as e:  # name the tables: a column or value problem is theirs
         raise UserError(f"{', '.join(map(str, paths))}: {e}") from None
+    return df
+
+
+# The columns that identify one probe: a table holds each at most once.
+KEY_COLUMNS: tuple[str, ...] = ("model", "probe_kind", "hook", "layer", "position", "attribute", "target_kind",
+                                "reading", "seed", "step")  # fmt: skip
+_RATE_COLUMNS = ("accuracy", "baseline", "train_accuracy", "val_accuracy", "ci_low", "ci_high", "control_accuracy")
+
+
+def check_values(df: pd.DataFrame) -> None:
+    """Refuse what no probe writes: rates outside [0, 1] and the same probe twice (a table given twice, or two
+    tables of one model concatenated by hand), which would count that probe double in every figure."""
+    for col in _RATE_COLUMNS:
+        if col in df.columns:
+            bad = df[col].notna() & ~df[col].between(0.0, 1.0)
+            if bad.any():
+                raise UserError(f"column {col!r} holds {int(bad.sum())} value(s) outside [0, 1] (e.g. "
+                                f"{df.loc[bad, col].iloc[0]!r}); rates are fractions of test people: fix or "
+                                "regenerate the table")  # fmt: skip
+    key = [c for c in KEY_COLUMNS if c in df.columns]
+    dup = df.duplicated(subset=key, keep=False)
+    if dup.any():
+        first = df.loc[dup].iloc[0]
+        raise UserError(f"{int(dup.sum())} rows repeat the same probe (e.g. model {first['model']!r}, "
+                        f"{first['probe_kind']} layer {first['layer']} {first['position']} -> {first['attribute']}); "
+                        "give each table once, or name models apart")  # fmt: skip
 
 
 def _attr_order(values: Iterable[str]) -> list[str]:
