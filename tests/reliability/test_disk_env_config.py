@@ -306,3 +306,12 @@ def test_layer_with_a_q_only_spec_is_refused(tiny: Tiny, tmp_path: Path, capsys:
     _refused(["probe", "--spec", str(spec), "--model", str(tiny.run), "--data", str(tiny.data), "--out",
               str(tmp_path / "p"), "--layer", "99"], capsys, "--layer 99", "no residual P-probes")  # fmt: skip
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_max_people_too_few_to_split_is_refused(tiny: Tiny, tmp_path: Path, n: int,
+                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"kinds: [q]\nmax_people: {n}\n", encoding="utf-8")
+    _refused(["probe", "--spec", str(spec), "--model", str(tiny.run), "--data", str(tiny.data), "--out",
+              str(tmp_path / "p")], capsys, f"max_people {n}", "too few to split")  # fmt: skip

@@ -152,6 +152,10 @@ class ProbeSpec:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise UserError(f"{name} must be a positive integer or null, got {v!r}")
+        if self.max_people is not None and self.max_people < 3:
+            raise UserError(f"max_people {self.max_people} is too few to split: a probe needs at least 2 P_train "
+                            "people to fit and 1 P_test person to score; use 3 or more (or null for "
+                            "everyone)")  # fmt: skip
         self.engine_config()  # validates the L2 grid
         if isinstance(self.embed_probe, dict):
             self.embed_probe = from_dict(EmbedProbeConfig, self.embed_probe)
