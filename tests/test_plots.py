@@ -52,7 +52,11 @@ def test_results_round_trip_and_summary(tmp_path):
     back = read_results(pq)
     assert list(back.columns[: len(COLUMNS)]) == list(COLUMNS)
     pd.testing.assert_frame_equal(back, df)
-    both = read_results([tmp_path, csv])
+    with pytest.raises(ValueError, match="repeat the same probe"):  # one table as Parquet and as CSV: twice
+        read_results([tmp_path, csv])
+    other = df.assign(model=df["model"] + "_b")
+    write_results(other, tmp_path / "b")
+    both = read_results([tmp_path, tmp_path / "b"])
     assert len(both) == 2 * len(df)
     text = summary_table(df)
     assert "Q-probes at the name" in text and "P-probes at the last layer" in text

@@ -217,13 +217,15 @@ def _cmd_reversal(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from probekit.io import check_output, prepare_output_dir
+    from probekit.io import check_output, output_lock, prepare_output_dir
     from probekit.reporting.evaluation import write_comparison
 
     check_output(args.out, {"results": args.results})
     out = prepare_output_dir(args.out, args.overwrite)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    df, paths = write_comparison(args.results, out, metrics=metrics, split=args.split or None, png=not args.no_png)
+    with output_lock(out):  # one writer per output directory
+        df, paths = write_comparison(args.results, out, metrics=metrics, split=args.split or None,
+                                     png=not args.no_png)  # fmt: skip
     _print_summary(df, paths, metrics)
     return 0
 

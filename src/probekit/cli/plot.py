@@ -13,12 +13,13 @@ COMMANDS = {"plot": "re-render probe figures from results tables"}
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from probekit.io import check_output
+    from probekit.io import check_output, output_lock
 
     qa_dirs = [q.partition("=")[2] for q in getattr(args, "qa", None) or []]
     check_output(args.out, {"--results": args.results, "--experiment": args.experiment, "--scale": args.scale,
                             "--dynamics": getattr(args, "dynamics", None), "--qa": qa_dirs})  # fmt: skip
-    return _cmd_plot(args)
+    with output_lock(args.out):  # one writer per figures directory
+        return _cmd_plot(args)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
