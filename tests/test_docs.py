@@ -16,6 +16,8 @@ import pytest
 
 from tests.test_readme import FENCED, named_commands, unknown_commands
 
+pytestmark = pytest.mark.slow  # builds the documentation site
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 LINK = re.compile(r"!?\[(?P<text>[^\]\n]*)\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")

@@ -14,6 +14,8 @@ from probekit.reporting.results import read_results
 from probekit.training.config import TrainConfig
 from probekit.training.trainer import train
 
+pytestmark = pytest.mark.slow  # trains a run and probes every checkpoint through the CLI
+
 
 @pytest.fixture(scope="module")
 def run_with_checkpoints(tiny_single, tmp_path_factory: pytest.TempPathFactory) -> Path:

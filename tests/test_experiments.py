@@ -9,6 +9,8 @@ import pytest
 from probekit.experiment.runner import run_experiment
 from probekit.experiment.spec import demo_config, load_experiment
 
+pytestmark = pytest.mark.slow  # runs whole experiments
+
 TINY_TRAIN = {"objective": "ntp", "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_mlp": 64, "n_ctx": 128},
               "seq_len": 64, "batch_size": 8, "max_steps": 12, "warmup_steps": 2, "save_every": 6,
               "seed": 0}  # fmt: skip

@@ -113,6 +113,7 @@ def _errors(dom: str) -> str:
     return m.group(1).strip()
 
 
+@pytest.mark.slow  # starts a browser
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     chromium = _chromium()
     path, ids = _write(tmp_path / "out")

@@ -17,6 +17,8 @@ from probekit.experiment.stages import STAGES, register_stage, unregister_stage
 from probekit.io import atomic_path
 from tests.test_experiments import TINY_TRAIN
 
+pytestmark = pytest.mark.slow  # runs whole experiments through probekit run
+
 CALLS: list[str] = []
 
 

@@ -13,6 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every reliability test drives whole commands (user-facing behaviour, not a core mechanism): it runs with the
+    full suite and is left out of the fast core subset, ``pytest -m "not slow"``."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
+
+
 TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_mlp": 64}
 TINY_TRAIN = {"objective": "ntp", "model": TINY_MODEL, "seq_len": 32, "batch_size": 4, "max_steps": 2,
               "warmup_steps": 1, "eval_windows": 0, "log_every": 1, "seed": 0}  # fmt: skip
