@@ -96,7 +96,8 @@ def test_a_stage_added_in_one_class_runs_resumes_and_reports(toy_stage: None, tm
     times = pd.read_csv(out / "timings.csv")  # where the time went: every stage and model that ran
     assert list(times["stage"]) == ["data", "train", "probe", "toy"]
     assert list(times["job"]) == ["data s", "train m", "probes m", "toy m"]
-    assert (times["wall_s"] > 0).all() and (times["cpu_s"] >= 0).all()
+    assert (times["wall_s"] >= 0).all() and (times["cpu_s"] >= 0).all()
+    assert times.set_index("stage").loc["train", "wall_s"] > 0  # a training takes measurable time
     assert "Time per stage" in (out / "report.html").read_text()
     assert "Time per stage" not in (out / "summary.txt").read_text()  # the summary stays reproducible
     summary = (out / "summary.txt").read_text()

@@ -409,7 +409,7 @@ TIMINGS_FILE = "timings.csv"
 def record_timings(out: Path, times: list[tuple[str, Timing]]) -> pd.DataFrame:
     """Add this run's job times to ``<out>/timings.csv`` (one row per stage and job; a job run again replaces its
     row) and return the whole table: stage, job, wall_s, cpu_s."""
-    rows = [{"stage": stage, "job": t.label, "wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2)}
+    rows = [{"stage": stage, "job": t.label, "wall_s": round(t.wall_s, 3), "cpu_s": round(t.cpu_s, 3)}
             for stage, t in times]  # fmt: skip
     new = pd.DataFrame(rows, columns=["stage", "job", "wall_s", "cpu_s"])
     f = out / TIMINGS_FILE
