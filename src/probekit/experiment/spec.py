@@ -79,7 +79,7 @@ class InverseSpec:
 
 @dataclass
 class ReversalSpec:
-    """The reversal curse (METHODS 2-3) as a stage: one model per objective trained from scratch on the same
+    """The reversal curse (Berglund et al.; BICO: Lv et al.) as a stage: one model per objective trained from scratch on the same
     fictitious name <-> description facts (``probekit data reversal``), evaluated on N2D, D2N and their reverses."""
 
     objectives: list[str] = field(default_factory=lambda: ["ntp", "bico"])
@@ -92,7 +92,7 @@ class ReversalSpec:
 
 @dataclass
 class PatchSpec:
-    """Activation patching (METHODS 7) as a stage: name-swap maps of every model the stage names, on QA prompts
+    """Activation patching (causal tracing) as a stage: name-swap maps of every model the stage names, on QA prompts
     of P_test people with the model the QA stage finetuned (or, with ``prompts: bio``, on biography prefixes with
     the pretrained model). ``config``: ``probekit.patching.patch.PatchConfig`` fields."""
 
