@@ -79,7 +79,7 @@ class InverseSpec:
 
 @dataclass
 class ReversalSpec:
-    """The reversal curse (Berglund et al.; BICO: Lv et al.) as a stage: one model per objective trained from scratch on the same
+    """The reversal curse (Berglund et al.) as a stage: one model per objective trained from scratch on the same
     fictitious name <-> description facts (``probekit data reversal``), evaluated on N2D, D2N and their reverses."""
 
     objectives: list[str] = field(default_factory=lambda: ["ntp", "bico"])
