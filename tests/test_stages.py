@@ -127,3 +127,20 @@ def test_unknown_or_invalid_stage_settings_are_refused_before_work(toy_stage: No
     assert main(["run", str(_config(tmp_path, stages={"toy": {"scale": -1}})), "--out", str(out),
                  "--no-progress"]) == 2  # fmt: skip
     assert not out.exists()
+
+
+def test_watch_shows_each_workers_step_and_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The progress line of jobs in worker processes (reversal trainings, QA finetuning under --jobs)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from probekit.experiment.stage import watch
+
+    run = tmp_path / "model"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 3, "loss": 0.5}\n')
+    with ThreadPoolExecutor(2) as pool:
+        futures = {"reversal ntp": pool.submit(time.sleep, 2.5), "reversal bico": pool.submit(time.sleep, 0)}
+        watch(futures, {"reversal ntp": run, "reversal bico": tmp_path / "none"}, True, "reversal")
+    err = capsys.readouterr().err
+    assert "reversal ntp step 3 loss 0.500" in err and "reversal bico done" in err

@@ -117,10 +117,44 @@ def run_job(fn: Callable[..., None], args: tuple[Any, ...], command: list[str] |
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def in_pool(todo: list[Job], jobs: int, progress: bool = True) -> list[Timing]:
+def last_metrics(run: Path) -> dict[str, Any]:
+    """The last line of a training run's ``metrics.jsonl`` (empty while it has none)."""
+    import json
+
+    try:
+        lines = (run / "metrics.jsonl").read_text().strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def watch(futures: dict[str, Any], runs: dict[str, Path], progress: bool, desc: str) -> None:
+    """One live progress line for jobs running in worker processes: each job's training step and loss, read from
+    its run directory's ``metrics.jsonl`` every two seconds, until every job has finished."""
+    from concurrent.futures import wait
+
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, unit="step", disable=not progress, bar_format="{desc} {postfix} [{elapsed}]") as bar:
+        while True:
+            _, pending = wait(list(futures.values()), timeout=2.0)
+            parts = []
+            for name, fut in futures.items():
+                m = last_metrics(runs[name]) if name in runs else {}
+                state = "done" if fut.done() else (f"step {m.get('step')} loss {m.get('loss', float('nan')):.3f}"
+                                                   if m else "starting")  # fmt: skip
+                parts.append(f"{name} {state}")
+            bar.set_postfix_str(" | ".join(parts))
+            if not pending:
+                return
+
+
+def in_pool(todo: list[Job], jobs: int, progress: bool = True, runs: dict[str, Path] | None = None,
+            desc: str = "models") -> list[Timing]:  # fmt: skip
     """Run ``fn(*args)`` for each ``(label, fn, args)``: in ``jobs`` worker processes (one torch thread each; the
     last argument of each call, the parent's command line, is filled in) or, with ``jobs`` 1, here in order.
-    Returns each job's wall and CPU time."""
+    ``runs``: the training run directory of a job's label, whose step and loss the progress line then shows
+    while the workers run (a job in this process shows its own bars). Returns each job's wall and CPU time."""
     times: list[Timing] = []
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
@@ -134,7 +168,9 @@ def in_pool(todo: list[Job], jobs: int, progress: bool = True) -> list[Timing]:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_worker_init) as pool:  # fmt: skip
             futures = [(label, pool.submit(run_job, fn, args, cmd)) for label, fn, args in todo]
-            for label, fut in tqdm(futures, desc="models", unit="model", disable=not progress):
+            if runs:
+                watch(dict(futures), runs, progress, desc)
+            for label, fut in tqdm(futures, desc=desc, unit="model", disable=not progress or bool(runs)):
                 times.append(Timing(label, *fut.result()))
                 log.info(f"  {label} done")
     else:

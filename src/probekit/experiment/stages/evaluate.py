@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig, InverseSpec, QASpec, Run
-from probekit.experiment.stage import Context, Job, Stage, done, log, mark_done
+from probekit.experiment.stage import Context, Job, Stage, Timing, done, in_pool, log, mark_done
 from probekit.serde import from_dict
 from probekit.training.config import FinetuneConfig
 
@@ -70,6 +70,11 @@ class EvalStage(Stage):
                         ctx.png, groups)  # fmt: skip
                 todo.append((f"{kind} {r.key}", eval_one, args))
         return todo
+
+    def run(self, ctx: Context) -> list[Timing]:
+        """Finetune and answer; under ``--jobs`` the progress line shows each finetuning's step and loss."""
+        runs = {f"{self.name} {r.key}": self.dest(ctx, r.key) / "finetune" for r in self.chosen(ctx.cfg)}
+        return in_pool(self.jobs(ctx), ctx.jobs, ctx.progress, runs=runs, desc=self.name)
 
     def table(self, ctx: Context) -> pd.DataFrame | None:
         """The results of every chosen run, with a ``seed`` column."""

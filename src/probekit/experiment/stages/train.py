@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import Context, Job, Stage, Timing, done, log, mark_done, run_job
+from probekit.experiment.stage import Context, Job, Stage, Timing, done, log, mark_done, run_job, watch
 from probekit.serde import from_dict
 from probekit.training.config import TrainConfig
 
@@ -29,33 +28,6 @@ def train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: in
         torch.set_num_threads(threads)
     train(from_dict(TrainConfig, tc_dict), resume=resume, overwrite=not resume, progress=progress)
     mark_done(Path(tc_dict["out"]))
-
-
-def _last_metrics(run: Path) -> dict[str, Any]:
-    try:
-        lines = (run / "metrics.jsonl").read_text().strip().splitlines()
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _watch(futures: dict[str, Any], runs: dict[str, Path], progress: bool) -> None:
-    """One progress line for trainings running in worker processes (read from their metrics.jsonl)."""
-    from concurrent.futures import wait
-
-    from tqdm.auto import tqdm
-
-    with tqdm(desc="train", unit="step", disable=not progress, bar_format="{desc} {postfix} [{elapsed}]") as bar:
-        while True:
-            _, pending = wait(list(futures.values()), timeout=2.0)
-            parts = []
-            for name in futures:
-                m = _last_metrics(runs[name])
-                if m:
-                    parts.append(f"{name} step {m.get('step')} loss {m.get('loss', float('nan')):.3f}")
-            bar.set_postfix_str(" | ".join(parts))
-            if not pending:
-                return
 
 
 class TrainStage(Stage):
@@ -97,7 +69,7 @@ class TrainStage(Stage):
                 cmd = command_line()
                 futures = {name: pool.submit(run_job, train_one, (tc, resume, False, 1), cmd)
                            for name, tc, resume in todo}  # fmt: skip
-                _watch(futures, ctx.runs, ctx.progress)
+                watch(futures, ctx.runs, ctx.progress, "train")
                 times += [Timing(f"train {name}", *fut.result()) for name, fut in futures.items()]
         else:
             for name, tc, resume in todo:
