@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from probekit.errors import MAX_SEED, UserError, check_seed
+from probekit.errors import UserError, check_seed
 from probekit.model.config import ModelConfig
 from probekit.serde import Section, from_dict, init_sections, section
 
@@ -90,8 +90,10 @@ class TrainConfig:
                 errs.append(f"{name} must be positive, got {getattr(self, name)}")
         if not self.out:
             errs.append("out (the run directory) is empty")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            errs.append(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+        try:
+            check_seed(self.seed)
+        except UserError as e:
+            errs.append(str(e))
         for name in ("seq_len", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 errs.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
