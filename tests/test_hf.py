@@ -157,3 +157,76 @@ def test_bad_inputs_fail_clearly(tmp_path: Path, tokenizer) -> None:  # type: ig
     (out / EXTRA_JSON).unlink()  # a plain Llama directory whose weights do not match its config
     with pytest.raises(ValueError, match="shape"):
         import_llama(out)
+
+
+def trained_on_bios(ds, steps: int = 80) -> HookedLM:  # type: ignore[no-untyped-def]
+    """A tiny NTP model trained a few dozen steps on the biographies and QA texts (greedy outputs vary by prompt)."""
+    from probekit.data.tokenizer import EOS_ID, PAD_ID
+
+    tok = ds.tokenizer
+    texts = [e.text for e in ds.entries] + [q.text for q in ds.qa]
+    seqs = [[EOS_ID, *ids, EOS_ID] for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    cfg = ModelConfig(vocab_size=len(tok), d_model=48, n_layers=2, n_heads=4, d_mlp=96, n_ctx=96, seed=5)
+    model = HookedLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        batch = [seqs[i] for i in torch.randint(0, len(seqs), (16,), generator=g).tolist()]
+        ids = torch.full((len(batch), max(map(len, batch))), PAD_ID, dtype=torch.long)
+        for b, s in enumerate(batch):
+            ids[b, : len(s)] = torch.tensor(s)
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=PAD_ID
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_export_generates_like_probekit_through_auto_classes(tmp_path: Path, tiny_single) -> None:  # type: ignore[no-untyped-def]
+    """A user loading the export with plain AutoTokenizer + AutoModelForCausalLM gets probekit's greedy text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from probekit.data.tokenizer import EOS_ID
+    from probekit.objectives import generate
+
+    ds = tiny_single
+    tok = ds.tokenizer
+    before = tok.backend_tokenizer.to_str()
+    model = trained_on_bios(ds)
+    out = export_llama(model, tok, tmp_path / "llama")
+    assert tok.backend_tokenizer.to_str() == before  # the caller's tokenizer is not changed
+    assert tok("Anya was born")["input_ids"] == tok("Anya was born", add_special_tokens=False)["input_ids"]
+
+    prompts = [" ".join(e.text.split()[:n]) for e, n in zip(ds.entries[:6], (3, 5, 7, 9, 11, 13))]
+    prompts += [q.prompt for q in ds.qa[0:36:7]]  # six people, a different question each
+    assert len(prompts) == 12
+    ours = generate(model, "ntp", [[EOS_ID, *tok(p, add_special_tokens=False)["input_ids"]] for p in prompts], 24)
+    assert len({tuple(o) for o in ours}) > 6  # the model is not constant: outputs differ between prompts
+    assert any(len(o) < 24 for o in ours)  # and some stop at the end token
+
+    hf_tok = AutoTokenizer.from_pretrained(str(out))
+    hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    theirs = []
+    for p in prompts:
+        enc = hf_tok(p, return_tensors="pt")
+        with torch.no_grad():
+            seq = hf.generate(**enc, do_sample=False, max_new_tokens=24)[0, enc["input_ids"].shape[1] :].tolist()
+        theirs.append(seq[:-1] if seq and seq[-1] == EOS_ID else seq)
+    assert theirs == ours
+    assert [hf_tok.decode(t, skip_special_tokens=True) for t in theirs] == [tok.decode(o) for o in ours]
+
+    # The start token is added exactly once, and only when special tokens are asked for
+    for p in prompts:
+        plain = tok(p, add_special_tokens=False)["input_ids"]
+        assert hf_tok(p)["input_ids"] == [EOS_ID, *plain]
+        assert hf_tok(p, add_special_tokens=False)["input_ids"] == plain
+    # probekit reads the export back as its own tokenizer, encoding as before when it asks for no specials
+    back, back_tok = import_llama(out)
+    assert back_tok.get_vocab() == tok.get_vocab()
+    for p in prompts:
+        assert back_tok(p, add_special_tokens=False)["input_ids"] == tok(p, add_special_tokens=False)["input_ids"]
+    ids = [[EOS_ID, *back_tok(p, add_special_tokens=False)["input_ids"]] for p in prompts]
+    assert generate(back, "ntp", ids, 24) == ours

@@ -104,8 +104,11 @@ def llama_config_dict(cfg: ModelConfig, tie: bool) -> dict[str, Any]:
 def export_llama(model: HookedLM, tokenizer: Any, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``model`` and ``tokenizer`` as a ``LlamaForCausalLM`` directory (float32 safetensors).
 
-    Files: ``config.json``, ``model.safetensors``, the tokenizer files, ``probekit_extra.json`` (our
-    ``ModelConfig``) and, for ABI models, ``probekit_extra.safetensors`` (the span table; see the module docstring).
+    Files: ``config.json``, ``generation_config.json``, ``model.safetensors``, the tokenizer files,
+    ``probekit_extra.json`` (our ``ModelConfig``) and, for ABI models, ``probekit_extra.safetensors`` (the span
+    table; see the module docstring). The saved tokenizer prepends ``<|endoftext|>`` (probekit's sequence start)
+    itself, so ``AutoTokenizer`` + ``AutoModelForCausalLM.generate(max_new_tokens=n)`` produce probekit's greedy
+    continuation (``save_export_tokenizer``, ``generation_config_dict``).
     """
     cfg = model.cfg
     check_vocab(cfg.vocab_size, tokenizer, "export_llama")
@@ -144,8 +147,52 @@ def export_llama(model: HookedLM, tokenizer: Any, out_dir: str | Path, overwrite
                 {"span_embed.weight": span_table.contiguous()}, str(tmp / EXTRA_TENSORS), metadata={"format": "pt"}
             )
         atomic_write_json(tmp / EXTRA_JSON, extra)
-        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "generation_config.json", generation_config_dict())
+        save_export_tokenizer(tokenizer, tmp)
     return Path(out_dir)
+
+
+def generation_config_dict() -> dict[str, Any]:
+    """``generation_config.json`` of an export: ``generate`` stops where probekit's greedy decoding stops.
+
+    probekit decodes greedily and ends a row at ``<|endoftext|>`` (not returned) or after ``max_new_tokens``
+    (``probekit.objectives.generate``); with these settings ``generate(**inputs, max_new_tokens=n)`` returns the
+    same tokens followed by the stop token. No length is set: probekit has no default either, and a
+    ``max_length`` here would make ``transformers`` warn on every call that passes ``max_new_tokens``.
+    """
+    from probekit.data.tokenizer import EOS_ID, PAD_ID
+
+    return {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "do_sample": False}
+
+
+def save_export_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """Save a copy of ``tokenizer`` that adds probekit's start token ``<|endoftext|>`` itself.
+
+    probekit starts every sequence with ``<|endoftext|>`` and encodes with ``add_special_tokens=False``, so its
+    tokenizers add nothing. A user of the export calls ``AutoTokenizer.from_pretrained(dir)(text)``: the saved
+    copy's post-processor (in ``tokenizer.json``, which ``transformers`` loads as it is) prepends the start token
+    exactly once, and ``tokenizer_config.json`` says ``add_bos_token: true`` to match. ``add_special_tokens=False``
+    still encodes without it. The caller's tokenizer is left as it was; a tokenizer whose start token is not
+    probekit's is saved unchanged.
+    """
+    import copy
+
+    from tokenizers import processors
+
+    from probekit.data.tokenizer import EOS, EOS_ID
+
+    if getattr(tokenizer, "backend_tokenizer", None) is None or tokenizer.convert_tokens_to_ids(EOS) != EOS_ID:
+        tokenizer.save_pretrained(str(directory))
+        return
+    out = copy.deepcopy(tokenizer)
+    out.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{EOS}:0 $A:0", pair=f"{EOS}:0 $A:0 {EOS}:1 $B:1", special_tokens=[(EOS, EOS_ID)]
+    )
+    out.save_pretrained(str(directory))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(bos_token=EOS, add_bos_token=True, add_eos_token=False)
+    atomic_write_json(config_path, config)
 
 
 def _read_llama_config(directory: Path) -> dict[str, Any]:
@@ -196,7 +243,11 @@ def _load_safetensors(directory: Path) -> dict[str, Tensor]:
 
 
 def load_dir_tokenizer(directory: str | Path) -> Any:
-    """probekit's word-level tokenizer when the directory holds one, else whatever ``AutoTokenizer`` loads."""
+    """probekit's word-level tokenizer when the directory holds one, else whatever ``AutoTokenizer`` loads.
+
+    A tokenizer from an ``export_llama`` directory adds ``<|endoftext|>`` when asked for special tokens (see
+    ``save_export_tokenizer``); probekit always encodes with ``add_special_tokens=False``, which adds nothing.
+    """
     from transformers import AutoTokenizer
 
     from probekit.data.tokenizer import load_tokenizer
