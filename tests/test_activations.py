@@ -203,7 +203,7 @@ def test_cli_rejects_mismatched_tokenizer_and_existing_output(ds, tmp_path, caps
     spec.write_text(TINY_SPEC)
     rc = main(["probe", "--spec", str(spec), "--model", str(ckpt), "--data", str(ds.root), "--out",
                str(tmp_path / "o1")])  # fmt: skip
-    assert rc == 2 and "different tokenizers" in capsys.readouterr().err
+    assert rc == 2 and "cannot encode" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists()
     (tmp_path / "o2").mkdir()
     (tmp_path / "o2" / "x").write_text("keep")

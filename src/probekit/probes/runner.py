@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from probekit.data.tokens import TokenView
 from probekit.errors import UserError, UserFileNotFoundError
 from probekit.probes.activations import (
     collect_activations,
@@ -163,37 +164,46 @@ def random_init_like(target: ProbeModel, seed: int = 12345) -> ProbeModel:
     return dataclasses.replace(target, model=model, name=target.name + RANDOM_INIT_SUFFIX)
 
 
+def token_view(m: ProbeModel, ds: Any) -> TokenView:
+    """The tokens ``m`` reads: its own tokenizer's (saved beside it), else the dataset's."""
+    return TokenView(m.tokenizer if m.tokenizer is not None else ds.tokenizer,
+                     name=None if m.kind == "probekit" else str(m.source or m.name))  # fmt: skip
+
+
 def check_compatible(target: ProbeModel, ds: Any) -> None:
-    """The model must use the dataset's tokenizer (same vocabulary) and fit its ids."""
+    """The model's tokenizer must fit its vocabulary (a larger tokenizer would make ids the model lacks) and encode
+    the dataset's text (no unknown tokens in its names and first biography entries; every entry is checked again
+    when the tasks are built). The dataset's own tokenizer is not needed: text and character spans are mapped to
+    the model's tokens."""
     dims = model_dims(target.model)
-    ds_vocab = ds.tokenizer.get_vocab()
-    if target.tokenizer is not None and target.tokenizer.get_vocab() != ds_vocab:
-        a, b = set(target.tokenizer.get_vocab().items()), set(ds_vocab.items())
-        raise UserError(
-            f"model {target.name} and dataset {ds.root} use different tokenizers ({len(a - b)} model tokens and "
-            f"{len(b - a)} dataset tokens differ); probe a model with the dataset it was trained on"
-        )
-    if len(ds.tokenizer) > dims.vocab_size:
-        raise UserError(f"dataset tokenizer has {len(ds.tokenizer)} tokens but model {target.name} only "
-                        f"{dims.vocab_size}; probe a model with the dataset it was trained on")  # fmt: skip
+    view = token_view(target, ds)
+    if view.info.vocab_size > dims.vocab_size:
+        raise UserError(f"model {target.name}'s tokenizer has {view.info.vocab_size} tokens but the model only "
+                        f"{dims.vocab_size} embedding rows; save the tokenizer the model was trained with beside "
+                        "it")  # fmt: skip
+    people = list(ds.people)[:50]
+    view.check_encodable([p.full_name for p in people], f"the names of dataset {ds.root}")
+    seen = {p.pid for p in people}
+    view.check_encodable([e.text for e in ds.entries[:200] if e.pid in seen], f"the biographies of dataset {ds.root}")
 
 
-def build_tasks(spec: ProbeSpec, ds: Any) -> list[ProbeTaskSet]:
-    """The P and/or Q task sets a spec asks for (people split seeded by ``spec.seed``)."""
+def build_tasks(spec: ProbeSpec, ds: Any, view: TokenView | None = None) -> list[ProbeTaskSet]:
+    """The P and/or Q task sets a spec asks for (people split seeded by ``spec.seed``), in ``view``'s tokens
+    (default: the dataset's tokenizer)."""
     people = people_split(ds, spec.val_fraction, spec.seed, spec.max_people)
     out = []
     for kind in spec.kinds:
         if kind == "p":
-            out.append(
-                build_p_tasks(ds, people, spec.positions, spec.attributes, spec.targets, spec.entries_per_person)
-            )
+            out.append(build_p_tasks(ds, people, spec.positions, spec.attributes, spec.targets,
+                                     spec.entries_per_person, view=view))  # fmt: skip
         else:
-            out.append(build_q_tasks(ds, people, spec.attributes, spec.targets))
+            out.append(build_q_tasks(ds, people, spec.attributes, spec.targets, view=view))
     return out
 
 
-def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeModel]) -> None:
-    """Every check that needs the model, before any work: layers exist, inputs fit the context."""
+def validate_run(spec: ProbeSpec, tasks: dict[str, list[ProbeTaskSet]], models: list[ProbeModel]) -> None:
+    """Every check that needs the model, before any work: layers exist, inputs fit the context (``tasks``: the
+    task sets per model name)."""
     for m in models:
         dims = model_dims(m.model)
         if spec.embed_probe is not None and "hook_embed" not in m.model.hook_dict:
@@ -203,7 +213,7 @@ def validate_run(spec: ProbeSpec, tasks: list[ProbeTaskSet], models: list[ProbeM
             )
         for hook in spec.hooks:
             hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))
-        for t in tasks:
+        for t in tasks[m.name]:
             longest = max(len(s) for s in t.sequences)
             if longest > dims.n_ctx:
                 raise UserError(
@@ -334,6 +344,8 @@ def _row(
         "n_classes": f.n_classes, "status": f.status, "n_test_unseen": f.n_test_unseen,
         "examples_per_class": f.examples_per_class, "train_accuracy": f.train_accuracy,
         "val_accuracy": f.val_accuracy, "l2": f.l2, "engine": engine, "seed": m.seed,
+        **({} if t.view is None else {"tokenizer": t.view.info.name, "tokenizer_type": t.view.info.kind,
+                                      "tokenizer_vocab": t.view.info.vocab_size}),
     }  # fmt: skip
 
 
@@ -355,7 +367,13 @@ def run_spec(
     ``q_people`` (a list) collects every Q-probe's per-test-person correctness (``person_rows``).
     """
     ecfg = spec.engine_config(engine)
-    tasks = build_tasks(spec, ds)
+    by_view: dict[str, list[ProbeTaskSet]] = {}  # models that tokenize alike share their task sets
+    tasks: dict[str, list[ProbeTaskSet]] = {}
+    for m in models:
+        view = token_view(m, ds)
+        if view.key not in by_view:
+            by_view[view.key] = build_tasks(spec, ds, view)
+        tasks[m.name] = by_view[view.key]
     validate_run(spec, tasks, models)
     with fixed_threads(spec.threads):
         return _run_spec(spec, ds, models, ecfg, tasks, work_dir, progress, embed_logs, q_people)
@@ -378,7 +396,7 @@ def _run_spec(
     ds: Any,
     models: list[ProbeModel],
     ecfg: Any,
-    tasks: list[ProbeTaskSet],
+    tasks: dict[str, list[ProbeTaskSet]],
     work_dir: str | Path | None,
     progress: bool,
     embed_logs: list[dict[str, Any]] | None,
@@ -398,7 +416,7 @@ def _run_spec(
                 for hook in spec.hooks
                 for p in hook_points(dims.n_layers, [hook], spec.resolve_layers(hook, dims.n_layers))
             ]
-            for t, reading in [(t, r) for t in tasks for r in model_readings(spec, m)]:
+            for t, reading in [(t, r) for t in tasks[m.name] for r in model_readings(spec, m)]:
                 if spec.frozen:  # off in a spec that runs only the paper's probe
                     size = estimate_bytes(t.n, len(t.position_names), len(points), dims.d_model)
                     storage = spec.storage

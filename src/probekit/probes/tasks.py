@@ -1,16 +1,26 @@
 """P-probe and Q-probe task builders: token sequences, read positions, labels and the people-level split.
 
-P-probing (position-based): every biography entry is read as ``[EOS_ID] + ids(entry.text)``. For each
-attribute a, the read position is the token immediately BEFORE the first token of a's first value occurrence
-(found from the entry's character spans with ``char_span_to_token_span``; the EOS prefix shifts token index i of
-the text to i + 1 of the sequence, so a value starting at text token i is read at sequence index i). Positions
-are named by the attribute whose value follows. The token after each read position is, by construction, the
-value's first token (``ProbeTaskSet.next_tokens`` lets tests check it).
+Tokens come from the tokenizer of the model being probed (``probekit.data.tokens.TokenView``; the dataset's
+own tokenizer when none is given): its start tokens, and the dataset's character spans mapped to its tokens.
 
-Q-probing (query-based): ``[EOS_ID] + ids(full_name)``, read at the last name token (position ``name``).
+P-probing (position-based): every biography entry is read as ``start + ids(entry.text)`` (probekit: start =
+``<|endoftext|>``). For each attribute a, the read position is the token immediately BEFORE the first token of
+a's first value occurrence (the first token that overlaps the value's character span, offsets trimmed of the
+leading space a byte-level or metaspace tokenizer attaches to a word). Positions are named by the attribute whose
+value follows. The token after each read position is, by construction, the value's first token
+(``ProbeTaskSet.next_tokens`` lets tests check it).
 
-Targets per attribute: ``first_token`` (the id of the value's first token) and ``value`` (the index of the
-whole value in ``ds.pools.values(attr)``). Rows are split by people: entries and names of P_train people train
+Q-probing (query-based): ``start + ids(full_name)``, read at the last name token (position ``name``).
+
+Targets per attribute: ``first_token`` and ``value`` (the index of the whole value in
+``ds.pools.values(attr)``). ``first_token`` is the id of the value's first token *as the model writes it in
+that place*: for P-probes the token that follows the read position in the biography; for Q-probes the token at
+the value's first character when the value follows its QA question (``... Answer: <value>``), with its leading
+space. Under probekit's word-level tokenizer that is the value's first word; under a subword tokenizer it is
+the first subword, which may be shared by several values (``" Mar"`` for March and May): fewer classes than
+values, and the ``value`` target is the one to compare across tokenizers.
+
+Rows are split by people: entries and names of P_train people train
 the probes (a seeded ``val_fraction`` of those people choose the L2 strength), P_test people test them; no person
 is on both sides.
 """
@@ -23,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probekit.data.tokenizer import EOS_ID, char_span_to_token_span, encode_with_offsets
+from probekit.data.qa import ANSWER_MARK, QUESTIONS
+from probekit.data.tokens import TokenView
 from probekit.errors import UserError
 from probekit.probes.engine import Split
 
@@ -42,7 +53,7 @@ class ProbeTaskSet:
     """Everything the activations and the engine need for one probe kind."""
 
     kind: str  # "p" or "q"
-    sequences: list[list[int]]  # N token sequences, each starting with EOS_ID
+    sequences: list[list[int]]  # N token sequences, each starting with the view's start tokens
     positions: np.ndarray  # [N, P] token index read in each sequence
     position_names: list[str]  # P names (attributes for P; ["name"] for Q)
     pids: np.ndarray  # [N] person of each row
@@ -50,6 +61,7 @@ class ProbeTaskSet:
     label_keys: list[tuple[str, str]]  # K (attribute, target_kind)
     labels: np.ndarray  # [K, N] int64 class ids (token ids or pool indices)
     split: Split
+    view: TokenView | None = None  # the tokenizer the sequences were made with
 
     @property
     def n(self) -> int:
@@ -100,21 +112,25 @@ def _value_class(classes: dict[str, dict[str, int]], attr: str, value: str) -> i
 
 
 def entry_read_positions(
-    tokenizer: object, text: str, spans: dict[str, tuple[int, int]]
+    view: TokenView, text: str, spans: dict[str, tuple[int, int]]
 ) -> tuple[list[int], dict[str, int]]:
-    """``([EOS] + ids(text), {attr: read position})`` where the read position is the sequence index of the
+    """``(start + ids(text), {attr: read position})`` where the read position is the sequence index of the
     token right before the value's first token (character span ``spans[attr]``)."""
-    ids, offsets = encode_with_offsets(tokenizer, text)  # type: ignore[arg-type]
-    seq = [EOS_ID] + ids
+    seq, offsets = view.sequence(text)
+    shift = len(view.start_ids)  # text token i = sequence index i + shift
     out: dict[str, int] = {}
     for attr, (start, end) in spans.items():
-        i, _ = char_span_to_token_span(offsets, start, end)  # text token i = sequence index i + 1
-        out[attr] = i  # the token before it: sequence index (i + 1) - 1
+        i, _ = view.span(offsets, start, end)
+        if i + shift < 1:
+            raise UserError(f"the {attr} value starts the text and this tokenizer adds no start token, so there is "
+                            "no token before it to read; use a tokenizer with a BOS or EOS token")  # fmt: skip
+        out[attr] = i + shift - 1  # the token before the value's first token
     return seq, out
 
 
 def _finish(kind: str, seqs: list[list[int]], pos: list[list[int]], names: list[str], pids: list[int],
-            keys: list[tuple[str, str]], labels: list[list[int]], people: PeopleSplit) -> ProbeTaskSet:  # fmt: skip
+            keys: list[tuple[str, str]], labels: list[list[int]], people: PeopleSplit,
+            view: TokenView) -> ProbeTaskSet:  # fmt: skip
     positions = np.asarray(pos, dtype=np.int64).reshape(len(seqs), len(names))
     nxt = np.full(positions.shape, -1, dtype=np.int64)
     for r, s in enumerate(seqs):
@@ -125,7 +141,7 @@ def _finish(kind: str, seqs: list[list[int]], pos: list[list[int]], names: list[
     return ProbeTaskSet(
         kind=kind, sequences=seqs, positions=positions, position_names=names, pids=pid_arr, next_tokens=nxt,
         label_keys=keys, labels=np.asarray(labels, dtype=np.int64).reshape(len(keys), len(seqs)),
-        split=split_rows(pid_arr, people),
+        split=split_rows(pid_arr, people), view=view,
     )  # fmt: skip
 
 
@@ -136,14 +152,15 @@ def build_p_tasks(
     attributes: Sequence[str],
     targets: Sequence[str],
     entries_per_person: int | None = None,
+    view: TokenView | None = None,
 ) -> ProbeTaskSet:
     """P-probe rows: one per biography entry of the split's people (each person's first ``entries_per_person``
     entries, all if None); read positions before each attribute in ``positions``; labels for every
-    (attribute, target) pair."""
+    (attribute, target) pair. Tokens from ``view`` (default: the dataset's tokenizer)."""
     if not positions or not attributes or not targets:
         raise UserError("P-probing needs at least one position, one attribute and one target")
     wanted = set(people.train) | set(people.test)
-    tok = ds.tokenizer  # type: ignore[attr-defined]
+    view = view or TokenView(ds.tokenizer)  # type: ignore[attr-defined]
     classes = _value_classes(ds, attributes)
     need = list(dict.fromkeys([*positions, *attributes]))
     keys = [(a, t) for a in attributes for t in targets]
@@ -161,7 +178,9 @@ def build_p_tasks(
                 f"biography entry {e.idx} of person {e.pid} has no character span for an attribute ({err}); "
                 "P-probing needs a dataset with attribute spans (regenerate it with `probekit data bios`)"
             ) from None
-        seq, read = entry_read_positions(tok, e.text, spans)
+        seq, read = entry_read_positions(view, e.text, spans)
+        if view.unk_id is not None and view.unk_id in seq:
+            view.check_encodable([e.text], f"biography entry {e.idx} of person {e.pid}")
         person = ds.person(e.pid)  # type: ignore[attr-defined]
         seqs.append(seq)
         pos.append([read[a] for a in positions])
@@ -170,37 +189,42 @@ def build_p_tasks(
             labels[k].append(seq[read[a] + 1] if t == "first_token" else _value_class(classes, a, person.attrs[a]))
     if not seqs:
         raise UserError("no biography entries for the chosen people; is the dataset empty?")
-    return _finish("p", seqs, pos, list(positions), pids, keys, labels, people)
+    return _finish("p", seqs, pos, list(positions), pids, keys, labels, people, view)
 
 
-def build_q_tasks(ds: object, people: PeopleSplit, attributes: Sequence[str], targets: Sequence[str]) -> ProbeTaskSet:
-    """Q-probe rows: one per person of the split, ``[EOS] + ids(full_name)`` read at the last name token."""
+def build_q_tasks(ds: object, people: PeopleSplit, attributes: Sequence[str], targets: Sequence[str],
+                  view: TokenView | None = None) -> ProbeTaskSet:  # fmt: skip
+    """Q-probe rows: one per person of the split, ``start + ids(full_name)`` read at the last name token; the
+    ``first_token`` target is the value's first token as it follows its QA question (module docstring)."""
     if not attributes or not targets:
         raise UserError("Q-probing needs at least one attribute and one target")
-    tok = ds.tokenizer  # type: ignore[attr-defined]
+    view = view or TokenView(ds.tokenizer)  # type: ignore[attr-defined]
     classes = _value_classes(ds, attributes)
     keys = [(a, t) for a in attributes for t in targets]
-    first_ids: dict[str, int] = {}
+    first_ids: dict[tuple[str, str], int] = {}
     seqs: list[list[int]] = []
     pos: list[list[int]] = []
     pids = sorted(set(people.train) | set(people.test))
     labels: list[list[int]] = [[] for _ in keys]
     for pid in pids:
         person = ds.person(pid)  # type: ignore[attr-defined]
-        ids, _ = encode_with_offsets(tok, person.full_name)
-        seq = [EOS_ID] + ids
+        seq, _ = view.sequence(person.full_name)
+        if len(seq) < 1:
+            raise UserError(f"person {pid}'s name encodes to no token under this tokenizer")
+        if view.unk_id is not None and view.unk_id in seq:
+            view.check_encodable([person.full_name], f"the name of person {pid}")
         seqs.append(seq)
         pos.append([len(seq) - 1])
         for k, (a, t) in enumerate(keys):
             v = person.attrs[a]
             if t == "first_token":
-                if v not in first_ids:
-                    vid, _ = encode_with_offsets(tok, v)
-                    first_ids[v] = vid[0]
-                labels[k].append(first_ids[v])
+                if (a, v) not in first_ids:  # as the value follows its question, leading space included
+                    context = f"{QUESTIONS[a].format(name=person.full_name)} {ANSWER_MARK} " if a in QUESTIONS else " "
+                    first_ids[(a, v)] = view.first_token(context, v)
+                labels[k].append(first_ids[(a, v)])
             else:
                 labels[k].append(_value_class(classes, a, v))
-    return _finish("q", seqs, pos, [NAME_POSITION], pids, keys, labels, people)
+    return _finish("q", seqs, pos, [NAME_POSITION], pids, keys, labels, people, view)
 
 
 def person_uniform(pids: np.ndarray, key: str, seed: int) -> np.ndarray:

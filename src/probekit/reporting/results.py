@@ -11,7 +11,9 @@ errors), ``baseline`` (training majority class scored on the test people), ``n_t
 interval of the accuracy, ``probekit.stats``), ``control_accuracy`` (the same probe trained on a per-person
 random control labelling), ``selectivity`` (accuracy - control accuracy) with ``selectivity_ci_low``/``_high``,
 ``n_test_people``, ``seed`` (the model's training seed) and ``reading`` (``causal`` or ``abi``: how the model
-was read, ``probekit.probes.activations``). Tables written before these columns existed read back with them empty (and
+was read, ``probekit.probes.activations``), and the tokenizer the model was read with (``TOKENIZER_COLUMNS``:
+``tokenizer``, its name or ``probekit``; ``tokenizer_type``, e.g. ``probekit word-level`` or ``byte-level BPE``;
+``tokenizer_vocab``, its size). Tables written before these columns existed read back with them empty (and
 ``reading`` causal).
 """
 
@@ -36,9 +38,10 @@ STAT_COLUMNS: tuple[str, ...] = (
     "ci_low", "ci_high", "control_accuracy", "selectivity", "selectivity_ci_low", "selectivity_ci_high",
     "n_test_people", "seed", "reading",
 )  # fmt: skip
+TOKENIZER_COLUMNS: tuple[str, ...] = ("tokenizer", "tokenizer_type", "tokenizer_vocab")
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
-_INT_COLUMNS = ("layer", "n_train", "n_test", "n_classes", "n_test_unseen", "n_test_people", "seed")
+_INT_COLUMNS = ("layer", "n_train", "n_test", "n_classes", "n_test_unseen", "n_test_people", "seed", "tokenizer_vocab")
 _FLOAT_COLUMNS = ("accuracy", "baseline", "examples_per_class", "train_accuracy", "val_accuracy", "l2", "ci_low",
                   "ci_high", "control_accuracy", "selectivity", "selectivity_ci_low",
                   "selectivity_ci_high")  # fmt: skip
@@ -54,8 +57,8 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"results table lacks column(s) {missing}; expected at least {list(COLUMNS)}")
-    known = COLUMNS + EXTRA_COLUMNS + STAT_COLUMNS
-    for c in EXTRA_COLUMNS + STAT_COLUMNS:
+    known = COLUMNS + EXTRA_COLUMNS + STAT_COLUMNS + TOKENIZER_COLUMNS
+    for c in EXTRA_COLUMNS + STAT_COLUMNS + TOKENIZER_COLUMNS:
         if c not in df.columns:
             df[c] = pd.NA
     order = list(known) + [c for c in df.columns if c not in known]
@@ -66,7 +69,7 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     for c in _FLOAT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in ("model", "objective", "dataset", "probe_kind", "hook", "position", "attribute", "target_kind",
-              "status", "engine", "reading"):  # fmt: skip
+              "status", "engine", "reading", "tokenizer", "tokenizer_type"):  # fmt: skip
         df[c] = df[c].astype("string")
     return df.reset_index(drop=True)
 
