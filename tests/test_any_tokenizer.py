@@ -53,6 +53,12 @@ def _visible(text: str) -> str:
     return text.replace("▁", " ").strip()
 
 
+def _ends_part(part: str, token: str) -> bool:
+    """``token`` holds the end of name part ``part`` (and maybe what follows it, a metaspace ``o's``)."""
+    token = _visible(token)
+    return any(token.startswith(part[k:]) for k in range(len(part)))
+
+
 def _squash(text: str) -> str:  # word-level decoding re-spaces punctuation: compare without whitespace
     return "".join(_visible(text).split())
 
@@ -131,3 +137,77 @@ def test_probekit_tokenizer_tables_record_it(ds, tmp_path: Path) -> None:
                  str(tmp_path / "o"), "--no-png"]) == 0  # fmt: skip
     df = pd.read_parquet(tmp_path / "o" / "results.parquet")
     assert set(df["tokenizer"]) == {"probekit"} and set(df["tokenizer_type"]) == {"probekit word-level"}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_patch_pairs_align_by_role_when_names_differ_in_length(ds, outside, arch: str) -> None:
+    from probekit.patching.config import PatchConfig
+    from probekit.patching.patch import build_pairs
+
+    tok = load_dir_tokenizer(outside[arch])
+    view = TokenView(tok)
+    cfg = PatchConfig(attributes=["birth_city"], n_pairs=40, require_correct=False, split="all")
+    for prompts in ("qa", "bio"):
+        cfg = PatchConfig(attributes=["birth_date" if prompts == "bio" else "birth_city"], n_pairs=40,
+                          require_correct=False, split="all", prompts=prompts)  # fmt: skip
+        attr = cfg.attributes[0]
+        pairs, counts = build_pairs(None, tok, ds, attr, "patch", cfg, view)
+        assert counts["misaligned"] == 0 and pairs
+        assert any(len(p.clean) != len(p.corrupt) for p in pairs)  # unequal lengths are used, not dropped
+        for p in pairs:
+            source = ds.person(p.cluster)
+            target_name = _squash(tok.decode(p.corrupt[len(view.start_ids) :]))
+            target = next(x for x in ds.people if _squash(x.full_name) in target_name and x.pid != source.pid)
+            for q, role in enumerate(p.roles):
+                t = p.target(q)
+                if role.startswith("name:"):
+                    part, back = (int(v) for v in role.split(":")[1:])
+                    if back == 0:  # each name part's last token, in both runs
+                        assert _ends_part(source.full_name.split()[part], tok.decode([p.clean[q]]))
+                        assert _ends_part(target.full_name.split()[part], tok.decode([p.corrupt[t]]))
+                else:  # template tokens and the last token: the same token in both runs (or none in the other)
+                    assert (t >= 0 or role.startswith("post:")) and (t < 0 or p.clean[q] == p.corrupt[t]), role
+            assert p.roles[-1] == "last" and p.target(len(p.clean) - 1) == len(p.corrupt) - 1
+            answer = ds.person(p.cluster).attrs[attr]
+            assert _visible(tok.decode(p.answer)) == answer
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_patch_cli_uses_every_pair_on_outside_checkpoints(ds, outside, tmp_path: Path, arch: str) -> None:
+    out = tmp_path / "patch"
+    rc = main(["patch", "--model", str(outside[arch]), "--data", str(ds.root), "--out", str(out), "--attributes",
+               "birth_city", "--pairs", "20", "--split", "all", "--bootstrap", "20", "--no-png",
+               "--all-pairs"])  # fmt: skip
+    assert rc == 0
+    df = pd.read_csv(out / "results.csv")
+    n_pairs = sum(1 for _ in (out / "pairs.jsonl").open())
+    assert n_pairs == 20
+    last = df[(df["position_label"] == "last") & (df["metric"] == "p_answer")]
+    assert len(last) and (last["n_pairs"] == n_pairs).all()  # the row labelled last covers every pair
+    assert {"name_first", "name_middle", "name_last", "name_all"} <= set(df["position_label"])
+
+
+def test_llama_export_probes_like_the_native_model(ds, tmp_path: Path) -> None:
+    """The two paths into a probekit model (native, and its Llama export through TransformerBridge) must give the
+    same tables: same tokens, same read positions, activations equal to float tolerance."""
+    from probekit.model.checkpoint import save_checkpoint
+    from probekit.model.config import ModelConfig
+    from probekit.model.hf import export_llama
+    from probekit.model.transformer import HookedLM
+
+    cfg = ModelConfig(vocab_size=len(ds.tokenizer), d_model=32, n_layers=2, n_heads=2, d_mlp=64, n_ctx=256, seed=4)
+    model = HookedLM(cfg)
+    save_checkpoint(tmp_path / "native", model, ds.tokenizer)
+    export_llama(model, ds.tokenizer, tmp_path / "export")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    for which in ("native", "export"):
+        assert main(["probe", "--spec", str(spec), "--model", str(tmp_path / which), "--data", str(ds.root),
+                     "--out", str(tmp_path / f"o_{which}"), "--no-png", "--name", "m"]) == 0  # fmt: skip
+    a, b = (pd.read_parquet(tmp_path / f"o_{w}" / "results.parquet") for w in ("native", "export"))
+    keys = ["probe_kind", "layer", "position", "attribute", "target_kind"]
+    a, b = a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True)
+    assert len(a) == len(b) > 0
+    for c in ["accuracy", "baseline", "n_train", "n_test", "n_classes", "train_accuracy", "ci_low", "ci_high"]:
+        pd.testing.assert_series_equal(a[c], b[c], check_exact=False, atol=1e-6, obj=c)
+    assert set(a["tokenizer_type"]) == set(b["tokenizer_type"]) == {"probekit word-level"}

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from probekit.data.tokens import TokenView
 from probekit.model.config import ModelConfig
 from probekit.model.transformer import HookedLM
 from probekit.patching.config import PatchConfig
@@ -116,7 +117,7 @@ def test_patching_a_state_with_itself_changes_nothing() -> None:
 def test_misaligned_prompts_are_refused() -> None:
     model = planted_model()
     bad = TracePair([1, 6, 10, 7], [1, 6, 10, 11, 7], [14])
-    with pytest.raises(ValueError, match="align token by token"):
+    with pytest.raises(ValueError, match="give the pair an alignment"):
         trace_pairs(model, [bad], hook_points(2))
 
 
@@ -125,7 +126,7 @@ def test_qa_and_bio_prompts_align_and_are_labelled(tiny_multi) -> None:
     for prompts in ("qa", "bio"):
         cfg = PatchConfig(prompts=prompts, split="all", n_pairs=100, require_correct=False)
         for attr in ("birth_date", "company"):
-            pairs, counts = build_pairs(None, tok, ds, attr, "patch", cfg, start_id=1)
+            pairs, counts = build_pairs(None, tok, ds, attr, "patch", cfg, TokenView(tok))
             assert pairs and counts["misaligned"] == 0, (prompts, attr)
             for p in pairs:
                 assert len(p.clean) == len(p.corrupt) == len(p.labels) == len(p.tokens)
@@ -148,7 +149,7 @@ def test_qa_and_bio_prompts_align_and_are_labelled(tiny_multi) -> None:
             if prompts == "qa":  # one template: the same token at every position index except the name
                 assert len({len(p.clean) for p in pairs}) == 1
             # restore/noise: clean == corrupted ids, the name positions noised
-            rpairs, _ = build_pairs(None, tok, ds, attr, "restore", cfg, start_id=1)
+            rpairs, _ = build_pairs(None, tok, ds, attr, "restore", cfg, TokenView(tok))
             assert all(r.clean == r.corrupt and r.other is None for r in rpairs)
             assert all([r.labels[q] for q in r.noise] == ["name_first", "name_middle", "name_last"] for r in rpairs)
 
@@ -273,7 +274,7 @@ def test_require_correct_tries_further_targets(tiny_single, monkeypatch: pytest.
     monkeypatch.setattr(patching, "correct_mask", fake)
     cands = {c.source: c for c in patching.candidates(ds, "major", "qa", ds.split["test"], 0)}
     cfg = PatchConfig(n_pairs=100)
-    pairs, counts = build_pairs(object(), tok, ds, "major", "patch", cfg, start_id=1)
+    pairs, counts = build_pairs(object(), tok, ds, "major", "patch", cfg, TokenView(tok))
     assert pairs and counts["used"] == len(pairs)
     assert counts["source_wrong"] == sum(1 for pid in ds.split["test"] if pid not in right)
     for p in pairs:

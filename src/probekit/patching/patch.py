@@ -27,9 +27,15 @@ Metrics per pair and patched state (the clean run's answer ``a``; the answer is 
   exactly ``a`` and then stop (every teacher-forced argmax equals the next answer token, then the stop token);
 - in ``patch`` mode ``p_other``: probability of the corrupted (target) person's own answer's first token.
 
-Positions are every prompt position (the sequence start token included). With probekit's word-level tokenizer a
-full name is always three tokens, so two people's prompts of one template align token by token; a pair whose
-token layouts differ (another tokenizer) is dropped with a warning, and ``trace_pairs`` refuses one outright.
+Positions are every prompt position (the sequence start token included), aligned between the two runs by *role*,
+not by raw index, so prompts of different lengths pair up: the start token; each template token before the name
+(counted from the start) and after it (counted from the end; the prompt's last token, the one before the answer,
+is ``last``); each name part's last token (``name_first``, ``name_middle``, ``name_last``); and a name part's
+earlier subwords (``name_first_sub``..., counted back from the part's last token). Name parts are the model's
+subwords grouped by the characters of each part of the name. A clean state is patched into the corrupted run at
+the position with the same role; a role the corrupted prompt lacks (a name part of fewer subwords) is left out
+for that pair, and ``n_pairs`` says how many pairs each map cell covers. With probekit's word-level tokenizer a
+name is three tokens and roles coincide with positions.
 
 Prompts (``PatchConfig.prompts``): ``qa``, the dataset's QA questions (``What is the birth city of X? Answer:``;
 one template per attribute, so a position index means the same token for every pair), or ``bio``, biography
@@ -37,8 +43,10 @@ prefixes: the first sentence of a source person's entry up to its attribute valu
 target's name put in place of the source's (only entries whose first sentence names the person before the value
 qualify; in un-permuted data that sentence is always the birth date). Bio templates differ in length, so bio maps
 are drawn over position *labels* (``bos``, ``name_first``, ``name_middle``, ``name_last``, ``template``: the mean
-over the template tokens, ``last``). Every map also has a ``name_all`` row: the three name tokens patched at once
-(``TracePair.groups``), which shows whether the name's states at a layer carry everything the answer needs.
+over the template tokens, ``last``, and under a subword tokenizer ``name_subword``: the mean over the name
+parts' earlier subwords). Every map also has a ``name_all`` row: all name tokens patched at once
+(``TracePair.groups``; pairs whose names have as many tokens per part), which shows whether the name's states at
+a layer carry everything the answer needs.
 
 Models are read causally (``attn_mode="causal"``; right for NTP and BICO, whose inference is causal): an ABI model
 answers with a Part B span after a bidirectional Part A, so its maps describe its causal reading only (``probekit
@@ -65,6 +73,7 @@ from torch import Tensor
 
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
 from probekit.data.tokenizer import EOS_ID, PAD_ID
+from probekit.data.tokens import TokenView
 from probekit.errors import UserError
 from probekit.patching.config import PatchConfig
 from probekit.probes.activations import HookPoint, hook_points, model_dims
@@ -73,6 +82,8 @@ from probekit.stats import person_bootstrap
 log = logging.getLogger(__name__)
 
 BIO_SLOTS: tuple[str, ...] = ("bos", "name_first", "name_middle", "name_last", "template", "last")
+SUBWORD_SLOT = "name_subword"  # a bio map slot only where a subword tokenizer splits name parts
+NAME_PARTS: tuple[str, ...] = ("name_first", "name_middle", "name_last")
 COLUMNS: tuple[str, ...] = (
     "model", "objective", "dataset", "prompts", "mode", "corruption", "attribute", "hook", "layer", "position",
     "position_label", "token", "metric", "value", "ci_low", "ci_high", "n_pairs", "clean", "corrupt",
@@ -85,8 +96,9 @@ COLUMNS: tuple[str, ...] = (
 
 @dataclass
 class TracePair:
-    """Two aligned runs of one template. ``clean`` and ``corrupt`` are token ids including the start token and
-    must have the same length P; ``answer`` is the clean run's answer (ids, no specials)."""
+    """Two runs of one template. ``clean`` and ``corrupt`` are token ids including the start token; ``answer`` is
+    the clean run's answer (ids, no specials). ``align[q]`` is the corrupted-run position that clean position q is
+    patched into (-1: none); empty means the identity (then both runs must have the same length)."""
 
     clean: list[int]
     corrupt: list[int]
@@ -97,6 +109,12 @@ class TracePair:
     labels: list[str] = field(default_factory=list)  # P position labels (bos, name_first, ...)
     tokens: list[str] = field(default_factory=list)  # P token strings shown on the map (names as labels)
     groups: dict[str, tuple[int, ...]] = field(default_factory=dict)  # patched together, e.g. {"name": (5, 6, 7)}
+    align: list[int] = field(default_factory=list)  # clean position -> corrupted position (-1: none); [] identity
+    roles: list[str] = field(default_factory=list)  # P role keys (``encode_prompt``): what each position is
+
+    def target(self, q: int) -> int:
+        """The corrupted-run position clean position ``q`` is patched into (-1: none)."""
+        return self.align[q] if self.align else q
 
 
 @dataclass
@@ -134,16 +152,21 @@ def _device(model: Any) -> torch.device:
 def check_aligned(pairs: Sequence[TracePair]) -> None:
     """Refuse pairs whose clean and corrupted runs do not align token by token (same length)."""
     for i, p in enumerate(pairs):
-        if len(p.clean) != len(p.corrupt):
+        if not p.align and len(p.clean) != len(p.corrupt):
             raise UserError(
                 f"pair {i}: the clean prompt has {len(p.clean)} tokens but the corrupted one {len(p.corrupt)}; "
-                "patching needs prompts that align token by token (same template, names of equal token length)"
+                "give the pair an alignment (TracePair.align) or prompts of equal length"
             )
+        if p.align and (len(p.align) != len(p.clean) or any(not -1 <= a < len(p.corrupt) for a in p.align)):
+            raise ValueError(f"pair {i}: align must map each of {len(p.clean)} clean positions to -1 or a "
+                             f"corrupted position (0..{len(p.corrupt) - 1})")  # fmt: skip
         if not p.answer:
             raise UserError(f"pair {i}: empty answer; every answer needs at least one token")
         if p.labels and len(p.labels) != len(p.clean):
             raise ValueError(f"pair {i}: {len(p.labels)} position labels for {len(p.clean)} positions")
-        for what, qs in (("noise", p.noise), *((f"group {g!r}", q) for g, q in p.groups.items())):
+        if any(not 0 <= q < len(p.corrupt) for q in p.noise):
+            raise ValueError(f"pair {i}: noise positions {list(p.noise)} outside the corrupted prompt")
+        for what, qs in ((f"group {g!r}", q) for g, q in p.groups.items()):
             if any(not 0 <= q < len(p.clean) for q in qs):
                 raise ValueError(f"pair {i}: {what} positions {list(qs)} outside the prompt (0..{len(p.clean) - 1})")
 
@@ -155,7 +178,10 @@ class _Scorer:
         n = len(pairs)
         A = max(len(p.answer) for p in pairs) + 1 if whole else 1  # answer targets (+ stop) per pair
         self.whole = whole
-        self.prompt_len = torch.tensor([len(p.clean) for p in pairs], device=device)  # [N]
+        self.prompt_len = {  # [N] per run: the answer is read after each run's own prompt
+            "clean": torch.tensor([len(p.clean) for p in pairs], device=device),
+            "corrupt": torch.tensor([len(p.corrupt) for p in pairs], device=device),
+        }
         targets = torch.full((n, A), PAD_ID, dtype=torch.long)  # [N, A]
         mask = torch.zeros((n, A), dtype=torch.bool)  # [N, A] real targets
         is_answer = torch.zeros((n, A), dtype=torch.bool)  # [N, A] answer tokens (not the stop)
@@ -168,10 +194,10 @@ class _Scorer:
         self.other = torch.tensor([(p.other or [-1])[0] for p in pairs], device=device)  # [N], -1: none
         self.offsets = torch.arange(A, device=device)  # [A]
 
-    def __call__(self, logits: Tensor, pair_idx: Tensor) -> dict[str, Tensor]:
-        """Metrics [R] for logits [R, T, V] of rows belonging to pairs ``pair_idx`` [R]."""
+    def __call__(self, logits: Tensor, pair_idx: Tensor, run: str = "clean") -> dict[str, Tensor]:
+        """Metrics [R] for logits [R, T, V] of rows belonging to pairs ``pair_idx`` [R] in ``run``."""
         R, T, _ = logits.shape
-        pos = (self.prompt_len[pair_idx, None] - 1 + self.offsets[None]).clamp(max=T - 1)  # [R, A]
+        pos = (self.prompt_len[run][pair_idx, None] - 1 + self.offsets[None]).clamp(max=T - 1)  # [R, A]
         picked = logits.gather(1, pos[..., None].expand(R, pos.shape[1], logits.shape[-1])).float()  # [R, A, V]
         logp = torch.log_softmax(picked, dim=-1)  # [R, A, V]
         tgt, mask, is_ans = self.targets[pair_idx], self.mask[pair_idx], self.is_answer[pair_idx]  # [R, A]
@@ -217,7 +243,8 @@ def trace_pairs(
     n_ctx = model_dims(model).n_ctx
     N = len(pairs)
     P = [len(p.clean) for p in pairs]
-    T = max(len(p.clean) + (len(p.answer) if whole_answer else 0) for p in pairs)  # one padded width for all runs
+    extra = [len(p.answer) if whole_answer else 0 for p in pairs]
+    T = max(max(len(p.clean), len(p.corrupt)) + e for p, e in zip(pairs, extra))  # one padded width for all runs
     if n_ctx < T:
         raise UserError(f"prompt plus answer needs {T} tokens, over the model's context n_ctx={n_ctx}")
 
@@ -226,14 +253,15 @@ def trace_pairs(
         for i, p in enumerate(pairs):
             seq = list(getattr(p, which)) + (list(p.answer) if whole_answer else [])
             ids[i, : len(seq)] = torch.tensor(seq)
-        lengths = torch.tensor([len(p.clean) + (len(p.answer) if whole_answer else 0) for p in pairs])  # [N]
+        lengths = torch.tensor([len(getattr(p, which)) + e for p, e in zip(pairs, extra)])  # [N]
         key_mask = torch.arange(T)[None] < lengths[:, None]  # [N, T] True on real tokens
         return ids.to(device), key_mask.to(device)
 
     clean_ids, mask = rows("clean")  # [N, T]
-    corrupt_ids, _ = rows("corrupt")  # [N, T]
+    corrupt_ids, corrupt_mask = rows("corrupt")  # [N, T]
     scorer = _Scorer(pairs, whole_answer, stop_id, device)
-    Pmax = max(P)
+    Pmax = max(P)  # clean prompt positions (map columns)
+    Qmax = max(len(p.corrupt) for p in pairs)  # corrupted prompt positions (patched)
 
     # 1. The clean run: every point's states at the prompt positions, the embeddings, and the clean metrics.
     names = list(dict.fromkeys([pt.name for pt in points] + ["hook_embed"]))
@@ -253,7 +281,7 @@ def trace_pairs(
         for n in names:
             cache.setdefault(n, torch.empty((N, Pmax, parts[n].shape[-1]), dtype=parts[n].dtype, device=device))
             cache[n][idx] = parts[n]
-        for k, v in scorer(logits, idx).items():
+        for k, v in scorer(logits, idx, "clean").items():
             clean_metrics.setdefault(k, []).append(v)
 
     # 2. The corruption: Gaussian noise on the name embeddings of pairs that ask for it (one draw per pair).
@@ -262,7 +290,7 @@ def trace_pairs(
     if noisy:
         emb = cache["hook_embed"]  # [N, Pmax, d]
         if noise_std is None:
-            rows_emb = torch.cat([emb[i, list(pairs[i].noise)] for i in noisy])  # [M, d]
+            rows_emb = torch.cat([emb[i, list(pairs[i].noise)] for i in noisy])  # [M, d] (noise pairs: clean = corrupt)
             noise_std = noise_scale * float(rows_emb.float().std())
         gen = torch.Generator().manual_seed(seed)
         add = torch.zeros((N, T, emb.shape[-1]), dtype=emb.dtype)
@@ -271,22 +299,24 @@ def trace_pairs(
             add[i, q] = (torch.randn((len(q), emb.shape[-1]), generator=gen) * noise_std).to(emb.dtype)
         add = add.to(device)
 
-    def run(pair_idx: Tensor, patch_name: str | None, where: Tensor | None) -> dict[str, Tensor]:
-        """The corrupted runs of ``pair_idx`` [R], row r patched at the positions ``where[r]`` [R, Pmax] (bool) of
-        hook ``patch_name`` with the clean run's states."""
+    def run(pair_idx: Tensor, patch_name: str | None, where: Tensor | None, src_pos: Tensor | None = None
+            ) -> dict[str, Tensor]:  # fmt: skip
+        """The corrupted runs of ``pair_idx`` [R], row r patched at its positions ``where[r]`` [R, Qmax] (bool) of
+        hook ``patch_name`` with the clean run's states at the clean positions ``src_pos[r]`` [R, Qmax]."""
         hooks: list[tuple[str, Callable[..., Any]]] = []
         if add is not None:
             hooks.append(("hook_embed", lambda x, hook: x + add[pair_idx, : x.shape[1]]))
-        if patch_name is not None and where is not None:
+        if patch_name is not None and where is not None and src_pos is not None:
             src = cache[patch_name][pair_idx]  # [R, Pmax, d]
+            moved = src.gather(1, src_pos[..., None].expand(-1, -1, src.shape[-1]))  # [R, Qmax, d]
 
-            def patch(x: Tensor, hook: Any) -> Tensor:  # x [R, T, d], T >= Pmax
+            def patch(x: Tensor, hook: Any) -> Tensor:  # x [R, T, d], T >= Qmax
                 x = x.clone()
-                x[:, :Pmax] = torch.where(where[..., None], src.to(x.dtype), x[:, :Pmax])
+                x[:, :Qmax] = torch.where(where[..., None], moved.to(x.dtype), x[:, :Qmax])
                 return x
 
             hooks.append((patch_name, patch))
-        return scorer(_logits(model, corrupt_ids[pair_idx], mask[pair_idx], hooks), pair_idx)
+        return scorer(_logits(model, corrupt_ids[pair_idx], corrupt_mask[pair_idx], hooks), pair_idx, "corrupt")
 
     # 3. The unpatched corrupted run.
     corrupt_metrics: dict[str, list[Tensor]] = {}
@@ -295,22 +325,33 @@ def trace_pairs(
         for k, v in run(idx, None, None).items():
             corrupt_metrics.setdefault(k, []).append(v)
 
-    # 4. One patched run per (pair, point, position or group), batched over (pair, position/group) per point.
+    # 4. One patched run per (pair, point, position or group), batched over (pair, position/group) per point: each
+    # clean position goes to the corrupted position with its role; a group only where all its positions have one.
     groups = list(dict.fromkeys(g for p in pairs for g in p.groups))
-    specs = [(i, q, (q,)) for i in range(N) for q in range(P[i])]  # (pair, column, positions patched)
-    specs += [(i, Pmax + j, pairs[i].groups[g]) for i in range(N) for j, g in enumerate(groups) if g in pairs[i].groups]
+    specs: list[tuple[int, int, tuple[tuple[int, int], ...]]] = [  # (pair, column, (corrupted, clean) moves)
+        (i, q, ((pairs[i].target(q), q),)) for i in range(N) for q in range(P[i]) if pairs[i].target(q) >= 0
+    ]
+    for i in range(N):
+        for j, g in enumerate(groups):
+            moves = tuple((pairs[i].target(q), q) for q in pairs[i].groups.get(g, ()))
+            if moves and all(t >= 0 for t, _ in moves):
+                specs.append((i, Pmax + j, moves))
     all_pair = torch.tensor([i for i, _, _ in specs], device=device)  # [R_all]
-    all_col = np.array([c for _, c, _ in specs])  # [R_all]: a position, or Pmax + group index
-    all_where = torch.zeros((len(specs), Pmax), dtype=torch.bool)  # [R_all, Pmax]
-    for r, (_, _, qs) in enumerate(specs):
-        all_where[r, list(qs)] = True
-    all_where = all_where.to(device)
+    all_col = np.array([c for _, c, _ in specs])  # [R_all]: a clean position, or Pmax + group index
+    all_where = torch.zeros((len(specs), Qmax), dtype=torch.bool)  # [R_all, Qmax] corrupted positions patched
+    all_src = torch.zeros((len(specs), Qmax), dtype=torch.long)  # [R_all, Qmax] the clean position each takes
+    for r, (_, _, moves) in enumerate(specs):
+        for dst, src_q in moves:
+            all_where[r, dst] = True
+            all_src[r, dst] = src_q
+    all_where, all_src = all_where.to(device), all_src.to(device)
     metric_names = list(clean_metrics)
     out = {k: np.full((N, len(points), Pmax + len(groups)), np.nan) for k in metric_names}  # [N, K, Pmax + G]
     for k_pt, pt in enumerate(points):
         for lo in range(0, len(specs), batch_size):
             pi, cols = all_pair[lo : lo + batch_size], all_col[lo : lo + batch_size]
-            for k, v in run(pi, pt.name, all_where[lo : lo + batch_size]).items():
+            sl = slice(lo, lo + batch_size)
+            for k, v in run(pi, pt.name, all_where[sl], all_src[sl]).items():
                 out[k][pi.cpu().numpy(), k_pt, cols] = v.double().cpu().numpy()
 
     def cat(d: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:
@@ -335,21 +376,51 @@ def cluster_bootstrap(
     return iv.low, iv.high
 
 
-def slot_layout(pairs: Sequence[TracePair], by: str) -> tuple[list[list[int]], list[tuple[str, str]]]:
-    """Which map column ("slot") each prompt position of each pair falls in, and each slot's (label, token).
+def role_order(role: str) -> tuple[int, int, int]:
+    """Sort key of a role key (``encode_prompt``): start, template before the name, name (by part, subwords
+    before the part's last token), template after the name (by distance from the end), last."""
+    kind, _, rest = role.partition(":")
+    if kind == "bos":
+        return (0, int(rest or 0), 0)
+    if kind == "pre":
+        return (1, int(rest), 0)
+    if kind == "name":
+        part, back = rest.split(":")
+        return (2, int(part), -int(back))
+    if kind == "post":
+        return (3, -int(rest), 0)
+    if kind == "last":
+        return (4, 0, 0)
+    return (5, 0, 0)
 
-    ``by="position"``: a slot per position index (pairs of one template); ``by="label"``: the ``BIO_SLOTS``."""
+
+def slot_layout(pairs: Sequence[TracePair], by: str) -> tuple[list[list[int]], list[tuple[str, str]]]:
+    """Which map column ("slot") each clean prompt position of each pair falls in, and each slot's (label, token).
+
+    ``by="position"``: a slot per role (``TracePair.roles``: the same token of one template for every pair, in
+    prompt order; a slot per position index for pairs without roles); ``by="label"``: the ``BIO_SLOTS``."""
     if by == "position":
-        P = max(len(p.clean) for p in pairs)
-        ref = max(pairs, key=lambda p: len(p.clean))
-        info = [(ref.labels[q] if ref.labels else "", ref.tokens[q] if ref.tokens else str(q)) for q in range(P)]
-        return [list(range(len(p.clean))) for p in pairs], info
+        if not all(p.roles for p in pairs):
+            P = max(len(p.clean) for p in pairs)
+            ref = max(pairs, key=lambda p: len(p.clean))
+            info = [(ref.labels[q] if ref.labels else "", ref.tokens[q] if ref.tokens else str(q)) for q in range(P)]
+            return [list(range(len(p.clean))) for p in pairs], info
+        order = sorted({r for p in pairs for r in p.roles}, key=role_order)
+        index = {r: i for i, r in enumerate(order)}
+        first: dict[str, tuple[str, str]] = {}
+        for p in pairs:
+            for q, r in enumerate(p.roles):
+                first.setdefault(r, (p.labels[q] if p.labels else "", p.tokens[q] if p.tokens else r))
+        return [[index[r] for r in p.roles] for p in pairs], [first[r] for r in order]
     if by == "label":
-        index = {s: i for i, s in enumerate(BIO_SLOTS)}
-        bad = {lab for p in pairs for lab in p.labels if lab not in index}
+        slot = {lab: lab for lab in BIO_SLOTS} | {f"{n}_sub": SUBWORD_SLOT for n in NAME_PARTS}
+        bad = {lab for p in pairs for lab in p.labels if lab not in slot}
         if bad:
             raise UserError(f"position labels {sorted(bad)} have no bio map slot; slots are {list(BIO_SLOTS)}")
-        return [[index[lab] for lab in p.labels] for p in pairs], [(s, s) for s in BIO_SLOTS]
+        used = {slot[lab] for p in pairs for lab in p.labels}
+        names = [*BIO_SLOTS, *([SUBWORD_SLOT] if SUBWORD_SLOT in used else [])]
+        index = {s: i for i, s in enumerate(names)}
+        return [[index[slot[lab]] for lab in p.labels] for p in pairs], [(s, s) for s in names]
     raise UserError(f"slot layout {by!r}: use 'position' or 'label'")
 
 
@@ -436,37 +507,67 @@ def bio_template(entry: Any, attr: str) -> Template | None:
 
 @dataclass
 class Encoded:
-    ids: list[int]  # start token + prompt
+    ids: list[int]  # start tokens + prompt
     labels: list[str]  # one per position
     tokens: list[str]  # map tick text per position
     name: tuple[int, int]  # token span of the name [start, end)
+    roles: list[str] = field(default_factory=list)  # one role key per position (``encode_prompt``)
+    text: str = ""  # the prompt text
 
 
-def encode_prompt(tokenizer: Any, tpl: Template, name: str, start_id: int, qa: bool) -> Encoded:
-    """Token ids (``start_id`` first) of ``tpl`` filled with ``name``, with a label per position."""
+def name_part_labels(n_parts: int) -> list[str]:
+    """``name_first``, ``name_middle``..., ``name_last`` for a name of ``n_parts`` words."""
+    if n_parts == 1:
+        return ["name_last"]
+    return ["name_first", *["name_middle"] * (n_parts - 2), "name_last"]
+
+
+def encode_prompt(view: TokenView, tpl: Template, name: str, qa: bool) -> Encoded:
+    """Token ids (the view's start tokens first) of ``tpl`` filled with ``name``, with a label and a role key per
+    position. Roles: ``bos:i`` (start tokens), ``pre:k`` (template token k before the name), ``name:j:b`` (the
+    b-th subword back from the end of name part j; b = 0 is the part's last token), ``post:k`` (template token k
+    from the end after the name) and ``last`` (the prompt's last token)."""
     text = tpl.fill(name)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    ids, offsets = view.encode(text)
     n0, n1 = len(tpl.before), len(tpl.before) + len(name)
     in_name = [q for q, (a, b) in enumerate(offsets) if a < n1 and b > n0]
     if not in_name:
         raise UserError(f"the name {name!r} maps to no token in {text!r}")
     first, last = in_name[0], in_name[-1]
+    parts, pos = [], n0  # character span of each name part
+    for word in name.split(" "):
+        parts.append((pos, pos + len(word)))
+        pos += len(word) + 1
+    # a name token belongs to the part its last character is in (or ends right after: a metaspace "o?")
+    part_of = {q: next((j for j, (a, b) in enumerate(parts) if a < offsets[q][1] <= b + 1), len(parts) - 1)
+               for q in in_name}  # fmt: skip
+    plabels = name_part_labels(len(parts))
+    back = {q: sum(1 for r in in_name if r > q and part_of[r] == part_of[q]) for q in in_name}
     answer_at = n1 + tpl.answer_from if tpl.answer_from >= 0 else None
-    labels, tokens = ["bos"], ["<start>"]
-    words = tokenizer.convert_ids_to_tokens(ids)
+    shift = len(view.start_ids)
+    labels, tokens, roles = ["bos"] * shift, ["<start>"] * shift, [f"bos:{i}" for i in range(shift)]
+    words = view.tokenizer.convert_ids_to_tokens(ids)
+    n_after = len(ids) - 1 - last
     for q, (a, _) in enumerate(offsets):
         if first <= q <= last:
-            lab = "name_first" if q == first and last > first else "name_last" if q == last else "name_middle"
+            lab = plabels[part_of[q]] + ("_sub" if back[q] else "")
             tok = f"[{lab}]"
+            roles.append(f"name:{part_of[q]}:{back[q]}")
         else:
             lab = ("question" if q < first else "answer_prefix" if answer_at is not None and a >= answer_at
                    else "question_end") if qa else "template"  # fmt: skip
             tok = str(words[q])
+            roles.append(f"pre:{q}" if q < first else f"post:{n_after - (q - last - 1)}")
         labels.append(lab)
         tokens.append(tok)
-    labels[-1] = "last"
-    return Encoded([start_id, *ids], labels, tokens, (first + 1, last + 2))
+    labels[-1], roles[-1] = "last", "last"
+    return Encoded([*view.start_ids, *ids], labels, tokens, (first + shift, last + shift + 1), roles, text)
+
+
+def align_roles(clean: Encoded, corrupt: Encoded) -> list[int]:
+    """For each clean position, the corrupted position with the same role (-1 where the corrupted prompt has none)."""
+    where = {r: q for q, r in enumerate(corrupt.roles)}
+    return [where.get(r, -1) for r in clean.roles]
 
 
 def _people(dataset: Any, split: str, groups: Sequence[str] = ()) -> list[int]:
@@ -522,7 +623,7 @@ def build_pairs(
     attr: str,
     mode: str,
     cfg: PatchConfig,
-    start_id: int,
+    view: TokenView,
 ) -> tuple[list[TracePair], dict[str, int]]:
     """The pairs of one attribute and mode (at most ``cfg.n_pairs``) and counts of what was dropped and why.
 
@@ -530,32 +631,50 @@ def build_pairs(
     its name tokens; ``restore``/``swap``: clean = source, corrupted = the source's prompt with the target's name.
     With ``cfg.require_correct`` a source must answer its prompt right (greedy first token) and, when swapping,
     the target its version of the same prompt; a source tries up to ``MAX_TARGET_TRIES`` targets in its order.
+    Prompts of different token lengths pair up by role (``align_roles``; a template token one run lacks, say a
+    ``'s`` merged into the name's last token, is left unpatched); ``misaligned`` counts candidate pairs dropped
+    because a template role holds different tokens in the two runs.
     """
     qa = cfg.prompts == "qa"
     cands = candidates(dataset, attr, cfg.prompts, _people(dataset, cfg.split, cfg.groups), cfg.seed)
     swap = mode == "patch" or cfg.corruption == "swap"
-    answers: dict[int, list[int]] = {}
+    answers: dict[tuple[int, str], list[int]] = {}
 
-    def answer(pid: int) -> list[int]:
-        if pid not in answers:
-            answers[pid] = list(tokenizer(" " + dataset.person(pid).attrs[attr], add_special_tokens=False)["input_ids"])
-        return answers[pid]
+    def answer(pid: int, prompt: Encoded) -> list[int]:
+        """``pid``'s answer as the model writes it after ``prompt``: the tokens ``prompt + " " + value`` has after
+        the prompt's own (where the prompt's tokens are a prefix of them; else the tokens over the value)."""
+        key = (pid, prompt.text)
+        if key not in answers:
+            value = dataset.person(pid).attrs[attr]
+            ids, offsets = view.encode(f"{prompt.text} {value}")
+            n = len(prompt.ids) - len(view.start_ids)
+            if ids[:n] == prompt.ids[len(view.start_ids) :]:
+                answers[key] = ids[n:]
+            else:
+                start = len(prompt.text) + 1
+                answers[key] = ids[view.span(offsets, start, start + len(value))[0] :]
+        return answers[key]
 
     def make(c: Candidate, clean: Encoded, tgt: int | None) -> TracePair | None:
-        """The pair of ``c``'s source with target ``tgt`` (None: a noise pair); None when they do not align."""
-        b = clean if tgt is None else encode_prompt(tokenizer, c.tpl, dataset.person(tgt).full_name, start_id, qa)
-        if len(b.ids) != len(clean.ids) or b.name != clean.name:
+        """The pair of ``c``'s source with target ``tgt`` (None: a noise pair); None when their templates differ."""
+        b = clean if tgt is None else encode_prompt(view, c.tpl, dataset.person(tgt).full_name, qa)
+
+        def template(e: Encoded) -> dict[str, int]:
+            return {r: e.ids[q] for q, r in enumerate(e.roles) if not r.startswith("name:")}
+
+        ta, tb = template(clean), template(b)  # a token that merges a name's end with "'s" is a name token
+        if any(tb[r] != ta[r] for r in ta.keys() & tb.keys()):
             return None
         return TracePair(
-            clean.ids, b.ids, answer(c.source), None if tgt is None else answer(tgt),
+            clean.ids, b.ids, answer(c.source, clean), None if tgt is None else answer(tgt, b),
             () if tgt is not None else tuple(range(*clean.name)), c.source, clean.labels, clean.tokens,
-            {"name": tuple(range(*clean.name))},
+            {"name": tuple(range(*clean.name))}, [] if b.roles == clean.roles else align_roles(clean, b), clean.roles,
         )  # fmt: skip
 
     counts = {"candidates": len(cands), "misaligned": 0, "source_wrong": 0}
-    todo = [(c, encode_prompt(tokenizer, c.tpl, dataset.person(c.source).full_name, start_id, qa)) for c in cands]
+    todo = [(c, encode_prompt(view, c.tpl, dataset.person(c.source).full_name, qa)) for c in cands]
     if cfg.require_correct and todo:  # the source must answer its own prompt right
-        probe = [TracePair(e.ids, e.ids, answer(c.source), labels=e.labels) for c, e in todo]
+        probe = [TracePair(e.ids, e.ids, answer(c.source, e), labels=e.labels) for c, e in todo]
         ok = correct_mask(model, probe, "clean", cfg.batch_size)
         counts["source_wrong"] = int(len(todo) - sum(ok))
         todo = [t for t, good in zip(todo, ok) if good]
@@ -588,11 +707,12 @@ def build_pairs(
         open_ = [i for i in open_ if pairs[i] is None and swap and not exhausted(i)]
     counts["no_target"] = sum(1 for i in range(len(todo)) if pairs[i] is None and swap and exhausted(i))
     if counts["misaligned"]:
-        log.warning("%s/%s: %d candidate pairs dropped: their prompts do not align token by token (names of "
-                    "different token lengths under this tokenizer)", attr, mode, counts["misaligned"])  # fmt: skip
+        log.warning("%s/%s: %d candidate pairs dropped: the template around the two names is tokenized "
+                    "differently", attr, mode, counts["misaligned"])  # fmt: skip
         if not any(p is not None for p in pairs):
-            raise UserError(f"no {attr} pair aligns token by token under this tokenizer: the two people's prompts "
-                            "have different lengths; patch a model with a word-level (probekit) tokenizer")  # fmt: skip
+            raise UserError(f"no {attr} pair keeps its template tokens when the name is swapped under this "
+                            "tokenizer (names merge with the text around them); patching cannot align the two "
+                            "runs")  # fmt: skip
     used = [p for p in pairs if p is not None][: cfg.n_pairs]  # in the sources' seeded order
     counts["used"] = len(used)
     return used, counts
@@ -618,16 +738,6 @@ def correct_mask(model: Any, pairs: Sequence[TracePair], run: str, batch_size: i
     return out
 
 
-def start_token(tokenizer: Any, kind: str) -> int:
-    """The token every prompt starts with: probekit's ``<|endoftext|>``; a Hugging Face tokenizer's BOS (else EOS)."""
-    if kind == "probekit":
-        return EOS_ID
-    for tid in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if tid is not None:
-            return int(tid)
-    return EOS_ID
-
-
 @dataclass
 class PatchResult:
     table: pd.DataFrame  # tidy rows (COLUMNS)
@@ -644,17 +754,17 @@ def run_patching(pm: Any, dataset: Any, cfg: PatchConfig, progress: bool = False
     from tqdm.auto import tqdm
 
     model, tokenizer = pm.model, pm.tokenizer if pm.tokenizer is not None else dataset.tokenizer
+    view = TokenView(tokenizer)
     dims = model_dims(model)
     points = hook_points(dims.n_layers, cfg.hooks, cfg.layers)
-    start = start_token(tokenizer, pm.kind)
-    stop = EOS_ID if pm.kind == "probekit" else getattr(tokenizer, "eos_token_id", None)
+    stop = view.eos_id
     if pm.objective == "abi":
         log.warning("%s is an ABI model: patching reads it causally, which is not how it answers (Part B spans)",
                     pm.name)  # fmt: skip
     frames, records, counts, noise = [], [], [], {}
     jobs = [(a, m) for a in cfg.attributes for m in cfg.modes]
     for attr, mode in tqdm(jobs, desc="patch", unit="map", disable=not progress, leave=False):
-        pairs, c = build_pairs(model, tokenizer, dataset, attr, mode, cfg, start)
+        pairs, c = build_pairs(model, tokenizer, dataset, attr, mode, cfg, view)
         corruption = "swap" if mode == "patch" else cfg.corruption
         counts.append({"attribute": attr, "mode": mode, "corruption": corruption, **c})
         if not pairs:
@@ -671,8 +781,10 @@ def run_patching(pm: Any, dataset: Any, cfg: PatchConfig, progress: bool = False
         ))  # fmt: skip
         for p in pairs:
             records.append({
-                "attribute": attr, "mode": mode, "source": p.cluster, "clean": tokenizer.decode(p.clean[1:]),
-                "corrupt": tokenizer.decode(p.corrupt[1:]), "answer": tokenizer.decode(p.answer).strip(),
+                "attribute": attr, "mode": mode, "source": p.cluster,
+                "clean": tokenizer.decode(p.clean[len(view.start_ids) :]),
+                "corrupt": tokenizer.decode(p.corrupt[len(view.start_ids) :]),
+                "answer": tokenizer.decode(p.answer).strip(),
                 "noise_positions": list(p.noise),
             })  # fmt: skip
     if not frames:
