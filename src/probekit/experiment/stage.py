@@ -19,12 +19,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
 from probekit.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from probekit.reporting.report import SummaryPart
 
 log = logging.getLogger("probekit.experiment.runner")
 
@@ -96,6 +99,12 @@ class Stage(ABC):
     def summary(self, ctx: Context) -> list[str]:
         """Lines this stage adds to the experiment's summary (after the probe tables)."""
         return []
+
+    def summary_parts(self, ctx: Context) -> list[SummaryPart]:
+        """This stage's part of the summary: ``probekit.reporting.report.SummaryTable`` objects (a title and a
+        DataFrame: an HTML table in ``report.html``, its ``to_string`` in ``summary.txt``) and lines of text. The
+        default is ``summary``'s lines, shown as text in both."""
+        return list(self.summary(ctx))
 
 
 @dataclass(frozen=True)
