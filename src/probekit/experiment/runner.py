@@ -41,6 +41,7 @@ from probekit.experiment.stage import Context, Timing
 from probekit.experiment.stages import BUILTIN, STAGES
 from probekit.experiment.stages.probe import q_people_table
 from probekit.io import atomic_path, atomic_write_json, atomic_write_text, output_lock
+from probekit.reporting.report import SummaryPart, SummaryTable, summary_text
 from probekit.serde import from_dict
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def group_figure(table: pd.DataFrame) -> Any:
     return Figure("qa_by_group", fig, data)
 
 
-def group_summary(table: pd.DataFrame, title: str = "QA extraction") -> list[str]:
+def group_summary(table: pd.DataFrame, title: str = "QA extraction") -> SummaryTable:
     """Overall exact match per model, group and split (the people each group has in that split)."""
     view = table[(table["metric"] == "exact_match") & (table["task"] == "overall")]
     rows = []
@@ -79,8 +80,8 @@ def group_summary(table: pd.DataFrame, title: str = "QA extraction") -> list[str
         cell = _cell(g["value"].tolist(), g["ci_low"].tolist(), g["ci_high"].tolist())
         rows.append({"model": model, "group": group, "split": split, "questions": int(g["n"].iloc[0]),
                      "exact match": cell})  # fmt: skip
-    return [f"{title} by group (overall exact match % [95% person-bootstrap interval]; split train = the people "
-            "finetuned on):", pd.DataFrame(rows).to_string(index=False), ""]  # fmt: skip
+    return SummaryTable(f"{title} by group (overall exact match % [95% person-bootstrap interval]; split train = "
+                        "the people finetuned on):", pd.DataFrame(rows), name="qa_by_group")  # fmt: skip
 
 
 def reversal_figure(table: pd.DataFrame) -> Any:
@@ -118,6 +119,13 @@ def _best_per_seed(g: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
 def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFrame | None = None,
               embed: pd.DataFrame | None = None, reversal: pd.DataFrame | None = None,
               recall: pd.DataFrame | None = None) -> str:  # fmt: skip
+    """``summary_tables`` as text: the start of ``summary.txt``."""
+    return summary_text(summary_tables(probe, qa, inverse, embed, reversal, recall))
+
+
+def summary_tables(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFrame | None = None,
+                   embed: pd.DataFrame | None = None, reversal: pd.DataFrame | None = None,
+                   recall: pd.DataFrame | None = None) -> list[SummaryTable]:  # fmt: skip
     """The headline numbers: per model, P-probe accuracy at each attribute's own position and at the birth-date
     position (the token before the birth date: right after the name in ``single`` order, anywhere under
     ``permute``), Q-probe accuracy at the name (and its selectivity against the control task, when run), each at
@@ -128,7 +136,7 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
 
     probe = reading_labels(normalise(probe))
     ok = probe[(probe["status"] == "ok") & (probe["hook"] == "resid")]
-    lines = []
+    tables = []
     for target in ("first_token", "value"):
         sub = ok[ok["target_kind"] == target]
         if sub.empty:
@@ -150,34 +158,74 @@ def summarize(probe: pd.DataFrame, qa: pd.DataFrame | None, inverse: pd.DataFram
             rec["baseline"] = f"{100 * g['baseline'].max():.1f}"
             rec["n_train"], rec["classes"] = int(g["n_train"].max()), int(g["n_classes"].max())
             rows.append(rec)
-        lines.append(f"Probe accuracy % on P_test people, best layer [95% person-bootstrap interval], "
-                     f"target = {target}:")  # fmt: skip
-        lines.append(pd.DataFrame(rows).fillna("-").to_string(index=False))
-        lines.append("")
+        title = f"Probe accuracy % on P_test people, best layer [95% person-bootstrap interval], target = {target}:"
+        tables.append(SummaryTable(title, pd.DataFrame(rows).fillna("-"), name=f"probe_{target}"))
     if embed is not None and not embed.empty:
-        lines += _embed_summary(embed)
-    for table, title in ((qa, "QA extraction"), (inverse, "Inverse search (attributes -> full name)")):
+        tables += _embed_summary(embed)
+    evals = ((qa, "QA extraction", "qa"), (inverse, "Inverse search (attributes -> full name)", "inverse"))
+    for table, title, name in evals:
         if table is not None and not table.empty:
-            lines += _eval_summary(table, title)
+            tables.append(_eval_summary(table, title, name=name))
     if recall is not None and not recall.empty:
-        lines += _eval_summary(
+        tables.append(_eval_summary(
             recall.assign(split="test", metric="exact_match"),
             "Memorisation: values of the training biographies reproduced",
             "every person, first entry, before finetuning",
-        )
+            name="memorisation",
+        ))  # fmt: skip
     if reversal is not None and not reversal.empty:
-        lines += _eval_summary(reversal.assign(split="test"), "Reversal curse (fictitious people)",
-                               "after training on the facts")  # fmt: skip
-    return "\n".join(lines)
+        tables.append(_eval_summary(reversal.assign(split="test"), "Reversal curse (fictitious people)",
+                                    "after training on the facts", name="reversal"))  # fmt: skip
+    return tables
 
 
-def _embed_summary(embed: pd.DataFrame) -> list[str]:
+HEADLINE_COLUMNS = ("memorisation", "QA", "inverse search", "best Q attribute", "Q at name", "baseline")
+
+
+def headline(tables: Sequence[SummaryPart]) -> SummaryTable | None:
+    """The key numbers of a summary, one row per model, each cell as the summary's tables give it: overall exact
+    match of memorisation, QA and inverse search, and the Q-probe at the name for the attribute it reads best above
+    the majority baseline (first-token target where probed, best layer). None when the summary has none of them."""
+    by_name = {t.name: t.table for t in tables if isinstance(t, SummaryTable)}
+    rows: dict[str, dict[str, Any]] = {}
+    probe = next((by_name[n] for n in ("probe_first_token", "probe_value") if n in by_name), None)
+    if probe is not None and "Q name" in probe.columns:
+        gain = probe["Q name"].map(_lead) - probe["baseline"].map(_lead)
+        for model, g in gain.groupby(probe["model"], sort=False):
+            if g.notna().any():
+                r = probe.loc[g.idxmax()]
+                cells = {"best Q attribute": r["attribute"], "Q at name": r["Q name"], "baseline": r["baseline"]}
+                rows.setdefault(str(model), {}).update(cells)
+    for name, column in (("memorisation", "memorisation"), ("qa", "QA"), ("inverse", "inverse search")):
+        table = by_name.get(name)
+        if table is not None and "overall" in table.columns:
+            for model, cell in table["overall"].items():
+                rows.setdefault(str(model), {})[column] = cell
+    if not rows:
+        return None
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+    frame = frame[[c for c in HEADLINE_COLUMNS if c in frame.columns]].fillna("-")
+    return SummaryTable("Per model, % [95% person-bootstrap interval]: memorisation (every person), QA and inverse "
+                        "search (P_test, after finetuning), overall exact match; the Q-probe at the name (P_test, "
+                        "best layer) for the attribute it reads best above the majority baseline:", frame, index=True,
+                        name="headline")  # fmt: skip
+
+
+def _lead(cell: Any) -> float:
+    """The number a summary cell starts with (``97.9 [96.8, 98.8]``: 97.9; ``-``: NaN)."""
+    try:
+        return float(str(cell).split()[0])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def _embed_summary(embed: pd.DataFrame) -> list[SummaryTable]:
     """The paper's embedding-update probe (last layer): Q at the name and P at each attribute's own position."""
     from probekit.reporting.results import normalise
 
     ok = normalise(embed)
     ok = ok[ok["status"] == "ok"]
-    lines = []
+    tables = []
     for target, g0 in ok.groupby("target_kind", sort=False):
         rows = []
         for (model, attr), g in g0.groupby(["model", "attribute"], sort=False):
@@ -190,12 +238,13 @@ def _embed_summary(embed: pd.DataFrame) -> list[str]:
                                              q["selectivity_ci_high"].tolist())  # fmt: skip
             rec["baseline"] = f"{100 * g['baseline'].max():.1f}"
             rows.append(rec)
-        lines += [f"Embedding-update probe (the paper's; last layer), % on P_test [95% interval], target = {target}:",
-                  pd.DataFrame(rows).fillna("-").to_string(index=False), ""]  # fmt: skip
-    return lines
+        title = f"Embedding-update probe (the paper's; last layer), % on P_test [95% interval], target = {target}:"
+        tables.append(SummaryTable(title, pd.DataFrame(rows).fillna("-"), name=f"embed_{target}"))
+    return tables
 
 
-def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning on P_train") -> list[str]:
+def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning on P_train",
+                  name: str = "") -> SummaryTable:  # fmt: skip
     """Exact match on P_test per model and task, with intervals (one seed) or mean ± sd (several)."""
     view = table[(table["split"] == "test") & (table["metric"] == "exact_match")]
     for c in ("ci_low", "ci_high"):
@@ -206,11 +255,8 @@ def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning 
         cells.setdefault(str(model), {})[str(task)] = _cell(g["value"].tolist(), g["ci_low"].tolist(),
                                                              g["ci_high"].tolist())  # fmt: skip
     where = "" if how != "after finetuning on P_train" else " on P_test"
-    return [
-        f"{title}{where} (exact match % [95% person-bootstrap interval], {how}):",
-        pd.DataFrame(cells).T.fillna("-").to_string(),
-        "",
-    ]
+    return SummaryTable(f"{title}{where} (exact match % [95% person-bootstrap interval], {how}):",
+                        pd.DataFrame(cells).T.fillna("-"), index=True, name=name)  # fmt: skip
 
 
 def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, embed: pd.DataFrame | None,
@@ -362,36 +408,39 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
                                               scale=bool(varying_axes(model_axes(full))))  # fmt: skip
     if report.png_error:
         log.warning(report.png_error)
-    summary = summarize(probe, qa, inverse, embed, reversal, recall)
+    # the summary's parts: tables and lines of text; a part with no lines still adds its line break ([""]),
+    # as summary.txt always had
+    parts: list[SummaryPart] = [*summary_tables(probe, qa, inverse, embed, reversal, recall)] or [""]
     if len(cfg.models) < len(full.models):
         left = [m.name for m in full.models if m not in cfg.models]
-        summary = (f"this run covered models {', '.join(m.name for m in cfg.models)} (--models); not in these tables: "
-                   f"{', '.join(left)}\n" + summary)  # fmt: skip
+        parts.insert(0, f"this run covered models {', '.join(m.name for m in cfg.models)} (--models); not in these "
+                        f"tables: {', '.join(left)}")  # fmt: skip
     if qa_groups is not None:
-        summary += "\n" + "\n".join(group_summary(qa_groups))
+        parts.append(group_summary(qa_groups))
     if patch is not None:
         from probekit.patching.patch import route_summary, route_table
 
-        summary += "\n" + "\n".join(route_summary(route_table(patch)))
+        parts += route_summary(route_table(patch)) or [""]
     for stage in STAGES:
         if stage.enabled(cfg):
-            summary += "".join("\n" + line for line in stage.summary(ctx))
+            parts += stage.summary_parts(ctx)
     if corr is not None:
         from probekit.reporting.compare import correlation_summary
 
-        summary += "\n" + "\n".join(correlation_summary(corr))
+        parts += correlation_summary(corr) or [""]
     if (out / "comparison" / "scale.csv").exists() and corr is not None:
         from probekit.reporting.scaling import scale_summary
 
-        summary += "\n" + "\n".join(scale_summary(pd.read_csv(out / "comparison" / "scale.csv")))
+        parts += scale_summary(pd.read_csv(out / "comparison" / "scale.csv")) or [""]
+    summary = summary_text(parts)
     seconds = time.perf_counter() - t0
     atomic_write_text(out / "summary.txt", summary + "\n")
     from probekit.reporting.report import write_report
 
     timings = record_timings(out, times)  # not in summary.txt, which stays the same for the same config and seeds
     write_report(out / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
-                 config=config_record(full), provenance=fig_rec, figures=figures,
-                 summary=summary + "\n\n" + "\n".join(timing_summary(timings)))  # fmt: skip
+                 config=config_record(full), provenance=fig_rec, figures=figures, headline=headline(parts),
+                 summary=[*parts, "", *timing_tables(timings)])  # fmt: skip
     files = [*report.files, out / "report.html"]
     if figures_out is not None:
         dest = Path(figures_out)
@@ -426,15 +475,21 @@ def record_timings(out: Path, times: list[tuple[str, Timing]]) -> pd.DataFrame:
 
 
 def timing_summary(timings: pd.DataFrame) -> list[str]:
+    """``timing_tables`` as lines of text."""
+    return [line for t in timing_tables(timings) for line in t.lines()]
+
+
+def timing_tables(timings: pd.DataFrame) -> list[SummaryTable]:
     """Where the time went: wall and CPU minutes per stage (summed over its jobs) and the largest jobs."""
     if timings.empty:
         return []
     per = timings.groupby("stage", sort=False)[["wall_s", "cpu_s"]].sum() / 60
     per["jobs"] = timings.groupby("stage", sort=False).size()
     top = timings.sort_values("wall_s", ascending=False).head(5)
-    return ["Time per stage (minutes, summed over its jobs; timings.csv has every job):",
-            per.round(1).to_string(), "", "Longest jobs (minutes):",
-            (top.set_index("job")[["wall_s", "cpu_s"]] / 60).round(1).to_string(), ""]  # fmt: skip
+    return [SummaryTable("Time per stage (minutes, summed over its jobs; timings.csv has every job):", per.round(1),
+                         index=True, name="time_per_stage"),
+            SummaryTable("Longest jobs (minutes):", (top.set_index("job")[["wall_s", "cpu_s"]] / 60).round(1),
+                         index=True, name="longest_jobs")]  # fmt: skip
 
 
 def _stage_dirs() -> tuple[str, ...]:
