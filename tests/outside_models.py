@@ -69,12 +69,13 @@ def train_plain(model: Any, tok: Any, texts: list[str], steps: int = 30, seed: i
     model.eval()
 
 
-def outside_checkpoint(out: Path, ds: Any, arch: str, steps: int = 30) -> Path:
+def outside_checkpoint(out: Path, ds: Any, arch: str, steps: int = 30, more_text: list[str] | None = None) -> Path:
     """A ``save_pretrained`` directory (model + tokenizer) of ``arch`` (``gpt2`` with byte-level BPE, ``llama`` with
-    metaspace BPE) trained ``steps`` steps on the dataset's biographies."""
+    metaspace BPE) trained ``steps`` steps on the dataset's biographies; the tokenizer also learns from the QA
+    questions and ``more_text``, as a tokenizer is trained on a wider corpus than one dataset."""
     texts = [e.text for e in ds.entries]
-    qa = [f"What is the birth city of {p.full_name}? Answer: {p.attrs['birth_city']}" for p in ds.people]
-    tok = bpe_tokenizer(texts + qa, "byte" if arch == "gpt2" else "metaspace")
+    qa = [f"{q.prompt} {q.answer}" for q in ds.qa]
+    tok = bpe_tokenizer(texts + qa + list(more_text or []), "byte" if arch == "gpt2" else "metaspace")
     model = tiny_hf_model(arch, len(tok), tok)
     train_plain(model, tok, texts, steps)
     model.save_pretrained(str(out))

@@ -3,8 +3,10 @@ and patched unchanged: read positions and targets are checked by decoding the to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -44,9 +46,18 @@ def ds(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def outside(ds, tmp_path_factory):  # type: ignore[no-untyped-def]
+def rev(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from probekit.data.reversal import ReversalConfig, make_reversal_dataset
+
+    cfg = ReversalConfig(n_per_group=3, n_train_templates=4, n_test_templates=2)
+    return make_reversal_dataset(tmp_path_factory.mktemp("anytok_rev") / "rev", cfg)
+
+
+@pytest.fixture(scope="module")
+def outside(ds, rev, tmp_path_factory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("outside")
-    return {arch: outside_checkpoint(root / arch, ds, arch) for arch in ("gpt2", "llama")}
+    more = [r.text for rows in rev.files.values() for r in rows]  # the tokenizer saw a wider corpus
+    return {arch: outside_checkpoint(root / arch, ds, arch, more_text=more) for arch in ("gpt2", "llama")}
 
 
 def _visible(text: str) -> str:
@@ -185,6 +196,8 @@ def test_patch_cli_uses_every_pair_on_outside_checkpoints(ds, outside, tmp_path:
     last = df[(df["position_label"] == "last") & (df["metric"] == "p_answer")]
     assert len(last) and (last["n_pairs"] == n_pairs).all()  # the row labelled last covers every pair
     assert {"name_first", "name_middle", "name_last", "name_all"} <= set(df["position_label"])
+    recorded = json.loads((out / "run.json").read_text())["tokenizer"]
+    assert recorded["type"] == ("byte-level BPE" if arch == "gpt2" else "metaspace BPE")
 
 
 def test_llama_export_probes_like_the_native_model(ds, tmp_path: Path) -> None:
@@ -211,3 +224,66 @@ def test_llama_export_probes_like_the_native_model(ds, tmp_path: Path) -> None:
     for c in ["accuracy", "baseline", "n_train", "n_test", "n_classes", "train_accuracy", "ci_low", "ci_high"]:
         pd.testing.assert_series_equal(a[c], b[c], check_exact=False, atol=1e-6, obj=c)
     assert set(a["tokenizer_type"]) == set(b["tokenizer_type"]) == {"probekit word-level"}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_outside_checkpoint_in_probekit_ids_computes_what_transformers_computes(outside, ds, arch: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from probekit.model.checkpoint import load_checkpoint
+    from probekit.model.foreign import ForeignLM
+
+    model, tok, meta = load_checkpoint(outside[arch])
+    assert isinstance(model, ForeignLM) == (arch == "gpt2")  # a Llama becomes probekit's own model
+    assert meta["objective"] == "ntp" and tok.convert_ids_to_tokens([0, 1]) == ["<pad>", "<|endoftext|>"]
+    htok = AutoTokenizer.from_pretrained(str(outside[arch]))
+    hf = AutoModelForCausalLM.from_pretrained(str(outside[arch])).eval()
+    text = ds.entries[0].text
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    hids = htok(text, add_special_tokens=False)["input_ids"]
+    assert [i - 6 for i in ids] == hids and tok.decode(ids) == htok.decode(hids)
+    with torch.no_grad():
+        ours = model(torch.tensor([[1, *ids]]))[0]  # [T, V + 6]
+        theirs = hf(torch.tensor([[htok.bos_token_id, *hids]])).logits[0]  # [T, V]
+    eos = htok.eos_token_id
+    assert torch.allclose(ours[:, 1], theirs[:, eos], atol=1e-4)  # <|endoftext|> = the model's EOS
+    keep = [i for i in range(theirs.shape[1]) if i not in (eos, htok.unk_token_id)]
+    assert torch.allclose(ours[:, 6:][:, keep], theirs[:, keep], atol=1e-4)
+    assert (ours[:, [0, 2, 3, 4, 5]] < theirs.min() + 1e-3).all() or arch == "llama"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_eval_qa_and_reversal_on_outside_checkpoints(ds, rev, outside, tmp_path: Path, arch: str) -> None:
+    base = ["--checkpoint", str(outside[arch]), "--no-png", "--no-progress"]
+    for method in ("full", "lora"):
+        out = tmp_path / f"qa_{method}"
+        assert main(["eval", "qa", *base, "--data", str(ds.root), "--out", str(out), "--finetune", method,
+                     "--attrs", "birth_city,company", "--steps", "3", "--warmup-steps", "1"]) == 0  # fmt: skip
+        preds = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+        assert preds and all(isinstance(p["generated"], str) for p in preds)
+        assert {p["answer"] for p in preds} <= {ds.person(p["pid"]).attrs[p["task"]] for p in preds}
+        recorded = json.loads((out / "eval_config.json").read_text())["tokenizer"]
+        assert recorded["type"].endswith("(in probekit ids)") and recorded["type"].startswith(
+            "byte-level" if arch == "gpt2" else "metaspace")
+    out = tmp_path / "rev"
+    assert main(["eval", "reversal", *base, "--data", str(rev.root), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "results.csv")
+    assert {"N2D", "D2N"} <= set(table["task"]) and table["value"].notna().any()
+
+
+def test_train_init_from_outside_checkpoints(ds, outside, tmp_path: Path) -> None:
+    from probekit.training.config import TrainConfig
+    from probekit.training.trainer import train
+
+    for arch, objective in (("gpt2", "ntp"), ("llama", "ntp"), ("llama", "bico")):
+        cfg = TrainConfig(data=str(ds.root), out=str(tmp_path / f"{arch}_{objective}"), init_from=str(outside[arch]),
+                          objective=objective, seq_len=64, batch_size=4, max_steps=2, warmup_steps=1,
+                          eval_windows=0)  # fmt: skip
+        result = train(cfg, progress=False)
+        assert result.steps == 2 and np.isfinite(result.train_loss)
+    cfg = TrainConfig(data=str(ds.root), out=str(tmp_path / "gpt2_bico"), init_from=str(outside["gpt2"]),
+                      objective="bico", seq_len=64, batch_size=4, max_steps=2, warmup_steps=1,
+                      eval_windows=0)  # fmt: skip
+    with pytest.raises(ValueError, match="lacks"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "gpt2_bico" / "checkpoints").exists()

@@ -51,8 +51,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, args.overwrite)
     ds = load_dataset(args.data)
     pm = load_probe_model(args.model, device=args.device, name=args.name)
-    if pm.kind == "probekit":
-        check_compatible(pm, ds)
+    check_compatible(pm, ds)  # the model's tokenizer fits its vocabulary and encodes the dataset
     hook_points(model_dims(pm.model).n_layers, cfg.hooks, cfg.layers)  # bad hooks/layers fail before any work
     print(f"patching {pm.name} ({pm.kind}, objective {pm.objective}) on {cfg.prompts} prompts of dataset {ds.name}: "
           f"modes {list(cfg.modes)}, hooks {list(cfg.hooks)}, up to {cfg.n_pairs} pairs per attribute "

@@ -53,17 +53,51 @@ def _is_probekit(tok: Any) -> bool:
 
 def tokenizer_kind(tok: Any) -> str:
     """A short description of the tokenizer's algorithm and pre-tokenization, read from its ``tokenizer.json``."""
-    if _is_probekit(tok):
-        return "probekit word-level"
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         return type(tok).__name__
     spec = json.loads(backend.to_str())
     model = (spec.get("model") or {}).get("type", "unknown")
+    if _is_probekit(tok) and model == "WordLevel" and "@model" not in json.dumps(spec.get("added_tokens")):
+        return "probekit word-level"
     text = json.dumps([spec.get("pre_tokenizer"), spec.get("normalizer"), spec.get("decoder")], ensure_ascii=False)
     style = "byte-level " if "ByteLevel" in text else "metaspace " if "Metaspace" in text or "▁" in text else ""
     names = {"BPE": "BPE", "Unigram": "Unigram", "WordLevel": "word-level", "WordPiece": "WordPiece"}
-    return f"{style}{names.get(model, model)}"
+    moved = " (in probekit ids)" if _is_probekit(tok) else ""  # a model trained elsewhere, for evaluation
+    return f"{style}{names.get(model, model)}{moved}"
+
+
+def _model_spec(tok: Any) -> dict[str, Any]:
+    backend = getattr(tok, "backend_tokenizer", None)
+    return json.loads(backend.to_str()).get("model") or {} if backend is not None else {}
+
+
+def _model_type(tok: Any) -> str | None:
+    return _model_spec(tok).get("type")
+
+
+def _model_unk(tok: Any) -> int | None:
+    """The id the tokenizer's model emits for unencodable text (its ``unk_token`` / ``unk_id``), if any."""
+    spec = _model_spec(tok)
+    if spec.get("type") == "Unigram":
+        return None if spec.get("unk_id") is None else int(spec["unk_id"])
+    name = spec.get("unk_token")
+    if not name:
+        return None
+    tid = tok.convert_tokens_to_ids(name)
+    return None if tid is None else int(tid)
+
+
+def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer as the output files record it: name, type and vocabulary size."""
+    info = TokenView(tokenizer).info
+    return {"name": info.name, "type": info.kind, "vocab_size": info.vocab_size}
+
+
+def check_tokenizer_fits(tokenizer: Any, texts: Iterable[str], what: str) -> None:
+    """Refuse a model whose tokenizer cannot encode ``texts`` (the dataset's text: items, prompts, answers). The
+    tokenizer need not be the dataset's: the text is tokenized by the model's own."""
+    TokenView(tokenizer).check_encodable(texts, what)
 
 
 class TokenView:
@@ -86,6 +120,11 @@ class TokenView:
             self.pad_id = int(pad if pad is not None else eos if eos is not None else 0)
             unk = getattr(tokenizer, "unk_token_id", None)
             self.unk_id = None if unk is None or unk in (bos, eos) else int(unk)  # GPT-2 calls its EOS "unk"
+        model_unk = _model_unk(tokenizer)  # what the segmentation model emits for text it cannot encode
+        if model_unk is not None:
+            self.unk_id = model_unk
+        elif not self.is_probekit and _model_type(tokenizer) == "BPE":
+            self.unk_id = None  # a BPE without an unknown token (byte-level) encodes every text
         label = name or getattr(tokenizer, "name_or_path", "") or ""
         self.info = TokenizerInfo("probekit" if self.is_probekit and not name else str(label) or "unnamed",
                                   tokenizer_kind(tokenizer), len(tokenizer))  # fmt: skip
@@ -140,7 +179,7 @@ class TokenView:
                 raise UserError(
                     f"the model's tokenizer ({self.info.kind}, {self.info.vocab_size} tokens) cannot encode "
                     f"{text[s:e]!r} in {what} (it becomes the unknown token): the model was trained on other text; "
-                    "probe it with a dataset whose words its tokenizer knows (the one it was trained on)"
+                    "use it with data whose words its tokenizer knows (the data it was trained on)"
                 )
 
     def decode(self, ids: Sequence[int]) -> list[str]:

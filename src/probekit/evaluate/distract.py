@@ -321,13 +321,18 @@ def run_distract(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
     obj = get_objective(model_objective(meta, objective))
+    if getattr(model.cfg, "foreign", False) and (cfg.probes or cfg.patching):
+        raise UserError(f"the probes and patching of `eval distract` read hook points, which a {model.cfg.model_type} "
+                        "checkpoint lacks here; pass --no-probes --no-patching (probe and patch it with `probekit "
+                        "probe` / `probekit patch`, which read it through TransformerBridge)")  # fmt: skip
     if obj.infilling:
         raise UserError("distraction evaluation needs a causal reading (ntp or bico checkpoints); ABI answers as a "
                         "blank span and has no prompt-prefix context")  # fmt: skip
     dataset = load_dataset(data)
-    if dataset.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"checkpoint {meta['path']} was trained with a different tokenizer than dataset "
-                        f"{dataset.root}; evaluate a model on the dataset it was trained on")  # fmt: skip
+    if dataset.tokenizer.get_vocab() != tokenizer.get_vocab():  # the model's own tokens: they must fit the text
+        from probekit.data.tokens import check_tokenizer_fits
+
+        check_tokenizer_fits(tokenizer, [e.text for e in dataset.entries], f"dataset {dataset.root}")
     builder = builder_for(dataset, cfg.distract)
     train = train_items(builder, dataset.split["train"], cfg.attrs)
     test = eval_items(builder, dataset.split["test"], cfg.attrs, cfg.kinds)

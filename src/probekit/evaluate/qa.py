@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from probekit.data.pools import ATTRIBUTES
 from probekit.data.tokenizer import EOS_ID
+from probekit.data.tokens import check_tokenizer_fits, tokenizer_record
 from probekit.errors import UserError
 from probekit.evaluate.scoring import first_token_match, ids_exact_match
 from probekit.io import atomic_path, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
@@ -257,11 +258,6 @@ def run_extraction(
     base = get_objective(model_objective(meta, objective))
     ft_objective = get_objective(finetune_cfg.objective) if finetune_cfg.objective else base
     dataset = load_dataset(data)
-    if dataset.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(
-            f"checkpoint {meta['path']} was trained with a different tokenizer than dataset {dataset.root}; "
-            "evaluate a model on the dataset it was trained on"
-        )
     train_pids = dataset.split["train"]
     if train_groups:
         chosen = dataset.group_pids(train_groups)
@@ -270,6 +266,8 @@ def run_extraction(
     test_items = make_items(dataset, dataset.split["test"])
     if not test_items:
         raise UserError(f"no {kind} items for P_test of {dataset.root}")
+    check_tokenizer_fits(tokenizer, [f"{it.prompt} {it.answer}" for it in [*train_items, *test_items]],
+               f"the {kind} items of dataset {dataset.root}")  # fmt: skip
     # the objective (before or after finetuning) that needs the most context
     widest = max((base, ft_objective), key=lambda o: o.inference_extra_tokens(len(QA_ABI_SUFFIX)))
     for items in (train_items, test_items):
@@ -307,6 +305,7 @@ def run_extraction(
         **({"train_groups": list(train_groups)} if train_groups else {}),
         "finetune_checkpoint": str(ft.checkpoint) if ft and ft.checkpoint else None,
         "adapter": str(ft.adapter) if ft and ft.adapter else None,
+        "tokenizer": tokenizer_record(tokenizer),
     })  # fmt: skip
     paths = write_results(table, out, "results", metrics=("exact_match", "first_token"), png=png)
     return ExtractionResult(table, records, ft, paths)

@@ -22,25 +22,28 @@ import pandas as pd
 import torch
 
 from probekit.data.pools import ATTRIBUTES
-from probekit.data.tokenizer import EOS_ID, char_span_to_token_span, encode_with_offsets
+from probekit.data.tokenizer import EOS_ID
+from probekit.data.tokens import TokenView
 from probekit.objectives import as_objective
 from probekit.objectives.base import Objective
 from probekit.stats import DEFAULT_N_BOOT, person_bootstrap_table
 
 
-def recall_items(dataset: Any, attrs: Sequence[str] = ATTRIBUTES) -> list[dict[str, Any]]:
+def recall_items(dataset: Any, attrs: Sequence[str] = ATTRIBUTES, tokenizer: Any = None) -> list[dict[str, Any]]:
     """One item per (person, attribute) on the person's first entry: the token ids before the value (with the
-    leading [EOS]), the value's ids and the ids after it."""
+    leading [EOS]), the value's ids and the ids after it, in the tokens of ``tokenizer`` (the model's; default: the
+    dataset's)."""
+    view = TokenView(tokenizer if tokenizer is not None else dataset.tokenizer)
     split = dict.fromkeys(dataset.split.get("train", []), "train")
     split |= dict.fromkeys(dataset.split.get("test", []), "test")
     items = []
     for e in dataset.entries:
         if e.idx != 0:
             continue
-        ids, offsets = encode_with_offsets(dataset.tokenizer, e.text)
+        ids, offsets = view.encode(e.text)
         for a in attrs:
             sp = e.first_span(a)
-            i, j = char_span_to_token_span(offsets, sp.start, sp.end)
+            i, j = view.span(offsets, sp.start, sp.end)
             items.append({"pid": e.pid, "attribute": a, "split": split.get(e.pid, "none"),
                           "before": [EOS_ID, *ids[:i]], "value": ids[i:j], "after": ids[j:]})  # fmt: skip
     return items

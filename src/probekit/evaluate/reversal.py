@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from probekit.data.reversal import TASK_FILES, ReversalData, load_reversal_dir
 from probekit.data.tokenizer import EOS_ID
+from probekit.data.tokens import tokenizer_record
 from probekit.errors import UserError
 from probekit.evaluate.qa import default_model_name, generate_answers, model_objective
 from probekit.evaluate.scoring import completion_logprobs, normalize_text, paired_test, text_exact_match
@@ -227,11 +228,11 @@ def run_reversal(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
     obj = get_objective(model_objective(meta, objective))
-    if tokenizer.get_vocab() != data.tokenizer.get_vocab():
-        raise UserError(
-            f"checkpoint {meta['path']} has a different vocabulary than {data.root}; evaluate a model trained on "
-            "this data (or train one first: `probekit eval reversal --data DIR --train-config CFG.yaml --out OUT`)"
-        )
+    if tokenizer.get_vocab() != data.tokenizer.get_vocab():  # the model's own tokens: its tokenizer must fit the text
+        from probekit.data.tokens import check_tokenizer_fits
+
+        texts = [r.text for rows in data.files.values() for r in rows]
+        check_tokenizer_fits(tokenizer, texts, f"the reversal data {data.root}")
     name = model_name or default_model_name(meta)
     records, rows = evaluate_reversal(model, tokenizer, obj, data, tasks, name, seed, test, batch_size, progress)
     table = results_frame(rows)
@@ -241,6 +242,7 @@ def run_reversal(
         "kind": "reversal", "checkpoint": str(meta["path"]), "data": str(data.root), "model": name,
         "objective": obj.name,
         "tasks": sorted({r["task"] for r in records}), "seed": seed, "test": test,
+        "tokenizer": tokenizer_record(tokenizer),
     })  # fmt: skip
     paths = write_results(table, out, "results", metrics=("exact_match", "correct_preferred"), png=png)
     return ReversalResult(table, records, paths)

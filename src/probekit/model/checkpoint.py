@@ -169,6 +169,7 @@ def _read_json(file: Path) -> dict[str, Any]:
 def load_model_config(path: str | Path) -> Any:
     """The ModelConfig of a checkpoint (or of a run's latest checkpoint), without loading weights."""
     from probekit.model.config import ModelConfig
+    from probekit.model.foreign import ForeignConfig
 
     ckpt = resolve_checkpoint(path)
     file = ckpt / MODEL_CONFIG_FILE
@@ -176,7 +177,10 @@ def load_model_config(path: str | Path) -> Any:
         raise UserFileNotFoundError(
             f"checkpoint {ckpt} has no {MODEL_CONFIG_FILE}; it is incomplete: {_fix_hint(ckpt)}"
         )
-    return from_dict(ModelConfig, _read_json(file))
+    data = _read_json(file)
+    if data.get("foreign"):  # a model trained elsewhere, finetuned by probekit (``probekit.model.foreign``)
+        return from_dict(ForeignConfig, data)
+    return from_dict(ModelConfig, data)
 
 
 def load_checkpoint(
@@ -184,14 +188,18 @@ def load_checkpoint(
 ) -> tuple[Any, PreTrainedTokenizerFast, dict[str, Any]]:
     """Load ``(model, tokenizer, meta)`` from a checkpoint directory or a run directory (latest checkpoint).
 
-    ``model`` is a HookedLM in eval mode on ``device``. ``meta`` holds: ``objective`` (e.g. "ntp"),
+    ``model`` is a HookedLM in eval mode on ``device`` (a ``ForeignLM`` for a model trained elsewhere; a Hugging
+    Face directory is loaded by ``probekit.model.foreign.load_foreign``). ``meta`` holds: ``objective`` (e.g. "ntp"),
     ``dataset`` (dataset name), ``data`` (dataset directory the run trained on), ``step``, ``tokens``,
     ``train_loss``/``eval_loss`` (when trained by probekit), ``train_config`` (dict, or None), ``model_config``
     (the ModelConfig) and ``path`` (the checkpoint directory). Raises ``FileNotFoundError``/``ValueError``
     naming the file for a missing, truncated or mismatched checkpoint.
     """
+    from probekit.model.foreign import ForeignConfig, ForeignLM, is_hf_dir, load_foreign
     from probekit.model.transformer import HookedLM
 
+    if is_hf_dir(path):  # a Hugging Face directory: in probekit's id space
+        return load_foreign(path, device)
     ckpt = resolve_checkpoint(path)
     for name in (WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE):
         if not (ckpt / name).exists():
@@ -210,7 +218,7 @@ def load_checkpoint(
     if (ckpt / META_FILE).exists():
         meta.update(_read_json(ckpt / META_FILE))
     verify_weights(ckpt, meta)
-    model = HookedLM(cfg)
+    model = ForeignLM.from_config(cfg) if isinstance(cfg, ForeignConfig) else HookedLM(cfg)
     load_weights(model, ckpt)
     model.to(device).eval()
     tc = _read_json(ckpt / TRAIN_CONFIG_FILE) if (ckpt / TRAIN_CONFIG_FILE).exists() else None

@@ -73,7 +73,7 @@ from torch import Tensor
 
 from probekit.data.qa import ANSWER_MARK, QUESTIONS
 from probekit.data.tokenizer import EOS_ID, PAD_ID
-from probekit.data.tokens import TokenView
+from probekit.data.tokens import TokenView, tokenizer_record
 from probekit.errors import UserError
 from probekit.patching.config import PatchConfig
 from probekit.probes.activations import HookPoint, hook_points, model_dims
@@ -744,6 +744,7 @@ class PatchResult:
     pairs: list[dict[str, Any]]  # one record per pair used: attribute, mode, source, target, prompts, answer
     counts: list[dict[str, Any]]  # per attribute and mode: candidates, source_wrong, misaligned, no_target, used
     noise_std: dict[str, float] = field(default_factory=dict)  # per attribute (restore/noise)
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # name, type, vocabulary size (``tokenizer_record``)
 
 
 def run_patching(pm: Any, dataset: Any, cfg: PatchConfig, progress: bool = False) -> PatchResult:
@@ -792,7 +793,7 @@ def run_patching(pm: Any, dataset: Any, cfg: PatchConfig, progress: bool = False
             f"no usable pairs for any attribute ({counts}); with require_correct the model must answer the clean "
             "prompts right (first token): patch a trained/finetuned model, or pass --all-pairs"
         )
-    return PatchResult(pd.concat(frames, ignore_index=True), records, counts, noise)
+    return PatchResult(pd.concat(frames, ignore_index=True), records, counts, noise, tokenizer_record(tokenizer))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -874,6 +875,7 @@ def save_patching(res: PatchResult, cfg: PatchConfig, dest: Any, png: bool = Tru
     atomic_write_jsonl(dest / "pairs.jsonl", res.pairs)
     report = write_figures(patch_figures(res.table), dest / "figures", png=png)
     atomic_write_json(dest / "run.json", {"config": to_dict(cfg), "counts": res.counts, "noise_std": res.noise_std,
+                                          "tokenizer": res.tokenizer,
                                           **info, "png_error": report.png_error})  # fmt: skip
     return report
 

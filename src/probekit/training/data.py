@@ -248,9 +248,10 @@ def tokenize_texts(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> 
 
 
 def bios_source(dataset: Any, seq_len: int, seed: int, qa_mix: float = 0.0, eval_windows: int = 0,
-                eval_holdout: bool = False) -> PackedSource:  # fmt: skip
-    """The pretraining source of a ``BioDataset``: all biographies, plus P_train QA when ``qa_mix`` > 0."""
-    tok = dataset.tokenizer
+                eval_holdout: bool = False, tokenizer: Any = None) -> PackedSource:  # fmt: skip
+    """The pretraining source of a ``BioDataset``: all biographies, plus P_train QA when ``qa_mix`` > 0, in the
+    tokens of ``tokenizer`` (default: the dataset's; a model trained elsewhere brings its own)."""
+    tok = tokenizer if tokenizer is not None else dataset.tokenizer
     bios = tokenize_texts(tok, [e.text for e in dataset.entries])
     extra: list[list[int]] = []
     if qa_mix > 0:

@@ -110,8 +110,20 @@ def _model_cfg(model: torch.nn.Module) -> Any:
 def _peft_model(model: torch.nn.Module, cfg: FinetuneConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    from probekit.model.foreign import LORA_TARGETS, ForeignLM
+
     targets = list(cfg.lora_targets)
     rank_pattern: dict[str, int] = {}
+    if isinstance(model, ForeignLM):  # a model trained elsewhere: its own names for the attention projections
+        kind = model.cfg.model_type
+        if tuple(targets) == ("q_proj", "v_proj"):  # the default, in probekit's (and Llama's) names
+            if kind not in LORA_TARGETS:
+                raise UserError(f"no default LoRA targets for a {kind} model; set finetune.lora_targets to its "
+                                "attention projection modules")  # fmt: skip
+            targets = list(LORA_TARGETS[kind])
+        if cfg.embed_rank:
+            raise UserError(f"embed_rank > 0 (the embedding update) is supported for probekit's model only, not "
+                            f"a {kind} checkpoint; set embed_rank: 0")  # fmt: skip
     if cfg.embed_rank:
         if _model_cfg(model).tie_embeddings:
             raise UserError("embed_rank > 0 needs untied embeddings: merging would also change the output layer")

@@ -143,6 +143,9 @@ class Trainer:
         self.out = Path(cfg.out)
         resume_from = self._check_out_dir(resume, overwrite)
 
+        from probekit.model.foreign import is_hf_dir
+
+        outside = bool(cfg.init_from) and is_hf_dir(str(cfg.init_from))  # trained elsewhere: its tokens rule
         dataset = None
         if source is None:
             if not cfg.data:
@@ -150,7 +153,8 @@ class Trainer:
             from probekit.data.store import load_dataset
 
             dataset = load_dataset(cfg.data)
-            tokenizer = self._same_vocab(tokenizer, dataset.tokenizer, f"dataset {cfg.data}")
+            if not outside:
+                tokenizer = self._same_vocab(tokenizer, dataset.tokenizer, f"dataset {cfg.data}")
         init_model = None
         if cfg.init_from:
             init_model, init_tok, _ = load_checkpoint(cfg.init_from)
@@ -160,7 +164,8 @@ class Trainer:
         self.tokenizer = tokenizer
         self.objective = get_objective(cfg.objective, tokenizer, **cfg.objective_settings)
         if source is None:
-            source = bios_source(dataset, cfg.seq_len, cfg.seed, cfg.qa_mix, cfg.eval_windows, cfg.eval_holdout)
+            source = bios_source(dataset, cfg.seq_len, cfg.seed, cfg.qa_mix, cfg.eval_windows, cfg.eval_holdout,
+                                 tokenizer=tokenizer if outside else None)  # fmt: skip
         elif cfg.qa_mix:
             raise UserError("qa_mix applies to the dataset's packed biographies; mix QA into your own source instead")
         self.source = source
@@ -179,6 +184,11 @@ class Trainer:
             model = init_model if init_model is not None else HookedLM(mcfg)
         if model.cfg.vocab_size != len(tokenizer):
             raise UserError(f"model vocab_size {model.cfg.vocab_size} != tokenizer size {len(tokenizer)}")
+        if getattr(model.cfg, "foreign", False) and cfg.objective != "ntp":
+            raise UserError(f"objective {cfg.objective!r} needs probekit's attention (BICO's bidirectional pass, "
+                            f"ABI's blanks), which a {getattr(model.cfg, 'model_type', '')} checkpoint lacks; train it "
+                            "with ntp, or "
+                            "start from a Llama checkpoint (converted to probekit's model)")  # fmt: skip
 
         # cpu=True without CUDA so that torchrun / accelerate launch on CPU-only machines run data-parallel (gloo)
         self.accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())

@@ -19,9 +19,9 @@ def recall_one(model_dir: Path, data_dir: Path, dest: Path, name: str, command: 
     from probekit.io import atomic_write_jsonl
     from probekit.model.checkpoint import load_checkpoint
 
-    model, _, meta = load_checkpoint(model_dir, device="cpu")
+    model, tokenizer, meta = load_checkpoint(model_dir, device="cpu")
     objective = model_objective(meta)
-    records = biography_recall(model, objective, recall_items(load_dataset(data_dir)))
+    records = biography_recall(model, objective, recall_items(load_dataset(data_dir), tokenizer=tokenizer))
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(dest / "predictions.jsonl", records)
     with atomic_path(dest / "results.csv") as tmp:
