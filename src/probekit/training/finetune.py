@@ -129,7 +129,9 @@ def _peft_model(model: torch.nn.Module, cfg: FinetuneConfig) -> Any:
             raise UserError("embed_rank > 0 needs untied embeddings: merging would also change the output layer")
         targets.append("embed")
         rank_pattern["embed"] = cfg.embed_rank
+    conv1d = isinstance(model, ForeignLM) and model.cfg.model_type == "gpt2"  # GPT-2 stores its weights transposed
     lcfg = LoraConfig(
+        fan_in_fan_out=conv1d,
         r=cfg.lora_rank,
         lora_alpha=cast(int, cfg.lora_alpha),
         lora_dropout=cfg.lora_dropout,
