@@ -13,7 +13,93 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     check_output(args.out, {"--data": args.data, "--model": args.model, "--spec": args.spec})
     with output_lock(args.out):  # one writer per output directory
+        if _is_reversal_dir(args.data):
+            return _cmd_probe_reversal(args)
         return _cmd_probe(args)
+
+
+def _is_reversal_dir(data: str) -> bool:
+    import json
+    from pathlib import Path
+
+    manifest = Path(data) / "manifest.json"
+    try:
+        return manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("kind") == "reversal"
+    except (OSError, ValueError):
+        return False
+
+
+def _cmd_probe_reversal(args: argparse.Namespace) -> int:
+    """The reversal read-outs (``probekit.probes.reversal``) of a model (and its random-init copy)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from probekit import provenance as prov
+    from probekit.data.reversal import load_reversal_dir
+    from probekit.errors import UserError, check_device, check_threads
+    from probekit.io import atomic_dir, atomic_write_json, prepare_output_dir
+    from probekit.probes.reversal import ReversalProbeSpec, run_reversal_probes
+    from probekit.probes.runner import load_probe_model, random_init_like, token_view
+    from probekit.serde import from_dict, load_mapping, to_dict
+
+    t0 = time.perf_counter()
+    check_threads(args.threads, "--threads", allow_zero=True)
+    check_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    raw = load_mapping(Path(args.spec), "probe spec")
+    if raw.pop("kind", None) != "reversal":
+        raise UserError(f"{args.data} is reversal-curse data: give a reversal read-out spec (kind: reversal; see "
+                        "probes/reversal.yaml) as --spec")  # fmt: skip
+    raw.pop("name", None)
+    spec = from_dict(ReversalProbeSpec, raw)
+    if args.checkpoints != "latest":
+        raise UserError("--checkpoints applies to biography probes; probe one checkpoint of a reversal model")
+    out = prepare_output_dir(args.out, args.overwrite)
+    data = load_reversal_dir(args.data)
+    target = load_probe_model(args.model, device=args.device, name=args.name)
+    models = [target] + ([random_init_like(target, seed=spec.seed + 12345)] if args.control_random else [])
+    print(f"reversal read-outs of {target.name} ({target.kind}, objective {target.objective}) on {data.root}: "
+          f"{list(spec.readouts)}, {spec.templates} templates")  # fmt: skip
+    import pandas as pd
+
+    tables, people = [], []
+    for m in models:  # an ABI model is also read as it reads its prompts (bidirectional Part A)
+        for reading in ["causal", "abi"] if m.objective == "abi" and m.kind == "probekit" else ["causal"]:
+            view = token_view(m, SimpleNamespace(tokenizer=data.tokenizer))
+            t, p = run_reversal_probes(m.model, data, view, spec, m.name, m.objective, reading)
+            tables.append(t)
+            people.append(p)
+    table, per_person = pd.concat(tables, ignore_index=True), pd.concat(people, ignore_index=True)
+    link = None
+    if args.reversal_eval:  # the per-person link: reversal success against the read-out, person by person
+        from probekit.probes.reversal import reversal_link
+
+        preds = Path(args.reversal_eval) / "predictions.jsonl"
+        if not preds.is_file():
+            raise UserError(f"--reversal-eval {args.reversal_eval} has no predictions.jsonl; give the output "
+                            "directory of `probekit eval reversal` for this model")  # fmt: skip
+        link = reversal_link(per_person[~per_person["model"].str.endswith("(random init)")],
+                             pd.read_json(preds, lines=True), data, spec.bootstrap, spec.seed)  # fmt: skip
+    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        table.to_csv(tmp / "results.csv", index=False)
+        per_person.to_csv(tmp / "people.csv", index=False)
+        if link is not None:
+            link.to_csv(tmp / "link.csv", index=False)
+        rec = prov.record(inputs={"model": args.model, "data": args.data, "spec": args.spec},
+                          seeds={"probe": spec.seed}, engine="ridge-unembedding")  # fmt: skip
+        prov.append_session(tmp, rec)
+        atomic_write_json(tmp / "run.json", {"spec": to_dict(spec), "model": str(args.model), "data": str(args.data),
+                                             "models": [m.name for m in models],
+                                             "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+    best = table.sort_values("accuracy").groupby(["model", "readout", "position", "target", "test_set"]).tail(1)
+    cols = ["model", "readout", "position", "target", "test_set", "layer", "accuracy", "ci_low", "ci_high",
+            "chance", "selectivity"]  # fmt: skip
+    print(best.sort_values(cols[:5])[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote {out / 'results.csv'} and {out / 'people.csv'} ({time.perf_counter() - t0:.0f}s)")
+    return 0
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -53,6 +139,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     target = series[-1][1]  # the latest (or last named) checkpoint: its figures, its random-init control
     for _, m in series:
         check_compatible(m, ds)
+    if args.reversal_eval:
+        raise UserError("--reversal-eval applies to reversal-curse data (`probekit data reversal`); drop it here")
     if args.layer is not None and not ("p" in spec.kinds and "resid" in spec.hooks):
         raise UserError(f"--layer {args.layer} picks the layer of the P-probe grids, and spec {spec.name!r} has no "
                         "residual P-probes; drop --layer (Q-probe figures show every layer)")  # fmt: skip
@@ -126,6 +214,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", default="latest", metavar="WHICH",
                    help="with a run directory: latest, all (every saved checkpoint: a step column and a layer x "
                         "step dynamics figure), or a comma list of steps, e.g. 250,1000")  # fmt: skip
+    p.add_argument("--reversal-eval", default=None, metavar="DIR",
+                   help="reversal data only: the `probekit eval reversal` output of this model; writes link.csv, "
+                   "the per-person agreement of the read-out with reversal success")  # fmt: skip
     p.add_argument("--control-random", action="store_true",
                    help="also probe a random-init model of the same shape ('<name> (random init)')")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

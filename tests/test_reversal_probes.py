@@ -1,0 +1,117 @@
+"""Reversal read-outs: read positions decoded, the ridge read-out transfers to unseen people only when the state
+carries the target token's direction, person sets, and the probe CLI with the per-person link."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from probekit.cli import main
+from probekit.data.reversal import ReversalConfig, make_reversal_dataset
+from probekit.data.tokens import TokenView
+from probekit.model.checkpoint import save_checkpoint
+from probekit.model.config import ModelConfig
+from probekit.model.transformer import HookedLM
+from probekit.probes.reversal import (
+    REVERSED_GROUP,
+    TRAINED_GROUPS,
+    ReversalProbeSpec,
+    _choose,
+    _fit,
+    build_reversal_tasks,
+    control_targets,
+    person_sets,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def rev(tmp_path_factory):  # type: ignore[no-untyped-def]
+    cfg = ReversalConfig(n_per_group=6, n_train_templates=4, n_test_templates=2)
+    return make_reversal_dataset(tmp_path_factory.mktemp("revprobe") / "data", cfg)
+
+
+def test_read_positions_decode_to_the_name_and_description_ends(rev) -> None:
+    tok = rev.tokenizer
+    spec = ReversalProbeSpec()
+    for task in build_reversal_tasks(rev, TokenView(tok), spec):
+        assert len(task.sequences) == len(rev.people) * 2  # two test templates per person
+        for r, seq in enumerate(task.sequences):
+            p = rev.people[int(task.pids[r])]
+            at_span, _ = (tok.decode([seq[int(q)]]) for q in task.positions[r])
+            if task.readout == "n2d":
+                assert p.name.endswith(at_span)  # the name's last token
+                assert p.description not in tok.decode(seq)  # the answer is not in the prompt
+                assert tok.decode([int(task.targets["role"][r])]) == p.description.split()[1]
+            else:
+                assert p.description.endswith(at_span)
+                assert p.name.split()[0] not in tok.decode(seq)
+                assert tok.decode([int(task.targets["first_name"][r])]) == p.name.split()[0]
+            assert int(task.positions[r, 1]) == len(seq) - 1  # the answer position: the prompt's last token
+
+
+def test_person_sets_separate_directions(rev) -> None:
+    spec = ReversalProbeSpec()
+    for readout in ("n2d", "d2n"):
+        sets = person_sets(rev, readout, spec)
+        assert not set(sets["train"]) & set(sets["same_direction"])
+        assert set(sets["val"]) <= set(sets["train"])
+        assert {rev.people[i].group for i in sets["train"] + sets["same_direction"]} <= set(TRAINED_GROUPS[readout])
+        assert {rev.people[i].group for i in sets["reversed"]} == {REVERSED_GROUP[readout]}
+
+
+def test_readout_transfers_to_unseen_people_only_through_the_token_direction() -> None:
+    gen = torch.Generator().manual_seed(0)
+    d, n_values, n_people = 32, 10, 80
+    U = torch.randn((n_values, d), generator=gen)  # the unembedding rows of the target values
+    value = torch.randint(0, n_values, (n_people,), generator=gen)
+    mix = torch.randn((d, d), generator=gen)
+    carries = U[value] @ mix + 0.1 * torch.randn((n_people, d), generator=gen)  # a linear image of the token
+    lookup = torch.randn((n_people, d), generator=gen)  # person identity only
+    train, test = torch.arange(0, 50), torch.arange(50, 80)
+    for h, expect_high in ((carries, True), (lookup, False)):
+        mu, A = _fit(h[train], U[value[train]], 0.01)
+        acc = float((_choose(h[test], mu, A, U) == value[test]).float().mean())
+        assert (acc > 0.9) if expect_high else (acc < 0.35), acc
+    ids = np.repeat(np.arange(5), 4)
+    pids = np.repeat(np.arange(10), 2)
+    ctrl = control_targets(ids, pids, 0, "x")
+    assert all(len(set(ctrl[pids == p])) == 1 for p in range(10)) and set(ctrl) <= set(ids)
+
+
+def test_probe_cli_on_reversal_data_with_the_link(rev, tmp_path: Path) -> None:
+    cfg = ModelConfig(vocab_size=len(rev.tokenizer), d_model=32, n_layers=2, n_heads=2, d_mlp=64, n_ctx=64)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, HookedLM(cfg), rev.tokenizer, meta={"objective": "ntp"})
+    ev = tmp_path / "eval"
+    assert main(["eval", "reversal", "--checkpoint", str(ckpt), "--data", str(rev.root), "--out", str(ev),
+                 "--no-png", "--no-progress"]) == 0  # fmt: skip
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("kind: reversal\nbootstrap: 20\nridge_grid: [1.0]\n")
+    out = tmp_path / "probe"
+    assert main(["probe", "--spec", str(spec), "--model", str(ckpt), "--data", str(rev.root), "--out", str(out),
+                 "--control-random", "--reversal-eval", str(ev)]) == 0  # fmt: skip
+    table = pd.read_csv(out / "results.csv")
+    assert set(table["readout"]) == {"n2d", "d2n"} and set(table["test_set"]) == {"same_direction", "reversed"}
+    assert table["model"].str.endswith("(random init)").any()
+    assert table["accuracy"].between(0, 1).all() and (table["chance"] > 0).all()
+    link = pd.read_csv(out / "link.csv")
+    assert set(link["task"]) == {"N2D-reverse", "D2N-reverse"}
+    assert link["agreement"].between(0, 1).all() and (link["n_people"] == 6).all()
+    people = pd.read_csv(out / "people.csv")
+    assert set(people["test_set"]) == {"same_direction", "reversed"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kinds: [p]\n")
+    assert main(["probe", "--spec", str(bad), "--model", str(ckpt), "--data", str(rev.root), "--out",
+                 str(tmp_path / "x")]) == 2  # fmt: skip
