@@ -36,6 +36,7 @@ class Flag:
     tp: Any  # the field's type
     option: str  # the first option string, for error messages
     doc: str = ""  # the field's doc (its help text)
+    also: tuple[tuple[str, ...], ...] = ()  # further fields the flag sets to the same value (``together``)
 
 
 @dataclass
@@ -51,15 +52,22 @@ class Flags:
         for dest, flag in self.flags.items():
             if not hasattr(args, dest):
                 continue
-            node = out
-            for key in flag.path[:-1]:
-                node = node.setdefault(key, {})
-            node[flag.path[-1]] = parse_value(flag, getattr(args, dest))
+            value = parse_value(flag, getattr(args, dest))
+            for path in (flag.path, *flag.also):
+                node = out
+                for key in path[:-1]:
+                    node = node.setdefault(key, {})
+                node[path[-1]] = value
         return out
 
     def options(self) -> dict[str, str]:
-        """Dotted field path -> its flag (e.g. ``{"model.d_model": "--model.d-model"}``)."""
-        return {".".join(f.path): f.option for f in self.flags.values()}
+        """Dotted field path -> its flag (e.g. ``{"model.d_model": "--model.d-model"}``; a field's own flag
+        before a ``together`` flag that also sets it)."""
+        out: dict[str, str] = {}
+        for f in self.flags.values():
+            for path in (f.path, *f.also):
+                out.setdefault(".".join(path), f.option)
+        return out
 
 
 def option_name(path: Sequence[str]) -> str:
@@ -76,6 +84,7 @@ def add_flags(
     choices: Mapping[str, Sequence[str] | LazyChoices] | None = None,
     defaults: Any = None,
     prefix: Sequence[str] = (),
+    together: Mapping[str, Sequence[str]] | None = None,
 ) -> Flags:
     """One flag per field of dataclass ``schema`` (recursing into nested dataclasses and sections).
 
@@ -85,11 +94,20 @@ def add_flags(
     dotted paths (and everything under them) that get no flag. ``choices``: dotted path -> the values a flag
     accepts (checked by argparse; else a field's ``metadata["choices"]``). ``defaults``: an instance whose
     values the help shows as defaults (default: the fields' own). ``prefix``: the path of ``schema`` inside the
-    config.
+    config. ``together``: an extra option -> the dotted paths it sets to one value, typed, documented and
+    defaulted by the first (``{"--warmup-steps": ("finetune.warmup_steps", "rewrite_finetune.warmup_steps")}``);
+    given with a flag of one of those fields, it wins.
     """
     flags = Flags(schema)
     rules = _Rules(dict(names or {}), dict(negatives or {}), set(exclude), dict(choices or {}))
     _add(parser, schema, tuple(prefix), flags, rules, defaults)
+    for option, dotted in (together or {}).items():
+        paths = [tuple(d.split(".")) for d in dotted]
+        f, tp, doc, default = _lookup(schema, paths[0][len(prefix) :], defaults)
+        shown = " and ".join(dotted)
+        dest = DEST_PREFIX + "+" + option
+        _add_leaf(parser, [option], dest, f, tp, f"{doc}; sets {shown}", default, rules, ".".join(paths[0]))
+        flags.flags[dest] = Flag(paths[0], tp, option, doc, tuple(paths[1:]))
     return flags
 
 
@@ -121,27 +139,50 @@ def _add(parser: Any, schema: type, prefix: tuple[str, ...], flags: Flags, rules
         given = rules.names.get(dotted, option_name(path))
         options = [given] if isinstance(given, str) else list(given)
         dest = DEST_PREFIX + dotted
-        doc = (docs.get(f.name) or f.name.replace("_", " ")).replace("%", "%%")
-        if tp is bool:
-            off = [_negative(o) for o in options] + ([rules.negatives[dotted]] if dotted in rules.negatives else [])
-            shown = "" if default is dataclasses.MISSING else f"default: {_show(default)}; "
-            parser.add_argument(*options, dest=dest, action="store_true", default=argparse.SUPPRESS,
-                                help=f"{doc} ({shown}off: {' or '.join(off)})")  # fmt: skip
-            parser.add_argument(*off, dest=dest, action="store_false", default=argparse.SUPPRESS,
-                                help=argparse.SUPPRESS)  # fmt: skip
-        else:
-            what = "a value or a list" if _bare(tp) is Any else _type_name(tp)
-            what += ", comma-separated" if _is_sequence(tp) else ""
-            shown = "no default" if default is dataclasses.MISSING else f"default: {_show(default)}"
-            choices = rules.choices.get(dotted) or f.metadata.get("choices")
-            if isinstance(choices, LazyChoices):  # checked by its own type function, not argparse's choices
-                parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, type=choices,
-                                    metavar=choices.metavar, help=f"{doc} ({what}; {shown})")  # fmt: skip
-            else:
-                parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, choices=choices,
-                                    metavar=_metavar(f.name, choices),
-                                    help=f"{doc} ({what}; {shown})")  # fmt: skip
+        _add_leaf(parser, options, dest, f, tp, docs.get(f.name, ""), default, rules, dotted)
         flags.flags[dest] = Flag(path, tp, options[0], docs.get(f.name, ""))
+
+
+def _add_leaf(parser: Any, options: list[str], dest: str, f: dataclasses.Field[Any], tp: Any, doc: str,
+              default: Any, rules: _Rules, dotted: str) -> None:  # fmt: skip
+    """The argparse option(s) of one field: ``--x`` (and its ``--no-x``) for a true/false field, else ``--x V``."""
+    doc = (doc or f.name.replace("_", " ")).replace("%", "%%")
+    if tp is bool:
+        off = [_negative(o) for o in options] + ([rules.negatives[dotted]] if dotted in rules.negatives else [])
+        shown = "" if default is dataclasses.MISSING else f"default: {_show(default)}; "
+        parser.add_argument(*options, dest=dest, action="store_true", default=argparse.SUPPRESS,
+                            help=f"{doc} ({shown}off: {' or '.join(off)})")  # fmt: skip
+        parser.add_argument(*off, dest=dest, action="store_false", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)  # fmt: skip
+        return
+    what = "a value or a list" if _bare(tp) is Any else _type_name(tp)
+    what += ", comma-separated" if _is_sequence(tp) else ""
+    shown = "no default" if default is dataclasses.MISSING else f"default: {_show(default)}"
+    choices = rules.choices.get(dotted) or f.metadata.get("choices")
+    if isinstance(choices, LazyChoices):  # checked by its own type function, not argparse's choices
+        parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, type=choices,
+                            metavar=choices.metavar, help=f"{doc} ({what}; {shown})")  # fmt: skip
+    else:
+        parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, choices=choices,
+                            metavar=_metavar(f.name, choices), help=f"{doc} ({what}; {shown})")  # fmt: skip
+
+
+def _lookup(schema: type, path: Sequence[str], defaults: Any) -> tuple[dataclasses.Field[Any], Any, str, Any]:
+    """The field at ``path`` under ``schema`` (through nested dataclasses and sections): (field, type, doc,
+    default)."""
+    for i, name in enumerate(path):
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        if name not in fields:
+            raise KeyError(f"{schema.__name__} has no field {name!r} (path {'.'.join(path)!r})")
+        f, tp = fields[name], typing.get_type_hints(schema).get(name, Any)
+        default, doc = _default(f, defaults), field_docs(schema).get(name, "")
+        if i == len(path) - 1:
+            return f, tp, doc, default
+        nested = _section_schema(tp) or _dataclass_of(tp)
+        if nested is None:
+            raise KeyError(f"{schema.__name__}.{name} is not a group of settings (path {'.'.join(path)!r})")
+        schema, defaults = nested, default if dataclasses.is_dataclass(default) else None
+    raise KeyError("an empty path names no field")
 
 
 def _negative(option: str) -> str:
