@@ -177,6 +177,34 @@ def test_eval_finetune_flags_keep_their_names_and_defaults() -> None:
         "lora", 7, None, False, ("q_proj", "k_proj"), "bico", 3)  # fmt: skip
 
 
+def test_eval_distract_settings_are_generated_flags_over_the_config(tmp_path: Path) -> None:
+    """``--seed``, ``--eval-batch-size`` and ``--warmup-steps`` of ``eval distract`` are generated from
+    DistractEvalConfig (``--seed`` and ``--warmup-steps`` set two fields each): a flag replaces the file's
+    value, a flag left out keeps it."""
+    from probekit.cli.eval import _distract_cfg
+
+    parser = build_parser(only=["eval"])
+    base = ["eval", "distract", "--checkpoint", "c", "--data", "d", "--out", "o"]
+    flags = parser.parse_args(base).distract_flags.options()
+    assert (flags["seed"], flags["distract.seed"], flags["batch_size"]) == ("--seed", "--seed", "--eval-batch-size")
+    assert flags["finetune.warmup_steps"] == "--finetune.warmup-steps"  # each field keeps its own flag too
+    assert _distract_cfg(parser.parse_args(base)) == DistractEvalConfig()
+    cfg_file = tmp_path / "d.yaml"
+    cfg_file.write_text("seed: 3\nbatch_size: 8\ndistract: {seed: 4}\nfinetune: {warmup_steps: 7, epochs: 2}\n")
+    cfg = _distract_cfg(parser.parse_args([*base, "--config", str(cfg_file)]))
+    assert (cfg.seed, cfg.distract.seed, cfg.batch_size, cfg.finetune.warmup_steps) == (3, 4, 8, 7)
+    argv = [*base, "--config", str(cfg_file), "--seed", "5", "--eval-batch-size", "16", "--warmup-steps", "2",
+            "--rewrite-epochs", "3"]  # fmt: skip
+    cfg = _distract_cfg(parser.parse_args(argv))
+    assert (cfg.seed, cfg.distract.seed, cfg.batch_size) == (5, 5, 16)
+    assert (cfg.finetune.warmup_steps, cfg.rewrite_finetune.warmup_steps) == (2, 2)
+    assert (cfg.finetune.epochs, cfg.rewrite_finetune.epochs) == (2, 3)
+    with pytest.raises(ValueError, match=r"--eval-batch-size must be a whole number >= 1"):
+        _distract_cfg(parser.parse_args([*base, "--eval-batch-size", "0"]))
+    with pytest.raises(ValueError, match=r"--warmup-steps 'x': the setting must be an integer"):
+        _distract_cfg(parser.parse_args([*base, "--warmup-steps", "x"]))
+
+
 def test_command_line_start_imports_no_torch() -> None:
     code = ("import sys\nfrom probekit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'probekit --help imported torch'\n")  # fmt: skip

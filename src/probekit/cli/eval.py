@@ -52,14 +52,14 @@ def _attrs(text: str | None) -> tuple[str, ...]:
 
 
 def _finetune_cfg(args: argparse.Namespace) -> Any:
-    """FinetuneConfig from the finetuning flags (generated from its fields) and --seed."""
+    """FinetuneConfig from the finetuning flags (generated from its fields, --seed included)."""
     from probekit.serde import from_dict
     from probekit.training.config import FinetuneConfig
 
     given = args.finetune_flags.given(args)
     if given.get("max_steps"):
         given["epochs"] = None  # --steps replaces the epoch budget
-    return from_dict(FinetuneConfig, {**given, "seed": args.seed})
+    return from_dict(FinetuneConfig, given)
 
 
 def _train_config(path: str, out: Path, objective: str | None, data: str | None = None) -> Any:
@@ -119,14 +119,17 @@ def _record_session(out: Path, inputs: dict[str, Any], seed: int) -> None:
     prov.append_session(out, prov.record(inputs=paths, seeds={"seed": seed}))
 
 
+def _check_batch_size(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"--eval-batch-size must be a whole number >= 1 (prompts per batch), got {value}")
+
+
 def _locked(args: argparse.Namespace, inputs: dict[str, Any], run: Any) -> int:
     """``run(args)`` holding ``--out``'s lock, once ``--out`` is checked against every input and the settings
     every evaluation shares are checked (before any model is loaded or finetuned)."""
     from probekit.io import check_output, output_lock
 
-    if args.eval_batch_size is not None and args.eval_batch_size < 1:
-        raise UserError(f"--eval-batch-size must be a whole number >= 1 (prompts per batch), "
-                        f"got {args.eval_batch_size}")  # fmt: skip
+    _check_batch_size(getattr(args, "eval_batch_size", None))  # eval distract: checked with its config
     check_output(args.out, inputs)
     with output_lock(args.out):
         return int(run(args))
@@ -170,7 +173,7 @@ def _cmd_qa(args: argparse.Namespace, kind: str = "qa") -> int:
         where = f"checkpoint {f.checkpoint}" + (f", adapter {f.adapter}" if f.adapter else "")
         print(f"finetune ({ft.method}): {f.steps} steps, {f.trainable_params} trainable parameters, "
               f"final loss {f.train_loss:.3f}; {where}")  # fmt: skip
-    _record_session(out, {"checkpoint": checkpoint, "data": args.data}, args.seed)
+    _record_session(out, {"checkpoint": checkpoint, "data": args.data}, ft.seed)
     _print_summary(res.table, res.paths, ("exact_match", "first_token"))
     return 0
 
@@ -231,31 +234,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_distract(args: argparse.Namespace) -> int:
+    cfg = _distract_cfg(args)
     inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--config": args.config}
-    return _locked(args, inputs, _cmd_distract)
+    return _locked(args, inputs, lambda a: _cmd_distract(a, cfg))
 
 
-def _cmd_distract(args: argparse.Namespace) -> int:
+def _distract_cfg(args: argparse.Namespace) -> Any:
+    """DistractEvalConfig from --config, then the flags generated from its fields (--seed, --eval-batch-size
+    and --warmup-steps among them), each replacing the file's value."""
     from probekit.cli.flags import merge
-    from probekit.errors import check_device
     from probekit.evaluate.config import DistractEvalConfig
+    from probekit.serde import from_dict, load_mapping
+
+    data = load_mapping(args.config, "distraction config") if args.config else {}
+    given = args.distract_flags.given(args)
+    if given.get("attrs") == ("all",):
+        given["attrs"] = _attrs("all")
+    cfg = from_dict(DistractEvalConfig, merge(data, given))
+    _check_batch_size(cfg.batch_size)
+    return cfg
+
+
+def _cmd_distract(args: argparse.Namespace, cfg: Any) -> int:
+    from probekit.errors import check_device
     from probekit.evaluate.distract import run_distract
     from probekit.io import prepare_output_dir
-    from probekit.serde import from_dict, load_mapping
 
     check_device(args.device)
     prepare_output_dir(args.out, args.overwrite or args.resume)
-    data = load_mapping(args.config, "distraction config") if args.config else {}
-    given = args.distract_flags.given(args)  # flags generated from DistractEvalConfig replace the file's values
-    if given.get("attrs") == ("all",):
-        given["attrs"] = _attrs("all")
-    data = merge(data, given)
-    if args.warmup_steps is not None:  # both finetuning runs
-        for key in ("finetune", "rewrite_finetune"):
-            data[key] = {**(data.get(key) or {}), "warmup_steps": args.warmup_steps}
-    data["batch_size"], data["seed"] = args.eval_batch_size, args.seed
-    data["distract"] = {**(data.get("distract") or {}), "seed": args.seed}
-    cfg = from_dict(DistractEvalConfig, data)
     res = run_distract(args.checkpoint, args.data, args.out, cfg, model_name=args.name, objective=args.objective,
                        device=args.device, overwrite=args.overwrite, resume=args.resume,
                        png=not args.no_png, progress=not args.no_progress)  # fmt: skip
@@ -269,7 +275,9 @@ def _cmd_distract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, seed: bool = True, batch_size: bool = True) -> None:
+    """The flags every evaluation has; ``seed``/``batch_size`` false where a config's generated flag is
+    ``--seed``/``--eval-batch-size``."""
     p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
     p.add_argument("--name", help="model name in the results table (default: the run directory's name)")
     from probekit.cli.flags import objective_choices
@@ -278,8 +286,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", type=objectives, metavar=objectives.metavar,
                    help="the checkpoint's objective, if its meta.json does not record one (with a training config: "
                         "the objective to train with)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-batch-size", type=int, default=64, help="prompts per generation batch")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="seed of the evaluation (default: 0)")
+    if batch_size:
+        p.add_argument("--eval-batch-size", type=int, default=64, help="prompts per generation batch (default: 64)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-png", action="store_true", help="skip PNG figures (HTML and CSV are still written)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
@@ -293,10 +303,10 @@ def _extraction_args(p: argparse.ArgumentParser, default_attrs: str) -> None:
     from probekit.cli.flags import objective_choices
     from probekit.training.config import FINETUNE_METHODS, FinetuneConfig
 
-    g = p.add_argument_group("finetuning on P_train (FinetuneConfig; --seed seeds it)")
-    flags = add_flags(g, FinetuneConfig, exclude=("seed",),
+    g = p.add_argument_group("finetuning on P_train (FinetuneConfig)")
+    flags = add_flags(g, FinetuneConfig,
                       names={"method": ("--finetune",), "objective": ("--ft-objective",),
-                             "max_steps": ("--steps", "--max-steps")},
+                             "max_steps": ("--steps", "--max-steps"), "seed": ("--seed",)},
                       choices={"method": FINETUNE_METHODS, "objective": objective_choices()})  # fmt: skip
     p.set_defaults(finetune_flags=flags)
     p.add_argument("--eval-train", action="store_true", help="also evaluate on P_train (memorisation check)")
@@ -325,7 +335,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--mixed", action="store_true", help="mixed training from --train-config, then evaluate")
     q.add_argument("--train-config", help="TrainConfig YAML/JSON for --mixed (its data/out are filled in)")
     q.add_argument("--bio-qa-ratio", default="2:8", help="--mixed: bio:QA token ratio (paper: 2:8)")
-    _common(q)
+    _common(q, seed=False)
     q.set_defaults(func=cmd_qa)
 
     i = esub.add_parser(
@@ -339,7 +349,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES_INVERSE,
     )  # fmt: skip
     _extraction_args(i, "all")
-    _common(i)
+    _common(i, seed=False)
     i.set_defaults(func=cmd_inverse)
 
     r = esub.add_parser(
@@ -396,16 +406,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--checkpoint", required=True, help="checkpoint or run directory of a pretrained NTP/BICO model")
     d.add_argument("--data", required=True, help="the bioS dataset directory the model was trained on")
     d.add_argument("--config", help="DistractEvalConfig YAML/JSON (flags below override it)")
-    d.add_argument("--warmup-steps", type=int, help="warm-up steps of both finetuning runs (default 10)")
     from probekit.data.distract import FALLBACKS
     from probekit.evaluate.config import DistractEvalConfig
     from probekit.training.config import FINETUNE_METHODS
 
-    g = d.add_argument_group("distraction settings (DistractEvalConfig; each replaces the --config value; "
-                             "--seed seeds it, --eval-batch-size is its batch_size)")  # fmt: skip
-    flags = add_flags(g, DistractEvalConfig, defaults=DistractEvalConfig(),
-                      exclude=("seed", "batch_size", "distract.seed"),
-                      names={"distract.context_ratio": ("--context-ratio", "--distract.context-ratio"),
+    g = d.add_argument_group("distraction settings (DistractEvalConfig; each replaces the --config value)")
+    flags = add_flags(g, DistractEvalConfig, defaults=DistractEvalConfig(), exclude=("seed", "distract.seed"),
+                      together={"--seed": ("seed", "distract.seed"),
+                                "--warmup-steps": ("finetune.warmup_steps", "rewrite_finetune.warmup_steps")},
+                      names={"batch_size": ("--eval-batch-size",),
+                             "distract.context_ratio": ("--context-ratio", "--distract.context-ratio"),
                              "distract.hint_accuracy": ("--hint-accuracy", "--distract.hint-accuracy"),
                              "finetune.method": ("--finetune", "--finetune.method"),
                              "finetune.epochs": ("--epochs", "--finetune.epochs"),
@@ -414,5 +424,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "rewrite_finetune.method": FINETUNE_METHODS})  # fmt: skip
     d.set_defaults(distract_flags=flags)
     d.add_argument("--resume", action="store_true", help="continue in --out, reusing finished finetuning runs")
-    _common(d)
+    _common(d, seed=False, batch_size=False)
     d.set_defaults(func=cmd_distract)
