@@ -115,3 +115,33 @@ def test_probe_cli_on_reversal_data_with_the_link(rev, tmp_path: Path) -> None:
     bad.write_text("kinds: [p]\n")
     assert main(["probe", "--spec", str(bad), "--model", str(ckpt), "--data", str(rev.root), "--out",
                  str(tmp_path / "x")]) == 2  # fmt: skip
+
+
+def test_reversal_patching_pairs_and_cli(rev, tmp_path: Path) -> None:
+    from probekit.patching.config import PatchConfig
+    from probekit.patching.reversal import reversal_pairs
+
+    tok = rev.tokenizer
+    cfg = PatchConfig(n_pairs=6, require_correct=False)
+    pairs, counts = reversal_pairs(None, rev, TokenView(tok), "N2D-reverse", cfg)
+    assert pairs and counts["used"] == len(pairs)
+    names = {p.name for p in rev.people}
+    for p in pairs:
+        source = rev.people[p.cluster]
+        assert source.group == "p2d"  # N2D-reverse: people seen only name first, asked from the description
+        assert source.description in tok.decode(p.clean) and source.description not in tok.decode(p.corrupt)
+        assert tok.decode(p.answer) == source.name and tok.decode(p.other or []) in names
+        end = p.roles.index("name:0:0")  # the description's last token, patched into the other description's
+        assert source.description.endswith(tok.decode([p.clean[end]]))
+        assert p.labels[end] == "description_last"
+    ckpt = tmp_path / "ckpt"
+    cfgm = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2, d_mlp=64, n_ctx=64)
+    save_checkpoint(ckpt, HookedLM(cfgm), tok, meta={"objective": "ntp"})
+    out = tmp_path / "patch"
+    assert main(["patch", "--model", str(ckpt), "--data", str(rev.root), "--out", str(out), "--all-pairs",
+                 "--pairs", "4", "--bootstrap", "10", "--no-png", "--tasks", "N2D-reverse,D2N"]) == 0  # fmt: skip
+    df = pd.read_csv(out / "results.csv")
+    assert set(df["attribute"]) == {"N2D-reverse", "D2N"} and set(df["prompts"]) == {"reversal"}
+    assert {"description_last", "description_all", "last"} <= set(df["position_label"])
+    assert main(["patch", "--model", str(ckpt), "--data", str(rev.root), "--out", str(tmp_path / "x"),
+                 "--tasks", "N2X"]) == 2  # fmt: skip

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Where the reversed fact lives: NTP, ABI and BICO trained from scratch on the reversal-curse facts (three seeds),
 # and BICO as finetuning of an NTP checkpoint; each model evaluated on the four tasks, read out at the name and
-# at the description (probekit probe with probes/reversal.yaml, control task and random-init copy) and linked to
-# reversal success person by person. Usage: bash experiments/reversal_mechanism/run.sh [OUT] [SEEDS]
+# at the description (probekit probe with probes/reversal.yaml, control task and random-init copy), patched on
+# the four tasks' prompts (probekit patch on the reversal data) and linked to reversal success person by person.
+# Usage: bash experiments/reversal_mechanism/run.sh [OUT] [SEEDS]
 # (OUT default runs/reversal_mechanism, SEEDS default "0 1 2"). Re-running skips every finished step.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,6 +17,10 @@ model() {  # name objective config: train + evaluate (skipped when done), then r
   if [ ! -f "$out/$name/results.csv" ]; then
     probekit --threads 1 eval reversal --data "$out/data" --train-config "$cfg" --objective "$obj" --name "$name" \
       --out "$out/$name" --overwrite --no-progress --no-png > "$out/$name.log" 2>&1
+  fi
+  if [ ! -f "$out/patch_$name/results.csv" ]; then
+    probekit --threads 1 patch --model "$out/$name/train" --data "$out/data" --all-pairs --pairs 30 --no-png \
+      --name "$name" --out "$out/patch_$name" --overwrite > "$out/patch_$name.log" 2>&1
   fi
   if [ ! -f "$out/probe_$name/link.csv" ]; then
     probekit --threads 1 probe --spec "$root/probes/reversal.yaml" --model "$out/$name/train" --data "$out/data" \

@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from probekit.errors import UserError
+
 EXAMPLES = """examples:
   probekit patch --model evals/qa_ntp/finetune --data data/multi5_permute --out patch/qa_ntp
   probekit patch --model runs/ntp --data data/multi5_permute --out patch/bio --prompts bio --mode patch,restore
@@ -34,7 +36,50 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
     check_output(args.out, {"--data": args.data, "--model": args.model})
     with output_lock(args.out):  # one writer per output directory
+        from probekit.cli.probe import _is_reversal_dir
+
+        if _is_reversal_dir(args.data):
+            return _cmd_patch_reversal(args)
+        if args.tasks:
+            raise UserError("--tasks applies to reversal-curse data (`probekit data reversal`); use --attributes here")
         return _cmd_patch(args)
+
+
+def _cmd_patch_reversal(args: argparse.Namespace) -> int:
+    """Patching on reversal-curse prompts (``probekit.patching.reversal``)."""
+    from probekit.data.reversal import load_reversal_dir
+    from probekit.errors import check_device
+    from probekit.io import atomic_dir, prepare_output_dir
+    from probekit.patching.patch import save_patching
+    from probekit.patching.reversal import TASKS, run_reversal_patching
+    from probekit.probes.activations import hook_points, model_dims
+    from probekit.probes.runner import load_probe_model
+
+    t0 = time.perf_counter()
+    check_device(args.device)
+    cfg = _config(args)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(TASKS)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise UserError(f"--tasks {bad}: choose from {', '.join(TASKS)}")
+    out = prepare_output_dir(args.out, args.overwrite)
+    data = load_reversal_dir(args.data)
+    pm = load_probe_model(args.model, device=args.device, name=args.name)
+    hook_points(model_dims(pm.model).n_layers, cfg.hooks, cfg.layers)
+    print(f"patching {pm.name} on reversal prompts of {data.root}: tasks {tasks}, up to {cfg.n_pairs} pairs each")
+    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        res = run_reversal_patching(pm, data, cfg, tasks, progress=True)
+        seconds = round(time.perf_counter() - t0, 1)
+        report = save_patching(res, cfg, tmp, png=not args.no_png, model=str(args.model), model_name=pm.name,
+                               kind=pm.kind, data=str(args.data), seconds=seconds)  # fmt: skip
+    for c in res.counts:
+        print(f"  {c['attribute']:<12} {c['used']:>4} pairs (of {c['candidates']} people: {c['source_wrong']} "
+              f"answered wrong, {c['no_target']} with a partner of the same first answer token, {c['misaligned']} "
+              "misaligned)")  # fmt: skip
+    print(f"wrote {out / 'results.csv'} ({len(res.table)} rows) ({time.perf_counter() - t0:.0f}s)")
+    if report.png_error:
+        print(f"warning: {report.png_error}")
+    return 0
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
@@ -101,6 +146,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "n_boot": ("--bootstrap", "--n-boot")},
                       negatives={"require_correct": "--all-pairs"},
                       choices={"prompts": PROMPTS, "corruption": CORRUPTIONS, "split": SPLITS})  # fmt: skip
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="reversal-curse data only: tasks to patch (D2N, N2D-reverse, N2D, D2N-reverse; default all)",
+    )
     p.add_argument("--name", default=None, help="model name in the results (default: the directory name)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")

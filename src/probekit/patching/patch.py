@@ -522,11 +522,12 @@ def name_part_labels(n_parts: int) -> list[str]:
     return ["name_first", *["name_middle"] * (n_parts - 2), "name_last"]
 
 
-def encode_prompt(view: TokenView, tpl: Template, name: str, qa: bool) -> Encoded:
+def encode_prompt(view: TokenView, tpl: Template, name: str, qa: bool, span: str = "name") -> Encoded:
     """Token ids (the view's start tokens first) of ``tpl`` filled with ``name``, with a label and a role key per
     position. Roles: ``bos:i`` (start tokens), ``pre:k`` (template token k before the name), ``name:j:b`` (the
     b-th subword back from the end of name part j; b = 0 is the part's last token), ``post:k`` (template token k
-    from the end after the name) and ``last`` (the prompt's last token)."""
+    from the end after the name) and ``last`` (the prompt's last token). ``span="description"`` (reversal prompts)
+    treats the swapped text as one part, labelled ``description_last`` / ``description_last_sub``."""
     text = tpl.fill(name)
     ids, offsets = view.encode(text)
     n0, n1 = len(tpl.before), len(tpl.before) + len(name)
@@ -534,14 +535,14 @@ def encode_prompt(view: TokenView, tpl: Template, name: str, qa: bool) -> Encode
     if not in_name:
         raise UserError(f"the name {name!r} maps to no token in {text!r}")
     first, last = in_name[0], in_name[-1]
-    parts, pos = [], n0  # character span of each name part
-    for word in name.split(" "):
+    parts, pos = [], n0  # character span of each name part (a description is one part)
+    for word in name.split(" ") if span == "name" else [name]:
         parts.append((pos, pos + len(word)))
         pos += len(word) + 1
     # a name token belongs to the part its last character is in (or ends right after: a metaspace "o?")
     part_of = {q: next((j for j, (a, b) in enumerate(parts) if a < offsets[q][1] <= b + 1), len(parts) - 1)
                for q in in_name}  # fmt: skip
-    plabels = name_part_labels(len(parts))
+    plabels = name_part_labels(len(parts)) if span == "name" else [f"{span}_last"]
     back = {q: sum(1 for r in in_name if r > q and part_of[r] == part_of[q]) for q in in_name}
     answer_at = n1 + tpl.answer_from if tpl.answer_from >= 0 else None
     shift = len(view.start_ids)
