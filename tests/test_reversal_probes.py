@@ -145,3 +145,32 @@ def test_reversal_patching_pairs_and_cli(rev, tmp_path: Path) -> None:
     assert {"description_last", "description_all", "last"} <= set(df["position_label"])
     assert main(["patch", "--model", str(ckpt), "--data", str(rev.root), "--out", str(tmp_path / "x"),
                  "--tasks", "N2X"]) == 2  # fmt: skip
+
+
+def test_run_summary_tables_and_figures(rev, tmp_path: Path) -> None:
+    from probekit.reporting.reversal import summarize_run
+
+    run = tmp_path / "run"
+    cfgm = ModelConfig(vocab_size=len(rev.tokenizer), d_model=32, n_layers=2, n_heads=2, d_mlp=64, n_ctx=64)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("kind: reversal\nbootstrap: 10\nridge_grid: [1.0]\n")
+    for name, seed in (("ntp_s0", 0), ("bico_s0", 1)):
+        ckpt = tmp_path / f"ckpt_{name}"
+        save_checkpoint(ckpt, HookedLM(ModelConfig(**{**cfgm.__dict__, "seed": seed})), rev.tokenizer,
+                        meta={"objective": name.split("_")[0]})  # fmt: skip
+        assert main(["eval", "reversal", "--checkpoint", str(ckpt), "--data", str(rev.root), "--out",
+                     str(run / name), "--no-png", "--no-progress"]) == 0  # fmt: skip
+        assert main(["probe", "--spec", str(spec), "--model", str(ckpt), "--data", str(rev.root), "--out",
+                     str(run / f"probe_{name}"), "--reversal-eval", str(run / name), "--name", name]) == 0  # fmt: skip
+        assert main(["patch", "--model", str(ckpt), "--data", str(rev.root), "--out", str(run / f"patch_{name}"),
+                     "--all-pairs", "--pairs", "3", "--bootstrap", "5", "--no-png", "--tasks", "N2D-reverse,D2N",
+                     "--name", name]) == 0  # fmt: skip
+    tables = summarize_run(run, tmp_path / "summary", png=False)
+    head = tables["headline"]
+    assert set(head["objective"]) == {"ntp", "bico"} and set(head["task"]) == {"N2D", "D2N", "N2D-reverse",
+                                                                                "D2N-reverse"}  # fmt: skip
+    assert (head["seeds"] == 1).all()
+    assert set(tables["readout_best"]["model_dir"]) == {"ntp_s0", "bico_s0"}
+    assert not tables["link"].empty and not tables["patch"].empty
+    for stem in ("readout_by_layer", "patch_route", "link_agreement"):
+        assert (tmp_path / "summary" / f"{stem}.html").exists() and (tmp_path / "summary" / f"{stem}.csv").exists()

@@ -40,3 +40,11 @@ for s in $seeds; do
     for obj in ntp bico; do model "ft_${obj}_s$s" "$obj" "$out/finetune_s$s.yaml"; done
   fi
 done
+
+here_rel="${here#$root/}"
+probekit plot --reversal "$out" --out "$out/summary"
+mkdir -p "$here/results" "$root/figures/reversal_mechanism"
+cp "$out"/summary/*.csv "$here/results/"
+cp "$out"/summary/*.png "$out"/summary/*.csv "$root/figures/reversal_mechanism/" 2>/dev/null \
+  || echo "no PNG figures (is chromium installed?)"
+echo "tables in $here_rel/results, figures in figures/reversal_mechanism"

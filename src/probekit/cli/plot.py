@@ -17,7 +17,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     qa_dirs = [q.partition("=")[2] for q in getattr(args, "qa", None) or []]
     check_output(args.out, {"--results": args.results, "--experiment": args.experiment, "--scale": args.scale,
-                            "--dynamics": getattr(args, "dynamics", None), "--qa": qa_dirs})  # fmt: skip
+                            "--dynamics": getattr(args, "dynamics", None), "--qa": qa_dirs,
+                            "--reversal": getattr(args, "reversal", None)})  # fmt: skip
     with output_lock(args.out):  # one writer per figures directory
         return _cmd_plot(args)
 
@@ -28,15 +29,22 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from probekit.reporting.plots import check_layer, render_figures
     from probekit.reporting.results import RESULTS_PARQUET, read_provenance, read_results
 
-    if sum(v is not None for v in (args.results, args.experiment, args.scale, args.dynamics)) != 1:
+    if sum(v is not None for v in (args.results, args.experiment, args.scale, args.dynamics, args.reversal)) != 1:
         raise UserError("give one of --results TABLE... (probe figures), --experiment DIR (an experiment's "
                         "figures, comparisons across its models included), --scale CSV... (storage and QA "
-                        "against scale from the scale tables of several runs) or --dynamics TABLE (storage "
-                        "through training, from `probekit probe --checkpoints all`)")  # fmt: skip
+                        "against scale from the scale tables of several runs), --dynamics TABLE (storage "
+                        "through training, from `probekit probe --checkpoints all`) or --reversal RUN (a "
+                        "reversal-mechanism run directory)")  # fmt: skip
     if args.qa and args.dynamics is None:
         raise UserError("--qa STEP=DIR goes with --dynamics (QA of the probed checkpoints)")
     if args.dynamics is not None:
         return _plot_dynamics(args)
+    if args.reversal is not None:
+        from probekit.reporting.reversal import summarize_run
+
+        written = summarize_run(args.reversal, args.out, png=not args.no_png)
+        print(f"wrote {', '.join(f'{k}.csv' for k in written)} and figures into {args.out}")
+        return 0
     if args.scale is not None:
         scale_tables = _read_scale_tables(args.scale)  # checked before --out is touched
     _check_figures_dir(Path(args.out))
@@ -238,6 +246,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "and P at the birth-date position, layer x step")  # fmt: skip
     p.add_argument("--qa", nargs="+", metavar="STEP=DIR",
                    help="with --dynamics: `probekit eval qa` outputs of checkpoints, by step")  # fmt: skip
+    p.add_argument("--reversal", metavar="RUN",
+                   help="a reversal-mechanism run directory (experiments/reversal_mechanism/run.sh): tasks over "
+                        "seeds, read-outs by layer, patching routes and the per-person link")  # fmt: skip
     p.add_argument("--out", required=True, help="directory for the figures")
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
