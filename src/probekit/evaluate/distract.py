@@ -69,6 +69,7 @@ from probekit.evaluate.scoring import first_token_match, ids_exact_match
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
 from probekit.objectives import get_objective
 from probekit.objectives.base import Objective
+from probekit.probes.activations import model_dims
 from probekit.reporting.evaluation import results_frame, write_figure, write_table
 from probekit.serde import to_dict
 from probekit.stats import bootstrap_means, person_bootstrap
@@ -153,10 +154,11 @@ def regenerate_learned(model: torch.nn.Module, tokenizer: Any, objective: Object
     that reaches that bound without an end-of-text is malformed ("no end of text")."""
     prompts = tokenizer([it.rewrite_prompt for it in items], add_special_tokens=False)["input_ids"]
     limit = max(len(p) for p in prompts) + 2
-    limit = min(limit, model.cfg.n_ctx - 1 - max(len(p) for p in prompts))
+    n_ctx = model_dims(model).n_ctx
+    limit = min(limit, n_ctx - 1 - max(len(p) for p in prompts))
     if limit < 1:
         raise UserError(f"rewrite prompts of {max(len(p) for p in prompts)} tokens leave no room to generate "
-                        f"in the model's context n_ctx={model.cfg.n_ctx}")  # fmt: skip
+                        f"in the model's context n_ctx={n_ctx}")  # fmt: skip
     gen = generate_answers(model, objective, prompts, limit, batch_size, progress, desc="regenerate")
     out = []
     for it, g in zip(items, gen):
@@ -550,7 +552,7 @@ def probe_distraction(model: torch.nn.Module, tokenizer: Any, dataset: Any, cfg:
     builder = builder_for(dataset, cfg.distract)
     train_pids = list(dataset.split["train"])
     val_pids = set(random.Random(f"probe-val-{cfg.seed}").sample(train_pids, max(1, len(train_pids) // 5)))
-    points = hook_points(int(model.cfg.n_layers))
+    points = hook_points(model_dims(model).n_layers)
     rows: list[dict[str, Any]] = []
 
     def first(v: str) -> int:
@@ -687,7 +689,7 @@ def patch_hints(model: torch.nn.Module, tokenizer: Any, items: Sequence[Distract
              for p in [hint_pair(tokenizer, d["hint_right"], d["hint_wrong"])] if p is not None]  # fmt: skip
     if not pairs:
         raise UserError("no aligned right/wrong hint pairs to patch (values of equal token length are needed)")
-    points = hook_points(int(model.cfg.n_layers))
+    points = hook_points(model_dims(model).n_layers)
     res = trace_pairs(model, pairs, points, seed=seed, batch_size=batch_size)
     index = {s: i for i, s in enumerate(HINT_SLOTS)}
     rows = []

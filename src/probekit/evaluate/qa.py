@@ -41,6 +41,7 @@ from probekit.evaluate.scoring import first_token_match, ids_exact_match
 from probekit.io import atomic_path, atomic_write_json, atomic_write_jsonl, prepare_output_dir, read_jsonl
 from probekit.objectives import REGISTRY, as_objective, get_objective, objective_names
 from probekit.objectives.base import Objective
+from probekit.probes.activations import model_dims
 from probekit.reporting.evaluation import results_frame, write_results
 from probekit.serde import to_dict
 from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
@@ -148,7 +149,7 @@ def evaluate_items(
     if not items:
         return []
     objective = as_objective(objective)
-    check_fits(items, tokenizer, model.cfg.n_ctx, objective)
+    check_fits(items, tokenizer, model_dims(model).n_ctx, objective)
     prompts, answers = encode_items(tokenizer, items)
     gen = generate_answers(model, objective, prompts, max(len(a) for a in answers) + 1, batch_size, progress)
     return [

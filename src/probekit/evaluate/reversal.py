@@ -36,6 +36,7 @@ from probekit.evaluate.scoring import completion_logprobs, normalize_text, paire
 from probekit.io import atomic_write_json, atomic_write_jsonl, prepare_output_dir
 from probekit.objectives import as_objective, get_objective
 from probekit.objectives.base import Objective
+from probekit.probes.activations import model_dims
 from probekit.reporting.evaluation import results_frame, write_results
 from probekit.stats import DEFAULT_N_BOOT, person_bootstrap
 
@@ -102,7 +103,7 @@ def evaluate_reversal(
     Rates (exact match, correct preferred) carry person-clustered bootstrap intervals (``ci_low``/``ci_high``)."""
     tasks = list(tasks) if tasks is not None else [t for t in DEFAULT_TASKS if t in data.tasks]
     objective = as_objective(objective)
-    check_tasks_fit(data, tasks, tokenizer, model.cfg.n_ctx, objective)
+    check_tasks_fit(data, tasks, tokenizer, model_dims(model).n_ctx, objective)
     records: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for task in tqdm(tasks, desc="reversal tasks", disable=not progress):

@@ -161,8 +161,8 @@ def _permutation_p(d: np.ndarray, alternative: str, n_permutations: int, seed: i
 
 
 def paired_test(
-    a: Sequence[float],
-    b: Sequence[float],
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
     method: str = "wilcoxon",
     alternative: str = "two-sided",
     n_permutations: int = 10000,

@@ -159,8 +159,9 @@ def random_init_like(target: ProbeModel, seed: int = 12345) -> ProbeModel:
         torch.manual_seed(seed)
         hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(target.source))).eval()
         device = next(target.model.parameters()).device
-        model = TransformerBridge.boot_transformers(str(target.source), device=device, hf_model=hf)
-        model.eval()
+        bridge = TransformerBridge.boot_transformers(str(target.source), device=device, hf_model=hf)
+        bridge.eval()
+        return dataclasses.replace(target, model=bridge, name=target.name + RANDOM_INIT_SUFFIX)
     return dataclasses.replace(target, model=model, name=target.name + RANDOM_INIT_SUFFIX)
 
 
@@ -291,14 +292,14 @@ def probe_stats(
             out[i]["selectivity"] = f.accuracy - c.accuracy
     if not live or spec.bootstrap == 0 or not len(pids):
         return out
-    acc = np.stack([fits[i].test_correct for i in live]).astype(np.float64)  # [F, n_test]
+    acc = np.stack([np.asarray(fits[i].test_correct) for i in live]).astype(np.float64)  # [F, n_test]
     iv = person_bootstrap(acc, pids, spec.bootstrap, spec.ci_level, spec.seed)
     for j, i in enumerate(live):
         out[i]["ci_low"], out[i]["ci_high"] = float(iv.low[j]), float(iv.high[j])
     if controls is not None:
         both = [i for i in live if controls[i].test_correct is not None]
         if both:
-            ctrl = np.stack([controls[i].test_correct for i in both]).astype(np.float64)  # [F', n_test]
+            ctrl = np.stack([np.asarray(controls[i].test_correct) for i in both]).astype(np.float64)  # [F', n_test]
             row = {i: j for j, i in enumerate(live)}  # fit index -> its row of acc
             diff = acc[[row[i] for i in both]] - ctrl
             sv = person_bootstrap(diff, pids, spec.bootstrap, spec.ci_level, spec.seed)
