@@ -104,6 +104,7 @@ def test_probe_cli_on_reversal_data_with_the_link(rev, tmp_path: Path) -> None:
                  "--control-random", "--reversal-eval", str(ev)]) == 0  # fmt: skip
     table = pd.read_csv(out / "results.csv")
     assert set(table["readout"]) == {"n2d", "d2n"} and set(table["test_set"]) == {"same_direction", "reversed"}
+    assert set(table["templates"]) == {"train", "test"}  # the trained formats and the held-out templates
     assert table["model"].str.endswith("(random init)").any()
     assert table["accuracy"].between(0, 1).all() and (table["chance"] > 0).all()
     link = pd.read_csv(out / "link.csv")

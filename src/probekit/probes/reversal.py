@@ -30,7 +30,9 @@ per person and seed; the same map trained on it shows what the read-out learns w
 chance on unseen people), and a **random-init** copy of the model. Intervals resample people.
 
 Templates: ``templates="test"`` reads the held-out test templates, ``"train"`` the training paraphrases (the
-prompt formats the model was trained on); the map is always fitted on the same kind of prompts it is scored on.
+prompt formats the model was trained on), ``"both"`` each in turn (a ``templates`` column); the map is always
+fitted on the same kind of prompts it is scored on. The per-person link uses the held-out templates, which are
+the prompts the reversal evaluation asks.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class ReversalProbeSpec:
     """Settings of the reversal read-outs (``probekit probe --data <reversal dir>``)."""
 
     readouts: tuple[str, ...] = ("n2d", "d2n")
-    templates: str = "test"  # "test": held-out templates; "train": the training paraphrases
+    templates: str = "both"  # "test": held-out templates; "train": the training paraphrases; "both": each in turn
     layers: list[int] | None = None  # residual layers (None: all, 0 = embeddings ... L)
     ridge_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # chosen on validation people
     test_fraction: float = 1 / 3  # of the trained-direction people: the same_direction test set
@@ -78,8 +80,9 @@ class ReversalProbeSpec:
         bad = [r for r in self.readouts if r not in READOUTS]
         if bad or not self.readouts:
             raise UserError(f"reversal readouts {bad or '[]'}: choose from {list(READOUTS)}")
-        if self.templates not in ("test", "train"):
-            raise UserError(f"templates {self.templates!r}: use 'test' (held-out) or 'train' (trained formats)")
+        if self.templates not in ("test", "train", "both"):
+            raise UserError(f"templates {self.templates!r}: use 'test' (held-out), 'train' (trained formats) or "
+                            "'both'")  # fmt: skip
         if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
             raise UserError("test_fraction and val_fraction must be in (0, 1)")
         if not self.ridge_grid or min(self.ridge_grid) <= 0:
@@ -113,9 +116,10 @@ def _parts(p: Any) -> dict[str, tuple[str, str]]:
     }  # fmt: skip
 
 
-def build_reversal_tasks(data: ReversalData, view: TokenView, spec: ReversalProbeSpec) -> list[ReversalTask]:
-    """The read-out prompts of every person (templates of ``spec.templates``), read positions found from the
-    characters of the name / description in the prompt."""
+def build_reversal_tasks(data: ReversalData, view: TokenView, spec: ReversalProbeSpec,
+                         templates_kind: str = "test") -> list[ReversalTask]:  # fmt: skip
+    """The read-out prompts of every person (the ``templates_kind`` templates: ``test`` or ``train``), read
+    positions found from the characters of the name / description in the prompt."""
     if not data.people:
         raise UserError(f"{data.root} has no people.jsonl: the read-outs need each person's name, description and "
                         "group; use a directory made by `probekit data reversal`")  # fmt: skip
@@ -133,7 +137,7 @@ def build_reversal_tasks(data: ReversalData, view: TokenView, spec: ReversalProb
         first_ids: dict[tuple[str, str, str], int] = {}
         for pid, p in enumerate(data.people):
             parts = _parts(p)
-            for t in templates[f"{kind}_{spec.templates}"]:
+            for t in templates[f"{kind}_{templates_kind}"]:
                 prompt = _split(t, p.name, p.description, at).prompt
                 span_text = p.name if readout == "n2d" else p.description
                 start = prompt.find(span_text)
@@ -210,14 +214,15 @@ def run_reversal_probes(model: Any, data: ReversalData, view: TokenView, spec: R
     """Fit and score every (read-out, position, layer, target) map; returns the table (one row per map and test
     set, with intervals, chance, control accuracy and selectivity) and the per-person table (mean correctness
     of each test person's prompts)."""
-    tasks = build_reversal_tasks(data, view, spec)
+    kinds = ["train", "test"] if spec.templates == "both" else [spec.templates]
+    tasks = [(k, t) for k in kinds for t in build_reversal_tasks(data, view, spec, k)]
     dims = model_dims(model)
     layers = spec.layers if spec.layers is not None else list(range(dims.n_layers + 1))
     points = hook_points(dims.n_layers, ["resid"], layers)
     W = unembedding(model)  # [V, d]
     rows: list[dict[str, Any]] = []
     people_rows: list[dict[str, Any]] = []
-    for task in tasks:
+    for templates_kind, task in tasks:
         if max(len(s) for s in task.sequences) > dims.n_ctx:
             raise UserError(f"{task.readout} prompts are longer than the model's context ({dims.n_ctx})")
         acts = collect_activations(model, task.sequences, task.positions, points, position_names=task.position_names,
@@ -250,7 +255,7 @@ def run_reversal_probes(model: Any, data: ReversalData, view: TokenView, spec: R
                                 "position": position, "target": target, "layer": pt.layer, "test_set": test_set,
                                 "labelling": labelling, "accuracy": float(correct.mean()), "_correct": correct,
                                 "_pids": task.pids[r], "chance": 1.0 / len(values), "n_prompts": len(r),
-                                "n_people": len(sets[test_set]), "ridge": best, "templates": spec.templates,
+                                "n_people": len(sets[test_set]), "ridge": best, "templates": templates_kind,
                                 "reading": reading,
                             })  # fmt: skip
     table = _with_intervals(rows, spec)
@@ -267,7 +272,7 @@ def run_reversal_probes(model: Any, data: ReversalData, view: TokenView, spec: R
 
 def _with_intervals(rows: Sequence[dict[str, Any]], spec: ReversalProbeSpec) -> pd.DataFrame:
     """Real rows with person-bootstrap intervals, the control accuracy and the selectivity (and its interval)."""
-    key = ("model", "readout", "position", "target", "layer", "test_set")
+    key = ("model", "readout", "position", "target", "layer", "test_set", "templates", "reading")
     control = {tuple(r[k] for k in key): r for r in rows if r["labelling"] == "control"}
     out = []
     for r in rows:
@@ -295,7 +300,8 @@ def reversal_link(people: pd.DataFrame, predictions: pd.DataFrame, data: Reversa
     by_name = {p.name: p for p in data.people}
     by_desc = {p.description: p for p in data.people}
     rows = []
-    for (readout, position, target, layer, model), g in people[people["test_set"] == "reversed"].groupby(
+    held_out = people[(people["test_set"] == "reversed") & (people["templates"] == "test")]  # the eval's templates
+    for (readout, position, target, layer, model), g in held_out.groupby(
         ["readout", "position", "target", "layer", "model"]
     ):
         task = REVERSAL_TASK[str(readout)]

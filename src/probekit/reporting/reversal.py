@@ -68,8 +68,9 @@ def summarize_run(run: str | Path, out: str | Path, png: bool = True) -> dict[st
     if not readout.empty:
         real = readout[~readout["model"].astype(str).str.endswith("(random init)")]
         best = real.sort_values("accuracy").groupby(
-            ["model_dir", "readout", "position", "target", "test_set", "reading"]).tail(1)  # fmt: skip
-        tables["readout_best"] = best.sort_values(["model_dir", "readout", "position", "target", "test_set"])
+            ["model_dir", "templates", "readout", "position", "target", "test_set", "reading"]).tail(1)  # fmt: skip
+        tables["readout_best"] = best.sort_values(["model_dir", "templates", "readout", "position", "target",
+                                                   "test_set"])  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         with atomic_path(out / f"{name}.csv") as tmp:
@@ -88,7 +89,9 @@ def _figures(tables: dict[str, pd.DataFrame], out: Path, png: bool) -> None:
     figs: list[Figure] = []
     readout = tables["readout"]
     if not readout.empty:
-        r = readout[(readout["regime"] == "scratch") & (readout["reading"] == "causal")]
+        r = readout[
+            (readout["regime"] == "scratch") & (readout["reading"] == "causal") & (readout["templates"] == "test")
+        ]
         r = r[~r["model"].astype(str).str.endswith("(random init)")]
         cells = [("d2n", "description", "first_name"), ("d2n", "answer", "first_name"), ("n2d", "name", "role"),
                  ("n2d", "answer", "role")]  # fmt: skip
@@ -105,9 +108,9 @@ def _figures(tables: dict[str, pd.DataFrame], out: Path, png: bool) -> None:
                     x=g["layer"], y=g["accuracy"], name=f"{obj} ({test_set})", legendgroup=f"{obj}{test_set}",
                     showlegend=c == 1, line={"color": colors.get(str(obj)), "dash": "solid" if test_set ==
                                              "same_direction" else "dot"}), row=1, col=c)  # fmt: skip
-        fig.update_layout(title="Reversal read-outs by layer (mean over seeds; solid: trained direction, dotted: "
-                          "reversed people)", yaxis_title="accuracy (choice among all values)", height=420,
-                          width=1400)  # fmt: skip
+        fig.update_layout(title="Reversal read-outs by layer, held-out templates (mean over seeds; solid: trained "
+                          "direction, dotted: reversed people)", yaxis_title="accuracy (choice among all values)",
+                          height=420, width=1400)  # fmt: skip
         figs.append(Figure("readout_by_layer", fig, data))
     patch = tables["patch"]
     if not patch.empty:
