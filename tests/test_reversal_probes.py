@@ -49,10 +49,11 @@ def test_read_positions_decode_to_the_name_and_description_ends(rev) -> None:
         assert len(task.sequences) == len(rev.people) * 2  # two test templates per person
         for r, seq in enumerate(task.sequences):
             p = rev.people[int(task.pids[r])]
-            at_span, _ = (tok.decode([seq[int(q)]]) for q in task.positions[r])
+            at_span, at_end = (tok.decode([seq[int(q)]]) for q in task.positions[r])
             if task.readout == "n2d":
                 assert p.name.endswith(at_span)  # the name's last token
                 assert p.description not in tok.decode(seq)  # the answer is not in the prompt
+                assert at_end == "the"  # up to the description's first word: the role comes next
                 assert tok.decode([int(task.targets["role"][r])]) == p.description.split()[1]
             else:
                 assert p.description.endswith(at_span)

@@ -2,9 +2,9 @@
 
 Two read-outs, each on prompts that end right before the answer, so the answer is not in the context:
 
-- ``n2d`` (name -> description): name-first prompts (``<name> is``), read at the name's last token (``name``)
-  and the prompt's last token (``answer``); targets: the description's ``role`` word (``the {role} who ...``)
-  and its ``deed`` word (``... who {deed} ...``).
+- ``n2d`` (name -> description): name-first prompts up to the description's first word (``<name> is the``), read
+  at the name's last token (``name``) and the prompt's last token (``answer``, where the next token is the role);
+  targets: the description's ``role`` word (``the {role} who ...``) and its ``deed`` word (``... who {deed} ...``).
 - ``d2n`` (description -> name): description-first prompts (``The <description> is``), read at the
   description's last token (``description``) and the prompt's last token (``answer``); targets: the
   ``first_name`` and ``last_name`` tokens.
@@ -139,6 +139,8 @@ def build_reversal_tasks(data: ReversalData, view: TokenView, spec: ReversalProb
             parts = _parts(p)
             for t in templates[f"{kind}_{templates_kind}"]:
                 prompt = _split(t, p.name, p.description, at).prompt
+                if readout == "n2d":  # the description starts with "the": its role word is the next token
+                    prompt += " the"
                 span_text = p.name if readout == "n2d" else p.description
                 start = prompt.find(span_text)
                 if start < 0:  # a description at the start of a sentence may be capitalised
