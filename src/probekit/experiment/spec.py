@@ -2,13 +2,16 @@
 
 ``ExperimentConfig`` names datasets (``DatasetSpec``), models trained on them (``ModelSpec``: a ``TrainConfig``
 section), a probe spec, and the optional stages (QA extraction, inverse search, the reversal curse, patching,
-memorisation). ``load_experiment(path)`` reads and validates one; ``DEMO`` is the built-in demo's config.
+memorisation); ``resources`` (``ResourceSpec`` per stage) says what each job asks a cluster for under
+``probekit run --executor slurm``. ``load_experiment(path)`` reads and validates one; ``DEMO`` is the built-in
+demo's config.
 ``probekit.experiment.runner`` runs it.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +106,38 @@ class PatchSpec:
         init_sections(self)
 
 
+@dataclass
+class ResourceSpec:
+    """What one job of a stage (one model's share) asks the scheduler for under ``probekit run --executor slurm``
+    (or ``submitit-local``); the local pool (``--executor local``, the default) ignores it. An experiment's
+    ``resources: {default: {...}, <stage>: {...}}`` gives these fields; a stage's entry overrides ``default``'s."""
+
+    cpus: int = 1  # CPU cores per job (its torch threads, except training, which runs on one as under --jobs)
+    gpus: int = 0  # GPUs per job, 0 or 1 (one model across several GPUs: `accelerate launch -m probekit.cli train`)
+    mem: str = ""  # memory per job in Slurm's units, e.g. 8G or 500M ("": the partition's default)
+    time: int = 60  # wall-clock limit per job in minutes; a job that reaches it is requeued and resumes
+    partition: str = ""  # Slurm partition ("": the cluster's default)
+    retries: int = 2  # resubmissions of a job that fails or is killed (each resumes from its checkpoint)
+
+    def validate(self, where: str = "resources") -> None:
+        """Refuse values no scheduler can take (one-line ``UserError`` naming ``where``)."""
+        if self.cpus < 1:
+            raise UserError(f"{where}.cpus must be at least 1, got {self.cpus}")
+        if not 0 <= self.gpus <= 1:
+            raise UserError(f"{where}.gpus must be 0 or 1, got {self.gpus}: a job runs one process; training one "
+                            "model across several GPUs is `accelerate launch -m probekit.cli train`")  # fmt: skip
+        if self.mem and not re.fullmatch(r"[1-9][0-9]*[KMGT]", self.mem):
+            raise UserError(f"{where}.mem must be a whole number with a unit K, M, G or T (e.g. 8G, 500M), or "
+                            f"empty for the partition's default; got {self.mem!r}")  # fmt: skip
+        if self.time < 1:
+            raise UserError(f"{where}.time is the wall-clock limit in minutes and must be at least 1, got {self.time}")
+        if self.partition and not re.fullmatch(r"[A-Za-z0-9_.,-]+", self.partition):
+            raise UserError(f"{where}.partition must be a Slurm partition name (letters, digits, _ . , -), "
+                            f"got {self.partition!r}")  # fmt: skip
+        if not 0 <= self.retries <= 100:
+            raise UserError(f"{where}.retries must be between 0 and 100, got {self.retries}")
+
+
 @dataclass(frozen=True)
 class Run:
     """One model trained with one seed (``seed`` None: the seed of the model's train section)."""
@@ -148,9 +183,14 @@ class ExperimentConfig:
     seed_data: bool = False  # with seeds: also draw each dataset anew per seed (new people and biographies)
     # settings of stages registered beyond the built-in ones (``probekit.experiment.stage``), by stage name
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what each job asks a cluster for under `probekit run --executor slurm` (ResourceSpec fields): `default`
+    # and per stage name, e.g. {default: {cpus: 2, time: 30}, train: {gpus: 1, mem: 16G}}; the local pool ignores
+    # it, and it is not part of the experiment's record (changing it never refuses a resume)
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         init_sections(self)
+        self.resources = {k: Section(ResourceSpec, v, f"resources.{k}") for k, v in self.resources.items()}
         self.datasets = [d if isinstance(d, DatasetSpec) else from_dict(DatasetSpec, d) for d in self.datasets]
         self.models = [m if isinstance(m, ModelSpec) else from_dict(ModelSpec, m) for m in self.models]
         if isinstance(self.qa, dict):
@@ -169,6 +209,10 @@ class ExperimentConfig:
 
     def dataset(self, name: str) -> DatasetSpec:
         return next(d for d in self.datasets if d.name == name)
+
+    def resources_for(self, stage: str) -> ResourceSpec:
+        """The resources of one job of ``stage``: ``resources.default`` updated by ``resources.<stage>``."""
+        return from_dict(ResourceSpec, {**self.resources.get("default", {}), **self.resources.get(stage, {})})
 
     def data_key(self, run: Run) -> str:
         """The dataset directory a run trains on (relative to ``<out>/data``)."""
@@ -226,6 +270,8 @@ class ExperimentConfig:
                                     f"0..{n_layers} (0 = embeddings, {n_layers} = last block's output); "
                                     "choose one of those")  # fmt: skip
         from_dict(ProbeSpec, {"name": self.name, **self.probe})
+        for name in self.resources:
+            self.resources_for(name).validate(f"resources.{name}")
         if self.embed_probe is not None:
             espec = from_dict(ProbeSpec, {"name": f"{self.name}_embed_update", **self.embed_probe})
             if espec.embed_probe is None:
@@ -356,6 +402,7 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
     ):
         if rec.get(key) == default:
             rec.pop(key, None)
+    rec.pop("resources", None)  # how the jobs run, not what they compute: a changed resource never refuses a resume
     return rec
 
 
