@@ -8,6 +8,8 @@ a probe spec, and optional QA extraction. ``run_experiment`` walks the stages in
 Every stage writes into ``<out>/<stage>/<name>`` atomically and is skipped when its output is already
 complete, and training resumes from its last checkpoint, so an interrupted experiment is re-run with the same
 command and continues where it stopped. The same config and seeds give the same data, weights and numbers.
+Where each stage's jobs run is the executor's (``probekit.experiment.executor``): this machine's process pool
+(``--jobs``), or one Slurm job per model and stage (``--executor slurm``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
+from probekit.experiment.executor import Executor, make_executor
 from probekit.experiment.spec import (
     DatasetSpec,
     ExperimentConfig,
@@ -346,11 +349,14 @@ def run_experiment(
     png: bool = True,
     jobs: int = 1,
     models: Sequence[str] | None = None,
+    executor: str | Executor = "local",
 ) -> ExperimentResult:
     """Run (or continue) every stage of ``cfg`` into ``out``; returns the tables, figures and summary.
 
     ``jobs`` > 1 trains up to that many models at once in worker processes (one torch thread each): on a
     small-CPU machine two single-thread trainings finish sooner than two consecutive two-thread ones.
+    ``executor``: where the jobs of each stage run (``probekit.experiment.executor``): ``"local"`` (the process
+    pool), ``"slurm"`` (one Slurm job per model and stage, with ``cfg.resources``) or ``"submitit-local"``.
     ``models`` works on the named models only (their datasets, training and every stage; the tables, figures and
     summary then cover those models); ``experiment.json`` records the whole config, so a later run without
     ``models`` (or with the others) continues the same experiment and keeps what is finished.
@@ -358,17 +364,20 @@ def run_experiment(
     t0 = time.perf_counter()
     cfg.validate()  # everything is checked before the first file is written
     check_stages(cfg)
+    check_resources(cfg)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
+    ex = make_executor(executor)
     part = _part(cfg, models)  # checked before the first file is written, like the config
     out = Path(out).expanduser().resolve()  # absolute: runs record paths that work from any directory
     _check_out(cfg, out)
     with output_lock(out):  # one writer per experiment directory
-        return _run_locked(cfg, part, out, progress, figures_out, png, jobs, t0)
+        return _run_locked(cfg, part, out, progress, figures_out, png, jobs, t0, ex)
 
 
 def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progress: bool,
-                figures_out: str | Path | None, png: bool, jobs: int, t0: float) -> ExperimentResult:  # fmt: skip
+                figures_out: str | Path | None, png: bool, jobs: int, t0: float,
+                ex: Executor) -> ExperimentResult:  # fmt: skip
     from probekit import provenance as prov
     from probekit.reporting.results import write_results
 
@@ -380,12 +389,12 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
     seeds = {**{f"data.{d.name}": d.seed for d in cfg.datasets},
              **{f"train.{r.key}": r.train_seed for r in cfg.runs()},
              "probe": cfg.probe.get("seed", 0)}  # fmt: skip
-    prov.append_session(out, prov.record(seeds=seeds, jobs=jobs))
     ctx = Context(cfg, out, progress=progress, png=png, jobs=jobs)
+    prov.append_session(out, prov.record(seeds=seeds, jobs=jobs, **ex.record(ctx)))
     times: list[tuple[str, Timing]] = []
-    for stage in STAGES:  # each stage skips the shares already done and schedules the rest across --jobs
+    for stage in STAGES:  # each stage skips the shares already done; the executor runs the rest and waits
         if stage.enabled(cfg):
-            times += [(stage.name, t) for t in stage.run(ctx)]
+            times += [(stage.name, t) for t in ex.run(stage, ctx)]
             ctx.tables.update(stage.collect(ctx))
     data, t = ctx.data, ctx.tables
     probe, embed, qa, qa_groups = t["probe"], t.get("embed_update"), t.get("qa"), t.get("qa_by_group")
@@ -512,6 +521,16 @@ def check_stages(cfg: ExperimentConfig) -> None:
     for stage in STAGES:
         if stage.enabled(cfg):
             stage.validate(cfg)
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """Every name under ``resources`` is ``default`` or a registered stage (the values are checked with the
+    config)."""
+    names = [s.name for s in STAGES]
+    unknown = sorted(set(cfg.resources) - {"default", *names})
+    if unknown:
+        raise UserError(f"resources: unknown stage(s) {', '.join(unknown)}; give resources for default or a stage: "
+                        f"{', '.join(names)}")  # fmt: skip
 
 
 def _part(cfg: ExperimentConfig, models: Sequence[str] | None) -> ExperimentConfig:

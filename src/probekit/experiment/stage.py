@@ -7,6 +7,10 @@ is done (``done``), the work still to do (``jobs``: one picklable ``(label, func
 (``probekit.experiment.runner.run_experiment``) does the rest: it walks ``probekit.experiment.stages.STAGES`` in
 order, skips finished shares, schedules the rest across ``--jobs``, resumes, and refuses changed settings.
 
+Where the jobs run is the executor's (``probekit.experiment.executor``): ``run`` in this process or a local pool,
+or one cluster job per entry of ``jobs``; such a job calls ``jobs`` again in its own process and runs the entry with
+its label, so ``jobs`` must depend only on the context and what is on disk (a label missing there means done).
+
 A new stage is one class in one module of ``probekit/experiment/stages/`` added to ``STAGES`` (or, outside the
 package, ``register_stage``). Its settings live in the experiment config's ``stages: {<name>: {...}}`` section
 (``settings(ctx)``) unless it is a built-in stage with a section of its own.
