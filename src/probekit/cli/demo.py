@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
     models = [m for arg in args.models for m in arg.split(",") if m] if args.models is not None else None
     _report(run_experiment(cfg, out, progress=not args.no_progress, figures_out=args.figures_out,
-                           png=not args.no_png, jobs=args.jobs, models=models))  # fmt: skip
+                           png=not args.no_png, jobs=args.jobs, models=models, executor=args.executor))  # fmt: skip
     return 0
 
 
@@ -99,5 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--models", nargs="+", metavar="NAME",
                    help="work on these models only (names, or one comma-separated list); the tables then cover them, "
                         "and a later run without --models adds the others to the same experiment")  # fmt: skip
+    r.add_argument("--executor", default="local", metavar="NAME",
+                   help="where each model's jobs of each stage run: local (this machine, --jobs at once), slurm "
+                        "(one Slurm job each through submitit, with the config's resources; logs in "
+                        "<out>/jobs/) or submitit-local (the same as subprocesses here)")  # fmt: skip
     r.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
     r.set_defaults(func=cmd_run)
