@@ -18,8 +18,9 @@ Resubmission: a job is a ``StageJob``, which carries the stage and the run's con
 arguments, and finds its work in the job process by calling ``stage.jobs(ctx)`` again, as a new ``probekit run``
 would. A job that fails or is killed is therefore submitted again (up to ``retries`` times, from the stage's
 resources) and resumes from its checkpoint (training continues from its last checkpoint to the same weights);
-a job that Slurm preempts, or that reaches its time limit, is requeued by submitit (``StageJob.checkpoint``) and
-resumes the same way; and a share that an earlier attempt finished is not done again. Every node must see
+a job that Slurm requeues (preemption, ``scontrol requeue``) runs again under its job id, and one that nears its
+time limit is requeued by submitit (``StageJob.checkpoint``, up to 3 times), each resuming the same way; and a
+share that an earlier attempt finished is not done again. Every node must see
 ``--out`` at the same path (a shared filesystem), and run the same Python environment.
 
 Why submitit: it is maintained, pure Python and needs nothing on the cluster but Slurm; it submits a pickled
@@ -119,8 +120,8 @@ class StageJob:
         return run_job(fn, args, self.command)
 
     def checkpoint(self) -> Any:
-        """submitit calls this when Slurm preempts the job or its time limit nears: requeue the same call, which
-        finds its work anew from the checkpoints on disk."""
+        """submitit calls this when the job gets its signal (its time limit nears, or a preemption the cluster
+        signals): requeue the same call, which finds its work anew from the checkpoints on disk."""
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self)
