@@ -368,8 +368,10 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 def _say(request: pytest.FixtureRequest, line: str) -> None:
     """A line on the terminal, past pytest's capture (why the Slurm test is skipped)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None:
-        reporter.write_line(line)
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -398,10 +400,22 @@ def slurm_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     started: list[Path] = []
 
     def stop() -> None:
+        """Cancel what is left, let the jobs' step daemons report their end (they wait for slurmctld and munged
+        otherwise), then stop slurmd, slurmctld and munged, each before the next."""
         subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            p = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, timeout=30)
+            if p.returncode != 0 or not p.stdout.strip():
+                break
+            time.sleep(0.5)
         for pidfile in reversed(started):
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+                pid = int(pidfile.read_text().split()[0])
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(50):
+                    os.kill(pid, 0)  # OSError once it is gone
+                    time.sleep(0.1)
 
     try:
         commands = [
