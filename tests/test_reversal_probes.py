@@ -108,6 +108,7 @@ def test_probe_cli_on_reversal_data_with_the_link(rev, tmp_path: Path) -> None:
     assert set(table["templates"]) == {"train", "test"}  # the trained formats and the held-out templates
     assert table["model"].str.endswith("(random init)").any()
     assert table["accuracy"].between(0, 1).all() and (table["chance"] > 0).all()
+    assert table["baseline"].between(0, 1).all()
     link = pd.read_csv(out / "link.csv")
     assert set(link["task"]) == {"N2D-reverse", "D2N-reverse"}
     assert link["agreement"].between(0, 1).all() and (link["n_people"] == 6).all()

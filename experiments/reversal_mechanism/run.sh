@@ -42,9 +42,10 @@ for s in $seeds; do
 done
 
 here_rel="${here#$root/}"
-probekit plot --reversal "$out" --out "$out/summary"
+summary="${out}_summary"  # beside the run: probekit never writes into what it reads
+probekit plot --reversal "$out" --out "$summary"
 mkdir -p "$here/results" "$root/figures/reversal_mechanism"
-cp "$out"/summary/*.csv "$here/results/"
-cp "$out"/summary/*.png "$out"/summary/*.csv "$root/figures/reversal_mechanism/" 2>/dev/null \
+cp "$summary"/*.csv "$here/results/"
+cp "$summary"/*.png "$summary"/*.csv "$root/figures/reversal_mechanism/" 2>/dev/null \
   || echo "no PNG figures (is chromium installed?)"
 echo "tables in $here_rel/results, figures in figures/reversal_mechanism"

@@ -25,9 +25,12 @@ People. ``train`` people fit the map (a seeded quarter of them chooses the ridge
   ``p2d``, the N2D-reverse people). A map trained on the trained direction reads the reversed association here
   only if the model stored it the same way.
 
-Controls (as for the biography probes): a **control task** (each person gets a random value of the target, fixed
-per person and seed; the same map trained on it shows what the read-out learns without the model's knowledge:
-chance on unseen people), and a **random-init** copy of the model. Intervals resample people.
+Floors: ``chance`` (one over the number of values) and ``baseline`` (always answering the training people's
+most common value, scored on the test people: a state that carries nothing, such as the embedding of the same
+token in every prompt, lands here). Controls (as for the biography probes): a **control task** (each person gets
+a random value of the target, fixed per person and seed; the same map trained on it shows what the read-out
+learns without the model's knowledge: chance on unseen people), and a **random-init** copy of the model.
+Intervals resample people.
 
 Templates: ``templates="test"`` reads the held-out test templates, ``"train"`` the training paraphrases (the
 prompt formats the model was trained on), ``"both"`` each in turn (a ``templates`` column); the map is always
@@ -249,6 +252,8 @@ def run_reversal_probes(model: Any, data: ReversalData, view: TokenView, spec: R
                             if acc > best_acc:
                                 best, best_acc = lam, acc
                         mu, A = _fit(h[idx["train"]], y_all[idx["train"]], best)
+                        values_tr, counts_tr = np.unique(truth[idx["train"]], return_counts=True)
+                        majority = values_tr[counts_tr.argmax()]  # the training people's most common value
                         for test_set in ("same_direction", "reversed"):
                             r = idx[test_set]
                             correct = (_choose(h[r], mu, A, cand).numpy() == truth[r]).astype(np.float64)
@@ -256,7 +261,8 @@ def run_reversal_probes(model: Any, data: ReversalData, view: TokenView, spec: R
                                 "model": name, "objective": objective, "readout": task.readout,
                                 "position": position, "target": target, "layer": pt.layer, "test_set": test_set,
                                 "labelling": labelling, "accuracy": float(correct.mean()), "_correct": correct,
-                                "_pids": task.pids[r], "chance": 1.0 / len(values), "n_prompts": len(r),
+                                "_pids": task.pids[r], "chance": 1.0 / len(values),
+                                "baseline": float((truth[r] == majority).mean()), "n_prompts": len(r),
                                 "n_people": len(sets[test_set]), "ridge": best, "templates": templates_kind,
                                 "reading": reading,
                             })  # fmt: skip
