@@ -423,7 +423,7 @@ CASES: list[tuple[str, Argv, list[str], list[str]]] = [
             str(e.out("x")),
             "--no-png",
         ],
-        ["different vocabulary", "--train-config"],
+        ["cannot encode", "--train-config"],
         ["--train`", "--train)"],
     ),
     pytest.param(

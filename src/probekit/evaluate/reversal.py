@@ -233,7 +233,11 @@ def run_reversal(
         from probekit.data.tokens import check_tokenizer_fits
 
         texts = [r.text for rows in data.files.values() for r in rows]
-        check_tokenizer_fits(tokenizer, texts, f"the reversal data {data.root}")
+        try:
+            check_tokenizer_fits(tokenizer, texts, f"the reversal data {data.root}")
+        except UserError as e:  # the other way out: train a model on this data first
+            raise UserError(f"{e}; or train one on it first: `probekit eval reversal --data DIR --train-config "
+                            "CFG.yaml --out OUT`") from None  # fmt: skip
     name = model_name or default_model_name(meta)
     records, rows = evaluate_reversal(model, tokenizer, obj, data, tasks, name, seed, test, batch_size, progress)
     table = results_frame(rows)
