@@ -111,7 +111,7 @@ def test_probe_cli_on_reversal_data_with_the_link(rev, tmp_path: Path) -> None:
     assert table["baseline"].between(0, 1).all()
     link = pd.read_csv(out / "link.csv")
     assert set(link["task"]) == {"N2D-reverse", "D2N-reverse"}
-    assert link["agreement"].between(0, 1).all() and (link["n_people"] == 6).all()
+    assert link["agreement"].between(0, 1).all() and (link["n_people"] == 6).all()  # each person once per reading
     people = pd.read_csv(out / "people.csv")
     assert set(people["test_set"]) == {"same_direction", "reversed"}
     bad = tmp_path / "bad.yaml"

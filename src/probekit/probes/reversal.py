@@ -309,8 +309,8 @@ def reversal_link(people: pd.DataFrame, predictions: pd.DataFrame, data: Reversa
     by_desc = {p.description: p for p in data.people}
     rows = []
     held_out = people[(people["test_set"] == "reversed") & (people["templates"] == "test")]  # the eval's templates
-    for (readout, position, target, layer, model), g in held_out.groupby(
-        ["readout", "position", "target", "layer", "model"]
+    for (readout, position, target, layer, model, reading), g in held_out.groupby(
+        ["readout", "position", "target", "layer", "model", "reading"]
     ):
         task = REVERSAL_TASK[str(readout)]
         pred = predictions[predictions["task"] == task]
@@ -327,7 +327,7 @@ def reversal_link(people: pd.DataFrame, predictions: pd.DataFrame, data: Reversa
         iv = person_bootstrap(agree[None], np.arange(len(agree)), n_boot, seed=seed)
         r, lo, hi = _pearson_ci(a, b, n_boot, seed)
         rows.append({"model": model, "readout": readout, "position": position, "target": target, "layer": layer,
-                     "task": task, "n_people": len(merged), "probe_mean": float(a.mean()),
+                     "reading": reading, "task": task, "n_people": len(merged), "probe_mean": float(a.mean()),
                      "reversal_mean": float(b.mean()), "agreement": float(agree.mean()),
                      "agreement_ci_low": float(iv.low[0]), "agreement_ci_high": float(iv.high[0]),
                      "pearson_r": r, "r_ci_low": lo, "r_ci_high": hi})  # fmt: skip
