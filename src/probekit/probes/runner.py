@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from probekit.data.tokens import TokenView
 from probekit.errors import UserError, UserFileNotFoundError
+from probekit.model.foreign import is_hf_dir
 from probekit.probes.activations import (
     collect_activations,
     estimate_bytes,
@@ -72,23 +72,13 @@ class ProbeModel:
     seed: int | None = None  # the training seed (probekit checkpoints), carried into the results table
 
 
-def _is_hf_dir(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.exists():
-        return False
-    try:
-        return "architectures" in json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def load_probe_model(path: str | Path, device: str = "cpu", name: str | None = None) -> ProbeModel:
     """A probekit checkpoint (or training run) directory, or a Hugging Face causal-LM directory (config.json with
     ``architectures``; loaded through TransformerBridge)."""
     path = Path(path)
     if not path.exists():
         raise UserFileNotFoundError(f"model directory {path} does not exist")
-    if _is_hf_dir(path):
+    if is_hf_dir(path):
         from probekit.model.hf import load_bridge, load_dir_tokenizer
 
         bridge = load_bridge(path, device=device)
