@@ -46,21 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from probekit.errors import cpu_model
+
 CLOCK: Callable[[], float] = time.process_time
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), to print beside every figure."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bpe_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:

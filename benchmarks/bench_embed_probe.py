@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from probekit.errors import UserError
+from probekit.errors import UserError, cpu_model
 from probekit.probes.activations import _is_hooked_lm, _Stop, hook_points, model_dims, padded_batch, run_causal
 from probekit.probes.config import EmbedProbeConfig
 from probekit.probes.embed_probe import PAPER_RANK, Heads, LowRankEmbedding, _batches, train_embed_probe
@@ -54,20 +54,6 @@ from probekit.stats import person_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK: Callable[[], float] = time.process_time
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), to print beside every figure."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ---------------------------------------------------------------------------------------------------------------

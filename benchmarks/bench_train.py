@@ -39,7 +39,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
-from probekit.errors import cpu_bf16_units
+from probekit.errors import cpu_bf16_units, cpu_model
 from probekit.model.batch import TrainItem
 from probekit.training.config import TrainConfig
 from probekit.training.data import ItemSource
@@ -72,20 +72,6 @@ def step_flops(layers: int, d: int, d_mlp: int, vocab: int, batch: int, seq: int
     proj = layers * (4 * d * d + 3 * d * d_mlp) + d * vocab  # multiply-adds per token
     attn = layers * 2 * seq * d  # q k^T and p v per token, full T x T
     return 3 * 2 * tokens * (proj + attn)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), to print beside every figure."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -147,6 +147,20 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), to print beside every benchmark figure."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
     """The bfloat16 matrix units of this CPU: ``amx_bf16`` and/or ``avx512_bf16`` from ``/proc/cpuinfo``'s flags
     (``cpuinfo``: that file's text, for tests); empty where it has none or the file cannot be read."""
