@@ -79,6 +79,11 @@ def test_quick_objectives_experiment_writes_every_table_and_figure(tmp_path: Pat
     from probekit.cli import main
 
     figs_dir = tmp_path / "replot"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
     assert main(["plot", "--experiment", str(out), "--out", str(figs_dir), "--no-png"]) == 0
     assert {p.stem for p in figs_dir.glob("*.html")} == figs | {"report"}
+    # it reads the run and writes only under --out: its comparison tables too
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
+    replotted = pd.read_csv(figs_dir / "comparison" / "correlations.csv")
+    assert replotted.equals(pd.read_csv(out / "comparison" / "correlations.csv"))
     assert main(["plot", "--out", str(figs_dir)]) == 2  # neither --results nor --experiment

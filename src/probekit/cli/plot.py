@@ -193,12 +193,13 @@ def _plot_experiment(args: argparse.Namespace) -> int:
         control=not args.no_control,
         figures_dir=Path(args.out),
         scale=bool(varying_axes(model_axes(cfg))),
+        tables_dir=Path(args.out) / "comparison",
     )
     summary = (run / "summary.txt").read_text() if (run / "summary.txt").exists() else ""
     write_report(Path(args.out) / "report.html", title=f"probekit experiment: {cfg.name}", question=cfg.notes,
                  config=config_record(cfg), provenance=rec, summary=summary, figures=figures)  # fmt: skip
     names = sorted({p.stem for p in report.files})
-    where = f" (comparison tables in {run / 'comparison'})" if corr is not None else ""
+    where = f" (comparison tables in {Path(args.out) / 'comparison'})" if corr is not None else ""
     print(f"rendered {len(names)} figures of experiment {cfg.name} into {args.out}{where}, with report.html")
     if report.png_error:
         print(f"warning: {report.png_error}")

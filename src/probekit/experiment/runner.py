@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
-from probekit.experiment.executor import Executor, make_executor
+from probekit.experiment.executor import EXECUTORS, Executor, make_executor
 from probekit.experiment.spec import (
     DatasetSpec,
     ExperimentConfig,
@@ -265,15 +265,15 @@ def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning 
 def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, embed: pd.DataFrame | None,
                       qa: pd.DataFrame | None, inverse: pd.DataFrame | None, layer: int | None = None,
                       png: bool = True, provenance: dict | None = None, control: bool = True,
-                      figures_dir: Path | None = None,
-                      scale: bool = False) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
-    """Every figure of an experiment from its tables: each model's probe figures (``probekit.reporting.plots``) and,
-    with
-    two or more trained models, the comparison across them (``probekit.reporting.compare``: P grids and Q profiles side
-    by side, storage at the name against QA and inverse search with correlations, extraction per model). The
-    comparison's tables go to ``<out>/comparison/`` (``points.csv``, ``correlations.csv``). Returns the render
-    report, the correlations (None without a comparison) and the figures. ``probekit plot --experiment`` calls
-    this too. ``scale``: write ``comparison/scale.csv`` (per model: Q at the name and QA against depth, width and
+                      figures_dir: Path | None = None, scale: bool = False,
+                      tables_dir: Path | None = None) -> tuple[Any, pd.DataFrame | None, list[Any]]:  # fmt: skip
+    """Every figure of an experiment from its tables: each model's probe figures (``probekit.reporting.plots``)
+    and, with two or more trained models, the comparison across them (``probekit.reporting.compare``: P grids and
+    Q profiles side by side, storage at the name against QA and inverse search with correlations, extraction per
+    model). The comparison's tables go to ``tables_dir`` (default ``<out>/comparison/``: ``points.csv``,
+    ``correlations.csv``). Returns the render report, the correlations (None without a comparison) and the
+    figures. ``probekit plot --experiment`` calls this too, with ``figures_dir`` and ``tables_dir`` outside the
+    run it reads. ``scale``: write ``scale.csv`` there (per model: Q at the name and QA against depth, width and
     people) even when these models share every axis value, as a part (``--models``) of an experiment whose whole
     config varies them does: ``probekit plot --scale`` joins such parts' tables (it is written anyway when the
     axes vary among these models)."""
@@ -296,9 +296,10 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
                                         compare.load_eval_predictions(out, "qa", keys),
                                         compare.load_eval_predictions(out, "inverse", keys))  # fmt: skip
         corr = compare.correlations(points, seed=int(cfg.probe.get("seed", 0)))
-        (out / "comparison").mkdir(parents=True, exist_ok=True)
+        tables = tables_dir or out / "comparison"
+        tables.mkdir(parents=True, exist_ok=True)
         for name, table in (("points", points.table), ("correlations", corr)):
-            with atomic_path(out / "comparison" / f"{name}.csv") as tmp:
+            with atomic_path(tables / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
         figures += compare.comparison_figures(both, points, corr, qa, inverse, layer)
         from probekit.reporting.scaling import model_axes, scale_figure, scale_table, varying_axes
@@ -307,7 +308,7 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
         axes = axes[axes["model"].isin(set(points.table["model"]))] if not points.table.empty else axes.iloc[:0]
         if varying_axes(axes) or (scale and len(axes)):  # several depths, widths or people counts
             table = scale_table(points, axes, seed=int(cfg.probe.get("seed", 0)))
-            with atomic_path(out / "comparison" / "scale.csv") as tmp:
+            with atomic_path(tables / "scale.csv") as tmp:
                 table.to_csv(tmp, index=False)
             fig = scale_figure(table)
             figures += [fig] if fig is not None else []
@@ -373,6 +374,37 @@ def run_experiment(
     _check_out(cfg, out)
     with output_lock(out):  # one writer per experiment directory
         return _run_locked(cfg, part, out, progress, figures_out, png, jobs, t0, ex)
+
+
+def dry_run(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    models: Sequence[str] | None = None,
+    executor: str = "local",
+    gpu_tflops: float = 300.0,
+) -> str:
+    """``probekit run --dry-run``: check every setting as ``run_experiment`` does before its first file, and return
+    the report of every job a run would submit, its resources and estimated compute
+    (``probekit.experiment.plan``); nothing is written or submitted. An executor that cannot submit from this
+    machine (no ``sbatch`` here) is a note in the report, not an error: the plan is for the cluster."""
+    from probekit.experiment.plan import check_gpu_tflops, format_plan, plan, plan_table
+
+    cfg.validate()
+    check_stages(cfg)
+    check_resources(cfg)
+    check_gpu_tflops(gpu_tflops)
+    warnings = []
+    try:
+        make_executor(executor)
+    except UserError as e:
+        if executor not in EXECUTORS:
+            raise
+        warnings.append(str(e))
+    part = _part(cfg, models)
+    path = Path(out).expanduser().resolve()
+    _check_out(cfg, path)
+    table = plan_table(plan(part, path), gpu_tflops)
+    return format_plan(part, path, executor, table, gpu_tflops, warnings)
 
 
 def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progress: bool,
