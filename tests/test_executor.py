@@ -73,7 +73,9 @@ def test_an_unknown_executor_is_one_line_before_any_work(tmp_path: Path, capsys:
 @pytest.mark.parametrize("resources, message", [
     ({"trian": {"cpus": 2}}, "resources: unknown stage(s) trian; give resources for default or a stage: data, "),
     ({"default": {"cpu": 2}}, "resources.default: unknown ResourceSpec field(s) ['cpu']"),
-    ({"train": {"gpus": 2}}, "resources.train.gpus must be 0 or 1, got 2"),
+    ({"probe": {"gpus": 2}}, "resources.probe.gpus is 2, but only training runs over several GPUs"),
+    ({"default": {"gpus": 4}}, "resources.default.gpus is 4, but only training runs over several GPUs"),
+    ({"train": {"gpus": 65}}, "resources.train.gpus must be between 0 and 64 (GPUs of one node), got 65"),
     ({"train": {"gpus": "one"}}, "resources.train.gpus must be an integer, got 'one'"),
     ({"default": {"mem": "8 GB"}}, "resources.default.mem must be a whole number with a unit K, M, G or T"),
     ({"probe": {"time": 0}}, "resources.probe.time is the wall-clock limit in minutes and must be at least 1"),

@@ -58,8 +58,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from probekit.io import check_output
 
     check_output(out, {"config": args.config})
-    print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
     models = [m for arg in args.models for m in arg.split(",") if m] if args.models is not None else None
+    if args.dry_run:
+        from probekit.experiment.runner import dry_run
+
+        print(dry_run(cfg, out, models=models, executor=args.executor, gpu_tflops=args.gpu_tflops))
+        return 0
+    print(f"probekit run {cfg.name}: {cfg.notes}\nwriting to {out} (re-run the same command to resume)")
     _report(run_experiment(cfg, out, progress=not args.no_progress, figures_out=args.figures_out,
                            png=not args.no_png, jobs=args.jobs, models=models, executor=args.executor))  # fmt: skip
     return 0
@@ -104,4 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(one Slurm job each through submitit, with the config's resources; logs in "
                         "<out>/jobs/) or submitit-local (the same as subprocesses here)")  # fmt: skip
     r.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check every setting and print the jobs a run would submit, their resources and the "
+                        "estimated GPU-hours of training; write and submit nothing")  # fmt: skip
+    r.add_argument("--gpu-tflops", type=float, default=300.0,
+                   help="--dry-run: effective TFLOP/s per GPU assumed for the training estimate")  # fmt: skip
     r.set_defaults(func=cmd_run)

@@ -8,6 +8,11 @@ runner then reads the stage's tables back exactly as after the local pool. ``sub
 as subprocesses of this machine through submitit's ``LocalExecutor`` (at most ``--jobs`` at once): no cluster
 needed, the same logs, resubmission and requeueing, for trying a config before sending it to a cluster.
 
+A training job with ``resources.train.gpus`` > 1 trains its model data-parallel over that many GPUs of its node
+(``probekit.experiment.stages.train.train_launched``: one process per GPU under torchrun, joined by accelerate).
+``probekit run --dry-run`` lists the jobs with their resources and estimated GPU-hours without submitting any
+(``probekit.experiment.plan``).
+
 Stages run in order, as locally: a stage's jobs are all submitted, and the next stage starts when they have all
 finished. A stage with no jobs left (and the data stage, which builds its datasets in seconds) runs in this
 process through its ``run``. Each job's submitit folder is ``<out>/jobs/<stage>/<run key>/`` (the probe stage's

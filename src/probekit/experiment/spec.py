@@ -112,8 +112,8 @@ class ResourceSpec:
     (or ``submitit-local``); the local pool (``--executor local``, the default) ignores it. An experiment's
     ``resources: {default: {...}, <stage>: {...}}`` gives these fields; a stage's entry overrides ``default``'s."""
 
-    cpus: int = 1  # CPU cores per job (its torch threads, except training, which runs on one as under --jobs)
-    gpus: int = 0  # GPUs per job, 0 or 1 (one model across several GPUs: `accelerate launch -m probekit.cli train`)
+    cpus: int = 1  # CPU cores per job (its torch threads)
+    gpus: int = 0  # GPUs per job; more than 1 only for train: one model data-parallel over that many GPUs of a node
     mem: str = ""  # memory per job in Slurm's units, e.g. 8G or 500M ("": the partition's default)
     time: int = 60  # wall-clock limit per job in minutes; a job that reaches it is requeued and resumes
     partition: str = ""  # Slurm partition ("": the cluster's default)
@@ -123,9 +123,11 @@ class ResourceSpec:
         """Refuse values no scheduler can take (one-line ``UserError`` naming ``where``)."""
         if self.cpus < 1:
             raise UserError(f"{where}.cpus must be at least 1, got {self.cpus}")
-        if not 0 <= self.gpus <= 1:
-            raise UserError(f"{where}.gpus must be 0 or 1, got {self.gpus}: a job runs one process; training one "
-                            "model across several GPUs is `accelerate launch -m probekit.cli train`")  # fmt: skip
+        if not 0 <= self.gpus <= 64:
+            raise UserError(f"{where}.gpus must be between 0 and 64 (GPUs of one node), got {self.gpus}")
+        if self.gpus > 1 and where != "resources.train":
+            raise UserError(f"{where}.gpus is {self.gpus}, but only training runs over several GPUs (one process "
+                            "each); set gpus > 1 under resources.train, and 0 or 1 here")  # fmt: skip
         if self.mem and not re.fullmatch(r"[1-9][0-9]*[KMGT]", self.mem):
             raise UserError(f"{where}.mem must be a whole number with a unit K, M, G or T (e.g. 8G, 500M), or "
                             f"empty for the partition's default; got {self.mem!r}")  # fmt: skip

@@ -38,6 +38,18 @@ log = logging.getLogger("probekit.experiment.runner")
 Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (label, top-level function, its arguments)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """One job a run would give a stage (``probekit run --dry-run``): its label, its output directory relative to
+    the experiment's, and, for a job that trains a model, that model's train section and its dataset directory
+    (relative too), to estimate its compute."""
+
+    label: str
+    dest: Path
+    train: dict[str, Any] | None = None
+    data: Path | None = None
+
+
 @dataclass
 class Context:
     """What the stages of one run share: the config, the output directory, how to run, and what earlier stages
@@ -91,6 +103,11 @@ class Stage(ABC):
     @abstractmethod
     def jobs(self, ctx: Context) -> list[Job]:
         """The work still to do, one job per model whose share is not done."""
+
+    def planned(self, cfg: ExperimentConfig) -> list[Planned]:
+        """Every job a run of ``cfg`` gives this stage, done or not, from the config alone (nothing need exist on
+        disk): ``probekit run --dry-run`` lists them. The default: one job per run (model x seed)."""
+        return [Planned(f"{self.name} {r.key}", Path(self.directory) / r.key) for r in cfg.runs()]
 
     def run(self, ctx: Context) -> list[Timing]:
         """Run the jobs (``ctx.jobs`` at once in worker processes, else here in order); their times."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import Context, Job, Stage, Timing, log
+from probekit.experiment.stage import Context, Job, Planned, Stage, Timing, log
 
 
 class DataStage(Stage):
@@ -17,6 +17,9 @@ class DataStage(Stage):
 
     def jobs(self, ctx: Context) -> list[Job]:
         return []  # datasets take seconds: built here, in order, by ``run``
+
+    def planned(self, cfg: ExperimentConfig) -> list[Planned]:
+        return []  # built in the submitting process, not as jobs
 
     def run(self, ctx: Context) -> list[Timing]:
         import time

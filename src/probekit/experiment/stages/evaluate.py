@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig, InverseSpec, QASpec, Run
-from probekit.experiment.stage import Context, Job, Stage, Timing, done, in_pool, log, mark_done
+from probekit.experiment.stage import Context, Job, Planned, Stage, Timing, done, in_pool, log, mark_done
 from probekit.serde import from_dict
 from probekit.training.config import FinetuneConfig
 
@@ -70,6 +70,9 @@ class EvalStage(Stage):
                         ctx.png, groups)  # fmt: skip
                 todo.append((f"{kind} {r.key}", eval_one, args))
         return todo
+
+    def planned(self, cfg: ExperimentConfig) -> list[Planned]:
+        return [Planned(f"{self.name} {r.key}", Path(self.directory) / r.key) for r in self.chosen(cfg)]
 
     def run(self, ctx: Context) -> list[Timing]:
         """Finetune and answer; under ``--jobs`` the progress line shows each finetuning's step and loss."""

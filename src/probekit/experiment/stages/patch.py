@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig, Run
-from probekit.experiment.stage import Context, Job, Stage, done, log, mark_done
+from probekit.experiment.stage import Context, Job, Planned, Stage, done, log, mark_done
 from probekit.patching.config import PatchConfig
 from probekit.serde import from_dict
 
@@ -65,6 +65,9 @@ class PatchStage(Stage):
             args = (model, ctx.data[ctx.cfg.data_key(r)], dest, pt.config.to_dict(), r.model.name, ctx.png)
             todo.append((f"patch {r.key}", patch_one, args))
         return todo
+
+    def planned(self, cfg: ExperimentConfig) -> list[Planned]:
+        return [Planned(f"patch {r.key}", Path(self.directory) / r.key) for r in self.chosen(cfg)]
 
     def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
         return {"patch": pd.concat([pd.read_parquet(self.dest(ctx, r.key) / "results.parquet").assign(seed=r.train_seed)

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import Context, Job, Stage, done, log, mark_done
+from probekit.experiment.stage import Context, Job, Planned, Stage, done, log, mark_done
 from probekit.probes.spec import ProbeSpec
 from probekit.serde import from_dict
 
@@ -75,6 +75,10 @@ class ProbeStage(Stage):
                             dest, r.train_seed)  # fmt: skip
                     todo.append((f"{what} {r.key}", probe_one, args))
         return todo
+
+    def planned(self, cfg: ExperimentConfig) -> list[Planned]:
+        return [Planned(f"{what} {r.key}", Path(self.directory) / r.key / sub)
+                for what, _, sub in self.specs(cfg) for r in cfg.runs()]  # fmt: skip
 
     def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
         """``probe``: the frozen-probe table; ``embed_update``: the embedding-update table (None if not run)."""

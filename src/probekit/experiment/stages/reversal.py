@@ -10,7 +10,7 @@ import pandas as pd
 
 from probekit.data.reversal import ReversalConfig
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import Context, Job, Stage, Timing, done, in_pool, log, mark_done
+from probekit.experiment.stage import Context, Job, Planned, Stage, Timing, done, in_pool, log, mark_done
 from probekit.serde import from_dict
 from probekit.training.config import TrainConfig
 
@@ -56,6 +56,14 @@ class ReversalStage(Stage):
                 log.info(f"[reversal] {obj}: train on the facts, evaluate N2D, D2N and their reverses")
                 todo.append((f"reversal {obj}", reversal_one, (data_dir, rv.train, obj, dest, ctx.png)))
         return todo
+
+    def planned(self, cfg: ExperimentConfig) -> list[Planned]:
+        rv = cfg.reversal
+        assert rv is not None
+        return [
+            Planned(f"reversal {o}", Path("reversal") / o, {**rv.train, "objective": o}, Path("reversal/data"))
+            for o in rv.objectives
+        ]
 
     def run(self, ctx: Context) -> list[Timing]:
         """Train and evaluate each objective's model; under ``--jobs`` the progress line shows each training's step
