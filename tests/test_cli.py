@@ -41,6 +41,30 @@ def test_pool_limit_that_is_not_a_number_names_the_problem(tmp_path: Path, capsy
     assert not out.exists()
 
 
+def test_data_bios_settings_come_from_its_config_flags_or_file_alike(tmp_path: Path, capsys) -> None:
+    """``probekit data bios`` flags are BiosConfig's fields: mapping fields once per key (or a YAML mapping), and a
+    --config file gives the same dataset; a malformed item is a one-line error before any work."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert main(["data", "bios", "--n", "24", "--name-pool", "first=4", "--name-pool", "middle=4", "--name-pool",
+                 "last=4", "--pool-limit", "major=3", "--seed", "2", "--out", str(a)]) == 0  # fmt: skip
+    assert "people per name: first 6.00, middle 6.00, last 6.00" in capsys.readouterr().out
+    assert main(["data", "bios", "--n-people", "24", "--name-pool", "{first: 4, middle: 4, last: 4}", "--pool-limit",
+                 "major=3", "--seed", "2", "--out", str(b)]) == 0  # fmt: skip
+    cfg = tmp_path / "bios.yaml"
+    cfg.write_text("n_people: 24\nseed: 1\nname_pools: {first: 4, middle: 4, last: 4}\npool_limits: {major: 3}\n")
+    assert main(["data", "bios", "--config", str(cfg), "--seed", "2", "--out", str(c)]) == 0  # the flag wins
+    for f in ("bios.jsonl", "people.jsonl", "qa.jsonl", "split.json", "tokenizer.json"):
+        assert (a / f).read_bytes() == (b / f).read_bytes() == (c / f).read_bytes(), f
+    capsys.readouterr()
+    for bad, message in ((["--name-pool", "first"], "--name-pool 'first' must look like KEY=VALUE"),
+                         (["--name-pool", "{first: [1]}"], "--name-pool first=[1]: the value must be a whole number"),
+                         (["--name-pool", "{first"], "is not a valid mapping")):  # fmt: skip
+        assert main(["data", "bios", "--n", "10", *bad, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
 def _help(argv: list[str]) -> tuple[str, bool]:
     """``probekit <argv> --help`` in a fresh interpreter: (the help text, whether torch got imported)."""
     code = (f"import sys\nfrom probekit.cli import main\ntry:\n    main({argv + ['--help']!r})\n"

@@ -14,27 +14,18 @@ HELP = "generate and inspect datasets"
 COMMANDS = {"data": HELP}
 
 
-def _pairs(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise UserError(f"{what} {item!r} must look like NAME=VALUE")
-        out[key] = value
-    return out
-
-
-def _pool_files(args: argparse.Namespace) -> dict[str, str]:
-    files: dict[str, str] = {}
-    if args.pools_dir:
-        root = Path(args.pools_dir)
+def _pool_files(pools_dir: str | None, files: dict[str, str]) -> dict[str, str]:
+    """The pool files of ``--pools-dir`` (those it holds), overridden by ``--pool NAME=FILE``."""
+    out: dict[str, str] = {}
+    if pools_dir:
+        root = Path(pools_dir)
         if not root.is_dir():
             raise UserFileNotFoundError(f"--pools-dir {root} is not a directory")
-        files.update({name: str(root / rel) for name, rel in POOL_FILES.items() if (root / rel).exists()})
-        if not files:
+        out.update({name: str(root / rel) for name, rel in POOL_FILES.items() if (root / rel).exists()})
+        if not out:
             raise UserError(f"--pools-dir {root} holds none of the pool files ({', '.join(POOL_FILES.values())})")
-    files.update(_pairs(args.pool, "--pool"))
-    return files
+    out.update(files)
+    return out
 
 
 def _distract_vocab(on: bool) -> tuple[str, ...]:
@@ -44,39 +35,33 @@ def _distract_vocab(on: bool) -> tuple[str, ...]:
 
 
 def cmd_bios(args: argparse.Namespace) -> int:
+    from probekit.cli.flags import merge
+    from probekit.data.config import BiosConfig
     from probekit.data.store import build_dataset
     from probekit.errors import check_seed
     from probekit.io import check_output, output_lock
+    from probekit.serde import from_dict, load_mapping
 
-    check_seed(args.seed, "--seed")
-    limits = _counts(args.pool_limit, "--pool-limit")
-    names = _counts(args.name_pool, "--name-pool")
-    pools = _pool_files(args)
-    check_output(args.out, {"--pools-dir": args.pools_dir, "--pool": list(pools.values())})
+    base = load_mapping(args.config, "--config") if args.config else {}
+    cfg = from_dict(BiosConfig, merge(base, args.bios_flags.given(args)))
+    check_seed(cfg.seed, "--seed")
+    pools = _pool_files(args.pools_dir, cfg.pool_files)
+    check_output(args.out, {"--config": args.config, "--pools-dir": args.pools_dir, "--pool": list(pools.values())})
     t0 = time.perf_counter()
     with output_lock(args.out):
         ds = build_dataset(
-            args.out, n_people=args.n, augmentation=args.augmentation, seed=args.seed, pool_files=pools,
-            pool_limits=limits, name_pools=names, overwrite=args.overwrite,
-            extra_vocab=_distract_vocab(args.distract_vocab),
+            args.out, n_people=cfg.n_people, augmentation=cfg.augmentation, seed=cfg.seed, pool_files=pools,
+            pool_limits=cfg.pool_limits, name_pools=cfg.name_pools, overwrite=args.overwrite,
+            extra_vocab=_distract_vocab(cfg.distract_vocab),
         )  # fmt: skip
     c = ds.manifest["counts"]
     print(f"wrote {ds.root}  ({time.perf_counter() - t0:.1f}s)")
-    print(f"  augmentation {ds.manifest['augmentation']}, seed {args.seed}")
+    print(f"  augmentation {ds.manifest['augmentation']}, seed {cfg.seed}")
     print(f"  {c['people']} people ({c['train_people']} P_train / {c['test_people']} P_test), {c['entries']} entries, "
           f"{c['qa']} QA pairs, vocabulary {c['vocab_size']} tokens")  # fmt: skip
     print(f"  {_sharing(ds.people)}")
     print(f"  example: {ds.entries[0].text[:160]}...")
     return 0
-
-
-def _counts(items: list[str], flag: str) -> dict[str, int]:
-    out = {}
-    for k, v in _pairs(items, flag).items():
-        if not v.strip().isdigit():
-            raise UserError(f"{flag} {k}={v}: the size must be a whole number of values, e.g. {k}=20")
-        out[k] = int(v)
-    return out
 
 
 def _sharing(people: list) -> str:
@@ -118,26 +103,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    from probekit.cli.flags import add_flags
+    from probekit.data.config import BiosConfig
+
     b.add_argument("--out", required=True, help="output dataset directory (must be absent or empty)")
-    b.add_argument("--n", type=int, default=1000, help="number of people")
-    b.add_argument("--augmentation", default="single",
-                   help="single, multiM (M entries per person, templates re-drawn), permute (shuffled sentence "
-                        "order), fullname (no pronouns), combined with '+', e.g. multi5+permute")  # fmt: skip
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--pool", action="append", default=[], metavar="NAME=FILE",
-                   help=f"replace a built-in pool with a text file; names: {', '.join(POOL_FILES)}")  # fmt: skip
-    b.add_argument("--pools-dir", help="a directory laid out like the built-in pools; files found replace them")
-    b.add_argument("--pool-limit", action="append", default=[], metavar="ATTR=K",
-                   help=f"use a seeded subset of K values for an attribute ({', '.join(LIMITABLE)}) so small "
-                        "runs have enough people per value for probes")  # fmt: skip
-    b.add_argument("--name-pool", action="append", default=[], metavar="PART=K",
-                   help=f"use a seeded subset of K names for a name part ({', '.join(NAME_PARTS)}) so that people "
-                        "share names as in the paper's 100,000 people (e.g. first=12 middle=12 last=12)")  # fmt: skip
-    b.add_argument("--distract-vocab", action="store_true",
-                   help="add the words of the distractor opinions and the S2A rewrite marker to the tokenizer (needed "
-                        "by `probekit eval distract`)")  # fmt: skip
+    b.add_argument("--config", help="YAML/JSON BiosConfig (the settings below; flags given override it)")
+    b.add_argument("--pools-dir", help="a directory laid out like the built-in pools; files found replace them "
+                   "(--pool overrides single files)")  # fmt: skip
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    b.set_defaults(func=cmd_bios)
+    group = b.add_argument_group(
+        "dataset settings", f"BiosConfig fields. Attributes with pools to limit: {', '.join(LIMITABLE)}; name parts: "
+        f"{', '.join(NAME_PARTS)} (e.g. --name-pool first=12 --name-pool middle=12 --name-pool last=12 shares names as "
+        f"among the paper's 100,000 people); pools to replace: {', '.join(POOL_FILES)}",
+    )  # fmt: skip
+    flags = add_flags(group, BiosConfig, names={"n_people": ("--n", "--n-people"), "pool_limits": "--pool-limit",
+                                                "name_pools": "--name-pool", "pool_files": "--pool"})  # fmt: skip
+    b.set_defaults(func=cmd_bios, bios_flags=flags)
 
     s = dsub.add_parser("show", help="print a dataset's manifest and a few entries with their spans")
     s.add_argument("dir")

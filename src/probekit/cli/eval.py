@@ -196,8 +196,12 @@ def _cmd_reversal(args: argparse.Namespace) -> int:
     out = _output_dir(args)
     if bool(args.checkpoint) == bool(args.train_config):
         raise UserError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")
+    from probekit.evaluate.config import ReversalEvalConfig
+    from probekit.serde import from_dict
+
+    settings = from_dict(ReversalEvalConfig, args.reversal_flags.given(args))
     checkpoint = args.checkpoint
-    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    tasks = list(settings.tasks) or None
     data = load_reversal_dir(args.data)  # bad data fails here, before any training
     unknown = [t for t in tasks or () if t not in data.tasks]
     if unknown:
@@ -210,11 +214,11 @@ def _cmd_reversal(args: argparse.Namespace) -> int:
         checkpoint = result.checkpoint
     res = run_reversal(
         checkpoint, data, out, tasks, model_name=args.name,
-        objective=None if args.train_config else args.objective, seed=args.seed, test=args.test,
-        batch_size=args.eval_batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config),
+        objective=None if args.train_config else args.objective, seed=settings.seed, test=settings.test,
+        batch_size=settings.batch_size, device=args.device, overwrite=args.overwrite or bool(args.train_config),
         png=not args.no_png, progress=not args.no_progress,
     )  # fmt: skip
-    _record_session(out, {"checkpoint": checkpoint, "data": args.data}, args.seed)
+    _record_session(out, {"checkpoint": checkpoint, "data": args.data}, settings.seed)
     _print_summary(res.table, res.paths, ("exact_match", "logprob_correct", "logprob_random", "p_value"))
     return 0
 
@@ -367,11 +371,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--data", required=True, help="reversal data directory (*_prompts_train/test.jsonl)")
     r.add_argument("--checkpoint", help="a model trained on this directory's training facts")
     r.add_argument("--train-config", help="TrainConfig YAML/JSON: train on the training facts first (into OUT/train)")
-    r.add_argument("--tasks", help="comma-separated subset of N2D,D2N,N2D-reverse,D2N-reverse,both")
-    r.add_argument("--test", choices=("wilcoxon", "ttest", "permutation"), default="wilcoxon",
-                   help="paired significance test of log p(correct) vs log p(random other)")  # fmt: skip
-    _common(r)
-    r.set_defaults(func=cmd_reversal)
+    from probekit.evaluate.config import ReversalEvalConfig
+
+    _common(r, seed=False, batch_size=False)
+    flags = add_flags(r.add_argument_group("evaluation settings", "ReversalEvalConfig fields"), ReversalEvalConfig,
+                      names={"batch_size": "--eval-batch-size"})  # fmt: skip
+    r.set_defaults(func=cmd_reversal, reversal_flags=flags)
 
     c = esub.add_parser(
         "compare", help="one table and figure from several evaluations (e.g. NTP vs ABI vs BICO)",

@@ -8,7 +8,8 @@ settings given, with values converted and checked by the field's type, ready to 
 mapping (``merge``) before ``from_dict`` builds the config. No value is copied by hand from a flag into a config.
 
 Values: a text field takes the text as it is; a true/false field is ``--flag`` / ``--no-flag`` (nested:
-``--model.no-flag``); a list field
+``--model.no-flag``); a mapping field (``dict[str, int]``) is given once per key, ``--pool-limit major=20
+--pool-limit company=15`` (or as a YAML mapping, ``--pool-limit '{major: 20}'``); a list field
 takes comma-separated items (``--hooks resid,attn_out``) or a YAML list (``none`` or ``''``: empty); every
 other field takes a YAML value (``--betas '[0.9, 0.95]'``, ``--objective-settings '{mask_ratio: 0.2}'``,
 ``null`` for None). A value of the wrong type is a one-line ``UserError`` naming the flag.
@@ -155,6 +156,13 @@ def _add_leaf(parser: Any, options: list[str], dest: str, f: dataclasses.Field[A
         parser.add_argument(*off, dest=dest, action="store_false", default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS)  # fmt: skip
         return
+    if _is_mapping(tp):
+        value_type = typing.get_args(_bare(tp))[1] if typing.get_args(_bare(tp)) else Any
+        shown = "no default" if default is dataclasses.MISSING else f"default: {_show(default)}"
+        parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, action="append", metavar="KEY=VALUE",
+                            help=f"{doc} (KEY={_type_name(value_type).split()[-1].upper()}, once per key; "
+                                 f"{shown})")  # fmt: skip
+        return
     what = "a value or a list" if _bare(tp) is Any else _type_name(tp)
     what += ", comma-separated" if _is_sequence(tp) else ""
     shown = "no default" if default is dataclasses.MISSING else f"default: {_show(default)}"
@@ -266,6 +274,42 @@ def _bare(tp: Any) -> Any:
     return tp
 
 
+def _is_mapping(tp: Any) -> bool:
+    bare = _bare(tp)
+    return typing.get_origin(bare) is dict or bare is dict
+
+
+def _parse_mapping(flag: Flag, items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items (or YAML mappings) of a mapping flag, each value checked by the mapping's value type."""
+    import yaml
+
+    args = typing.get_args(_bare(flag.tp))
+    value_type = args[1] if len(args) == 2 else Any
+    out: dict[str, Any] = {}
+    for item in items:
+        text = str(item)
+        if text.lstrip().startswith("{"):
+            try:
+                given = yaml.safe_load(text)
+            except yaml.YAMLError:
+                given = None
+            if not isinstance(given, dict):
+                raise UserError(f"{flag.option} {text!r} is not a valid mapping; write KEY=VALUE or '{{key: value}}'")
+            pairs = [(str(k), v) for k, v in given.items()]
+        else:
+            key, sep, raw = text.partition("=")
+            if not sep or not key.strip() or not raw.strip():
+                raise UserError(f"{flag.option} {text!r} must look like KEY=VALUE")
+            pairs = [(key.strip(), raw if value_type is str else _yaml_scalar(raw, flag))]
+        for key, value in pairs:
+            checked = _check(value_type, value)
+            if checked is _NO_VALUE:
+                kind = "a whole number" if value_type is int else _type_name(value_type)
+                raise UserError(f"{flag.option} {key}={value}: the value must be {kind}, e.g. {key}=20")
+            out[key] = checked
+    return out
+
+
 def _is_sequence(tp: Any) -> bool:
     bare = _bare(tp)
     return typing.get_origin(bare) in (list, tuple) or bare in (list, tuple)
@@ -277,6 +321,8 @@ def parse_value(flag: Flag, raw: Any) -> Any:
 
     if isinstance(raw, bool):
         return raw
+    if _is_mapping(flag.tp) and isinstance(raw, list):
+        return _parse_mapping(flag, raw)
     tp, bare, text = flag.tp, _bare(flag.tp), str(raw)
     if _optional(tp) and text.strip().lower() in ("null", "none", "~"):
         return None

@@ -1,6 +1,7 @@
-"""``DistractEvalConfig``: the settings of ``probekit.evaluate.distract.run_distract``, in a module without torch,
-so that configs (and the CLI's ``eval --help``) can be read without importing the evaluation.
-``probekit.evaluate.distract`` re-exports it."""
+"""The settings of the evaluations, in a module without torch, so that configs (and the CLI's ``eval --help``, whose
+flags are generated from these fields) can be read without importing the evaluation: ``DistractEvalConfig``
+(``probekit.evaluate.distract.run_distract``, which re-exports it) and ``ReversalEvalConfig``
+(``probekit.evaluate.reversal.run_reversal``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from probekit.errors import UserError
 from probekit.training.config import FinetuneConfig
 
 S2A_CHOICES: tuple[str, ...] = ("rule", "learned")
+REVERSAL_TESTS: tuple[str, ...] = ("wilcoxon", "ttest", "permutation")
+
+
+@dataclass
+class ReversalEvalConfig:
+    """How ``probekit eval reversal`` scores a model (``run_reversal``'s settings)."""
+
+    tasks: tuple[str, ...] = ()  # tasks to score (N2D, D2N, N2D-reverse, D2N-reverse, both); empty: all available
+    test: str = field(default="wilcoxon", metadata={"choices": REVERSAL_TESTS})  # paired test: log p(right) vs other
+    seed: int = 0  # seed of the random other completions, the permutation test and the bootstrap
+    batch_size: int = 64  # prompts per generation batch
 
 
 def _ft(epochs: float) -> FinetuneConfig:
