@@ -176,3 +176,38 @@ def test_a_text_summary_falls_back_to_a_text_block(tmp_path: Path) -> None:
     page = Page(path.read_text(encoding="utf-8"))
     assert page.text_blocks == 1 and list(page.tables) == ["summary-t"] and "headline" not in " ".join(page.order)
     assert "  one &lt;per&gt; line" in path.read_text(encoding="utf-8")
+
+
+def test_patch_route_correlations_and_scale_are_html_tables_with_their_text_unchanged(tmp_path: Path) -> None:
+    """The patch route, the storage-extraction correlations and the scale table are tables in report.html, while
+    summary.txt keeps their text layout (the correlations one line each)."""
+    from probekit.patching.patch import route_summary
+    from probekit.reporting.compare import correlation_summary
+    from probekit.reporting.scaling import scale_summary
+
+    flips = {"whole name": (1.0, 0.6), "answer position": (0.1, 0.4)}  # per layer 0, 1
+    route = pd.DataFrame([{"model": m, "attribute": "major", "layer": layer, "state": s, "value": v[layer],
+                           "n_pairs": 20} for m in MODELS for layer in (0, 1) for s, v in flips.items()])  # fmt: skip
+    corr = pd.DataFrame([{"measure": "q_frozen_first_token", "versus": "qa", "method": "pearson", "r": 0.41,
+                          "ci_low": 0.12, "ci_high": 0.66, "n_points": 12, "n_people": 150, "note": ""},
+                         {"measure": "q_frozen_first_token", "versus": "inverse", "method": "pearson",
+                          "r": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_points": 12,
+                          "n_people": 150, "note": "constant"}])  # fmt: skip
+    scale = pd.DataFrame([{"model": m, "augmentation": "single", "n_layers": 4, "d_model": 128, "n_people": 300,
+                           "last_names": 12, "q_name": 0.1, "q_low": 0.08, "q_high": 0.12, "baseline": 0.13,
+                           "qa": 0.06, "qa_low": 0.05, "qa_high": 0.08, "measure": "Q frozen, first token"}
+                          for m in MODELS])  # fmt: skip
+    parts = [*route_summary(route), *correlation_summary(corr), *scale_summary(scale)]
+    assert [p.name for p in parts if isinstance(p, SummaryTable)] == ["patch_route", "correlations", "scale"]
+    text = summary_text(parts)
+    assert "  q_frozen_first_token               vs qa       pearson   +0.41 [+0.12, +0.66]  (12 points, 150 people)" \
+        in text.splitlines()  # fmt: skip
+    assert "constant" in text and "L0" in text and "100 / 10" in text
+    page = Page(write_report(tmp_path / "r.html", title="t", question="", config={}, provenance=None, summary=parts,
+                             figures=[]).read_text(encoding="utf-8"))  # fmt: skip
+    assert page.text_blocks == 0
+    assert len(page.tables["summary-patch_route"]) == 1 + len(MODELS)
+    head, *body = page.tables["summary-correlations"]
+    j = [h for h, _ in head].index("r [95% CI]")
+    assert [r[j][0] for r in body] == ["+0.41 [+0.12, +0.66]", "constant"]
+    assert len(page.tables["summary-scale"]) == 1 + len(MODELS)

@@ -144,6 +144,7 @@ def _plot_scale(args: argparse.Namespace, tables: list[tuple[Path, pd.DataFrame]
     from probekit import provenance as prov
     from probekit.errors import UserError
     from probekit.reporting.figures import write_figures
+    from probekit.reporting.report import summary_text
     from probekit.reporting.scaling import scale_figure, scale_summary
 
     joined = pd.concat([t.assign(_table=str(f)) for f, t in tables], ignore_index=True)
@@ -162,7 +163,7 @@ def _plot_scale(args: argparse.Namespace, tables: list[tuple[Path, pd.DataFrame]
                         "to plot against (add the table of a run with other values)")  # fmt: skip
     rec = prov.record(inputs={f"table{i}": f for i, (f, _) in enumerate(tables)})
     report = write_figures([fig], args.out, png=not args.no_png, provenance=rec)
-    print("\n".join(scale_summary(table)))
+    print(summary_text(scale_summary(table)))
     print(f"rendered {fig.name} from {len(tables)} scale tables ({len(table)} models) into {args.out}")
     if report.png_error:
         print(f"warning: {report.png_error}")

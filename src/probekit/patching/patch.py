@@ -64,7 +64,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -78,6 +78,9 @@ from probekit.errors import UserError
 from probekit.patching.config import PatchConfig
 from probekit.probes.activations import HookPoint, hook_points, model_dims
 from probekit.stats import person_bootstrap
+
+if TYPE_CHECKING:
+    from probekit.reporting.report import SummaryPart
 
 log = logging.getLogger(__name__)
 
@@ -898,8 +901,10 @@ def route_table(df: pd.DataFrame, metric: str = "greedy_first") -> pd.DataFrame:
     return out.drop(columns="position_label").reset_index(drop=True)
 
 
-def route_summary(route: pd.DataFrame) -> list[str]:
-    """The route table as text: per model and attribute, the flip % at each layer as ``name / answer``."""
+def route_summary(route: pd.DataFrame) -> list[SummaryPart]:
+    """The route table as a summary table: per model and attribute, the flip % at each layer as ``name / answer``."""
+    from probekit.reporting.report import SummaryTable
+
     if route.empty:
         return []
     rows = []
@@ -910,9 +915,9 @@ def route_summary(route: pd.DataFrame) -> list[str]:
             name, ans = (f"{100 * x.iloc[0]:.0f}" if len(x) else "-" for x in v.values())
             rec[f"L{int(layer)}"] = f"{name} / {ans}"
         rows.append(rec)
-    return ["Activation patching on QA prompts (name swap, residual stream): greedy answer becomes the source "
-            "person's, % when swapping the whole name / the answer position at layer L:",
-            pd.DataFrame(rows).to_string(index=False), ""]  # fmt: skip
+    return [SummaryTable("Activation patching on QA prompts (name swap, residual stream): greedy answer becomes the "
+                         "source person's, % when swapping the whole name / the answer position at layer L:",
+                         pd.DataFrame(rows), name="patch_route")]  # fmt: skip
 
 
 def route_figure(route: pd.DataFrame) -> Any:

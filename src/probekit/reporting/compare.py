@@ -33,6 +33,7 @@ from scipy.stats import rankdata
 
 from probekit.reporting.figures import Figure
 from probekit.reporting.plots import _SCALE, _heat, _ok, _order
+from probekit.reporting.report import SummaryPart, SummaryTable
 from probekit.stats import DEFAULT_N_BOOT, bootstrap_means
 
 OBJECTIVE_COLORS = {"ntp": "#1f77b4", "abi": "#d62728", "bico": "#2ca02c"}
@@ -365,16 +366,11 @@ def comparison_figures(probe: pd.DataFrame, points: Points, corr: pd.DataFrame, 
     return [f for f in figs if f is not None]
 
 
-def correlation_summary(corr: pd.DataFrame) -> list[str]:
-    """Summary lines: each correlation with its interval."""
+def correlation_summary(corr: pd.DataFrame) -> list[SummaryPart]:
+    """Each correlation with its interval, as a summary table (``summary.txt`` keeps one line per correlation)."""
     if corr.empty:
         return []
-    lines = [
-        (
-            "Storage at the name vs extraction (one point per model x attribute; layer chosen on validation "
-            "people; 95% person-bootstrap interval):"
-        )
-    ]
+    lines, rows = [], []
     for r in corr.itertuples():
         value = (
             f"{r.r:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
@@ -384,7 +380,13 @@ def correlation_summary(corr: pd.DataFrame) -> list[str]:
         lines.append(
             f"  {r.measure:34s} vs {r.versus:8s} {r.method:9s} {value}  ({r.n_points} points, {r.n_people} people)"
         )
-    return lines + [""]
+        rows.append({"storage measure": r.measure, "versus": r.versus, "correlation": r.method, "r [95% CI]": value,
+                     "points": r.n_points, "people": r.n_people})  # fmt: skip
+    title = (
+        "Storage at the name vs extraction (one point per model x attribute; layer chosen on validation "
+        "people; 95% person-bootstrap interval):"
+    )
+    return [SummaryTable(title, pd.DataFrame(rows), name="correlations", text=tuple(lines))]
 
 
 def load_eval_predictions(out: Path, kind: str, runs: Sequence[tuple[str, str]]) -> dict[str, pd.DataFrame]:

@@ -44,16 +44,20 @@ _Groups = list[tuple[str, list[tuple[Figure, str]]]]  # (group name, [(figure, i
 
 @dataclass(frozen=True)
 class SummaryTable:
-    """One table of a summary: its title line, the table, whether its index is a column (``index``) and a short
-    ``name`` (the HTML anchor ``summary-<name>``; empty: none)."""
+    """One table of a summary: its title line, the table, whether its index is a column (``index``), a short
+    ``name`` (the HTML anchor ``summary-<name>``; empty: none) and, where ``summary.txt`` keeps a layout of its own,
+    that ``text`` (its lines; empty: the table as fixed-width text)."""
 
     title: str
     table: pd.DataFrame
     index: bool = False
     name: str = ""
+    text: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
-        """The table as summary text: the title, the table as fixed-width text, a blank line."""
+        """The table as summary text: the title, the table as fixed-width text (or ``text``), a blank line."""
+        if self.text:
+            return [self.title, *self.text, ""]
         return [self.title, self.table.to_string(index=self.index), ""]
 
 

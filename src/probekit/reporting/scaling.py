@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from probekit.reporting.compare import Points
+from probekit.reporting.report import SummaryPart, SummaryTable
 from probekit.stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, person_bootstrap
 
 AXES: dict[str, str] = {"n_layers": "layers", "d_model": "width (d_model)", "n_people": "people",
@@ -134,8 +135,8 @@ def scale_figure(table: pd.DataFrame) -> Any:
     return Figure("scale_storage_extraction", fig, table)
 
 
-def scale_summary(table: pd.DataFrame) -> list[str]:
-    """The scale table as text (%, 95% intervals)."""
+def scale_summary(table: pd.DataFrame) -> list[SummaryPart]:
+    """The scale table as a summary table (%, 95% intervals)."""
     if table.empty:
         return []
 
@@ -147,5 +148,5 @@ def scale_summary(table: pd.DataFrame) -> list[str]:
              "baseline": f"{100 * r.baseline:.1f}", "QA": cell(r.qa, r.qa_low, r.qa_high)}
             for r in table.itertuples()]  # fmt: skip
     measure = table["measure"].iloc[0]
-    return [f"Scale: {measure} at the name and QA exact match, % on P_test, mean over attributes [95% interval]:",
-            pd.DataFrame(rows).to_string(index=False), ""]  # fmt: skip
+    return [SummaryTable(f"Scale: {measure} at the name and QA exact match, % on P_test, mean over attributes [95% "
+                         "interval]:", pd.DataFrame(rows), name="scale")]  # fmt: skip
