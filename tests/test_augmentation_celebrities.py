@@ -24,9 +24,15 @@ def test_quick_augmentation_experiment(tmp_path: Path) -> None:
     assert augs == {"single", "single+permute", "multi5", "multi5+permute", "single+fullname"}
     mixed = [m for m in cfg.models if m.train.get("qa_mix")]
     assert [m.name for m in mixed] == ["ntp_single_mixed"] and mixed[0].data == "single"
+    # three of the six models (the others differ only in their data): finetuned, mixed, and a comparison
+    rec = quick_record("augmentation")
+    rec["models"] = [m for m in rec["models"] if m["name"] in ("ntp_single", "ntp_multi5_permute", "ntp_single_mixed")]
+    rec["datasets"] = [d for d in rec["datasets"] if d["name"] in {m["data"] for m in rec["models"]}]
+    cfg = from_dict(ExperimentConfig, rec)
     out = tmp_path / "augmentation"
     res = run_experiment(cfg, out, progress=False, png=False, jobs=2)
     names = {m.name for m in cfg.models}
+    assert len(names) == 3
     qa = pd.read_csv(out / "qa.csv")
     assert set(qa["model"]) == names
     assert set(qa.loc[qa["model"] == "ntp_single_mixed", "finetune"]) == {"none"}  # answered as trained
@@ -84,6 +90,7 @@ def test_a_stage_added_to_a_started_experiment_runs_alone(tmp_path: Path) -> Non
     rec["models"] = rec["models"][:2]
     rec["datasets"] = [d for d in rec["datasets"] if d["name"] in {m["data"] for m in rec["models"]}]
     rec["qa"]["model_finetune"] = {}
+    rec["control_random"] = False  # what is tested is the stage added, not the probes
     patch = rec.pop("patch")
     out = tmp_path / "run"
     run_experiment(from_dict(ExperimentConfig, rec), out, progress=False, png=False)

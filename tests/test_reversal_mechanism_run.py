@@ -63,7 +63,7 @@ def test_quick_reversal_mechanism_runs_every_step_and_resumes(tmp_path: Path) ->
         assert (out / f"probe_{m}" / "link.csv").exists(), m
     summary = tmp_path / "run_summary"
     tasks = pd.read_csv(summary / "tasks.csv")
-    assert set(models) <= set(tasks["model"])
+    assert set(models) <= set(tasks["model_dir"])
     assert {"N2D-reverse", "D2N-reverse"} <= set(tasks["task"])
     for f in ("headline.csv", "link.csv", "link_agreement.csv", "readout_by_layer.html", "patch_route.html"):
         assert (summary / f).exists(), f

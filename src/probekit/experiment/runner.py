@@ -40,7 +40,7 @@ from probekit.experiment.spec import (
     demo_config,
     load_experiment,
 )
-from probekit.experiment.stage import Context, Timing
+from probekit.experiment.stage import Context, Timing, shared_workers
 from probekit.experiment.stages import BUILTIN, STAGES
 from probekit.experiment.stages.probe import q_people_table
 from probekit.io import atomic_path, atomic_write_json, atomic_write_text, output_lock
@@ -424,10 +424,11 @@ def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progre
     ctx = Context(cfg, out, progress=progress, png=png, jobs=jobs)
     prov.append_session(out, prov.record(seeds=seeds, jobs=jobs, **ex.record(ctx)))
     times: list[tuple[str, Timing]] = []
-    for stage in STAGES:  # each stage skips the shares already done; the executor runs the rest and waits
-        if stage.enabled(cfg):
-            times += [(stage.name, t) for t in ex.run(stage, ctx)]
-            ctx.tables.update(stage.collect(ctx))
+    with shared_workers():  # one set of --jobs worker processes for every stage
+        for stage in STAGES:  # each stage skips the shares already done; the executor runs the rest and waits
+            if stage.enabled(cfg):
+                times += [(stage.name, t) for t in ex.run(stage, ctx)]
+                ctx.tables.update(stage.collect(ctx))
     data, t = ctx.data, ctx.tables
     probe, embed, qa, qa_groups = t["probe"], t.get("embed_update"), t.get("qa"), t.get("qa_by_group")
     inverse, reversal, recall, patch = t.get("inverse"), t.get("reversal"), t.get("recall"), t.get("patch")

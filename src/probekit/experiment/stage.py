@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -187,16 +189,12 @@ def in_pool(todo: list[Job], jobs: int, progress: bool = True, runs: dict[str, P
     while the workers run (a job in this process shows its own bars). Returns each job's wall and CPU time."""
     times: list[Timing] = []
     if jobs > 1 and len(todo) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         from tqdm.auto import tqdm
 
         from probekit.provenance import command_line
 
         cmd = command_line()
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init) as pool:  # fmt: skip
+        with worker_pool(jobs) as pool:
             futures = [(label, pool.submit(run_job, fn, args, cmd)) for label, fn, args in todo]
             if runs:
                 watch(dict(futures), runs, progress, desc)
@@ -213,3 +211,47 @@ def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+_POOLS: dict[int, ProcessPoolExecutor] | None = None  # the worker pools kept for a run (``shared_workers``)
+
+
+@contextmanager
+def shared_workers() -> Iterator[None]:
+    """Keep ``worker_pool``'s processes for every stage inside this block (``run_experiment`` wraps its stages in
+    it): a fresh worker spends seconds importing torch, transformer-lens and torch's compiler (which the first
+    optimizer pulls in), once per worker instead of once per stage. The pools close when the block ends."""
+    global _POOLS
+    outer, _POOLS = _POOLS, {} if _POOLS is None else _POOLS
+    try:
+        yield
+    finally:
+        if outer is None:
+            pools, _POOLS = _POOLS, None
+            for pool in pools.values():
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """``jobs`` worker processes (spawned, one torch thread each): inside ``shared_workers`` the run's own, kept
+    for the next stage (a pool that a crashed worker broke is replaced); else a pool of this call's."""
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")
+    if _POOLS is None:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as own:
+            yield own
+        return
+    pool = _POOLS.get(jobs)
+    if pool is not None and getattr(pool, "_broken", False):
+        pool.shutdown(wait=False, cancel_futures=True)
+        pool = None
+    if pool is None:
+        pool = _POOLS[jobs] = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    try:
+        yield pool
+    except BrokenProcessPool:
+        _POOLS.pop(jobs, None)
+        raise

@@ -8,7 +8,19 @@ from typing import Any
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import Context, Job, Planned, Stage, Timing, done, log, mark_done, run_job, watch
+from probekit.experiment.stage import (
+    Context,
+    Job,
+    Planned,
+    Stage,
+    Timing,
+    done,
+    log,
+    mark_done,
+    run_job,
+    watch,
+    worker_pool,
+)
 from probekit.serde import from_dict
 from probekit.training.config import TrainConfig
 
@@ -104,12 +116,9 @@ class TrainStage(Stage):
         todo = self._todo(ctx)
         times: list[Timing] = []
         if ctx.jobs > 1 and len(todo) > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
             from probekit.provenance import command_line
 
-            with ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=mp.get_context("spawn")) as pool:
+            with worker_pool(ctx.jobs) as pool:
                 cmd = command_line()
                 futures = {name: pool.submit(run_job, train_one, (tc, resume, False, 1), cmd)
                            for name, tc, resume in todo}  # fmt: skip
