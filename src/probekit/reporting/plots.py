@@ -71,25 +71,27 @@ def _pct(x: float) -> str:
     return "0" if text == "-0" else text
 
 
-def _grid(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str], value: str) -> np.ndarray:
-    """[rows, cols] mean of ``value`` (over seeds, where the table has several)."""
-    if sub[value].isna().all():
-        return np.full((len(row_order), len(col_order)), np.nan)
-    piv = sub.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean", dropna=False)
-    return piv.reindex(index=row_order, columns=col_order).to_numpy(dtype=float)
+def _cells(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str],
+           values: list[str]) -> dict[str, np.ndarray]:  # fmt: skip
+    """``{value: [rows, cols] mean over seeds}`` for each of ``values`` (NaN where a cell has no number), plus
+    ``"_seeds"``: how many seeds stand behind each cell. One grouping for all of them."""
+    g = sub.assign(_s=sub["seed"].fillna(-1)).groupby([rows, cols], dropna=False, sort=False)
+    agg = g[values].mean()
+    agg["_seeds"] = g["_s"].nunique()
+    full = pd.MultiIndex.from_product([row_order, col_order], names=[rows, cols])
+    agg = agg.reindex(full)
+    shape = (len(row_order), len(col_order))
+    return {c: agg[c].to_numpy(dtype=float).reshape(shape) for c in [*values, "_seeds"]}
 
 
 def _heat(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str],
           value: str = "accuracy") -> go.Heatmap:  # fmt: skip
     """A heatmap of ``value`` (accuracy or selectivity, mean over seeds); the hover shows the baseline, the
     bootstrap interval (one seed) and the number of seeds."""
-    z = _grid(sub, rows, cols, row_order, col_order, value)
     lo_col, hi_col = ("ci_low", "ci_high") if value == "accuracy" else (f"{value}_ci_low", f"{value}_ci_high")
-    custom = np.stack(
-        [_grid(sub, rows, cols, row_order, col_order, c) for c in ("baseline", lo_col, hi_col)]
-        + [_n_seeds(sub, rows, cols, row_order, col_order)],
-        axis=-1,
-    )  # [rows, cols, 4]
+    cells = _cells(sub, rows, cols, row_order, col_order, list(dict.fromkeys([value, "baseline", lo_col, hi_col])))
+    z = cells[value]  # [rows, cols]
+    custom = np.stack([cells[c] for c in ("baseline", lo_col, hi_col, "_seeds")], axis=-1)  # [rows, cols, 4]
     text = [[_pct(v) for v in r] for r in z]
     sel = value != "accuracy"
     return go.Heatmap(
@@ -99,13 +101,6 @@ def _heat(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: l
         hovertemplate=f"{cols}=%{{x}}<br>{rows}=%{{y}}<br>{value}=%{{z:.3f}} [%{{customdata[1]:.3f}}, "
         "%{customdata[2]:.3f}]<br>baseline=%{customdata[0]:.3f}<br>seeds=%{customdata[3]}<extra></extra>",
     )  # fmt: skip
-
-
-def _n_seeds(sub: pd.DataFrame, rows: str, cols: str, row_order: list, col_order: list[str]) -> np.ndarray:
-    """[rows, cols] how many seeds stand behind each cell."""
-    seeds = sub.assign(_s=sub["seed"].fillna(-1))
-    piv = seeds.pivot_table(index=rows, columns=cols, values="_s", aggfunc="nunique")
-    return piv.reindex(index=row_order, columns=col_order).to_numpy(dtype=float)
 
 
 def _final_layer(df: pd.DataFrame) -> int:
