@@ -212,3 +212,24 @@ def test_cli_run_passes_its_options_to_the_experiment(tmp_path: Path, monkeypatc
     with pytest.raises(Stop):
         main(["run", str(root / "objectives"), "--out", str(tmp_path / "x")])
     assert seen["progress"] is True and seen["jobs"] == 1
+
+
+def test_a_model_added_with_its_own_finetuning_keeps_the_finished_ones(tmp_path: Path) -> None:
+    """Adding a model together with its ``qa.model_finetune`` entry is adding a model; changing the entry of a
+    model that exists is a changed setting (checked read-only, as ``probekit run --dry-run`` checks it)."""
+    import json
+
+    from probekit.experiment.runner import dry_run
+    from probekit.experiment.spec import config_record
+
+    qa = {"finetune": {"method": "full", "epochs": 1, "warmup_steps": 1}, "model_finetune": {}}
+    one = [{"name": "m", "data": "s", "train": TINY_TRAIN}]
+    out = tmp_path / "run"
+    (out / "models" / "m").mkdir(parents=True)  # a started experiment
+    (out / "experiment.json").write_text(json.dumps(config_record(tiny_config(models=one, qa=qa))))
+    two = [*one, {"name": "mixed", "data": "s", "train": {**TINY_TRAIN, "qa_mix": 0.5}}]
+    grown = {**qa, "model_finetune": {"mixed": {"method": "none"}}}
+    assert "train mixed" in dry_run(tiny_config(models=two, qa=grown), out)
+    changed = {**qa, "model_finetune": {"m": {"method": "none"}, "mixed": {"method": "none"}}}
+    with pytest.raises(ValueError, match="changed: models, qa"):
+        dry_run(tiny_config(models=two, qa=changed), out)

@@ -581,6 +581,15 @@ def _part(cfg: ExperimentConfig, models: Sequence[str] | None) -> ExperimentConf
     return part
 
 
+def _without(section: Any, models: Sequence[str]) -> Any:
+    """A config section's record without its per-model settings (``model_finetune``) of ``models``."""
+    if not isinstance(section, dict) or not isinstance(section.get("model_finetune"), dict):
+        return section
+    per_model = {k: v for k, v in section["model_finetune"].items() if k not in models}
+    rest = {k: v for k, v in section.items() if k != "model_finetune"}
+    return {**rest, "model_finetune": per_model} if per_model else rest  # the record leaves an empty one out
+
+
 def _check_out(cfg: ExperimentConfig, out: Path) -> None:
     """Refuse an unrelated non-empty directory, or one holding another experiment's finished stages."""
     if not out.exists():
@@ -610,12 +619,14 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
         rest = [k for k in changed if k not in stages]
         kept = json.loads(json.dumps(new["models"]))
         datasets = json.loads(json.dumps(new["datasets"]))  # datasets may be added with the models that use them
+        added = [m["name"] for m in kept if m not in old["models"]]
+        # a section that changed only by settings of the added models (qa.model_finetune: {<added>: ...}) is kept
+        rest = [k for k in rest if _without(json.loads(json.dumps(new.get(k))), added) != old.get(k)]
         if (
             set(rest) <= {"models", "datasets"}
             and all(m in kept for m in old["models"])
             and all(d in datasets for d in old["datasets"])
         ):
-            added = [m["name"] for m in kept if m not in old["models"]]
             if added:
                 log.info(f"{out}: adding model(s) {', '.join(added)}; the finished ones are kept")
             if stages:
