@@ -183,6 +183,11 @@ def cmd_inverse(args: argparse.Namespace) -> int:
 
 
 def cmd_reversal(args: argparse.Namespace) -> int:
+    from probekit.evaluate.config import ReversalEvalConfig
+    from probekit.serde import from_dict
+
+    args.reversal_settings = from_dict(ReversalEvalConfig, args.reversal_flags.given(args))
+    _check_batch_size(args.reversal_settings.batch_size)
     inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--train-config": args.train_config}
     return _locked(args, inputs, _cmd_reversal)
 
@@ -196,10 +201,7 @@ def _cmd_reversal(args: argparse.Namespace) -> int:
     out = _output_dir(args)
     if bool(args.checkpoint) == bool(args.train_config):
         raise UserError("give exactly one of --checkpoint (a trained model) or --train-config (train one first)")
-    from probekit.evaluate.config import ReversalEvalConfig
-    from probekit.serde import from_dict
-
-    settings = from_dict(ReversalEvalConfig, args.reversal_flags.given(args))
+    settings = args.reversal_settings
     checkpoint = args.checkpoint
     tasks = list(settings.tasks) or None
     data = load_reversal_dir(args.data)  # bad data fails here, before any training
