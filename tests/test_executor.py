@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -481,3 +482,39 @@ def test_slurm_resumes_a_killed_training_to_the_local_pools_tables(
     check_resumed_to_the_reference(out, reference, killed)
     script = next((out / "jobs" / "train" / "b").glob("*_submission.sh")).read_text()
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --time=10" in script and "#SBATCH --mem=500M" in script
+
+
+def test_pool_workers_end_with_a_killed_run(tmp_path: Path) -> None:
+    """Workers of a run killed outright (SIGKILL: no shutdown) exit instead of taking the jobs queued to them."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from probekit.experiment.stage import shared_workers, worker_pool\n"
+        "if __name__ == '__main__':\n"
+        "    with shared_workers(), worker_pool(2) as pool:\n"
+        "        futures = [pool.submit(time.sleep, 60) for _ in range(6)]\n"
+        "        time.sleep(1)\n"
+        "        print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+        "        time.sleep(120)\n"
+    )  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not reaped) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True

@@ -207,10 +207,30 @@ def in_pool(todo: list[Job], jobs: int, progress: bool = True, runs: dict[str, P
     return times
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    """A pool worker: one torch thread, and its life bound to the run's process ``parent``."""
     import torch
 
     torch.set_num_threads(1)
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this worker process when the run that started it is gone. A run killed (not shut down) leaves its
+    spawned workers alive, and they would go on taking the jobs already queued to them, training into the run's
+    directories beside the next run; a daemon thread watches the parent and exits the worker once it changes
+    (``parent`` is the pid the run had when it made the pool: a worker whose run died while it started exits too)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="probekit-parent-watch", daemon=True).start()
 
 
 _POOLS: dict[int, ProcessPoolExecutor] | None = None  # the worker pools kept for a run (``shared_workers``)
@@ -237,11 +257,13 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` worker processes (spawned, one torch thread each): inside ``shared_workers`` the run's own, kept
     for the next stage (a pool that a crashed worker broke is replaced); else a pool of this call's."""
     import multiprocessing as mp
+    import os
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")
     if _POOLS is None:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as own:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as own:  # fmt: skip
             yield own
         return
     pool = _POOLS.get(jobs)
@@ -249,7 +271,8 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
         pool.shutdown(wait=False, cancel_futures=True)
         pool = None
     if pool is None:
-        pool = _POOLS[jobs] = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+        pool = _POOLS[jobs] = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                                  initargs=(os.getpid(),))  # fmt: skip
     try:
         yield pool
     except BrokenProcessPool:
