@@ -301,11 +301,11 @@ def train_embed_probe(
                                   "val_accuracy_heads": val.tolist() if val is not None else None})  # fmt: skip
             if progress:
                 progress(1)
-            if per_head:  # every head is read at its own best validation epoch (test rows never choose)
+            if per_head and val is not None:  # every head at its own best validation epoch (test rows never choose)
                 better = val > best
                 best[better], chosen[better] = val[better], epoch
                 improved = bool(better.any())
-            else:  # one epoch for all heads: the best mean validation accuracy
+            else:  # one epoch for all heads: the best mean validation accuracy (training loss without validation)
                 improved = score > best_score
                 if improved:
                     best_score, chosen[:] = score, epoch
@@ -339,9 +339,10 @@ def train_embed_probe(
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
     log["chosen_epochs"] = chosen.tolist()  # [position][live label set]
-    for p in range(P):
+    for pos in range(P):
         for j, k in enumerate(live):
-            f = fits[p * K + k]
-            f.accuracy, f.train_accuracy, f.val_accuracy = float(test[p, j]), float(train[p, j]), float(val_acc[p, j])
-            f.test_correct = test_ok[p, j]
+            f = fits[pos * K + k]
+            f.accuracy, f.train_accuracy, f.val_accuracy = (float(test[pos, j]), float(train[pos, j]),
+                                                            float(val_acc[pos, j]))  # fmt: skip
+            f.test_correct = test_ok[pos, j]
     return fits, log
