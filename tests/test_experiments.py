@@ -233,3 +233,22 @@ def test_a_model_added_with_its_own_finetuning_keeps_the_finished_ones(tmp_path:
     changed = {**qa, "model_finetune": {"m": {"method": "none"}, "mixed": {"method": "none"}}}
     with pytest.raises(ValueError, match="changed: models, qa"):
         dry_run(tiny_config(models=two, qa=changed), out)
+
+
+def _bar_job(n: int, command: list[str] | None) -> None:
+    """A job as the stages write them: bars only when run here (no command line of a parent)."""
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(n), desc="bar job", disable=command is not None):
+        pass
+
+
+def test_jobs_run_here_draw_no_bars_under_no_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stage's jobs run in this process (--jobs 1, or one job left) draw their own bars; --no-progress hides
+    them too (the job gets this process's command line, as a worker gets its parent's)."""
+    from probekit.experiment.stage import in_pool
+
+    in_pool([("one", _bar_job, (3,))], 1, progress=False)
+    assert "bar job" not in capsys.readouterr().err
+    in_pool([("one", _bar_job, (3,))], 1, progress=True)
+    assert "bar job" in capsys.readouterr().err

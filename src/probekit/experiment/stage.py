@@ -201,9 +201,12 @@ def in_pool(todo: list[Job], jobs: int, progress: bool = True, runs: dict[str, P
             for label, fut in tqdm(futures, desc=desc, unit="model", disable=not progress or bool(runs)):
                 times.append(Timing(label, *fut.result()))
                 log.info(f"  {label} done")
-    else:
+    else:  # a job learns it runs here from a None command line and then draws its own bars: not under --no-progress
+        from probekit.provenance import command_line
+
+        here = None if progress else command_line()
         for label, fn, args in todo:
-            times.append(Timing(label, *run_job(fn, args, None)))
+            times.append(Timing(label, *run_job(fn, args, here)))
     return times
 
 
