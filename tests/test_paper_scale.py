@@ -117,7 +117,7 @@ def test_training_over_two_processes_matches_one(tmp_path: Path) -> None:
     data = tmp_path / "d"
     build_dataset(data, n_people=20, augmentation="single", seed=0, pool_limits={"major": 4})
     tc = {**TINY_TRAIN, "max_steps": 6, "save_every": 3, "data": str(data)}
-    train_one({**tc, "out": str(tmp_path / "one")}, False, False, 1)
+    train_one({**tc, "out": str(tmp_path / "one")}, False)
     train_launched({**tc, "out": str(tmp_path / "two")}, False, 2)
     assert (tmp_path / "two" / ".complete").exists()
     one = load_file(str(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors"))

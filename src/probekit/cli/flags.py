@@ -157,7 +157,7 @@ def _add_leaf(parser: Any, options: list[str], dest: str, f: dataclasses.Field[A
                             help=argparse.SUPPRESS)  # fmt: skip
         return
     if _is_mapping(tp):
-        value_type = typing.get_args(_bare(tp))[1] if typing.get_args(_bare(tp)) else Any
+        value_type = _value_type(tp)
         shown = "no default" if default is dataclasses.MISSING else f"default: {_show(default)}"
         parser.add_argument(*options, dest=dest, default=argparse.SUPPRESS, action="append", metavar="KEY=VALUE",
                             help=f"{doc} (KEY={_type_name(value_type).split()[-1].upper()}, once per key; "
@@ -279,12 +279,17 @@ def _is_mapping(tp: Any) -> bool:
     return typing.get_origin(bare) is dict or bare is dict
 
 
+def _value_type(tp: Any) -> Any:
+    """The value type of a mapping field's type (``dict[str, int]``: ``int``; a bare ``dict``: ``Any``)."""
+    args = typing.get_args(_bare(tp))
+    return args[1] if len(args) == 2 else Any
+
+
 def _parse_mapping(flag: Flag, items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` items (or YAML mappings) of a mapping flag, each value checked by the mapping's value type."""
     import yaml
 
-    args = typing.get_args(_bare(flag.tp))
-    value_type = args[1] if len(args) == 2 else Any
+    value_type = _value_type(flag.tp)
     out: dict[str, Any] = {}
     for item in items:
         text = str(item)

@@ -363,15 +363,11 @@ def run_experiment(
     ``models`` (or with the others) continues the same experiment and keeps what is finished.
     """
     t0 = time.perf_counter()
-    cfg.validate()  # everything is checked before the first file is written
-    check_stages(cfg)
-    check_resources(cfg)
+    _check_config(cfg)  # everything is checked before the first file is written
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
     ex = make_executor(executor)
-    part = _part(cfg, models)  # checked before the first file is written, like the config
-    out = Path(out).expanduser().resolve()  # absolute: runs record paths that work from any directory
-    _check_out(cfg, out)
+    part, out = _check_part_and_out(cfg, models, out)
     with output_lock(out):  # one writer per experiment directory
         return _run_locked(cfg, part, out, progress, figures_out, png, jobs, t0, ex)
 
@@ -389,9 +385,7 @@ def dry_run(
     machine (no ``sbatch`` here) is a note in the report, not an error: the plan is for the cluster."""
     from probekit.experiment.plan import check_gpu_tflops, format_plan, plan, plan_table
 
-    cfg.validate()
-    check_stages(cfg)
-    check_resources(cfg)
+    _check_config(cfg)
     check_gpu_tflops(gpu_tflops)
     warnings = []
     try:
@@ -400,11 +394,26 @@ def dry_run(
         if executor not in EXECUTORS:
             raise
         warnings.append(str(e))
+    part, path = _check_part_and_out(cfg, models, out)
+    table = plan_table(plan(part, path), gpu_tflops)
+    return format_plan(part, path, executor, table, gpu_tflops, warnings)
+
+
+def _check_config(cfg: ExperimentConfig) -> None:
+    """Every setting of ``cfg``, its stages and its resources (one-line ``UserError``s)."""
+    cfg.validate()
+    check_stages(cfg)
+    check_resources(cfg)
+
+
+def _check_part_and_out(cfg: ExperimentConfig, models: Sequence[str] | None,
+                        out: str | Path) -> tuple[ExperimentConfig, Path]:  # fmt: skip
+    """The part of ``cfg`` that ``models`` names, and ``out`` made absolute (runs record paths that work from any
+    directory), refused if it holds another experiment or other settings."""
     part = _part(cfg, models)
     path = Path(out).expanduser().resolve()
     _check_out(cfg, path)
-    table = plan_table(plan(part, path), gpu_tflops)
-    return format_plan(part, path, executor, table, gpu_tflops, warnings)
+    return part, path
 
 
 def _run_locked(cfg: ExperimentConfig, part: ExperimentConfig, out: Path, progress: bool,

@@ -258,26 +258,19 @@ def shared_workers() -> Iterator[None]:
 @contextmanager
 def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` worker processes (spawned, one torch thread each): inside ``shared_workers`` the run's own, kept
-    for the next stage (a pool that a crashed worker broke is replaced); else a pool of this call's."""
+    for the next stage; else a pool of this call's. (A worker that crashes breaks its pool, and the error ends the
+    run, which closes the pool.)"""
     import multiprocessing as mp
     import os
-    from concurrent.futures.process import BrokenProcessPool
 
-    ctx = mp.get_context("spawn")
+    def new() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                   initargs=(os.getpid(),))  # fmt: skip
+
     if _POOLS is None:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(os.getpid(),)) as own:  # fmt: skip
+        with new() as own:
             yield own
-        return
-    pool = _POOLS.get(jobs)
-    if pool is not None and getattr(pool, "_broken", False):
-        pool.shutdown(wait=False, cancel_futures=True)
-        pool = None
-    if pool is None:
-        pool = _POOLS[jobs] = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                                  initargs=(os.getpid(),))  # fmt: skip
-    try:
-        yield pool
-    except BrokenProcessPool:
-        _POOLS.pop(jobs, None)
-        raise
+    else:
+        if jobs not in _POOLS:
+            _POOLS[jobs] = new()
+        yield _POOLS[jobs]

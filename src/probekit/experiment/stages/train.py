@@ -8,37 +8,22 @@ from typing import Any
 import pandas as pd
 
 from probekit.experiment.spec import ExperimentConfig
-from probekit.experiment.stage import (
-    Context,
-    Job,
-    Planned,
-    Stage,
-    Timing,
-    done,
-    log,
-    mark_done,
-    run_job,
-    watch,
-    worker_pool,
-)
+from probekit.experiment.stage import Context, Job, Planned, Stage, Timing, done, in_pool, log, mark_done
 from probekit.serde import from_dict
 from probekit.training.config import TrainConfig
 
 
-def train_one(tc_dict: dict[str, Any], resume: bool, progress: bool, threads: int | None,
-              command: list[str] | None = None) -> None:  # fmt: skip
-    """Train one model (a top-level function so a worker process can run it; ``command``: the parent's command
-    line, recorded in the run's provenance instead of the worker's own)."""
-    import torch
-
+def train_one(tc_dict: dict[str, Any], resume: bool, command: list[str] | None = None) -> None:
+    """Train one model (a top-level function so a worker process can run it), as every stage's job does:
+    ``command`` is the parent's command line, recorded in the run's provenance instead of the worker's own; without
+    one the job runs in the run's own process and draws its progress bar. Its torch threads are the process's
+    (one in a pool worker, ``resources.cpus`` in an executor's job)."""
     from probekit.provenance import set_command_line
     from probekit.training.trainer import train
 
     if command is not None:
         set_command_line(command)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    train(from_dict(TrainConfig, tc_dict), resume=resume, overwrite=not resume, progress=progress)
+    train(from_dict(TrainConfig, tc_dict), resume=resume, overwrite=not resume, progress=command is None)
     mark_done(Path(tc_dict["out"]))
 
 
@@ -103,7 +88,7 @@ class TrainStage(Stage):
         gpus = ctx.cfg.resources_for(self.name).gpus
         if gpus > 1:
             return [(f"train {name}", train_launched, (tc, resume, gpus)) for name, tc, resume in self._todo(ctx)]
-        return [(f"train {name}", train_one, (tc, resume, False, None)) for name, tc, resume in self._todo(ctx)]
+        return [(f"train {name}", train_one, (tc, resume)) for name, tc, resume in self._todo(ctx)]
 
     def planned(self, cfg: ExperimentConfig) -> list[Planned]:
         return [
@@ -112,22 +97,12 @@ class TrainStage(Stage):
         ]
 
     def run(self, ctx: Context) -> list[Timing]:
-        """``--jobs`` > 1 trains that many models at once, one torch thread each, with one progress line."""
+        """``--jobs`` > 1 trains that many models at once, one torch thread each, with one progress line showing
+        each training's step and loss (the local pool: ``resources`` are the executors')."""
         todo = self._todo(ctx)
-        times: list[Timing] = []
-        if ctx.jobs > 1 and len(todo) > 1:
-            from probekit.provenance import command_line
-
-            with worker_pool(ctx.jobs) as pool:
-                cmd = command_line()
-                futures = {name: pool.submit(run_job, train_one, (tc, resume, False, 1), cmd)
-                           for name, tc, resume in todo}  # fmt: skip
-                watch(futures, ctx.runs, ctx.progress, "train")
-                times += [Timing(f"train {name}", *fut.result()) for name, fut in futures.items()]
-        else:
-            for name, tc, resume in todo:
-                times.append(Timing(f"train {name}", *run_job(train_one, (tc, resume, ctx.progress, None), None)))
-        return times
+        runs = {f"train {name}": ctx.runs[name] for name, _, _ in todo}
+        jobs: list[Job] = [(f"train {name}", train_one, (tc, resume)) for name, tc, resume in todo]
+        return in_pool(jobs, ctx.jobs, ctx.progress, runs=runs, desc="train")
 
     def collect(self, ctx: Context) -> dict[str, pd.DataFrame | None]:
         return {}
