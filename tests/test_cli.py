@@ -41,13 +41,24 @@ def test_pool_limit_that_is_not_a_number_names_the_problem(tmp_path: Path, capsy
     assert not out.exists()
 
 
+def test_data_bios_points_out_the_unique_name_shortcut(tmp_path: Path, capsys) -> None:
+    """With the full name pools and few people most last names are unique: ``data bios`` says so and how to share
+    names; with shared pools it does not."""
+    assert main(["data", "bios", "--n", "40", "--out", str(tmp_path / "full")]) == 0
+    note = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    assert len(note) == 1 and " of 40 people have a last name of their own" in note[0] and "--name-pool" in note[0]
+    alone = int(note[0].split("note: ")[1].split(" of ")[0])
+    assert 20 < alone <= 40
+
+
 def test_data_bios_settings_come_from_its_config_flags_or_file_alike(tmp_path: Path, capsys) -> None:
     """``probekit data bios`` flags are BiosConfig's fields: mapping fields once per key (or a YAML mapping), and a
     --config file gives the same dataset; a malformed item is a one-line error before any work."""
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert main(["data", "bios", "--n", "24", "--name-pool", "first=4", "--name-pool", "middle=4", "--name-pool",
                  "last=4", "--pool-limit", "major=3", "--seed", "2", "--out", str(a)]) == 0  # fmt: skip
-    assert "people per name: first 6.00, middle 6.00, last 6.00" in capsys.readouterr().out
+    out_a = capsys.readouterr().out
+    assert "people per name: first 6.00, middle 6.00, last 6.00" in out_a and "note:" not in out_a
     assert main(["data", "bios", "--n-people", "24", "--name-pool", "{first: 4, middle: 4, last: 4}", "--pool-limit",
                  "major=3", "--seed", "2", "--out", str(b)]) == 0  # fmt: skip
     cfg = tmp_path / "bios.yaml"
