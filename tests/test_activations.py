@@ -286,3 +286,21 @@ def test_abi_models_are_probed_in_both_readings(tiny_single) -> None:
     assert list(forced["reading"].unique()) == ["abi"]
     with pytest.raises(ValueError, match="readings"):
         ProbeSpec(readings=["sideways"])
+
+
+def test_probe_and_patch_cli_progress_bars_can_be_turned_off(ds, tmp_path, capsys):
+    from probekit.model.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, tiny_lm(len(ds.tokenizer)), ds.tokenizer, meta={"objective": "ntp", "dataset": ds.name})
+    capsys.readouterr()
+    for name, flags, bars in (("bars", [], True), ("quiet", ["--no-progress"], False)):
+        (tmp_path / name).mkdir()
+        _run_cli(tmp_path / name, ckpt, ds.root, *flags)
+        assert ("%|" in capsys.readouterr().err) is bars  # tqdm bars by default, none with --no-progress
+    for flags, bars in (([], True), (["--no-progress"], False)):
+        out = tmp_path / f"patch{len(flags)}"
+        assert main(["patch", "--model", str(ckpt), "--data", str(ds.root), "--out", str(out), "--attributes",
+                     "birth_city", "--pairs", "4", "--split", "all", "--bootstrap", "10", "--no-png", "--all-pairs",
+                     *flags]) == 0  # fmt: skip
+        assert ("%|" in capsys.readouterr().err) is bars

@@ -68,7 +68,7 @@ def _cmd_patch_reversal(args: argparse.Namespace) -> int:
     hook_points(model_dims(pm.model).n_layers, cfg.hooks, cfg.layers)
     print(f"patching {pm.name} on reversal prompts of {data.root}: tasks {tasks}, up to {cfg.n_pairs} pairs each")
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
-        res = run_reversal_patching(pm, data, cfg, tasks, progress=True)
+        res = run_reversal_patching(pm, data, cfg, tasks, progress=not args.no_progress)
         seconds = round(time.perf_counter() - t0, 1)
         report = save_patching(res, cfg, tmp, png=not args.no_png, model=str(args.model), model_name=pm.name,
                                kind=pm.kind, data=str(args.data), seconds=seconds)  # fmt: skip
@@ -102,7 +102,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
           f"modes {list(cfg.modes)}, hooks {list(cfg.hooks)}, up to {cfg.n_pairs} pairs per attribute "
           f"({cfg.split} people)")  # fmt: skip
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
-        res = run_patching(pm, ds, cfg, progress=True)
+        res = run_patching(pm, ds, cfg, progress=not args.no_progress)
         seconds = round(time.perf_counter() - t0, 1)
         report = save_patching(res, cfg, tmp, png=not args.no_png, model=str(args.model), model_name=pm.name,
                                kind=pm.kind, data=str(args.data), seconds=seconds)  # fmt: skip
@@ -154,5 +154,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="model name in the results (default: the directory name)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=cmd_patch, patch_flags=flags)

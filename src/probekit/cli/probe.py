@@ -159,7 +159,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
           + (", plus a random-init control" if args.control_random else ""))  # fmt: skip
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
         embed_logs: list[dict[str, object]] = []
-        df = run_spec(spec, ds, models, engine=engine, work_dir=tmp / ".activations", progress=True,
+        df = run_spec(spec, ds, models, engine=engine, work_dir=tmp / ".activations", progress=not args.no_progress,
                       embed_logs=embed_logs)  # fmt: skip
         from probekit.model.checkpoint import weights_file
 
@@ -224,6 +224,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the position x attribute figures (omit: each model's last layer)")  # fmt: skip
     p.add_argument("--no-png", action="store_true", help="write HTML and CSV figures only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
     p.add_argument("--device", default="cpu", help="torch device for the model and the torch probe engine")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads for this command, probes included (0: torch's default for the model, "
