@@ -135,10 +135,11 @@ def test_models_can_be_added_to_a_finished_experiment(tmp_path: Path) -> None:
     mtime = max(p.stat().st_mtime for p in weights.rglob("model.safetensors"))
     two = [{"name": "m", "data": "s", "train": TINY_TRAIN},
            {"name": "m2", "data": "s", "train": {**TINY_TRAIN, "seed": 1}}]
-    res = run_experiment(tiny_config(control_random=False, models=two, notes="m and a second seed"), out,
-                         progress=False, png=False)  # fmt: skip  # rewording the notes invalidates nothing
+    relabelled = tiny_config(control_random=False, models=two, name="grown", notes="m and a second seed")
+    res = run_experiment(relabelled, out, progress=False, png=False)  # a new name or notes invalidates nothing
     assert set(res.probe_table["model"]) == {"m", "m2"}
-    assert json.loads((out / "experiment.json").read_text())["notes"] == "m and a second seed"
+    record = json.loads((out / "experiment.json").read_text())
+    assert (record["name"], record["notes"]) == ("grown", "m and a second seed")
     assert max(p.stat().st_mtime for p in weights.rglob("model.safetensors")) == mtime  # m was not retrained
     changed = [{"name": "m", "data": "s", "train": {**TINY_TRAIN, "seed": 5}}]
     with pytest.raises(ValueError, match="different experiment config"):  # changing a finished model is refused

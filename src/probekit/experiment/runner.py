@@ -625,7 +625,7 @@ def _check_out(cfg: ExperimentConfig, out: Path) -> None:
     if old is not None:
         # models or whole stages added to a started experiment: every stage writes outputs of its own, per model
         stages = [k for k in changed if k in _addable_sections() and old.get(k) is None]
-        rest = [k for k in changed if k not in stages and k != "notes"]  # notes describe, they produce nothing
+        rest = [k for k in changed if k not in stages and k not in ("name", "notes")]  # labels produce nothing
         kept = json.loads(json.dumps(new["models"]))
         datasets = json.loads(json.dumps(new["datasets"]))  # datasets may be added with the models that use them
         added = [m["name"] for m in kept if m not in old["models"]]
