@@ -211,3 +211,44 @@ def test_command_line_start_imports_no_torch() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "train" in r.stdout and "probe" in r.stdout
+
+
+def test_run_set_changes_named_entries_all_entries_or_sections_and_nothing_else() -> None:
+    """``probekit run --set KEY=VALUE``: a dotted path, an entry's name or * through a list, a YAML value; entries
+    that shared a YAML anchor are set apart; the file's own data is not touched."""
+    from probekit.serde import apply_settings
+
+    config = Path("experiments/shared_names/levers.yaml")
+    data = load_mapping(config, "experiment config")
+    assert data["datasets"][0]["name_pools"] is data["datasets"][1]["name_pools"]  # one anchor, one object
+    before = json.dumps(data, sort_keys=True)
+    changed = apply_settings(data, ["datasets.single_n12.name_pools.first=50", "models.*.train.seed=3",
+                                    "probe.kinds=[q]", "qa.finetune.epochs=5", "recall=false"])  # fmt: skip
+    assert json.dumps(data, sort_keys=True) == before
+    pools = {d["name"]: d["name_pools"] for d in changed["datasets"]}
+    assert pools["single_n12"] == {"first": 50, "middle": 12, "last": 12}
+    assert all(p == {"first": 12, "middle": 12, "last": 12} for n, p in pools.items() if n != "single_n12")
+    assert {m["train"]["seed"] for m in changed["models"]} == {3}
+    assert changed["probe"]["kinds"] == ["q"] and changed["qa"]["finetune"]["epochs"] == 5
+    assert changed["recall"] is False
+    created = apply_settings({"models": [{"name": "m"}]}, ["models.m.train.tokens=1000"])
+    assert created == {"models": [{"name": "m", "train": {"tokens": 1000}}]}
+    for bad, message in ((["datasets.nope.seed=1"], "no entry named 'nope'"), (["probe"], "must look like KEY=VALUE"),
+                         (["probe..kinds=[q]"], "must look like KEY=VALUE"), (["datasets.*=1"], "name a setting"),
+                         (["probe.max_iter.first=1"], "not a section of settings"),
+                         (["probe.kinds.first=1"], "list of values, not of named entries"),
+                         (["probe.kinds=[q"], "not valid YAML")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            apply_settings(data, bad)
+
+
+def test_run_set_reaches_the_checked_config_and_its_errors_come_before_work(tmp_path: Path, capsys) -> None:
+    cfg = load_experiment("experiments/objectives", ["datasets.*.name_pools={first: 12, middle: 12, last: 12}"])
+    assert all(d.name_pools == {"first": 12, "middle": 12, "last": 12} for d in cfg.datasets)
+    assert load_experiment("experiments/objectives").datasets[0].name_pools != cfg.datasets[0].name_pools
+    out = tmp_path / "run"
+    assert main(["run", "experiments/objectives", "--set", "probe.bogus=1", "--out", str(out)]) == 2
+    assert "unknown ProbeSpec field(s) ['bogus']" in capsys.readouterr().err and not out.exists()
+    assert main(["run", "experiments/objectives", "--set", "datasets.*.name_pools={first: 2, middle: 2, last: 2}",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "fewer than the 300 people" in capsys.readouterr().err and not out.exists()

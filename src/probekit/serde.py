@@ -26,7 +26,7 @@ import textwrap
 import tokenize
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -401,6 +401,63 @@ def load_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{what} {path} must be a mapping of settings (key: value lines), got {type(data).__name__}")
     return data
+
+
+def apply_settings(data: Mapping[str, Any], settings: Sequence[str], what: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` settings over a loaded config mapping, returned as a new mapping (``data`` is left as it was).
+
+    KEY is a dotted path (``probe.max_iter``). Where the path meets a list of named entries, the next part names one
+    entry (``models.ntp_single.train.tokens``) or ``*`` every entry (``datasets.*.name_pools``). VALUE is YAML
+    (``12``, ``[p, q]``, ``{first: 12, middle: 12, last: 12}``). Sections missing along the path are created; the
+    config class then checks the result as it checks a file. Entries that shared one YAML anchor are set apart, so
+    a setting on one entry never reaches another.
+    """
+    out = _unshared(data)
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise UserError(f"{what} {item!r} must look like KEY=VALUE with a dotted KEY, "
+                            "e.g. datasets.*.name_pools={first: 12, middle: 12, last: 12}")  # fmt: skip
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"{what} {item}: the value is not valid YAML; quote it or fix its syntax") from None
+        _set_path(out, key.strip().split("."), value, f"{what} {item}")
+    return out
+
+
+def _unshared(node: Any) -> Any:
+    """A copy of a loaded YAML tree in which no two places share an object (YAML aliases load as one object)."""
+    if isinstance(node, Mapping):
+        return {k: _unshared(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshared(v) for v in node]
+    return node
+
+
+def _set_path(node: Any, parts: list[str], value: Any, where: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        if not all(isinstance(e, dict) and "name" in e for e in node):
+            raise UserError(f"{where}: {head!r} would go inside a list of values, not of named entries; set the "
+                            "whole list instead (KEY=[a, b])")  # fmt: skip
+        entries = [e for e in node if head == "*" or e.get("name") == head]
+        if not entries:
+            names = [e.get("name") for e in node if isinstance(e, dict)]
+            raise UserError(f"{where}: no entry named {head!r} in that list; its entries are {names} (or * for all)")
+        if not rest:
+            raise UserError(f"{where}: name a setting inside the entry, e.g. {head}.seed=1")
+        for entry in entries:
+            _set_path(entry, rest, value, where)
+        return
+    if not isinstance(node, dict):
+        raise UserError(f"{where}: {head!r} would go inside the value {node!r}, which is not a section of settings")
+    if not rest:
+        node[head] = value
+        return
+    if node.get(head) is None:
+        node[head] = {}
+    _set_path(node[head], rest, value, where)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

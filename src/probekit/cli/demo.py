@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from probekit.experiment.spec import load_experiment
 
     _check_jobs(args.jobs)
-    cfg = load_experiment(args.config)
+    cfg = load_experiment(args.config, args.set)
     out = args.out if args.out is not None else f"runs/{cfg.name}"
     from probekit.io import check_output
 
@@ -97,6 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     r.add_argument("config", help="experiment YAML file or directory holding config.yaml")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one setting of the config (repeatable): a dotted KEY, with an entry's name or * "
+                        "where it meets the datasets or models list, and a YAML VALUE, e.g. "
+                        "'datasets.*.name_pools={first: 12, middle: 12, last: 12}' or models.ntp_single.train.seed=1; "
+                        "the run records the changed config")  # fmt: skip
     r.add_argument("--out", help="output directory (default runs/<name>)")
     r.add_argument("--figures-out", help="also copy the PNG figures and their CSV data here")
     r.add_argument("--no-png", action="store_true", help="skip PNG export (HTML and CSV only)")

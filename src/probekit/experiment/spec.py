@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,15 +336,18 @@ class ExperimentConfig:
                                     "patch.config.prompts: bio)")  # fmt: skip
 
 
-def load_experiment(path: str | Path) -> ExperimentConfig:
-    from probekit.serde import load_mapping
+def load_experiment(path: str | Path, settings: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and check an experiment config (a YAML file, or a directory holding ``config.yaml``); ``settings``
+    (``KEY=VALUE``, ``probekit run --set``) change it first, e.g. ``datasets.*.name_pools={first: 12, middle: 12,
+    last: 12}`` to rerun a committed experiment with shared names (``probekit.serde.apply_settings``)."""
+    from probekit.serde import apply_settings, load_mapping
 
     path = Path(path)
     if path.is_dir():
         path = path / "config.yaml"
     if not path.exists():
         raise UserFileNotFoundError(f"experiment config {path} does not exist")
-    data = load_mapping(path, "experiment config")
+    data = apply_settings(load_mapping(path, "experiment config"), settings)
     data.setdefault("name", path.parent.name if path.name == "config.yaml" else path.stem)
     return from_dict(ExperimentConfig, data)
 
