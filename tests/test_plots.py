@@ -158,3 +158,20 @@ def test_figures_show_intervals_control_and_seeds() -> None:
                  & (three.attribute == ATTRIBUTES[0])]  # fmt: skip
     assert np.allclose(line.y, rows.groupby("layer")["accuracy"].mean().to_numpy())  # the mean over seeds
     assert "mean of 3 seeds" in figs["p_grid_single_value"].fig.layout.title.text
+
+
+@pytest.mark.parametrize(("objectives", "inverse", "title", "abi_note"),
+                         [(["ntp", "ntp"], False, "against extraction<br>", False),
+                          (["ntp", "abi"], True, "against extraction and reversal<br>", True)])  # fmt: skip
+def test_storage_scatter_title_names_what_is_plotted(objectives, inverse, title, abi_note) -> None:
+    from probekit.reporting.compare import Points, storage_scatter
+
+    table = pd.DataFrame({"model": ["a", "b"], "objective": objectives, "dataset": ["d", "d"],
+                          "attribute": ["major", "major"], "measure": ["Q frozen, first token"] * 2, "layer": [1, 1],
+                          "storage": [0.2, 0.3], "baseline": [0.1, 0.1], "qa": [0.1, 0.4],
+                          "inverse": [0.0, 0.1] if inverse else [np.nan] * 2})  # fmt: skip
+    points = Points(table, np.arange(3), np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)))
+    fig = storage_scatter(points, pd.DataFrame())
+    assert fig is not None
+    text = fig.fig.layout.title.text
+    assert title in text and ("ABI reading" in text) is abi_note

@@ -243,9 +243,11 @@ def storage_scatter(points: Points, corr: pd.DataFrame) -> Figure | None:
                 shown.add(key)
             fig.update_xaxes(title_text="Q-probe accuracy at the name", range=[0, 1.02], row=i + 1, col=j + 1)
             fig.update_yaxes(title_text=names[e], range=[-0.02, 1.02], row=i + 1, col=j + 1)
-    fig.update_layout(title="Storage at the name against extraction and reversal (one point per model x attribute;"
-                            " ABI models in the ABI reading)", width=560 * len(evals) + 200,
-                      height=380 * len(measures) + 140, font={"size": 11})  # fmt: skip
+    against = " and ".join({"qa": "extraction", "inverse": "reversal"}[e] for e in evals)
+    note = "one point per model x attribute" + ("; ABI models in the ABI reading" if (t["objective"] == "abi").any()
+                                                else "")  # fmt: skip
+    fig.update_layout(title=f"Storage at the name against {against}<br><sup>{note}</sup>",
+                      width=560 * len(evals) + 200, height=380 * len(measures) + 140, font={"size": 11})  # fmt: skip
     fig.update_annotations(font_size=11)
     return Figure("compare_storage_scatter", fig, t)
 
