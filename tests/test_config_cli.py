@@ -252,3 +252,11 @@ def test_run_set_reaches_the_checked_config_and_its_errors_come_before_work(tmp_
     assert main(["run", "experiments/objectives", "--set", "datasets.*.name_pools={first: 2, middle: 2, last: 2}",
                  "--out", str(out)]) == 2  # fmt: skip
     assert "fewer than the 300 people" in capsys.readouterr().err and not out.exists()
+
+
+def test_run_set_gives_each_entry_of_a_star_path_its_own_value() -> None:
+    from probekit.serde import apply_settings
+
+    data = {"datasets": [{"name": "a"}, {"name": "b"}]}
+    out = apply_settings(data, ["datasets.*.name_pools={first: 12, last: 12}", "datasets.a.name_pools.first=50"])
+    assert [d["name_pools"]["first"] for d in out["datasets"]] == [50, 12]

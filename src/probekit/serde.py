@@ -415,14 +415,15 @@ def apply_settings(data: Mapping[str, Any], settings: Sequence[str], what: str =
     out = _unshared(data)
     for item in settings:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+        parts = key.strip().split(".")
+        if not sep or any(not p for p in parts):
             raise UserError(f"{what} {item!r} must look like KEY=VALUE with a dotted KEY, "
                             "e.g. datasets.*.name_pools={first: 12, middle: 12, last: 12}")  # fmt: skip
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise UserError(f"{what} {item}: the value is not valid YAML; quote it or fix its syntax") from None
-        _set_path(out, key.strip().split("."), value, f"{what} {item}")
+        _set_path(out, parts, value, f"{what} {item}")
     return out
 
 
@@ -443,7 +444,7 @@ def _set_path(node: Any, parts: list[str], value: Any, where: str) -> None:
                             "whole list instead (KEY=[a, b])")  # fmt: skip
         entries = [e for e in node if head == "*" or e.get("name") == head]
         if not entries:
-            names = [e.get("name") for e in node if isinstance(e, dict)]
+            names = [e["name"] for e in node]
             raise UserError(f"{where}: no entry named {head!r} in that list; its entries are {names} (or * for all)")
         if not rest:
             raise UserError(f"{where}: name a setting inside the entry, e.g. {head}.seed=1")
@@ -453,7 +454,7 @@ def _set_path(node: Any, parts: list[str], value: Any, where: str) -> None:
     if not isinstance(node, dict):
         raise UserError(f"{where}: {head!r} would go inside the value {node!r}, which is not a section of settings")
     if not rest:
-        node[head] = value
+        node[head] = _unshared(value)  # each entry of a * path gets its own copy
         return
     if node.get(head) is None:
         node[head] = {}
