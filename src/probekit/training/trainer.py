@@ -106,6 +106,24 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def make_accelerator(precision: str) -> Accelerator:
+    """The trainer's ``Accelerator`` with mixed precision ``precision`` (``cpu=True`` without CUDA, so that torchrun
+    / accelerate launch on CPU-only machines run data-parallel over gloo).
+
+    accelerate keeps one mixed-precision setting per process (``AcceleratorState``) and refuses a second
+    ``Accelerator`` with another one. A process that trains one model after another (a worker of ``probekit run
+    --jobs N``, ``--jobs 1``, a notebook) may meet a float32 model after a bf16 one, so a changed setting resets
+    that shared state first (the distributed setup, ``PartialState``, is kept). Trainers built earlier in the same
+    process then follow the new setting: train them one at a time.
+    """
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
 def _step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p % (2**32) for p in parts]).generate_state(1)[0])
 
@@ -190,8 +208,7 @@ class Trainer:
                             "with ntp, or "
                             "start from a Llama checkpoint (converted to probekit's model)")  # fmt: skip
 
-        # cpu=True without CUDA so that torchrun / accelerate launch on CPU-only machines run data-parallel (gloo)
-        self.accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
+        self.accelerator = make_accelerator(cfg.precision)
         world = self.accelerator.num_processes
         if cfg.batch_size % world:
             raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
