@@ -65,3 +65,19 @@ def test_trainings_of_different_precision_follow_each_other_in_one_process(
     before, bf16, after = train("a", "no"), train("b", "bf16"), train("c", "no")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not all(torch.equal(before[k], bf16[k]) for k in before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU rules")
+def test_experiment_refuses_a_bf16_model_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """On a CPU without bfloat16 units an experiment with a bf16 model stops before the first file, not after
+    training the models listed before it."""
+    import probekit.errors as errors
+    from probekit.experiment.runner import run_experiment
+    from tests.test_experiments import TINY_TRAIN, tiny_config
+
+    monkeypatch.setattr(errors, "cpu_bf16_units", lambda: [])
+    bf16 = {"name": "m_bf16", "data": "s", "train": {**TINY_TRAIN, "precision": "bf16"}}
+    cfg = tiny_config(models=[{"name": "m", "data": "s", "train": TINY_TRAIN}, bf16])
+    with pytest.raises(UserError, match=r"model m_bf16: train.precision bf16: this CPU has no bfloat16"):
+        run_experiment(cfg, tmp_path / "exp", progress=False, png=False)
+    assert not (tmp_path / "exp").exists()

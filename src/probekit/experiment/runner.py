@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError
+from probekit.errors import UserError, UserFileExistsError, UserFileNotFoundError, check_precision
 from probekit.experiment.executor import EXECUTORS, Executor, make_executor
 from probekit.experiment.spec import (
     DatasetSpec,
@@ -368,6 +368,8 @@ def run_experiment(
         raise UserError(f"--jobs must be a whole number >= 1 (models trained at once), got {jobs!r}")
     ex = make_executor(executor)
     part, out = _check_part_and_out(cfg, models, out)
+    if ex.name != "slurm":  # a Slurm job checks its own node's hardware when it trains
+        _check_precisions(part)
     with output_lock(out):  # one writer per experiment directory
         return _run_locked(cfg, part, out, progress, figures_out, png, jobs, t0, ex)
 
@@ -404,6 +406,13 @@ def _check_config(cfg: ExperimentConfig) -> None:
     cfg.validate()
     check_stages(cfg)
     check_resources(cfg)
+
+
+def _check_precisions(cfg: ExperimentConfig) -> None:
+    """Refuse, before any work, a model whose mixed precision this machine cannot run (bf16 without bfloat16 units,
+    fp16 without CUDA): the earlier models would otherwise train before that one fails."""
+    for r in cfg.runs():
+        check_precision(r.train.get("precision"), f"model {r.key}: train.precision")
 
 
 def _check_part_and_out(cfg: ExperimentConfig, models: Sequence[str] | None,
