@@ -40,7 +40,6 @@ time what it cost (at 2 threads it also counts the threads' spin-waiting; ``--cl
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -54,6 +53,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from probekit.data.tokenizer import EOS_ID, build_tokenizer
 from probekit.errors import cpu_bf16_units, cpu_model
+from probekit.io import read_jsonl
 from probekit.model.batch import TrainItem
 from probekit.training.config import TrainConfig
 from probekit.training.data import ItemSource
@@ -176,8 +176,7 @@ def loss_curve(args: argparse.Namespace, layers: int, width: int, precision: str
                       warmup_steps=max(1, args.loss_steps // 10), lr=1e-3, min_lr=1e-4, eval_windows=0,
                       log_every=10, save_every=0, seed=0, precision=precision)  # fmt: skip
     result = Trainer(cfg, source, tokenizer=tok, progress=False).run()
-    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
-    return [float(r["loss"]) for r in rows]
+    return [float(r["loss"]) for r in read_jsonl(result.metrics_path)]
 
 
 def worker(conn: Connection, args: argparse.Namespace, layers: int, width: int, precision: str,

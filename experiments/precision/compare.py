@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probekit.io import atomic_path
+from probekit.io import atomic_path, read_jsonl
 
 HERE = Path(__file__).resolve().parent
 KEY = ["probe_kind", "hook", "layer", "position", "attribute", "target_kind", "reading"]
@@ -40,7 +40,7 @@ def stems(run: Path) -> list[str]:
 
 def training(run: Path, model: str) -> tuple[float, float]:
     """(final training loss: mean over the last 10% of logged steps, median logged tokens/s)."""
-    rows = [json.loads(line) for line in (run / "models" / model / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run / "models" / model / "metrics.jsonl")
     n = max(1, len(rows) // 10)
     return statistics.fmean(r["loss"] for r in rows[-n:]), statistics.median(r["tokens_per_s"] for r in rows)
 
