@@ -211,3 +211,19 @@ def test_patch_route_correlations_and_scale_are_html_tables_with_their_text_unch
     j = [h for h, _ in head].index("r [95% CI]")
     assert [r[j][0] for r in body] == ["+0.41 [+0.12, +0.66]", "constant"]
     assert len(page.tables["summary-scale"]) == 1 + len(MODELS)
+
+
+@pytest.mark.parametrize("methods, title_has, marked", [
+    (("full", "full"), "after finetuning on P_train):", []),
+    (("none", "none"), "as trained with P_train QAs, no finetuning):", []),
+    (("full", "none"), "; * answers as trained with P_train QAs, no finetuning):", ["ntp_multi5_permute *"]),
+])
+def test_qa_summary_says_which_models_were_finetuned(tmp_path: Path, methods: tuple[str, str], title_has: str,
+                                                     marked: list[str]) -> None:
+    """Mixed-trained models answer P_test as trained: the QA table's title (and a * per model when the run mixes
+    both) says so instead of claiming every model was finetuned."""
+    qa = pd.read_csv(_eval_csv(tmp_path / "qa.csv", 0))
+    qa["finetune"] = [methods[MODELS.index(m)] for m in qa["model"]]
+    table = next(t for t in summary_tables(read_results(DEMO / "results.csv"), qa) if t.name == "qa")
+    assert table.title.startswith("QA extraction on P_test (") and table.title.endswith(title_has)
+    assert [m for m in table.table.index if m.endswith(" *")] == marked

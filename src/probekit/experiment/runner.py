@@ -246,18 +246,28 @@ def _embed_summary(embed: pd.DataFrame) -> list[SummaryTable]:
     return tables
 
 
-def _eval_summary(table: pd.DataFrame, title: str, how: str = "after finetuning on P_train",
-                  name: str = "") -> SummaryTable:  # fmt: skip
-    """Exact match on P_test per model and task, with intervals (one seed) or mean ± sd (several)."""
+def _eval_summary(table: pd.DataFrame, title: str, how: str | None = None, name: str = "") -> SummaryTable:
+    """Exact match on P_test per model and task, with intervals (one seed) or mean ± sd (several). ``how`` says
+    what the models went through before the test; left out, it comes from the table's ``finetune`` column (QA and
+    inverse search): models that answer as trained (``none``: trained with P_train QAs) are named as such, and
+    marked ``*`` when others were finetuned."""
     view = table[(table["split"] == "test") & (table["metric"] == "exact_match")]
     for c in ("ci_low", "ci_high"):
         if c not in view.columns:
             view = view.assign(**{c: float("nan")})
+    where = ""
+    if how is None:
+        where = " on P_test"
+        methods = set(view["finetune"].astype(str)) if "finetune" in view.columns else set()
+        as_trained = methods == {"none"}
+        how = "as trained with P_train QAs, no finetuning" if as_trained else "after finetuning on P_train"
+        if "none" in methods and not as_trained:
+            how += "; * answers as trained with P_train QAs, no finetuning"
+            view = view.assign(model=[f"{m} *" if f == "none" else m for m, f in zip(view["model"], view["finetune"])])
     cells: dict[str, dict[str, str]] = {}
     for (model, task), g in view.groupby(["model", "task"], sort=False):
         cells.setdefault(str(model), {})[str(task)] = _cell(g["value"].tolist(), g["ci_low"].tolist(),
                                                              g["ci_high"].tolist())  # fmt: skip
-    where = "" if how != "after finetuning on P_train" else " on P_test"
     return SummaryTable(f"{title}{where} (exact match % [95% person-bootstrap interval], {how}):",
                         pd.DataFrame(cells).T.fillna("-"), index=True, name=name)  # fmt: skip
 
