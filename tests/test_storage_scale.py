@@ -50,8 +50,9 @@ def test_quick_storage_scale_experiment_plots_storage_and_qa_against_each_axis(t
 @pytest.mark.slow
 def test_parts_run_apart_join_into_one_scale_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A part of the experiment run with ``models`` into its own directory still writes its scale table (its
-    models share every axis value), and ``probekit plot --scale`` joins it with another part's table; a model
-    given twice with different numbers, or tables where nothing varies, are refused before anything is written."""
+    models share every axis value; a one-model part too), and ``probekit plot --scale`` joins it with the other
+    parts' tables; a model given twice with different numbers, or tables where nothing varies, are refused
+    before anything is written."""
     from probekit.cli import main
 
     rec = quick_record("storage_scale")
@@ -62,7 +63,8 @@ def test_parts_run_apart_join_into_one_scale_figure(tmp_path: Path, capsys: pyte
     rec["recall"] = rec["control_random"] = False
     rec["probe"].update(kinds=["q"], targets=["first_token"], control_task=False)
     cfg = from_dict(ExperimentConfig, rec)
-    runs = {"base": ["ntp_single", "ntp_multi5_permute"], "people": ["ntp_single_1000", "ntp_multi5_permute_1000"]}
+    runs = {"base": ["ntp_single", "ntp_multi5_permute"], "people": ["ntp_multi5_permute_1000"],
+            "people_single": ["ntp_single_1000"]}
     for name, models in runs.items():
         run_experiment(cfg, tmp_path / name, progress=False, png=False, jobs=2, models=models)
         part = pd.read_csv(tmp_path / name / "comparison" / "scale.csv")
@@ -70,9 +72,9 @@ def test_parts_run_apart_join_into_one_scale_figure(tmp_path: Path, capsys: pyte
         assert not (tmp_path / name / "figures" / "scale_storage_extraction.html").exists()  # nothing varies
     out = tmp_path / "joined"
     assert main(["plot", "--scale", str(tmp_path / "base"), str(tmp_path / "people" / "comparison" / "scale.csv"),
-                 "--out", str(out), "--no-png"]) == 0  # fmt: skip
+                 str(tmp_path / "people_single"), "--out", str(out), "--no-png"]) == 0  # fmt: skip
     joined = pd.read_csv(out / "scale_storage_extraction.csv")
-    assert sorted(joined["model"]) == sorted(runs["base"] + runs["people"])
+    assert sorted(joined["model"]) == sorted(m for part in runs.values() for m in part)
     assert set(joined["n_people"]) == {40, 60}
     assert (out / "scale_storage_extraction.html").exists()
     # the same table twice is one set of models; a changed copy of a model is refused, as is nothing to vary

@@ -296,7 +296,8 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
     figures = build_figures(probe, layer, control)
     corr = None
     both = pd.concat([probe, embed], ignore_index=True) if embed is not None else probe
-    if len(compare.trained_models(both)) >= 2:
+    n_trained = len(compare.trained_models(both))
+    if n_trained >= 2 or (scale and n_trained):  # a one-model part still gives its scale.csv row
         keys = [(r.key, r.model.name) for r in cfg.runs()]
         if cfg.seeds is not None and len(cfg.seeds) > 1:  # the comparison takes each model's first seed
             first = cfg.seeds[0]
@@ -311,7 +312,8 @@ def render_experiment(cfg: ExperimentConfig, out: Path, probe: pd.DataFrame, emb
         for name, table in (("points", points.table), ("correlations", corr)):
             with atomic_path(tables / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
-        figures += compare.comparison_figures(both, points, corr, qa, inverse, layer)
+        if n_trained >= 2:
+            figures += compare.comparison_figures(both, points, corr, qa, inverse, layer)
         from probekit.reporting.scaling import model_axes, scale_figure, scale_table, varying_axes
 
         axes = model_axes(cfg)
