@@ -114,3 +114,31 @@ def test_scale_tables_from_before_the_name_axis_read_as_full_pools(tmp_path: Pat
     (tmp_path / "old.csv").write_text(old.to_csv(index=False))
     [(_, t)] = _read_scale_tables([str(tmp_path / "old.csv")])
     assert (t["last_names"] == full_last_names()).all() and len(t) == len(old)
+
+
+def _scale_rows(points: list[tuple[str, int, int]]) -> pd.DataFrame:
+    return pd.DataFrame([{"model": f"{aug}_{n}", "augmentation": aug, "n_layers": 4, "d_model": 128, "n_people": n,
+                          "last_names": names, "measure": "Q frozen, first token", "attributes": 6,
+                          "q_name": 0.1, "q_low": 0.08, "q_high": 0.12, "qa": n / 4000, "qa_low": n / 4000 - 0.02,
+                          "qa_high": n / 4000 + 0.02, "baseline": 0.13} for aug, n, names in points])  # fmt: skip
+
+
+def test_scale_figure_lets_name_pools_grow_with_the_people() -> None:
+    """At 3,000 people 12 names per part cannot give every person a full name of their own, so the pools grow
+    with the people: the people panel keeps those points (the pools named in its title) instead of holding the
+    pools at their base and dropping them, and a panel with one value of its axis left is not drawn."""
+    from probekit.reporting.scaling import scale_figure
+
+    table = _scale_rows([("m5p", 300, 12), ("m5p", 1000, 12), ("m5p", 3000, 15), ("single", 300, 12),
+                         ("single", 3000, 15)])  # fmt: skip
+    fig = scale_figure(table).fig
+    assert [a.text for a in fig.layout.annotations] == [
+        "people<br>(4 layers, width 128; last names in the pool 12-15 with the people)"]
+    qa = {t.name: list(t.x) for t in fig.data if t.name.endswith("QA extraction")}
+    assert qa == {"m5p: QA extraction": [300, 1000, 3000], "single: QA extraction": [300, 3000]}
+    # axes that vary apart from each other are still held at their base (the most common value)
+    apart = _scale_rows([("m5p", 300, 12), ("m5p", 1000, 12), ("m5p", 300, 50)])
+    fig = scale_figure(apart).fig
+    assert len(fig.layout.annotations) == 2
+    qa_by_panel = [(t.xaxis, list(t.x)) for t in fig.data if t.name.endswith("QA extraction")]
+    assert qa_by_panel == [("x", [300, 1000]), ("x2", [12, 50])]

@@ -8,7 +8,8 @@ at the name (mean over attributes of each attribute's probe at its validation-ch
 of ``probekit.reporting.compare.MEASURES``) and QA exact match (mean over the same attributes), each with a
 person-bootstrap
 interval over P_test people, beside the mean majority baseline. ``scale_figure`` plots both against each axis
-that varies, holding the other two at the base (their most common values).
+that varies, holding the others at the base (their most common values), but for an axis that changes with it
+(the name pools that grow with the people).
 """
 
 from __future__ import annotations
@@ -87,9 +88,18 @@ def _base(axes: pd.DataFrame) -> dict[str, int]:
     return {a: int(axes[a].mode().iloc[0]) for a in AXES}
 
 
+def _moves_with(table: pd.DataFrame, axis: str) -> list[str]:
+    """The other varying axes that ``axis`` determines in ``table`` (one value of theirs per value of ``axis``):
+    they change with it, as the name pools must grow with the people once the smallest pools cannot give every
+    person a full name of their own, so a panel along ``axis`` lets them move instead of holding them at base."""
+    return [b for b in varying_axes(table) if b != axis and table.groupby(axis)[b].nunique().max() == 1]
+
+
 def scale_figure(table: pd.DataFrame) -> Any:
     """Q-probe accuracy at the name (solid) and QA exact match (dashed) against each varying axis, a line per
-    augmentation, the other axes at their base values; None when no axis varies."""
+    augmentation, the other axes at their base values (those that change with the axis, ``_moves_with``, move
+    with it and are named in the panel's title); None when no axis varies. A panel with a single value of its
+    axis left is not drawn."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
@@ -97,17 +107,24 @@ def scale_figure(table: pd.DataFrame) -> Any:
     from probekit.reporting.figures import Figure
 
     varying = varying_axes(table) if not table.empty else []
-    if not varying:
+    base = _base(table) if varying else {}
+    panels: list[tuple[str, pd.DataFrame, str]] = []  # (axis, its rows, its title)
+    for a in varying:
+        moving = _moves_with(table, a)
+        held = [b for b in AXES if b != a and b not in moving]
+        along = table[np.logical_and.reduce([table[b] == base[b] for b in held])]
+        if along[a].nunique() < 2:
+            continue
+        title = ", ".join(SHORT[b].format(base[b]) for b in held)
+        for b in moving:
+            title += f"; {AXES[b]} {along[b].min()}-{along[b].max()} with the {AXES[a]}"
+        panels.append((a, along, f"{AXES[a]}<br>({title})"))
+    if not panels:
         return None
-    base = _base(table)
-    titles = [f"{AXES[a]}<br>(" + ", ".join(SHORT[b].format(base[b]) for b in AXES if b != a) + ")"
-              for a in varying]  # fmt: skip
-    fig = make_subplots(rows=1, cols=len(varying), shared_yaxes=True, subplot_titles=titles)
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=[t for _, _, t in panels])
     augs = list(dict.fromkeys(table["augmentation"]))
     shown = []
-    for j, axis in enumerate(varying):
-        others = [b for b in AXES if b != axis]
-        along = table[np.logical_and.reduce([table[b] == base[b] for b in others])]
+    for j, (axis, along, _) in enumerate(panels):
         for k, aug in enumerate(augs):
             g = along[along["augmentation"] == aug].sort_values(axis)
             if g.empty:
@@ -130,7 +147,7 @@ def scale_figure(table: pd.DataFrame) -> Any:
     fig.update_yaxes(title_text="% on P_test (mean over attributes)", range=[-3, 103], col=1)
     measure = table["measure"].iloc[0]
     fig.update_layout(title=f"Storage at the name ({measure}, solid)<br>and QA extraction (dashed) against scale",
-                      width=max(600, 420 * len(varying) + 100), height=620, margin={"t": 140},
+                      width=max(600, 420 * len(panels) + 100), height=620, margin={"t": 140},
                       legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0})  # fmt: skip
     return Figure("scale_storage_extraction", fig, table)
 
