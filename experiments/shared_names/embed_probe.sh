@@ -3,12 +3,16 @@
 # on the last layer, gradients through the frozen model; probes/embed_update.yaml) on every finished model of
 # experiment runs, beside the frozen linear probe: does the paper's protocol find the facts at the name where the
 # frozen probe does not? First-token targets, P_train people train, P_test people test, as the frozen probes.
-# Each model's probe goes to OUT/<model>; the rows are gathered into experiments/shared_names/results/levers/
-# embed_update_q.csv with a per-model summary printed. Resumes: a model whose probe is finished is skipped.
+# Each model's probe goes to OUT/<model>; the rows of every model under OUT are gathered into the table DEST
+# (default experiments/shared_names/results/levers/embed_update_q.csv) with a per-model summary printed.
+# Resumes: a model whose probe is finished is skipped.
 # Usage (repository root): bash experiments/shared_names/embed_probe.sh OUT RUN [RUN ...]
 #   e.g. bash experiments/shared_names/embed_probe.sh ~/runs/embed_q ~/runs/shared_names ~/runs/shared_names_levers
+#   the people axis: DEST=experiments/shared_names/results/people/embed_update_q.csv \
+#     bash experiments/shared_names/embed_probe.sh ~/runs/embed_q_people ~/runs/people_m5p_1000 ~/runs/people_m5p_3000
 set -euo pipefail
 out=$1; shift
+dest=${DEST:-experiments/shared_names/results/levers/embed_update_q.csv}
 mkdir -p "$out"
 for run in "$@"; do
   for model in "$run"/models/*/; do
@@ -20,7 +24,7 @@ for run in "$@"; do
       --out "$out/$name" --no-png --no-progress --overwrite
   done
 done
-python - "$out" <<'EOF'
+python - "$out" "$dest" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import pandas as pd
 
 rows = pd.concat([pd.read_csv(f) for f in sorted(Path(sys.argv[1]).glob("*/results.csv"))])
 rows = rows[rows["probe_kind"] == "q"].reset_index(drop=True)
-dest = Path("experiments/shared_names/results/levers/embed_update_q.csv")
+dest = Path(sys.argv[2])
 dest.parent.mkdir(parents=True, exist_ok=True)
 rows.to_csv(dest, index=False)
 # per model and probe: the layer with the best validation accuracy per attribute (the embedding-update probe has
