@@ -112,7 +112,10 @@ def scale_figure(table: pd.DataFrame) -> Any:
     for a in varying:
         moving = _moves_with(table, a)
         held = [b for b in AXES if b != a and b not in moving]
-        along = table[np.logical_and.reduce([table[b] == base[b] for b in held])]
+        keep = np.ones(len(table), dtype=bool)  # [rows] held axes at their base (none held: every row)
+        for b in held:
+            keep &= (table[b] == base[b]).to_numpy()
+        along = table[keep]
         if along[a].nunique() < 2:
             continue
         title = ", ".join(SHORT[b].format(base[b]) for b in held)
