@@ -259,10 +259,10 @@ def _eval_summary(table: pd.DataFrame, title: str, how: str | None = None, name:
     if how is None:
         where = " on P_test"
         methods = set(view["finetune"].astype(str)) if "finetune" in view.columns else set()
-        as_trained = methods == {"none"}
-        how = "as trained with P_train QAs, no finetuning" if as_trained else "after finetuning on P_train"
+        as_trained, untuned = methods == {"none"}, "as trained with P_train QAs, no finetuning"
+        how = untuned if as_trained else "after finetuning on P_train"
         if "none" in methods and not as_trained:
-            how += "; * answers as trained with P_train QAs, no finetuning"
+            how += f"; * answers {untuned}"
             view = view.assign(model=[f"{m} *" if f == "none" else m for m, f in zip(view["model"], view["finetune"])])
     cells: dict[str, dict[str, str]] = {}
     for (model, task), g in view.groupby(["model", "task"], sort=False):
